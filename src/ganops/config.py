@@ -1,0 +1,126 @@
+"""The validated configuration: one pydantic tree that mirrors params.yaml.
+
+Every stage calls :func:`load_params` first, so a misspelt key, a wrong type or an out-of-range
+value stops the stage with the key's path and the reason, before any output is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ganops import GanopsError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ConfigError(GanopsError):
+    """params.yaml is missing, unreadable or invalid."""
+
+
+class _Section(BaseModel):
+    # extra="forbid" is what turns a misspelt key into an error instead of a silently ignored knob.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Section):
+    source: Literal["mnist5k", "digits", "imagefolder", "mnist-idx", "cifar10"] = "mnist5k"
+    path: str | None = Field(None, description="input folder or file for imagefolder, mnist-idx, cifar10")
+    resolution: int = Field(32, description="side of the square images; a power of two from 8 to 128")
+    channels: Literal[1, 3] = 1
+    test_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="held-out share for sources without a split")
+    seed: int = Field(0, ge=0)
+    skip_invalid: bool = False
+
+    @field_validator("resolution")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value not in (8, 16, 32, 64, 128):
+            raise ValueError(
+                f"must be a power of two from 8 to 128, got {value} (28x28 sources are padded to 32)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _path_when_needed(self) -> DataParams:
+        if self.source in ("imagefolder", "mnist-idx", "cifar10") and not self.path:
+            raise ValueError(f"data.path is required when data.source is {self.source!r}")
+        return self
+
+
+class ModelParams(_Section):
+    latent_dim: int = Field(64, ge=1, le=1024)
+    g_channels: int = Field(64, ge=4, le=2048, description="generator width at full resolution; doubles per block")
+    d_channels: int = Field(64, ge=4, le=2048, description="discriminator width at full resolution; doubles per block")
+    max_channels: int = Field(512, ge=4, le=4096)
+    conditional: bool = True
+    spectral_norm: bool = True
+
+
+class TrainParams(_Section):
+    steps: int = Field(3000, ge=1, description="generator steps")
+    batch_size: int = Field(64, ge=2, le=65536)
+    loss: Literal["minimax", "hinge", "wgan-gp"] = "minimax"
+    lr_g: float = Field(2e-4, gt=0.0, le=1.0)
+    lr_d: float = Field(2e-4, gt=0.0, le=1.0)
+    beta1: float = Field(0.5, ge=0.0, lt=1.0)
+    beta2: float = Field(0.999, ge=0.0, lt=1.0)
+    d_steps: int = Field(1, ge=1, le=100, description="discriminator steps per generator step")
+    r1_gamma: float = Field(0.0, ge=0.0, description="R1 penalty weight on real images; 0 disables")
+    gp_weight: float = Field(10.0, ge=0.0, description="gradient penalty weight for wgan-gp")
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0, description="EMA of generator weights; 0 keeps a plain copy")
+    ema_start: int = Field(0, ge=0, description="steps before the EMA starts averaging")
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    checkpoint_every: int = Field(500, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(25, ge=1)
+
+
+class Params(_Section):
+    data: DataParams = DataParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+
+
+def _format_errors(source: str, error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        reason = item["msg"]
+        if item["type"] == "extra_forbidden":
+            reason = "unknown key (not a ganops parameter; check its spelling)"
+        elif item["type"] == "value_error":
+            reason = reason.removeprefix("Value error, ")
+        lines.append(f"  {where}: {reason} (got {item.get('input')!r})" if item["type"] != "extra_forbidden"
+                     else f"  {where}: {reason}")
+    return f"invalid parameters in {source}:\n" + "\n".join(lines)
+
+
+def validate_params(raw: object, source: str = "params") -> Params:
+    """Validate an already-parsed mapping; raises :class:`ConfigError` naming each bad key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source} must hold a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(source, error)) from None
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"parameters file not found: {path}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    return validate_params(raw, str(path))

@@ -1,0 +1,100 @@
+"""The prepare stage: raw images in, validated uint8 train/test arrays and a manifest out."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ganops.config import Params
+from ganops.data.sources import SOURCES, DataError, SourceData
+from ganops.io import atomic_dir
+from ganops.paths import ProjectPaths
+
+log = logging.getLogger(__name__)
+MANIFEST_VERSION = 1
+
+
+def _split(data: SourceData, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of train and test: the format's own split, else a seeded split stratified by class."""
+    rng = np.random.default_rng(seed)
+    if data.is_test is not None:
+        train, test = np.flatnonzero(~data.is_test), np.flatnonzero(data.is_test)
+    else:
+        train_parts, test_parts = [], []
+        for label in np.unique(data.labels):
+            members = rng.permutation(np.flatnonzero(data.labels == label))
+            n_test = int(round(len(members) * test_fraction)) if len(members) > 1 else 0
+            test_parts.append(members[:n_test])
+            train_parts.append(members[n_test:])
+        train, test = np.concatenate(train_parts), np.concatenate(test_parts)
+    # Shuffled once here, so class-sorted sources don't give class-sorted arrays.
+    return rng.permutation(train), rng.permutation(test)
+
+
+def _counts(labels: np.ndarray, class_names: list[str]) -> dict[str, int]:
+    counts = np.bincount(labels, minlength=len(class_names))
+    return {name: int(count) for name, count in zip(class_names, counts)}
+
+
+def _save_split(path: Path, images: np.ndarray, labels: np.ndarray) -> str:
+    np.savez(path, images=images, labels=labels)
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_split(prepared_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read one prepared split: uint8 images (N, C, H, W) and int64 labels (N,). No pickles."""
+    path = Path(prepared_dir) / f"{split}.npz"
+    if not path.exists():
+        raise DataError(f"{path} is missing; run `ganops prepare` (or `dvc repro prepare`) first")
+    with np.load(path, allow_pickle=False) as arrays:
+        return arrays["images"], arrays["labels"]
+
+
+def load_manifest(prepared_dir: Path) -> dict:
+    path = Path(prepared_dir) / "manifest.json"
+    if not path.exists():
+        raise DataError(f"{path} is missing; run `ganops prepare` (or `dvc repro prepare`) first")
+    return json.loads(path.read_text())
+
+
+def prepare(params: Params, root: Path = Path(".")) -> dict:
+    """Read ``params.data.source``, split it, and write data/prepared/ in one atomic step."""
+    data_params = params.data
+    data = SOURCES[data_params.source](data_params)
+    if len(data.labels) != len(data.images):
+        raise DataError(f"{data_params.source}: {len(data.images)} images but {len(data.labels)} labels")
+    if len(data.images) < 2:
+        raise DataError(f"{data_params.source}: only {len(data.images)} usable image(s); need at least 2")
+    train_idx, test_idx = _split(data, data_params.test_fraction, data_params.seed)
+
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "source": data_params.source,
+        "source_path": data_params.path,
+        "source_checksum": data.checksum,
+        "resolution": data_params.resolution,
+        "channels": data_params.channels,
+        "seed": data_params.seed,
+        "num_classes": len(data.class_names),
+        "class_names": data.class_names,
+        "num_train": int(len(train_idx)),
+        "num_test": int(len(test_idx)),
+        "counts": {
+            "train": _counts(data.labels[train_idx], data.class_names),
+            "test": _counts(data.labels[test_idx], data.class_names),
+        },
+        "skipped": {"count": len(data.skipped), "files": data.skipped},
+        "files": {},
+    }
+    out_dir = ProjectPaths(root).prepared
+    with atomic_dir(out_dir) as staging:
+        for split, indices in (("train", train_idx), ("test", test_idx)):
+            digest = _save_split(staging / f"{split}.npz", data.images[indices], data.labels[indices])
+            manifest["files"][split] = {"path": f"{split}.npz", "sha256": digest}
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    log.info("prepared %d train / %d test images into %s", len(train_idx), len(test_idx), out_dir)
+    return manifest

