@@ -250,6 +250,10 @@ def load_mnist_idx(params: DataParams) -> SourceData:
     )
 
 
+class _ForbiddenGlobal(pickle.UnpicklingError):
+    pass
+
+
 class _ArrayOnlyUnpickler(pickle.Unpickler):
     """Unpickles plain containers and numpy arrays, nothing else: CIFAR batches are pickles, and a
     pickle from an untrusted download must not be able to run code."""
@@ -265,13 +269,13 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):  # noqa: ANN201
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only arrays and containers)")
+        raise _ForbiddenGlobal(f"refusing to load {module}.{name} (only arrays and containers)")
 
 
 def _unpickle_batch(name: str, data: bytes) -> dict:
     try:
         batch = _ArrayOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
-    except pickle.UnpicklingError as error:
+    except _ForbiddenGlobal as error:
         raise DataError(f"{name}: not a CIFAR-10 batch ({error})") from None
     except Exception as error:  # truncated or garbage pickles raise many types
         raise DataError(f"{name}: corrupt or truncated pickle ({type(error).__name__}: {error})") from None

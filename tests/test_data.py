@@ -1,0 +1,318 @@
+"""Every data source on fixture files made here, including corrupt and mismatched ones."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import pickle
+import struct
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ganops.config import validate_params
+from ganops.data import DataError, load_manifest, load_split, prepare
+from ganops.data.images import fit_array, fit_pil
+
+
+def params(**data):
+    return validate_params({"data": data})
+
+
+def prepared_files(root: Path) -> dict[str, bytes]:
+    folder = root / "data" / "prepared"
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+# --- bundled sets -------------------------------------------------------------------------------
+
+
+def test_mnist5k_pads_28_to_32_and_splits_by_class(tmp_path):
+    manifest = prepare(params(source="mnist5k", resolution=32), tmp_path)
+    train_x, train_y = load_split(tmp_path / "data" / "prepared", "train")
+    test_x, test_y = load_split(tmp_path / "data" / "prepared", "test")
+    assert train_x.dtype == np.uint8 and train_x.shape == (4500, 1, 32, 32)
+    assert test_x.shape == (500, 1, 32, 32)
+    assert manifest["num_train"] == 4500 and manifest["num_test"] == 500
+    # 28x28 digits centred on a 2-pixel zero border, not resampled
+    assert train_x[:, :, :2].max() == 0 and train_x[:, :, -2:].max() == 0
+    assert train_x.max() == 255
+    assert sum(manifest["counts"]["train"].values()) == 4500
+    assert manifest["class_names"] == [str(d) for d in range(10)]
+    # stratified: every class is in the test split in about its share
+    for name, count in manifest["counts"]["test"].items():
+        assert abs(count - 0.1 * (count + manifest["counts"]["train"][name])) <= 1
+    # shuffled, not class-sorted
+    assert len(set(train_y[:20].tolist())) > 3
+    assert manifest["source_checksum"].startswith("sha256:")
+
+
+def test_digits_scaled_to_full_range(tmp_path):
+    manifest = prepare(params(source="digits", resolution=8, channels=3), tmp_path)
+    images, labels = load_split(tmp_path / "data" / "prepared", "train")
+    assert images.shape[1:] == (3, 8, 8)
+    assert images.max() == 255
+    assert manifest["num_train"] + manifest["num_test"] == 1797
+    assert np.array_equal(images[:, 0], images[:, 2])  # gray repeated into RGB
+
+
+def test_prepare_is_deterministic_for_a_seed(tmp_path):
+    prepare(params(source="digits", resolution=16), tmp_path / "a")
+    prepare(params(source="digits", resolution=16), tmp_path / "b")
+    prepare(params(source="digits", resolution=16, seed=1), tmp_path / "c")
+    assert prepared_files(tmp_path / "a") == prepared_files(tmp_path / "b")
+    assert prepared_files(tmp_path / "a")["train.npz"] != prepared_files(tmp_path / "c")["train.npz"]
+
+
+# --- image folders ------------------------------------------------------------------------------
+
+
+def _png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def make_imagefolder(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for class_name in ("cat", "dog"):
+        folder = root / class_name
+        folder.mkdir(parents=True)
+        for i in range(4):
+            pixels = rng.integers(0, 256, (30 + i, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels, "RGB").save(folder / f"{i}.jpg", quality=95)
+        Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8), "L").save(folder / "gray.png")
+        Image.fromarray(rng.integers(0, 256, (16, 16, 4), dtype=np.uint8), "RGBA").save(folder / "alpha.webp")
+        Image.fromarray(rng.integers(0, 256, (64, 24, 3), dtype=np.uint8), "RGB").convert("P").save(folder / "pal.png")
+    (root / "cat" / ".DS_Store").write_bytes(b"\0\0junk")  # hidden files are not images and not errors
+    return root
+
+
+def test_imagefolder_any_size_and_mode(tmp_path):
+    source = make_imagefolder(tmp_path / "raw")
+    manifest = prepare(params(source="imagefolder", path=str(source), resolution=16, channels=3, test_fraction=0.25), tmp_path)
+    images, labels = load_split(tmp_path / "data" / "prepared", "train")
+    assert images.shape[1:] == (3, 16, 16)
+    assert manifest["class_names"] == ["cat", "dog"]
+    assert manifest["num_train"] + manifest["num_test"] == 14
+    assert manifest["counts"]["test"] == {"cat": 2, "dog": 2}
+    assert manifest["skipped"]["count"] == 0
+
+    gray = prepare(params(source="imagefolder", path=str(source), resolution=8, channels=1), tmp_path / "gray")
+    images, _ = load_split(tmp_path / "gray" / "data" / "prepared", "train")
+    assert images.shape[1:] == (1, 8, 8) and gray["channels"] == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "payload", "reason"),
+    [
+        ("corrupt.png", b"\x89PNG\r\n\x1a\n" + b"garbage" * 20, "corrupt or truncated"),
+        ("random.jpg", os.urandom(300), "corrupt or truncated"),
+        ("notes.txt", b"not an image", "not an image file"),
+        ("anim.png", None, "unsupported image format GIF"),  # a GIF named .png
+        ("cut.png", "truncated", "corrupt or truncated"),
+    ],
+)
+def test_imagefolder_bad_file_named_or_skipped(tmp_path, name, payload, reason):
+    source = make_imagefolder(tmp_path / "raw")
+    bad = source / "dog" / name
+    if payload is None:
+        payload = _png_bytes(Image.new("P", (8, 8)), "GIF")
+    elif payload == "truncated":
+        whole = _png_bytes(Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)))
+        payload = whole[: len(whole) // 2]
+    bad.write_bytes(payload)
+
+    with pytest.raises(DataError) as error:
+        prepare(params(source="imagefolder", path=str(source), resolution=16), tmp_path)
+    assert str(bad) in str(error.value) and reason in str(error.value)
+    assert not (tmp_path / "data" / "prepared").exists()
+
+    manifest = prepare(params(source="imagefolder", path=str(source), resolution=16, skip_invalid=True), tmp_path)
+    assert manifest["skipped"]["count"] == 1
+    assert str(bad) in manifest["skipped"]["files"][0]
+    assert manifest["num_train"] + manifest["num_test"] == 14
+
+
+def test_imagefolder_layout_errors(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        prepare(params(source="imagefolder", path=str(tmp_path / "missing")), tmp_path)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.new("L", (8, 8)).save(flat / "a.png")
+    with pytest.raises(DataError, match="a.png: a file at the top of data.path"):
+        prepare(params(source="imagefolder", path=str(flat)), tmp_path)
+    empty = tmp_path / "empty"
+    (empty / "only").mkdir(parents=True)
+    with pytest.raises(DataError, match="no readable"):
+        prepare(params(source="imagefolder", path=str(empty)), tmp_path)
+
+
+def test_failed_prepare_keeps_previous_outputs(tmp_path):
+    source = make_imagefolder(tmp_path / "raw")
+    prepare(params(source="imagefolder", path=str(source), resolution=16), tmp_path)
+    before = prepared_files(tmp_path)
+    (source / "cat" / "broken.png").write_bytes(b"broken")
+    with pytest.raises(DataError):
+        prepare(params(source="imagefolder", path=str(source), resolution=16), tmp_path)
+    assert prepared_files(tmp_path) == before
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["prepared"]  # no staging left behind
+
+
+# --- IDX (MNIST, Fashion-MNIST) -----------------------------------------------------------------
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def make_idx(root: Path, n_train=40, n_test=10, gz=True, dotted=False) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        for kind, array in (("images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28))), ("labels-idx1-ubyte", np.arange(n) % 10)):
+            name = f"{split}-{kind}".replace("-idx", ".idx") if dotted else f"{split}-{kind}"
+            data = idx_bytes(array)
+            if gz:
+                (root / f"{name}.gz").write_bytes(gzip.compress(data))
+            else:
+                (root / name).write_bytes(data)
+    return root
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_mnist_idx_keeps_its_split(tmp_path, gz):
+    source = make_idx(tmp_path / "idx", gz=gz, dotted=not gz)
+    manifest = prepare(params(source="mnist-idx", path=str(source)), tmp_path)
+    images, labels = load_split(tmp_path / "data" / "prepared", "test")
+    assert manifest["num_train"] == 40 and manifest["num_test"] == 10
+    assert images.shape == (10, 1, 32, 32)
+    assert sorted(labels.tolist()) == list(range(10))
+
+
+def test_mnist_idx_errors_name_the_file(tmp_path):
+    source = make_idx(tmp_path / "idx", gz=False)
+    labels_file = source / "train-labels-idx1-ubyte"
+    labels_file.write_bytes(idx_bytes(np.arange(39) % 10))
+    with pytest.raises(DataError) as error:
+        prepare(params(source="mnist-idx", path=str(source)), tmp_path)
+    assert "40 images" in str(error.value) and "39 labels" in str(error.value) and str(labels_file) in str(error.value)
+
+    images_file = source / "train-images-idx3-ubyte"
+    images_file.write_bytes(images_file.read_bytes()[:-100])
+    with pytest.raises(DataError, match="truncated or corrupt") as error:
+        prepare(params(source="mnist-idx", path=str(source)), tmp_path)
+    assert str(images_file) in str(error.value)
+
+    images_file.write_bytes(b"PK\x03\x04 a zip, not idx")
+    with pytest.raises(DataError, match="bad magic"):
+        prepare(params(source="mnist-idx", path=str(source)), tmp_path)
+
+    images_file.write_bytes(idx_bytes(np.zeros((40, 28, 28))))
+    labels_file.write_bytes(idx_bytes(np.zeros((40, 28, 28))))  # images where labels belong
+    with pytest.raises(DataError, match="3 dimensions, labels need 1"):
+        prepare(params(source="mnist-idx", path=str(source)), tmp_path)
+
+
+def test_mnist_idx_corrupt_test_files_skipped_when_allowed(tmp_path):
+    source = make_idx(tmp_path / "idx", gz=True)
+    (source / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b\x08\x00broken")
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz: corrupt gzip"):
+        prepare(params(source="mnist-idx", path=str(source)), tmp_path)
+    manifest = prepare(params(source="mnist-idx", path=str(source), skip_invalid=True, test_fraction=0.25), tmp_path)
+    assert manifest["skipped"]["count"] == 1
+    assert manifest["num_train"] + manifest["num_test"] == 40  # split from train instead
+
+
+# --- CIFAR-10 python batches ----------------------------------------------------------------------
+
+
+def cifar_batch(n: int, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": [int(i % 10) for i in range(n)],
+             b"batch_label": b"fixture"}
+    return pickle.dumps(batch, protocol=2)
+
+
+def make_cifar(root: Path) -> Path:
+    root.mkdir(parents=True)
+    for i in range(1, 3):
+        (root / f"data_batch_{i}").write_bytes(cifar_batch(20, i))
+    (root / "test_batch").write_bytes(cifar_batch(10, 9))
+    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    (root / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}, protocol=2))
+    return root
+
+
+def test_cifar10_folder_and_archive(tmp_path):
+    source = make_cifar(tmp_path / "cifar-10-batches-py")
+    manifest = prepare(params(source="cifar10", path=str(source), channels=3), tmp_path / "a")
+    assert manifest["num_train"] == 40 and manifest["num_test"] == 10
+    assert manifest["class_names"][0] == "airplane"
+    images, _ = load_split(tmp_path / "a" / "data" / "prepared", "train")
+    assert images.shape == (40, 3, 32, 32)
+
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source, arcname="cifar-10-batches-py")
+    from_archive = prepare(params(source="cifar10", path=str(archive), channels=3), tmp_path / "b")
+    assert from_archive["source_checksum"] == manifest["source_checksum"]
+    a, b = prepared_files(tmp_path / "a"), prepared_files(tmp_path / "b")
+    assert a["train.npz"] == b["train.npz"] and a["test.npz"] == b["test.npz"]
+
+    gray = prepare(params(source="cifar10", path=str(source), channels=1, resolution=16), tmp_path / "c")
+    images, _ = load_split(tmp_path / "c" / "data" / "prepared", "train")
+    assert images.shape == (40, 1, 16, 16) and gray["channels"] == 1
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_cifar10_refuses_code_in_pickles(tmp_path):
+    source = make_cifar(tmp_path / "cifar")
+    (source / "data_batch_2").write_bytes(pickle.dumps({b"data": _Exploit()}))
+    with pytest.raises(DataError) as error:
+        prepare(params(source="cifar10", path=str(source)), tmp_path)
+    assert "data_batch_2" in str(error.value) and "refusing to load" in str(error.value)
+    assert not Path("pwned").exists() and not (tmp_path / "pwned").exists()
+
+
+def test_cifar10_bad_batches_named_or_skipped(tmp_path):
+    source = make_cifar(tmp_path / "cifar")
+    (source / "data_batch_2").write_bytes(cifar_batch(20, 2)[:500])
+    with pytest.raises(DataError, match="data_batch_2: corrupt or truncated pickle"):
+        prepare(params(source="cifar10", path=str(source)), tmp_path)
+    manifest = prepare(params(source="cifar10", path=str(source), skip_invalid=True), tmp_path)
+    assert manifest["num_train"] == 20 and manifest["skipped"]["count"] == 1
+
+    (source / "data_batch_2").write_bytes(pickle.dumps({b"data": np.zeros((5, 100), np.uint8), b"labels": [0] * 5}))
+    with pytest.raises(DataError, match=r"data_batch_2: 'data' is not a uint8 \(N, 3072\) array"):
+        prepare(params(source="cifar10", path=str(source)), tmp_path)
+
+
+# --- fitting ------------------------------------------------------------------------------------
+
+
+def test_fit_keeps_or_pads_or_resizes():
+    batch = np.full((2, 1, 28, 28), 200, np.uint8)
+    padded = fit_array(batch, 32, 1)
+    assert padded.shape == (2, 1, 32, 32) and padded[0, 0, 0, 0] == 0 and padded[0, 0, 16, 16] == 200
+    assert fit_array(batch, 16, 3).shape == (2, 3, 16, 16)
+    wide = Image.new("RGB", (100, 50), (255, 0, 0))
+    fitted = fit_pil(wide, 32, 1)
+    assert fitted.shape == (1, 32, 32) and fitted[0, 16, 16] == 76  # luma of pure red
+
+
+def test_manifest_is_readable_json(tmp_path):
+    prepare(params(source="digits", resolution=8), tmp_path)
+    manifest = load_manifest(tmp_path / "data" / "prepared")
+    assert json.loads((tmp_path / "data" / "prepared" / "manifest.json").read_text()) == manifest
+    assert manifest["files"]["train"]["sha256"].startswith("sha256:")

@@ -1,0 +1,73 @@
+"""Each loss on logits small enough to check by hand."""
+
+import math
+
+import pytest
+import torch
+
+from ganops.training.ema import update_ema
+from ganops.training.losses import discriminator_loss, generator_loss, gradient_penalty, r1_penalty
+
+REAL = torch.tensor([0.0, 2.0])
+FAKE = torch.tensor([0.0, -1.0])
+
+
+def test_minimax_is_the_log_likelihood_objective():
+    # D: -[log s(0) + log s(2)]/2 - [log(1 - s(0)) + log(1 - s(-1))]/2, with s the sigmoid
+    s = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    expected_d = -(math.log(s(0)) + math.log(s(2))) / 2 - (math.log(1 - s(0)) + math.log(1 - s(-1))) / 2
+    assert discriminator_loss("minimax", REAL, FAKE).item() == pytest.approx(expected_d, rel=1e-6)
+    # G, non-saturating: -[log s(0) + log s(-1)]/2
+    expected_g = -(math.log(s(0)) + math.log(s(-1))) / 2
+    assert generator_loss("minimax", FAKE).item() == pytest.approx(expected_g, rel=1e-6)
+
+
+def test_minimax_is_stable_for_large_logits():
+    loss = discriminator_loss("minimax", torch.tensor([100.0]), torch.tensor([-100.0]))
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(0.0, abs=1e-6)
+    assert generator_loss("minimax", torch.tensor([-100.0])).item() == pytest.approx(100.0)
+
+
+def test_hinge():
+    # D: mean(relu(1 - [0, 2])) + mean(relu(1 + [0, -1])) = (1 + 0)/2 + (1 + 0)/2 = 1
+    assert discriminator_loss("hinge", REAL, FAKE).item() == pytest.approx(1.0)
+    assert generator_loss("hinge", FAKE).item() == pytest.approx(0.5)
+
+
+def test_wasserstein():
+    # D: mean(fake) - mean(real) = -0.5 - 1 = -1.5
+    assert discriminator_loss("wgan-gp", REAL, FAKE).item() == pytest.approx(-1.5)
+    assert generator_loss("wgan-gp", FAKE).item() == pytest.approx(0.5)
+
+
+def test_gradient_penalty_of_linear_critic():
+    # critic(x) = sum(w * x): gradient w everywhere, so the penalty is (||w|| - 1)^2 exactly.
+    w = torch.tensor([3.0, 4.0]).view(1, 2, 1, 1)
+    critic = lambda x: (x * w).flatten(1).sum(1)  # noqa: E731
+    real, fake = torch.randn(5, 2, 1, 1), torch.randn(5, 2, 1, 1)
+    assert gradient_penalty(critic, real, fake).item() == pytest.approx((5.0 - 1.0) ** 2)
+
+
+def test_r1_of_quadratic_discriminator():
+    # D(x) = sum(x^2): gradient 2x, so R1 = mean ||2x||^2 = mean 4 * sum(x^2)
+    x = torch.tensor([[1.0, 2.0], [0.0, 1.0]], requires_grad=True)
+    d_real = (x**2).sum(1)
+    assert r1_penalty(d_real, x).item() == pytest.approx((4 * 5 + 4 * 1) / 2)
+
+
+def test_unknown_loss():
+    with pytest.raises(ValueError):
+        discriminator_loss("lsgan", REAL, FAKE)
+
+
+def test_ema_update():
+    model, ema = torch.nn.BatchNorm1d(2), torch.nn.BatchNorm1d(2)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+        ema.weight.fill_(0.0)
+        model.running_mean.fill_(7.0)
+    update_ema(model, ema, decay=0.9)
+    assert torch.allclose(ema.weight, torch.full((2,), 0.1))
+    assert torch.equal(ema.running_mean, model.running_mean)  # buffers copied, not averaged
+    update_ema(model, ema, decay=0.0)
+    assert torch.equal(ema.weight, model.weight)
