@@ -1,0 +1,31 @@
+from conftest import run_cli, write_params
+
+
+def test_help_lists_the_stages(tmp_path):
+    out = run_cli("--help", cwd=tmp_path).stdout
+    for command in ("prepare", "train"):
+        assert command in out
+
+
+def test_bad_params_exit_with_the_key_not_a_traceback(tmp_path):
+    write_params(tmp_path / "params.yaml", {"train": {"batchsize": 3}})
+    result = run_cli("prepare", cwd=tmp_path, check=False)
+    assert result.returncode == 1
+    assert "train.batchsize: unknown key" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_prepare_then_train_from_the_command_line(tiny_project):
+    run_cli("prepare", cwd=tiny_project)
+    run_cli("train", "--params", "params.yaml", cwd=tiny_project)
+    assert (tiny_project / "models" / "generator.safetensors").is_file()
+
+
+def test_data_error_names_the_file(tmp_path):
+    raw = tmp_path / "raw" / "class_a"
+    raw.mkdir(parents=True)
+    (raw / "x.png").write_bytes(b"not a png")
+    write_params(tmp_path / "params.yaml", {"data": {"source": "imagefolder", "path": str(tmp_path / "raw")}})
+    result = run_cli("prepare", cwd=tmp_path, check=False)
+    assert result.returncode == 1 and "x.png" in result.stderr and "Traceback" not in result.stderr

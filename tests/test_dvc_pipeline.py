@@ -1,0 +1,99 @@
+"""The real `dvc repro` of the pipeline in a temporary git repository, with tiny params."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, write_params
+
+
+def _env() -> dict[str, str]:
+    bin_dir = str(Path(sys.executable).parent)  # where `ganops` and `dvc` are installed
+    return {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "TQDM_DISABLE": "1",
+            "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t"}
+
+
+def sh(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def dvc_project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("repo")
+    shutil.copy(REPO / "dvc.yaml", root)
+    shutil.copy(REPO / ".gitignore", root)
+    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    write_params(root / "params.yaml")
+    sh("git", "init", "-q", cwd=root)
+    sh("dvc", "init", "-q", cwd=root)
+    sh("dvc", "repro", cwd=root)
+    return root
+
+
+def test_repro_builds_every_output(dvc_project):
+    root = dvc_project
+    for path in ("data/prepared/manifest.json", "data/prepared/train.npz", "models/generator.safetensors",
+                 "models/generator.json", "reports/train.json", "reports/train_log.csv", "reports/samples.png"):
+        assert (root / path).is_file(), path
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"prepare", "train"}
+    assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["steps"] == 20
+
+
+def test_status_is_clean_and_second_repro_skips(dvc_project):
+    status = sh("dvc", "status", cwd=dvc_project)
+    assert "up to date" in status.stdout
+    again = sh("dvc", "repro", cwd=dvc_project)
+    assert "didn't change, skipping" in again.stdout
+    assert "Running stage" not in again.stdout
+
+
+def test_metrics_and_outputs_ignored_by_git(dvc_project):
+    metrics = sh("dvc", "metrics", "show", cwd=dvc_project)
+    assert "reports/train.json" in metrics.stdout and "images_per_s" in metrics.stdout
+    untracked = sh("git", "status", "--porcelain", "--untracked-files=all", cwd=dvc_project).stdout
+    for generated in ("data/prepared/", "models/generator.safetensors", "models/checkpoints/", "reports/samples.png"):
+        assert generated not in untracked
+
+
+def test_misspelt_key_fails_and_keeps_prepared_data(dvc_project):
+    root = dvc_project
+    prepared = {p.name: p.read_bytes() for p in (root / "data" / "prepared").iterdir()}
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    original = (root / "params.yaml").read_text()
+    params["data"]["resolutoin"] = params["data"].pop("resolution")
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    try:
+        result = sh("dvc", "repro", cwd=root, check=False)
+        assert result.returncode != 0
+        assert "data.resolutoin: unknown key" in result.stdout + result.stderr
+        assert {p.name: p.read_bytes() for p in (root / "data" / "prepared").iterdir()} == prepared
+    finally:
+        (root / "params.yaml").write_text(original)
+    assert "up to date" in sh("dvc", "status", cwd=root).stdout
+
+
+def test_changing_train_params_retrains_without_preparing(dvc_project):
+    root = dvc_project
+    original = (root / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    params["train"]["steps"] = 25
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    try:
+        result = sh("dvc", "repro", cwd=root)
+        assert "Stage 'prepare' didn't change" in result.stdout
+        assert "Running stage 'train'" in result.stdout
+        assert "up to date" in sh("dvc", "status", cwd=root).stdout
+    finally:
+        (root / "params.yaml").write_text(original)

@@ -1,0 +1,166 @@
+"""Training on tiny params: outputs, every loss and option, CPU determinism, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from conftest import TINY, merge, write_params
+from ganops import GanopsError
+from ganops.config import validate_params
+from ganops.data import prepare
+from ganops.models import GeneratorSpec, build_generator
+from ganops.training import train
+from ganops.training.checkpoint import list_checkpoints
+
+
+def tiny(overrides: dict | None = None):
+    return validate_params(merge(TINY, overrides or {}))
+
+
+@pytest.fixture(scope="module")
+def prepared_digits(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("digits")
+    prepare(tiny(), root)
+    return root / "data" / "prepared"
+
+
+def project_with_data(tmp_path: Path, prepared: Path) -> Path:
+    target = tmp_path / "data" / "prepared"
+    target.mkdir(parents=True)
+    for file in prepared.iterdir():
+        (target / file.name).write_bytes(file.read_bytes())
+    return tmp_path
+
+
+def test_outputs_and_reports(tmp_path, prepared_digits):
+    root = project_with_data(tmp_path, prepared_digits)
+    summary = train(tiny(), root)
+    spec = GeneratorSpec.load(root / "models" / "generator.json")
+    assert (spec.resolution, spec.channels, spec.num_classes, spec.latent_dim) == (8, 1, 10, 8)
+    assert spec.class_names == [str(d) for d in range(10)]
+    generator = build_generator(spec)
+    generator.load_state_dict(load_file(root / "models" / "generator.safetensors"))  # strict: every tensor
+    report = json.loads((root / "reports" / "train.json").read_text())
+    assert report == summary and report["steps"] == 20 and report["images_per_s"] > 0
+    rows = list(csv.DictReader((root / "reports" / "train_log.csv").open()))
+    assert [int(r["step"]) for r in rows] == [5, 10, 15, 20]
+    assert all(float(r["loss_d"]) > 0 for r in rows)
+    grid = Image.open(root / "reports" / "samples.png")
+    assert grid.height > grid.width  # one row per class: 10 rows of 8
+    assert [step for step, _ in list_checkpoints(root / "models" / "checkpoints")] == [20, 10]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"train": {"loss": "minimax", "r1_gamma": 1.0, "d_steps": 2}},
+        {"train": {"loss": "hinge"}, "model": {"conditional": False}},
+        {"train": {"loss": "wgan-gp", "gp_weight": 10.0}, "model": {"spectral_norm": False}},
+    ],
+)
+def test_each_loss_and_option_trains(tmp_path, prepared_digits, overrides):
+    root = project_with_data(tmp_path, prepared_digits)
+    summary = train(tiny(overrides), root)
+    assert all(torch.isfinite(torch.tensor(summary[k])) for k in ("loss_d", "loss_g"))
+    weights = load_file(root / "models" / "generator.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+    if overrides["train"].get("r1_gamma") or overrides["train"]["loss"] == "wgan-gp":
+        rows = list(csv.DictReader((root / "reports" / "train_log.csv").open()))
+        assert float(rows[-1]["penalty"]) > 0
+
+
+def test_two_cpu_runs_give_identical_weights(tmp_path, prepared_digits):
+    a = project_with_data(tmp_path / "a", prepared_digits)
+    b = project_with_data(tmp_path / "b", prepared_digits)
+    c = project_with_data(tmp_path / "c", prepared_digits)
+    train(tiny(), a)
+    train(tiny(), b)
+    train(tiny({"train": {"seed": 1}}), c)
+    weights = lambda root: (root / "models" / "generator.safetensors").read_bytes()  # noqa: E731
+    assert weights(a) == weights(b)
+    assert weights(a) != weights(c)
+
+
+def test_ema_generator_is_the_one_saved(tmp_path, prepared_digits):
+    root = project_with_data(tmp_path, prepared_digits)
+    train(tiny({"train": {"ema_decay": 0.9}}), root)
+    saved = load_file(root / "models" / "generator.safetensors")
+    state = torch.load(root / "models" / "checkpoints" / "step-00000020.pt", weights_only=True)
+    name = "stem.weight"
+    assert torch.equal(saved[name], state["generator_ema"][name])
+    assert not torch.equal(saved[name], state["generator"][name])
+
+
+def test_checkpoints_of_other_params_are_not_resumed(tmp_path, prepared_digits):
+    root = project_with_data(tmp_path, prepared_digits)
+    train(tiny({"train": {"lr_g": 1e-3}}), root)
+    summary = train(tiny(), root)
+    assert summary["resumed_from_step"] == 0
+    # a longer run with the same setup continues from the last checkpoint
+    longer = train(tiny({"train": {"steps": 30}}), root)
+    assert longer["resumed_from_step"] == 20
+
+
+def test_batch_larger_than_data_is_a_clear_error(tmp_path, prepared_digits):
+    root = project_with_data(tmp_path, prepared_digits)
+    with pytest.raises(GanopsError, match="batch_size=4096 is larger than the"):
+        train(tiny({"train": {"batch_size": 4096}}), root)
+
+
+def test_missing_prepared_data_is_a_clear_error(tmp_path):
+    with pytest.raises(GanopsError, match="run `ganops prepare`"):
+        train(tiny(), tmp_path)
+
+
+def _weights(root: Path) -> dict[str, torch.Tensor]:
+    return load_file(root / "models" / "generator.safetensors")
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, prepared_digits):
+    """Kill a real training process with SIGKILL after a checkpoint, re-run, compare with a clean run."""
+    overrides = {"train": {"steps": 600, "checkpoint_every": 50, "log_every": 20}}
+    killed = project_with_data(tmp_path / "killed", prepared_digits)
+    clean = project_with_data(tmp_path / "clean", prepared_digits)
+    for root in (killed, clean):
+        write_params(root / "params.yaml", overrides)
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    command = [sys.executable, "-m", "ganops.cli", "train"]
+
+    process = subprocess.Popen(command, cwd=killed, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    checkpoints = killed / "models" / "checkpoints"
+    deadline = time.monotonic() + 120
+    while not list_checkpoints(checkpoints) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "training ended before it could be killed"
+    step_at_kill = list_checkpoints(checkpoints)[0][0]
+    assert 0 < step_at_kill < 600
+    assert not (killed / "models" / "generator.safetensors").exists()
+
+    resumed = subprocess.run(command, cwd=killed, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from checkpoint" in resumed.stderr
+    report = json.loads((killed / "reports" / "train.json").read_text())
+    assert report["resumed_from_step"] >= step_at_kill
+
+    subprocess.run(command, cwd=clean, env=env, check=True, capture_output=True, timeout=300)
+    a, b = _weights(killed), _weights(clean)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the log of the resumed run is the log of the clean run, wall times aside
+    strip = lambda root: [{k: v for k, v in r.items() if k not in ("wall_time_s", "images_per_s")}  # noqa: E731
+                          for r in csv.DictReader((root / "reports" / "train_log.csv").open())]
+    assert strip(killed) == strip(clean)
