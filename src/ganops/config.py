@@ -53,8 +53,8 @@ class DataParams(_Section):
 
 class ModelParams(_Section):
     latent_dim: int = Field(64, ge=1, le=1024)
-    g_channels: int = Field(64, ge=4, le=2048, description="generator width at full resolution; doubles per block")
-    d_channels: int = Field(64, ge=4, le=2048, description="discriminator width at full resolution; doubles per block")
+    g_channels: int = Field(32, ge=4, le=2048, description="generator width one block below full resolution; doubles towards 4x4")
+    d_channels: int = Field(32, ge=4, le=2048, description="discriminator width after its first layer; doubles towards 4x4")
     max_channels: int = Field(512, ge=4, le=4096)
     conditional: bool = True
     spectral_norm: bool = True

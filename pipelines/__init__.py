@@ -1,0 +1,1 @@
+"""Orchestration flows that run the DVC stages of dvc.yaml (no training logic lives here)."""
