@@ -48,5 +48,21 @@ def train(params: Path = ParamsOption) -> None:
     _run_stage(params, run)
 
 
+@app.command("train-evaluator")
+def train_evaluator(params: Path = ParamsOption) -> None:
+    """Train the domain classifier (the offline evaluation backbone) on data/prepared/."""
+    from ganops.metrics import train_evaluator as run
+
+    _run_stage(params, run)
+
+
+@app.command()
+def evaluate(params: Path = ParamsOption) -> None:
+    """Score the trained generator against the real images; writes reports/eval.json."""
+    from ganops.metrics import evaluate as run
+
+    _run_stage(params, run)
+
+
 if __name__ == "__main__":
     app()

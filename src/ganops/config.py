@@ -80,10 +80,38 @@ class TrainParams(_Section):
     log_every: int = Field(25, ge=1)
 
 
+class EvaluatorParams(_Section):
+    """The domain classifier trained by the train_evaluator stage."""
+
+    epochs: int = Field(4, ge=1, le=1000)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(3e-3, gt=0.0, le=1.0)
+    width: int = Field(32, ge=4, le=512, description="features are 4 x width")
+    seed: int = Field(0, ge=0)
+
+
+class EvalParams(_Section):
+    backbone: Literal["auto", "inception", "domain"] = "auto"
+    inception_weights: str | None = Field(
+        None, description="FID Inception-v3 weights file; default: torch hub's cache, as torch-fidelity uses"
+    )
+    num_samples: int = Field(5000, ge=2, description="generated images compared with the reference set")
+    reference: Literal["train", "test"] = "train"
+    batch_size: int = Field(250, ge=1)
+    seed: int = Field(0, ge=0)
+    bootstrap: int = Field(50, ge=0, description="rounds for the Fréchet distance's 95% interval; 0 skips it")
+    kid_subsets: int = Field(100, ge=1)
+    kid_subset_size: int = Field(1000, ge=2)
+    prc_neighborhood: int = Field(3, ge=1, description="k of the k-NN manifolds for precision/recall")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    evaluator: EvaluatorParams = EvaluatorParams()
+
+
 class Params(_Section):
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
+    eval: EvalParams = EvalParams()
 
 
 def _format_errors(source: str, error: ValidationError) -> str:

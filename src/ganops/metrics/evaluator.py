@@ -1,0 +1,143 @@
+"""The domain backbone: a small CNN classifier trained on the prepared training split.
+
+Offline there are no Inception weights, so evaluation can use this network's penultimate features
+instead (metric names then say ``domain``). Its classifier head also scores class consistency: how
+often a conditional generator's images are classified as the label they were generated for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_save
+from torch import nn
+from tqdm import tqdm
+
+from ganops import GanopsError
+from ganops.config import Params
+from ganops.data import load_manifest, load_split
+from ganops.io import write_bytes_atomic, write_json_atomic
+from ganops.paths import ProjectPaths
+from ganops.training.loop import resolve_device
+
+
+class EvaluatorSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    resolution: int
+    channels: int
+    num_classes: int = Field(ge=2)
+    width: int = Field(ge=1)
+    class_names: list[str]
+    data_checksum: str
+
+    @property
+    def feature_dim(self) -> int:
+        return 4 * self.width
+
+
+class DomainClassifier(nn.Module):
+    """Three conv blocks and global average pooling: any resolution, features of 4 x width."""
+
+    def __init__(self, spec: EvaluatorSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        widths = [spec.channels, spec.width, 2 * spec.width, 4 * spec.width]
+        blocks = []
+        for c_in, c_out in zip(widths, widths[1:]):
+            blocks += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+                       nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2)]
+        self.body = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(spec.feature_dim, spec.num_classes)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] (N, C, H, W) -> penultimate features (N, 4 x width)."""
+        return self.body(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+
+def scale_images(images_u8: torch.Tensor) -> torch.Tensor:
+    return images_u8.float().div(127.5).sub(1.0)
+
+
+def evaluator_paths(root: Path) -> tuple[Path, Path, Path]:
+    paths = ProjectPaths(root)
+    return paths.models / "evaluator.safetensors", paths.models / "evaluator.json", paths.reports / "evaluator.json"
+
+
+def load_evaluator(root: Path, device: torch.device) -> DomainClassifier:
+    weights, spec_path, _ = evaluator_paths(root)
+    if not weights.exists() or not spec_path.exists():
+        raise GanopsError(f"{weights} is missing; train the domain evaluator first (`dvc repro train_evaluator`)")
+    spec = EvaluatorSpec.model_validate(json.loads(spec_path.read_text()))
+    model = DomainClassifier(spec)
+    model.load_state_dict(load_file(weights))
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def _accuracy(model: DomainClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:
+    model.eval()
+    correct = 0
+    for start in range(0, len(images), batch_size):
+        logits = model(scale_images(images[start : start + batch_size]))
+        correct += int((logits.argmax(1) == labels[start : start + batch_size]).sum())
+    return correct / max(1, len(images))
+
+
+def train_evaluator(params: Params, root: Path = Path(".")) -> dict:
+    """Train the domain classifier on data/prepared/train; report its accuracy on the test split."""
+    cfg = params.eval.evaluator
+    paths = ProjectPaths(root)
+    manifest = load_manifest(paths.prepared)
+    if manifest["num_classes"] < 2:
+        raise GanopsError("the domain evaluator needs at least 2 classes; use eval.backbone: inception")
+    train_x, train_y = (torch.from_numpy(a) for a in load_split(paths.prepared, "train"))
+    test_x, test_y = (torch.from_numpy(a) for a in load_split(paths.prepared, "test"))
+    device = resolve_device(params.eval.device)
+    torch.manual_seed(cfg.seed)
+    spec = EvaluatorSpec(resolution=manifest["resolution"], channels=manifest["channels"],
+                         num_classes=manifest["num_classes"], width=cfg.width, class_names=manifest["class_names"],
+                         data_checksum=manifest["files"]["train"]["sha256"])
+    model = DomainClassifier(spec).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    steps_per_epoch = max(1, len(train_x) // cfg.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
+    order_rng = torch.Generator().manual_seed(cfg.seed)
+    train_x, train_y, test_x, test_y = (t.to(device) for t in (train_x, train_y, test_x, test_y))
+    started = time.perf_counter()
+    for epoch in tqdm(range(cfg.epochs), desc="train_evaluator", unit="epoch"):
+        model.train()
+        order = torch.randperm(len(train_x), generator=order_rng).to(device)
+        for step in range(steps_per_epoch):
+            index = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            loss = nn.functional.cross_entropy(model(scale_images(train_x[index])), train_y[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    report = {
+        "test_accuracy": round(_accuracy(model, test_x, test_y, 512), 5) if len(test_x) else None,
+        "train_accuracy": round(_accuracy(model, train_x, train_y, 512), 5),
+        "num_test": int(len(test_x)),
+        "epochs": cfg.epochs,
+        "feature_dim": spec.feature_dim,
+        "wall_time_s": round(time.perf_counter() - started, 3),
+    }
+    weights_path, spec_path, report_path = evaluator_paths(root)
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    write_bytes_atomic(weights_path, safetensors_save(weights))
+    write_json_atomic(spec_path, spec.model_dump(mode="json"))
+    write_json_atomic(report_path, report)
+    logging.getLogger(__name__).info("domain evaluator: test accuracy %s", report["test_accuracy"])
+    return report
