@@ -44,10 +44,12 @@ def dvc_project(tmp_path_factory) -> Path:
 def test_repro_builds_every_output(dvc_project):
     root = dvc_project
     for path in ("data/prepared/manifest.json", "data/prepared/train.npz", "models/generator.safetensors",
-                 "models/generator.json", "reports/train.json", "reports/train_log.csv", "reports/samples.png"):
+                 "models/generator.json", "reports/train.json", "reports/train_log.csv", "reports/samples.png",
+                 "models/evaluator.safetensors", "models/evaluator.json", "reports/evaluator.json",
+                 "reports/eval.json", "reports/eval_samples.png"):
         assert (root / path).is_file(), path
     lock = yaml.safe_load((root / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"prepare", "train"}
+    assert set(lock["stages"]) == {"prepare", "train", "train_evaluator", "evaluate"}
     assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["steps"] == 20
 
 
@@ -62,6 +64,9 @@ def test_status_is_clean_and_second_repro_skips(dvc_project):
 def test_metrics_and_outputs_ignored_by_git(dvc_project):
     metrics = sh("dvc", "metrics", "show", cwd=dvc_project)
     assert "reports/train.json" in metrics.stdout and "images_per_s" in metrics.stdout
+    for name in ("fd_domain", "kid_domain_mean", "precision_domain", "recall_domain", "class_consistency_domain",
+                 "test_accuracy"):
+        assert name in metrics.stdout
     untracked = sh("git", "status", "--porcelain", "--untracked-files=all", cwd=dvc_project).stdout
     for generated in ("data/prepared/", "models/generator.safetensors", "models/checkpoints/", "reports/samples.png"):
         assert generated not in untracked
@@ -94,6 +99,8 @@ def test_changing_train_params_retrains_without_preparing(dvc_project):
         result = sh("dvc", "repro", cwd=root)
         assert "Stage 'prepare' didn't change" in result.stdout
         assert "Running stage 'train'" in result.stdout
+        assert "Running stage 'evaluate'" in result.stdout  # a new generator is scored again
+        assert "Stage 'train_evaluator' didn't change" in result.stdout
         assert "up to date" in sh("dvc", "status", cwd=root).stdout
     finally:
         (root / "params.yaml").write_text(original)

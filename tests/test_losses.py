@@ -71,3 +71,13 @@ def test_ema_update():
     assert torch.equal(ema.running_mean, model.running_mean)  # buffers copied, not averaged
     update_ema(model, ema, decay=0.0)
     assert torch.equal(ema.weight, model.weight)
+
+
+def test_ema_decay_ramps_up_to_its_target():
+    from ganops.training.ema import ema_decay
+
+    assert ema_decay(0.999, -1) == 0.0  # before ema_start: a copy
+    assert ema_decay(0.999, 0) == pytest.approx(0.1)
+    assert ema_decay(0.999, 90) == pytest.approx(91 / 100)
+    assert ema_decay(0.999, 100_000) == 0.999
+    assert ema_decay(0.0, 50) == 0.0

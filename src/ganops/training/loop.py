@@ -29,7 +29,7 @@ from ganops.io import write_bytes_atomic, write_json_atomic
 from ganops.models import DiscriminatorSpec, GeneratorSpec, build_discriminator, build_generator
 from ganops.paths import ProjectPaths
 from ganops.training.checkpoint import capture_rng_states, load_resumable, restore_rng_states, save_checkpoint
-from ganops.training.ema import update_ema
+from ganops.training.ema import ema_decay, update_ema
 from ganops.training.losses import discriminator_loss, generator_loss, gradient_penalty, r1_penalty
 from ganops.visualize import save_grid, to_uint8
 
@@ -202,7 +202,7 @@ def train(params: Params, root: Path = Path(".")) -> dict:
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
-        update_ema(G, G_ema, cfg.ema_decay if step >= cfg.ema_start else 0.0)
+        update_ema(G, G_ema, ema_decay(cfg.ema_decay, step - cfg.ema_start))
 
         # Bookkeeping stays on the device; it is read (a host sync) only every log_every steps.
         window += torch.stack([loss_d.detach(), loss_g.detach(), d_real.detach().mean(), d_fake.detach().mean(), penalty.detach()])
