@@ -9,4 +9,9 @@ extras="dev"
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[${extras}]"
+if [[ "$extras" == *gpu* ]]; then
+  # onnxruntime and onnxruntime-gpu ship the same module; keep only the GPU build.
+  .venv/bin/python -m pip uninstall --quiet -y onnxruntime
+  .venv/bin/python -m pip install --quiet --force-reinstall --no-deps "onnxruntime-gpu>=1.18"
+fi
 echo "ganops is installed in .venv — run: source .venv/bin/activate && dvc repro"

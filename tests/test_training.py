@@ -164,3 +164,12 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, prepared_digit
     strip = lambda root: [{k: v for k, v in r.items() if k not in ("wall_time_s", "images_per_s")}  # noqa: E731
                           for r in csv.DictReader((root / "reports" / "train_log.csv").open())]
     assert strip(killed) == strip(clean)
+
+
+def test_checkpoints_of_other_code_are_not_resumed(tmp_path, prepared_digits, monkeypatch):
+    from ganops.training import loop
+
+    root = project_with_data(tmp_path, prepared_digits)
+    train(tiny(), root)
+    monkeypatch.setattr(loop, "_code_digest", lambda: "edited training code")
+    assert train(tiny({"train": {"steps": 30}}), root)["resumed_from_step"] == 0

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional, TypeVar
 
 import typer
 
 from ganops import GanopsError
 from ganops.config import DEFAULT_PARAMS, Params, load_params
+
+T = TypeVar("T")
 
 app = typer.Typer(
     help="ganops: a production pipeline for image GANs. Each command is one DVC stage (see dvc.yaml).",
@@ -22,14 +24,18 @@ app = typer.Typer(
 ParamsOption = typer.Option(DEFAULT_PARAMS, "--params", "-p", help="parameters file", dir_okay=False)
 
 
-def _run_stage(params_path: Path, stage: Callable[[Params], object]) -> None:
+def _fail_cleanly(action: Callable[[], T]) -> T:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        stage(load_params(params_path))
+        return action()
     except GanopsError as error:
         # A user's mistake gets its message, not a traceback.
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=1) from None
+
+
+def _run_stage(params_path: Path, stage: Callable[[Params], object]) -> None:
+    _fail_cleanly(lambda: stage(load_params(params_path)))
 
 
 @app.command()
@@ -62,6 +68,43 @@ def evaluate(params: Path = ParamsOption) -> None:
     from ganops.metrics import evaluate as run
 
     _run_stage(params, run)
+
+
+@app.command()
+def export(params: Path = ParamsOption) -> None:
+    """Export the EMA generator to models/generator.onnx, check it, and test parity with torch."""
+    from ganops.export import export as run
+
+    _run_stage(params, run)
+
+
+@app.command()
+def generate(
+    model: str = typer.Option("models/generator.onnx", "--model", "-m", help="ONNX file or model URI"),
+    n: int = typer.Option(64, "--n", min=1, max=100_000, help="number of images"),
+    seed: int = typer.Option(0, "--seed", min=0, help="the same seed gives the same images"),
+    label: Optional[int] = typer.Option(None, "--label", help="class of every image (conditional models)"),
+    out: Path = typer.Option(Path("samples.png"), "--out", "-o",
+                             help="a .png file for one grid, otherwise a folder of one PNG per image"),
+) -> None:
+    """Generate images with onnxruntime from an exported generator."""
+    from ganops.serving.cli import generate_images
+
+    _fail_cleanly(lambda: generate_images(model, n, seed, label, out))
+
+
+@app.command()
+def serve(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="ONNX file or model URI (default: serve.model)"),
+    host: Optional[str] = typer.Option(None, help="default: serve.host"),
+    port: Optional[int] = typer.Option(None, help="default: serve.port"),
+    params: Path = ParamsOption,
+) -> None:
+    """Serve the generator over HTTP (FastAPI + uvicorn): /v1/generate, /v1/model, /healthz, /readyz."""
+    from ganops.serving.cli import serve_http
+
+    settings = _fail_cleanly(lambda: load_params(params).serve) if params.exists() else None
+    _fail_cleanly(lambda: serve_http(model, host, port, settings))
 
 
 if __name__ == "__main__":

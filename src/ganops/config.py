@@ -107,11 +107,33 @@ class EvalParams(_Section):
     evaluator: EvaluatorParams = EvaluatorParams()
 
 
+class ExportParams(_Section):
+    opset: int = Field(18, ge=13, le=23, description="ONNX opset of the exported generator")
+    fp16: bool = Field(False, description="also write models/fp16/generator.onnx for GPU serving")
+    parity_samples: int = Field(64, ge=1)
+    parity_tolerance: float = Field(1e-4, gt=0.0, description="max |onnxruntime - torch| for the fp32 model")
+    fp16_tolerance: float = Field(1e-2, gt=0.0, description="max |onnxruntime - torch| for the fp16 model")
+    latency_repeats: int = Field(20, ge=1)
+
+
+class ServeParams(_Section):
+    model: str = Field("models/generator.onnx", description="ONNX file (or, with the registry, a models:/ URI)")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_batch: int = Field(64, ge=1, le=4096, description="most images one request may ask for")
+    max_body_bytes: int = Field(65536, ge=256, description="larger request bodies get 413")
+    api_key_env: str = Field("GANOPS_API_KEY", description="when this variable is set, requests need its value as X-API-Key")
+    reload_interval_s: float = Field(2.0, gt=0.0, description="how often the model file is checked for a new version")
+    intra_op_threads: int | None = Field(None, ge=1, description="onnxruntime threads per request; default: all cores")
+
+
 class Params(_Section):
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     eval: EvalParams = EvalParams()
+    export: ExportParams = ExportParams()
+    serve: ServeParams = ServeParams()
 
 
 def _format_errors(source: str, error: ValidationError) -> str:

@@ -11,6 +11,17 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp/mkdtemp create private (0600/0700) entries; outputs get the usual permissions instead.
+_FILE_MODE = 0o666 & ~_current_umask()
+_DIR_MODE = 0o777 & ~_current_umask()
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -29,6 +40,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, _FILE_MODE)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
@@ -61,6 +73,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         os.replace(backup, target)
     try:
         yield staging
+        os.chmod(staging, _DIR_MODE)
         shutil.rmtree(backup, ignore_errors=True)
         if target.exists():
             os.replace(target, backup)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
+
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ganops.io import atomic_path
+from ganops.io import write_bytes_atomic
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -16,9 +18,9 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
 
 
-def save_grid(images: np.ndarray, rows: int, path: Path, min_cell: int = 32) -> None:
-    """Tile uint8 (N, C, H, W) images into ``rows`` rows with a 2-pixel border; small images are
-    enlarged (nearest neighbour) so each cell is at least ``min_cell`` pixels wide."""
+def tile(images: np.ndarray, rows: int, min_cell: int = 32) -> np.ndarray:
+    """Tile uint8 (N, C, H, W) images into ``rows`` rows with a 2-pixel border -> (H', W', C); small
+    images are enlarged (nearest neighbour) so each cell is at least ``min_cell`` pixels wide."""
     count, channels, height, width = images.shape
     cols = -(-count // rows)
     zoom = max(1, -(-min_cell // width))
@@ -27,8 +29,26 @@ def save_grid(images: np.ndarray, rows: int, path: Path, min_cell: int = 32) -> 
     grid = np.zeros((rows * cell_h + pad, cols * cell_w + pad, channels), dtype=np.uint8)
     for index, image in enumerate(images):
         r, c = divmod(index, cols)
-        tile = image.transpose(1, 2, 0).repeat(zoom, axis=0).repeat(zoom, axis=1)
-        grid[pad + r * cell_h : pad + r * cell_h + height * zoom, pad + c * cell_w : pad + c * cell_w + width * zoom] = tile
-    picture = Image.fromarray(grid[..., 0] if channels == 1 else grid, mode="L" if channels == 1 else "RGB")
-    with atomic_path(Path(path)) as tmp:
-        picture.save(tmp, format="PNG")
+        cell = image.transpose(1, 2, 0).repeat(zoom, axis=0).repeat(zoom, axis=1)
+        grid[pad + r * cell_h : pad + r * cell_h + height * zoom, pad + c * cell_w : pad + c * cell_w + width * zoom] = cell
+    return grid
+
+
+def image_png(image: np.ndarray) -> bytes:
+    """One uint8 (C, H, W) image as PNG, at its own size."""
+    buffer = io.BytesIO()
+    Image.fromarray(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def grid_png(images: np.ndarray, rows: int, min_cell: int = 32) -> bytes:
+    """:func:`tile`'s grid encoded as PNG."""
+    grid = tile(images, rows, min_cell)
+    buffer = io.BytesIO()
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save_grid(images: np.ndarray, rows: int, path: Path, min_cell: int = 32) -> None:
+    """Write :func:`tile`'s grid as a PNG, atomically."""
+    write_bytes_atomic(Path(path), grid_png(images, rows, min_cell))

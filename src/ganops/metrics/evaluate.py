@@ -8,7 +8,6 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from ganops import GanopsError
 from ganops.config import Params
@@ -17,27 +16,13 @@ from ganops.io import write_json_atomic
 from ganops.metrics.backbones import build_backbone, extract_features, resolve_backbone
 from ganops.metrics.evaluator import load_evaluator
 from ganops.metrics.scores import compute_metrics
-from ganops.models import Generator, GeneratorSpec, build_generator
+from ganops.models import Generator, GeneratorSpec, load_trained_generator
 from ganops.paths import ProjectPaths
 from ganops.training.loop import resolve_device
 from ganops.visualize import save_grid
 
 log = logging.getLogger(__name__)
 MIN_REFERENCE = 10
-
-
-def load_trained_generator(root: Path, device: torch.device) -> Generator:
-    """The EMA generator from models/, rebuilt from its spec (never from params.yaml)."""
-    paths = ProjectPaths(root)
-    spec = GeneratorSpec.load(paths.generator_spec)
-    if not paths.generator_weights.exists():
-        raise GanopsError(f"{paths.generator_weights} is missing; train a generator first (`dvc repro train`)")
-    generator = build_generator(spec)
-    try:
-        generator.load_state_dict(load_file(paths.generator_weights))
-    except Exception as error:
-        raise GanopsError(f"{paths.generator_weights} does not match {paths.generator_spec}: {error}") from None
-    return generator.to(device).eval()
 
 
 def _check_compatible(spec: GeneratorSpec, manifest: dict) -> None:

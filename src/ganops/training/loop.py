@@ -72,8 +72,20 @@ def discriminator_spec(params: Params, manifest: dict) -> DiscriminatorSpec:
     )
 
 
+def _code_digest() -> str:
+    """The training code itself (the train stage's DVC deps) and the torch version: a checkpoint
+    written by other code must not be resumed, even under the same params."""
+    digest = hashlib.sha256(torch.__version__.encode())
+    package = Path(__file__).resolve().parents[1]
+    for folder in ("models", "training"):
+        for source in sorted((package / folder).glob("*.py")):
+            digest.update(source.name.encode() + source.read_bytes())
+    return digest.hexdigest()
+
+
 def _fingerprint(params: Params, manifest: dict) -> str:
     setup = {
+        "code": _code_digest(),
         "data": manifest["files"]["train"]["sha256"],
         "model": params.model.model_dump(),
         "train": params.train.model_dump(exclude=_NOT_IN_FINGERPRINT),

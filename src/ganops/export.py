@@ -1,0 +1,152 @@
+"""The export stage: the EMA generator as ONNX, checked, parity-tested and timed.
+
+models/generator.onnx takes ``z`` (float32 [N, latent]) and, for conditional generators,
+``labels`` (int64 [N]); it returns ``images`` (float32 [N, C, H, W] in [-1, 1]). N is dynamic.
+Metadata properties carry the generator spec, the training data checksum and the training params.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ganops import GanopsError, __version__
+from ganops.config import Params
+from ganops.io import atomic_dir, atomic_path, write_json_atomic
+from ganops.models import Generator, load_trained_generator
+from ganops.paths import ProjectPaths
+from ganops.serving.runtime import SPEC_KEY, OnnxGenerator
+
+log = logging.getLogger(__name__)
+
+
+class _ExportWrapper(torch.nn.Module):
+    """Fixes the graph's signature: (z) or (z, labels) -> images."""
+
+    def __init__(self, generator: Generator) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.generator(z, labels)
+
+
+def _example_inputs(generator: Generator, n: int, seed: int) -> tuple[torch.Tensor, ...]:
+    rng = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, generator.spec.latent_dim, generator=rng)
+    if generator.spec.conditional:
+        return z, torch.randint(0, generator.spec.num_classes, (n,), generator=rng)
+    return (z,)
+
+
+def _to_onnx(generator: Generator, target: Path, params: Params) -> None:
+    import onnx
+
+    inputs = _example_inputs(generator, 2, 0)
+    input_names = ["z", "labels"][: len(inputs)]
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    torch.onnx.export(
+        _ExportWrapper(generator).eval(), inputs, str(target), input_names=input_names, output_names=["images"],
+        dynamic_shapes=tuple({0: batch} for _ in inputs), opset_version=params.export.opset, dynamo=True,
+        external_data=False, optimize=True,
+    )
+    model = onnx.load(str(target))
+    metadata = {
+        SPEC_KEY: generator.spec.model_dump_json(),
+        "ganops.data_checksum": generator.spec.data_checksum or "",
+        "ganops.training_params": json.dumps({"model": params.model.model_dump(), "train": params.train.model_dump()}),
+        "ganops.output": json.dumps({"name": "images", "range": [-1.0, 1.0], "layout": "NCHW", "dtype": "float32"}),
+        "ganops.version": __version__,
+    }
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    model.doc_string = "ganops generator: z [N, latent] float32 (+ labels [N] int64) -> images [N, C, H, W] in [-1, 1]"
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(target))
+
+
+def _to_fp16(source: Path, target: Path) -> None:
+    import onnx
+    from onnxconverter_common import float16
+
+    model = float16.convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(target))
+
+
+def _max_error(generator: Generator, model_path: Path, params: Params, providers: list[str] | None = None) -> float:
+    inputs = _example_inputs(generator, params.export.parity_samples, 1)
+    with torch.no_grad():
+        expected = generator(*inputs).numpy()
+    session = OnnxGenerator(model_path, providers=providers)
+    got = session.run(inputs[0].numpy(), inputs[1].numpy() if len(inputs) > 1 else None)
+    return float(np.abs(got - expected).max())
+
+
+def _median_ms(fn, repeats: int) -> float:
+    fn()  # warm-up: allocations, lazy initialisation
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def _latencies(generator: Generator, model_path: Path, repeats: int) -> dict[str, float]:
+    session = OnnxGenerator(model_path, providers=["CPUExecutionProvider"])
+    out = {}
+    for batch in (1, 64):
+        inputs = _example_inputs(generator, batch, batch)
+        arrays = [t.numpy() for t in inputs]
+        with torch.inference_mode():
+            eager = _median_ms(lambda: generator(*inputs), repeats)
+        ort = _median_ms(lambda: session.run(*arrays) if len(arrays) > 1 else session.run(arrays[0]), repeats)
+        out[f"latency_ms_torch_eager_batch{batch}"] = round(eager, 4)
+        out[f"latency_ms_onnxruntime_batch{batch}"] = round(ort, 4)
+        out[f"ort_vs_eager_latency_batch{batch}"] = round(ort / eager, 4)
+    return out
+
+
+def export(params: Params, root: Path = Path(".")) -> dict:
+    """Write models/generator.onnx (and models/fp16/ when export.fp16) and reports/export.json."""
+    cfg = params.export
+    paths = ProjectPaths(root)
+    generator = load_trained_generator(root, torch.device("cpu"))
+    onnx_path = paths.models / "generator.onnx"
+    report: dict = {"opset": cfg.opset, "inputs": ["z", "labels"] if generator.spec.conditional else ["z"],
+                    "output": "images", "output_range": [-1.0, 1.0], "layout": "NCHW"}
+    with atomic_path(onnx_path) as tmp:
+        _to_onnx(generator, tmp, params)
+        error = _max_error(generator, tmp, params, providers=["CPUExecutionProvider"])
+        if error > cfg.parity_tolerance:
+            raise GanopsError(f"ONNX parity failed: max |onnxruntime - torch| = {error:.3g} > export.parity_tolerance "
+                              f"{cfg.parity_tolerance:g}; the previous {onnx_path.name} is kept")
+        report["parity_max_abs_error"] = error
+        report["file_size_bytes"] = tmp.stat().st_size
+        report.update(_latencies(generator, tmp, cfg.latency_repeats))
+
+    with atomic_dir(paths.models / "fp16") as staging:
+        if cfg.fp16:
+            fp16_path = staging / "generator.onnx"
+            _to_fp16(onnx_path, fp16_path)
+            report["fp16_file_size_bytes"] = fp16_path.stat().st_size
+            try:
+                report["fp16_parity_max_abs_error"] = _max_error(generator, fp16_path, params)
+            except GanopsError as error:  # e.g. a CPU-only onnxruntime without fp16 kernels for an op
+                log.warning("fp16 parity not measured here: %s", error)
+                report["fp16_parity_max_abs_error"] = None
+            if report["fp16_parity_max_abs_error"] is not None and report["fp16_parity_max_abs_error"] > cfg.fp16_tolerance:
+                raise GanopsError(f"fp16 parity failed: {report['fp16_parity_max_abs_error']:.3g} > export.fp16_tolerance")
+    write_json_atomic(paths.reports / "export.json", report)
+    log.info("exported %s: parity %.2e, onnxruntime/eager latency at batch 1: %.2f", onnx_path,
+             report["parity_max_abs_error"], report["ort_vs_eager_latency_batch1"])
+    return report

@@ -1,0 +1,214 @@
+"""The HTTP service: FastAPI over an onnxruntime generator, hot-swappable without dropping requests."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+import os
+import threading
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ganops import GanopsError
+from ganops.config import ServeParams
+from ganops.serving.runtime import OnnxGenerator
+from ganops.visualize import grid_png
+
+log = logging.getLogger(__name__)
+MAX_SEED = 2**63 - 1
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n: StrictInt = Field(1, ge=1, description="number of images; at most serve.max_batch")
+    seed: StrictInt = Field(0, ge=0, le=MAX_SEED, description="the same seed gives the same images")
+    labels: StrictInt | list[StrictInt] | None = Field(
+        None, description="class of every image (one int) or of each image (a list of n); default: classes in turn"
+    )
+    format: Literal["png", "array"] = Field("png", description="png: one grid image; array: uint8 NCHW, base64")
+
+
+class ModelSource:
+    """The current generator, reloaded when its file changes; a request keeps the instance it started
+    with, so a swap never drops or mixes in-flight requests."""
+
+    def __init__(self, path: Path, threads: int | None) -> None:
+        self.path, self.threads = Path(path), threads
+        self._lock = threading.Lock()
+        self._stamp: tuple | None = None
+        self.generator: OnnxGenerator | None = None
+        self.version = ""
+        self.last_error: str | None = None
+        self.refresh()
+
+    def _file_stamp(self) -> tuple | None:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+    def refresh(self) -> bool:
+        """Load the file if it changed; keep serving the previous model if the new one is bad."""
+        stamp = self._file_stamp()
+        if stamp is None or stamp == self._stamp:
+            return False
+        with self._lock:
+            try:
+                generator = OnnxGenerator(self.path, intra_op_threads=self.threads)
+                version = hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]
+            except GanopsError as error:
+                self.last_error = str(error)
+                log.error("keeping the current model: %s", error)
+                self._stamp = stamp
+                return False
+            self.generator, self.version, self._stamp, self.last_error = generator, version, stamp, None
+        log.info("serving %s (version %s, providers %s)", self.path, version, generator.providers)
+        return True
+
+
+class BodySizeLimit:
+    """413 for bodies over the limit, by Content-Length or by counting a streamed body. The body
+    (small, by this very limit) is read here first and handed on whole."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = JSONResponse({"detail": f"request body over {self.max_bytes} bytes"}, status_code=413)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        try:
+            if declared is not None and int(declared) > self.max_bytes:
+                await too_large(scope, receive, send)
+                return
+        except ValueError:
+            await JSONResponse({"detail": "invalid Content-Length"}, status_code=400)(scope, receive, send)
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # client went away
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                await too_large(scope, receive, send)
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def create_app(model: str | Path, settings: ServeParams | None = None) -> FastAPI:
+    settings = settings or ServeParams()
+    source_holder: dict[str, ModelSource] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        source_holder["source"] = ModelSource(Path(model), settings.intra_op_threads)
+
+        async def watch() -> None:
+            while True:
+                await asyncio.sleep(settings.reload_interval_s)
+                await asyncio.to_thread(source_holder["source"].refresh)
+
+        watcher = asyncio.create_task(watch())
+        yield
+        watcher.cancel()
+
+    app = FastAPI(title="ganops generator service", version="1", lifespan=lifespan)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+
+    def current() -> OnnxGenerator:
+        generator = source_holder["source"].generator
+        if generator is None:
+            raise HTTPException(503, detail=f"no model loaded: {source_holder['source'].last_error or 'file missing'}")
+        return generator
+
+    def require_key(x_api_key: Annotated[str | None, Header()] = None) -> None:
+        expected = os.environ.get(settings.api_key_env)
+        if not expected:
+            return
+        if x_api_key is None or not hmac.compare_digest(x_api_key.encode(), expected.encode()):
+            raise HTTPException(401, detail="missing or wrong X-API-Key")
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        source = source_holder["source"]
+        if source.generator is None:
+            return JSONResponse({"status": "not ready", "error": source.last_error}, status_code=503)
+        return JSONResponse({"status": "ready", "version": source.version})
+
+    @app.get("/v1/model", dependencies=[Depends(require_key)])
+    def model_info() -> dict:
+        generator = current()
+        source = source_holder["source"]
+        spec = generator.spec
+        metadata = generator.metadata
+        inputs = {"z": {"dtype": "float32", "shape": ["n", spec.latent_dim]}}
+        if spec.conditional:
+            inputs["labels"] = {"dtype": "int64", "shape": ["n"], "range": [0, spec.num_classes - 1]}
+        return {
+            "name": metadata.get("ganops.model_name", source.path.stem),
+            "version": metadata.get("ganops.model_version", source.version),
+            "metrics": _json_or_empty(metadata.get("ganops.metrics")),
+            "providers": generator.providers,
+            "input": inputs,
+            "output": {"dtype": "uint8", "shape": ["n", spec.channels, spec.resolution, spec.resolution]},
+            "classes": spec.class_names,
+            "max_batch": settings.max_batch,
+        }
+
+    @app.post("/v1/generate", dependencies=[Depends(require_key)],
+              responses={200: {"content": {"image/png": {}, "application/json": {}}}})
+    def generate(request: GenerateRequest) -> Response:
+        generator = current()  # held for the whole request: a model swap can't pull it away
+        if request.n > settings.max_batch:
+            raise HTTPException(422, detail=f"n={request.n} is over serve.max_batch={settings.max_batch}")
+        try:
+            images, labels = generator.sample(request.n, request.seed, request.labels)
+        except ValueError as error:
+            raise HTTPException(422, detail=str(error)) from None
+        if request.format == "png":
+            rows = max(1, round(request.n ** 0.5))
+            return Response(grid_png(images, rows), media_type="image/png")
+        return JSONResponse({
+            "shape": list(images.shape), "dtype": "uint8", "layout": "NCHW",
+            "labels": labels.tolist() if labels is not None else None,
+            "seed": request.seed, "data": base64.b64encode(images.tobytes()).decode(),
+        })
+
+    return app
+
+
+def _json_or_empty(text: str | None) -> dict:
+    import json
+
+    try:
+        return json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        return {}

@@ -1,0 +1,124 @@
+"""onnxruntime inference for exported generators: the one place sessions are built.
+
+The model file carries everything needed to call it (latent size, classes, output range) in its
+metadata, so callers never pass architecture details.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ganops import GanopsError
+from ganops.models.spec import GeneratorSpec
+
+SPEC_KEY = "ganops.generator_spec"
+
+
+class ModelError(GanopsError):
+    """A model file that can't be loaded or isn't a ganops generator."""
+
+
+def available_providers() -> list[str]:
+    """CUDA when onnxruntime-gpu sees a GPU, CPU always (as the fallback)."""
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    return providers
+
+
+def make_session(path: Path, providers: list[str] | None = None, intra_op_threads: int | None = None):
+    """An onnxruntime session with every graph optimisation on and explicit thread counts."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = intra_op_threads or os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers or available_providers())
+    except Exception as error:  # onnxruntime raises its own exception types for bad files
+        raise ModelError(f"{path}: not a loadable ONNX model ({str(error).strip()[:300]})") from None
+
+
+def resolve_model_uri(uri: str | Path) -> Path:
+    """Turn what a user passes as --model into a local ONNX file."""
+    text = str(uri)
+    if text.startswith(("models:/", "runs:/")):
+        raise ModelError(f"{text}: MLflow model URIs need the model registry, which this installation lacks; "
+                         "pass an ONNX file path")
+    return Path(text).expanduser()
+
+
+class OnnxGenerator:
+    """An exported generator under onnxruntime: ``sample(n, seed, labels)`` -> uint8 NCHW images."""
+
+    def __init__(self, path: str | Path, providers: list[str] | None = None, intra_op_threads: int | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelError(f"model file not found: {self.path}")
+        self.session = make_session(self.path, providers, intra_op_threads)
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        if SPEC_KEY not in metadata:
+            raise ModelError(f"{self.path}: not a ganops generator (no {SPEC_KEY} metadata)")
+        self.metadata = metadata
+        self.spec = GeneratorSpec.model_validate(json.loads(metadata[SPEC_KEY]))
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    @classmethod
+    def from_uri(cls, uri: str | Path, **session_options) -> OnnxGenerator:
+        """A local ONNX file path (registry URIs such as models:/name@champion resolve to a file first)."""
+        return cls(resolve_model_uri(uri), **session_options)
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def run(self, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        """Raw call: float32 z (N, latent) [+ int64 labels (N,)] -> float32 images in [-1, 1]."""
+        feeds = {"z": np.ascontiguousarray(z, dtype=np.float32)}
+        if self.spec.conditional:
+            if labels is None:
+                raise ValueError("this generator is conditional: pass labels")
+            feeds["labels"] = np.ascontiguousarray(labels, dtype=np.int64)
+        (images,) = self.session.run(["images"], feeds)
+        return images
+
+    def latents(self, n: int, seed: int) -> np.ndarray:
+        """The noise for a seed: the same seed gives the same images on every machine and interface."""
+        return np.random.default_rng(seed).standard_normal((n, self.spec.latent_dim), dtype=np.float32)
+
+    def labels_for(self, n: int, labels: list[int] | int | None) -> np.ndarray | None:
+        """None -> classes in turn (0, 1, 2, ...); one int -> all that class; a list -> as given."""
+        if not self.spec.conditional:
+            if labels is not None:
+                raise ValueError("this generator is unconditional: it takes no labels")
+            return None
+        if labels is None:
+            out = np.arange(n) % self.spec.num_classes
+        elif isinstance(labels, int):
+            out = np.full(n, labels)
+        else:
+            if len(labels) != n:
+                raise ValueError(f"got {len(labels)} labels for {n} images")
+            out = np.asarray(labels)
+        bad = out[(out < 0) | (out >= self.spec.num_classes)]
+        if bad.size:
+            raise ValueError(f"label {int(bad[0])} is outside 0..{self.spec.num_classes - 1}")
+        return out.astype(np.int64)
+
+    def sample(self, n: int, seed: int, labels: list[int] | int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """n images for a seed as uint8 (N, C, H, W), with the labels they were generated for."""
+        label_array = self.labels_for(n, labels)
+        images = self.run(self.latents(n, seed), label_array)
+        return to_uint8(images), label_array
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    return np.rint((np.clip(images, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)

@@ -1,0 +1,139 @@
+"""ONNX export: checker, metadata, dynamic batch, parity, fp16, failures that keep the old model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from conftest import TINY, merge, run_cli
+from ganops import GanopsError
+from ganops.config import validate_params
+from ganops.data import prepare
+from ganops.export import export
+from ganops.models import load_trained_generator
+from ganops.serving import ModelError, OnnxGenerator
+from ganops.training import train
+
+
+def tiny(overrides: dict | None = None):
+    return validate_params(merge(TINY, overrides or {}))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("exported")
+    params = tiny({"export": {"fp16": True}})
+    prepare(params, root)
+    train(params, root)
+    export(params, root)
+    return root
+
+
+def test_model_is_checked_and_carries_its_metadata(exported):
+    model = onnx.load(str(exported / "models" / "generator.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    assert any(o.domain in ("", "ai.onnx") and o.version == 18 for o in model.opset_import)
+    metadata = {p.key: p.value for p in model.metadata_props}
+    spec = json.loads(metadata["ganops.generator_spec"])
+    assert spec == json.loads((exported / "models" / "generator.json").read_text())
+    manifest = json.loads((exported / "data" / "prepared" / "manifest.json").read_text())
+    assert metadata["ganops.data_checksum"] == manifest["files"]["train"]["sha256"]
+    assert json.loads(metadata["ganops.training_params"])["train"]["steps"] == 20
+    inputs = {i.name: i for i in model.graph.input}
+    assert set(inputs) == {"z", "labels"}
+    assert inputs["z"].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert inputs["labels"].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    assert [o.name for o in model.graph.output] == ["images"]
+
+
+def test_dynamic_batch_and_fp32_parity(exported):
+    generator = load_trained_generator(exported)
+    session = OnnxGenerator(exported / "models" / "generator.onnx")
+    for batch in (1, 7, 64):
+        z = torch.randn(batch, 8, generator=torch.Generator().manual_seed(batch))
+        labels = torch.arange(batch) % 10
+        with torch.no_grad():
+            expected = generator(z, labels).numpy()
+        got = session.run(z.numpy(), labels.numpy())
+        assert got.shape == (batch, 1, 8, 8)
+        assert np.abs(got - expected).max() <= 1e-4
+    report = json.loads((exported / "reports" / "export.json").read_text())
+    assert report["parity_max_abs_error"] <= 1e-4
+    assert report["file_size_bytes"] == (exported / "models" / "generator.onnx").stat().st_size
+    for key in ("latency_ms_torch_eager_batch1", "latency_ms_onnxruntime_batch1", "ort_vs_eager_latency_batch64"):
+        assert report[key] > 0
+
+
+def test_fp16_model_within_its_tolerance(exported):
+    fp16 = exported / "models" / "fp16" / "generator.onnx"
+    report = json.loads((exported / "reports" / "export.json").read_text())
+    assert report["fp16_parity_max_abs_error"] is not None and report["fp16_parity_max_abs_error"] <= 1e-2
+    model = onnx.load(str(fp16))
+    assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer)
+    assert OnnxGenerator(fp16).run(np.zeros((2, 8), np.float32), np.array([0, 1])).dtype == np.float32
+
+
+def test_unconditional_model_takes_only_z(tmp_path):
+    params = tiny({"model": {"conditional": False}})
+    prepare(params, tmp_path)
+    train(params, tmp_path)
+    report = export(params, tmp_path)
+    assert report["inputs"] == ["z"]
+    assert not list((tmp_path / "models" / "fp16").iterdir())  # export.fp16 is off
+    session = OnnxGenerator(tmp_path / "models" / "generator.onnx")
+    assert session.run(np.zeros((3, 8), np.float32)).shape == (3, 1, 8, 8)
+    with pytest.raises(ValueError, match="unconditional"):
+        session.sample(2, 0, labels=1)
+
+
+def test_failed_parity_keeps_the_previous_model(exported, tmp_path):
+    root = Path(shutil.copytree(exported, tmp_path / "p"))
+    before = (root / "models" / "generator.onnx").read_bytes()
+    with pytest.raises(GanopsError, match="parity failed"):
+        export(tiny({"export": {"parity_tolerance": 1e-30}}), root)
+    assert (root / "models" / "generator.onnx").read_bytes() == before
+    assert not [p for p in (root / "models").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_missing_generator_is_a_clear_error(tmp_path):
+    with pytest.raises(GanopsError, match="train a generator first"):
+        export(tiny(), tmp_path)
+
+
+def test_bad_model_files(tmp_path):
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\x07 not a protobuf at all")
+    with pytest.raises(ModelError, match="not a loadable ONNX model"):
+        OnnxGenerator(garbage)
+    with pytest.raises(ModelError, match="not found"):
+        OnnxGenerator(tmp_path / "missing.onnx")
+    plain = tmp_path / "plain.onnx"
+    torch.onnx.export(torch.nn.Linear(2, 2), (torch.zeros(1, 2),), str(plain), dynamo=False)
+    with pytest.raises(ModelError, match="not a ganops generator"):
+        OnnxGenerator(plain)
+
+
+def test_generate_cli_files_and_seeds(exported, tmp_path):
+    model = str(exported / "models" / "generator.onnx")
+    run_cli("generate", "--model", model, "--n", "20", "--seed", "3", "--out", "a.png", cwd=tmp_path)
+    run_cli("generate", "--model", model, "--n", "20", "--seed", "3", "--out", "b.png", cwd=tmp_path)
+    run_cli("generate", "--model", model, "--n", "20", "--seed", "4", "--out", "c.png", cwd=tmp_path)
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    assert (tmp_path / "a.png").read_bytes() != (tmp_path / "c.png").read_bytes()
+    run_cli("generate", "--model", model, "--n", "4", "--label", "7", "--out", "sevens", cwd=tmp_path)
+    names = sorted(p.name for p in (tmp_path / "sevens").iterdir())
+    assert names == [f"{i:05d}_class7.png" for i in range(4)]
+    from PIL import Image
+
+    assert Image.open(tmp_path / "sevens" / names[0]).size == (8, 8)
+
+    bad = run_cli("generate", "--model", model, "--label", "12", "--out", "x.png", cwd=tmp_path, check=False)
+    assert bad.returncode == 1 and "label 12 is outside 0..9" in bad.stderr and "Traceback" not in bad.stderr
+    missing = run_cli("generate", "--model", "nope.onnx", cwd=tmp_path, check=False)
+    assert missing.returncode == 1 and "model file not found: nope.onnx" in missing.stderr

@@ -1,0 +1,251 @@
+"""The HTTP service, started as a user would (`ganops serve`) on loopback: endpoints, validation,
+API key, hot swap under load, a property-based fuzz that must never see a 5xx, a bounded load test."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from conftest import TINY, merge, write_params
+from ganops.config import validate_params
+from ganops.data import prepare
+from ganops.export import export
+from ganops.serving import OnnxGenerator
+from ganops.training import train
+
+
+def tiny(overrides: dict | None = None):
+    return validate_params(merge(TINY, overrides or {}))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """Two exported generators: conditional (seed 0) and another of the same shape (seed 1)."""
+    out = {}
+    for name, seed in (("a", 0), ("b", 1)):
+        root = tmp_path_factory.mktemp(f"model_{name}")
+        params = tiny({"train": {"seed": seed}})
+        prepare(params, root)
+        train(params, root)
+        export(params, root)
+        out[name] = root / "models" / "generator.onnx"
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    def __init__(self, folder: Path, model: Path, api_key: str | None = None, **serve) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        write_params(folder / "params.yaml", {"serve": {"reload_interval_s": 0.2, "max_batch": 16, **serve}})
+        env = {k: v for k, v in os.environ.items() if k != "GANOPS_API_KEY"}
+        if api_key:
+            env["GANOPS_API_KEY"] = api_key
+        ganops = str(Path(sys.executable).parent / "ganops")
+        self.process = subprocess.Popen([ganops, "serve", "--model", str(model), "--port", str(self.port)],
+                                        cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.process.stdout.read()
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise AssertionError("server did not become ready")
+
+    def stop(self) -> str:
+        self.process.terminate()
+        output, _ = self.process.communicate(timeout=30)
+        return output
+
+
+@pytest.fixture(scope="module")
+def server(models, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("serve")
+    model = folder / "generator.onnx"
+    shutil.copy(models["a"], model)
+    running = Server(folder, model)
+    yield running
+    output = running.stop()
+    assert "Traceback" not in output, output
+
+
+def post(server, body=None, **kwargs) -> httpx.Response:
+    return httpx.post(server.url + "/v1/generate", json=body, timeout=30, **kwargs)
+
+
+def test_health_ready_and_model_info(server):
+    assert httpx.get(server.url + "/healthz").json() == {"status": "ok"}
+    assert httpx.get(server.url + "/readyz").json()["status"] == "ready"
+    info = httpx.get(server.url + "/v1/model").json()
+    assert info["input"]["z"]["shape"] == ["n", 8]
+    assert info["input"]["labels"]["range"] == [0, 9]
+    assert info["output"]["shape"] == ["n", 1, 8, 8]
+    assert info["classes"] == [str(d) for d in range(10)] and info["max_batch"] == 16
+    assert info["name"] == "generator" and len(info["version"]) == 12
+
+
+def test_generate_png_grid(server):
+    response = post(server, {"n": 9, "seed": 1})
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    image = Image.open(io.BytesIO(response.content))
+    assert image.size == (3 * 34 + 2, 3 * 34 + 2)  # 3x3 cells of 8px enlarged 4x, 2px borders
+
+
+def test_generate_array_is_seeded_and_matches_the_library(server, models):
+    body = {"n": 4, "seed": 11, "labels": [1, 2, 3, 4], "format": "array"}
+    first, second = post(server, body).json(), post(server, body).json()
+    assert first == second
+    assert first["shape"] == [4, 1, 8, 8] and first["labels"] == [1, 2, 3, 4]
+    images = np.frombuffer(base64.b64decode(first["data"]), dtype=np.uint8).reshape(first["shape"])
+    expected, _ = OnnxGenerator(models["a"]).sample(4, 11, [1, 2, 3, 4])
+    assert np.array_equal(images, expected)
+    other = post(server, {**body, "seed": 12}).json()
+    assert other["data"] != first["data"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"n": 0}, 422, "greater than or equal to 1"),
+        ({"n": 17}, 422, "over serve.max_batch=16"),
+        ({"n": "5"}, 422, "valid integer"),
+        ({"n": 2.5}, 422, "valid integer"),
+        ({"seed": -1}, 422, "greater than or equal to 0"),
+        ({"seed": 2**64}, 422, "less than or equal to"),
+        ({"seed": "abc"}, 422, "valid integer"),
+        ({"n": 2, "labels": [0, 10]}, 422, "label 10 is outside 0..9"),
+        ({"n": 2, "labels": 99}, 422, "label 99 is outside 0..9"),
+        ({"n": 3, "labels": [1, 2]}, 422, "got 2 labels for 3 images"),
+        ({"n": 1, "format": "gif"}, 422, "'png' or 'array'"),
+        ({"n": 1, "colour": "red"}, 422, "Extra inputs are not permitted"),
+        ([1, 2, 3], 422, "valid dictionary"),
+    ],
+)
+def test_bad_requests_get_a_clear_4xx(server, body, status, message):
+    response = post(server, body)
+    assert response.status_code == status
+    assert message in response.text
+
+
+def test_malformed_bodies(server):
+    url = server.url + "/v1/generate"
+    assert httpx.post(url, content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+    assert httpx.post(url, content=b"n=3", headers={"content-type": "text/plain"}).status_code == 422
+    huge = b'{"n": 1, "pad": "' + b"x" * 100_000 + b'"}'
+    response = httpx.post(url, content=huge, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "over 65536 bytes" in response.text
+
+    def chunks():  # no Content-Length: the limit is enforced while streaming
+        for _ in range(100):
+            yield b"x" * 1000
+
+    assert httpx.post(url, content=chunks(), headers={"content-type": "application/json"}).status_code == 413
+    assert httpx.get(url).status_code == 405
+    assert httpx.get(server.url + "/v1/nope").status_code == 404
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=10,
+)
+request_bodies = st.fixed_dictionaries(
+    {},
+    optional={"n": json_values | st.integers(-3, 40), "seed": json_values, "labels": json_values | st.lists(st.integers(-2, 12), max_size=20),
+              "format": st.sampled_from(["png", "array", "jpeg", ""]) | json_values},
+) | json_values
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=request_bodies)
+def test_fuzz_never_a_server_error(server, body):
+    response = post(server, body)
+    assert response.status_code < 500, (body, response.text)
+    assert response.status_code in (200, 413, 422)
+
+
+def test_bounded_load_with_zero_errors(server):
+    def call(i: int) -> int:
+        return post(server, {"n": 4, "seed": i, "format": "array"}).status_code
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        codes = list(pool.map(call, range(400)))
+    assert codes == [200] * 400
+    assert time.monotonic() - started < 120
+
+
+def test_api_key_in_constant_time(models, tmp_path):
+    running = Server(tmp_path, models["a"], api_key="s3cret")
+    try:
+        assert httpx.get(running.url + "/healthz").status_code == 200  # probes need no key
+        assert post(running, {"n": 1}).status_code == 401
+        assert post(running, {"n": 1}, headers={"X-API-Key": "wrong"}).status_code == 401
+        assert httpx.get(running.url + "/v1/model").status_code == 401
+        assert post(running, {"n": 1}, headers={"X-API-Key": "s3cret"}).status_code == 200
+    finally:
+        running.stop()
+
+
+def test_model_swap_drops_no_request(models, tmp_path):
+    served = tmp_path / "generator.onnx"
+    shutil.copy(models["a"], served)
+    running = Server(tmp_path, served)
+    try:
+        before = httpx.get(running.url + "/v1/model").json()["version"]
+        reference = post(running, {"n": 4, "seed": 5, "format": "array"}).json()["data"]
+        codes: list[int] = []
+        stop = threading.Event()
+
+        def hammer() -> None:
+            while not stop.is_set():
+                codes.append(post(running, {"n": 8, "seed": 5, "format": "array"}).status_code)
+
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        staging = tmp_path / ".generator.onnx.tmp"
+        shutil.copy(models["b"], staging)
+        os.replace(staging, served)  # how `dvc repro export` replaces it: one rename
+        deadline = time.monotonic() + 20
+        while httpx.get(running.url + "/v1/model").json()["version"] == before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        assert httpx.get(running.url + "/v1/model").json()["version"] != before
+        assert codes and set(codes) == {200}
+        assert post(running, {"n": 4, "seed": 5, "format": "array"}).json()["data"] != reference
+
+        served.write_bytes(b"a broken upload")  # a bad new file: keep serving the last good model
+        time.sleep(1.0)
+        assert post(running, {"n": 1}).status_code == 200
+        assert httpx.get(running.url + "/readyz").status_code == 200
+    finally:
+        output = running.stop()
+    assert "keeping the current model" in output
