@@ -46,7 +46,8 @@ def _example_inputs(generator: Generator, n: int, seed: int) -> tuple[torch.Tens
     return (z,)
 
 
-def _to_onnx(generator: Generator, target: Path, params: Params) -> None:
+def write_onnx(generator: Generator, target: Path, params: Params) -> None:
+    """Export ``generator`` to ``target`` (dynamic batch), add the metadata, and run the checker."""
     import onnx
 
     inputs = _example_inputs(generator, 2, 0)
@@ -125,7 +126,7 @@ def export(params: Params, root: Path = Path(".")) -> dict:
     report: dict = {"opset": cfg.opset, "inputs": ["z", "labels"] if generator.spec.conditional else ["z"],
                     "output": "images", "output_range": [-1.0, 1.0], "layout": "NCHW"}
     with atomic_path(onnx_path) as tmp:
-        _to_onnx(generator, tmp, params)
+        write_onnx(generator, tmp, params)
         error = _max_error(generator, tmp, params, providers=["CPUExecutionProvider"])
         if error > cfg.parity_tolerance:
             raise GanopsError(f"ONNX parity failed: max |onnxruntime - torch| = {error:.3g} > export.parity_tolerance "
