@@ -23,6 +23,7 @@ TINY = {
     "eval": {"backbone": "domain", "num_samples": 200, "bootstrap": 5, "kid_subsets": 10, "kid_subset_size": 50,
              "batch_size": 100, "device": "cpu",
              "evaluator": {"epochs": 2, "batch_size": 64, "width": 8}},
+    "mlflow": {"enabled": False},  # tracking has its own tests; the rest need no store
 }
 
 
@@ -37,7 +38,11 @@ def merge(base: dict, overrides: dict) -> dict:
 
 
 def write_params(path: Path, overrides: dict | None = None, base: dict = TINY) -> Path:
-    path.write_text(yaml.safe_dump(merge(base, overrides or {}), sort_keys=False))
+    """A complete params.yaml (every section, as DVC needs) with ``base`` and ``overrides`` applied."""
+    from ganops.config import Params
+
+    full = merge(Params().model_dump(mode="json"), base)
+    path.write_text(yaml.safe_dump(merge(full, overrides or {}), sort_keys=False))
     return path
 
 

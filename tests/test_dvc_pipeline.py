@@ -34,7 +34,7 @@ def dvc_project(tmp_path_factory) -> Path:
     shutil.copy(REPO / "dvc.yaml", root)
     shutil.copy(REPO / ".gitignore", root)
     shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    write_params(root / "params.yaml")
+    write_params(root / "params.yaml", {"mlflow": {"enabled": True}})  # the register stage needs the store
     sh("git", "init", "-q", cwd=root)
     sh("dvc", "init", "-q", cwd=root)
     sh("dvc", "repro", cwd=root)
@@ -46,10 +46,10 @@ def test_repro_builds_every_output(dvc_project):
     for path in ("data/prepared/manifest.json", "data/prepared/train.npz", "models/generator.safetensors",
                  "models/generator.json", "reports/train.json", "reports/train_log.csv", "reports/samples.png",
                  "models/evaluator.safetensors", "models/evaluator.json", "reports/evaluator.json",
-                 "reports/eval.json", "reports/eval_samples.png"):
+                 "reports/eval.json", "reports/eval_samples.png", "models/generator.onnx", "reports/export.json", "reports/register.json", "reports/mlflow_run.json"):
         assert (root / path).is_file(), path
     lock = yaml.safe_load((root / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"prepare", "train", "train_evaluator", "evaluate"}
+    assert set(lock["stages"]) == {"prepare", "train", "train_evaluator", "evaluate", "export", "register"}
     assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["steps"] == 20
 
 
@@ -68,7 +68,8 @@ def test_metrics_and_outputs_ignored_by_git(dvc_project):
                  "test_accuracy"):
         assert name in metrics.stdout
     untracked = sh("git", "status", "--porcelain", "--untracked-files=all", cwd=dvc_project).stdout
-    for generated in ("data/prepared/", "models/generator.safetensors", "models/checkpoints/", "reports/samples.png"):
+    for generated in ("data/prepared/", "models/generator.safetensors", "models/checkpoints/", "reports/samples.png",
+                      "mlflow.db", "mlartifacts/"):
         assert generated not in untracked
 
 
@@ -100,6 +101,10 @@ def test_changing_train_params_retrains_without_preparing(dvc_project):
         assert "Stage 'prepare' didn't change" in result.stdout
         assert "Running stage 'train'" in result.stdout
         assert "Running stage 'evaluate'" in result.stdout  # a new generator is scored again
+        assert "Running stage 'export'" in result.stdout
+        assert "Running stage 'register'" in result.stdout
+        listing = sh("ganops", "models", "list", cwd=root).stdout
+        assert listing.count("champion") == 1 and len(listing.strip().splitlines()) == 3  # header + 2 versions
         assert "Stage 'train_evaluator' didn't change" in result.stdout
         assert "up to date" in sh("dvc", "status", cwd=root).stdout
     finally:

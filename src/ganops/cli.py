@@ -79,6 +79,53 @@ def export(params: Path = ParamsOption) -> None:
 
 
 @app.command()
+def register(params: Path = ParamsOption) -> None:
+    """Register models/generator.onnx in MLflow; move alias `champion` only on a real improvement."""
+    from ganops.tracking import register as run
+
+    _run_stage(params, run)
+
+
+models_app = typer.Typer(help="The MLflow model registry: versions, the champion alias, rollbacks.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list(params: Path = ParamsOption) -> None:
+    """Every version with its Fréchet distance, interval and aliases."""
+    from ganops.tracking import list_versions
+
+    rows = _fail_cleanly(lambda: list_versions(load_params(params)))
+    if not rows:
+        typer.echo("no registered versions yet: run `dvc repro`")
+        return
+    headers = ["version", "metric", "value", "ci95", "aliases", "promoted", "created", "run_id"]
+    widths = {h: max(len(h), *(len(str(r[h])) for r in rows)) for h in headers}
+    typer.echo("  ".join(h.ljust(widths[h]) for h in headers))
+    for row in rows:
+        typer.echo("  ".join(str(row[h]).ljust(widths[h]) for h in headers))
+
+
+@models_app.command("promote")
+def models_promote(version: str = typer.Argument(..., help="version number to make champion"),
+                   params: Path = ParamsOption) -> None:
+    """Make VERSION the champion by hand."""
+    from ganops.tracking import promote
+
+    result = _fail_cleanly(lambda: promote(load_params(params), version))
+    typer.echo(f"champion: v{result['champion']} (was v{result['previous_champion']})")
+
+
+@models_app.command("rollback")
+def models_rollback(params: Path = ParamsOption) -> None:
+    """Move champion back to the previous champion."""
+    from ganops.tracking import rollback
+
+    result = _fail_cleanly(lambda: rollback(load_params(params)))
+    typer.echo(f"champion: v{result['champion']} (rolled back from v{result['rolled_back_from']})")
+
+
+@app.command()
 def generate(
     model: str = typer.Option("models/generator.onnx", "--model", "-m", help="ONNX file or model URI"),
     n: int = typer.Option(64, "--n", min=1, max=100_000, help="number of images"),
@@ -86,11 +133,13 @@ def generate(
     label: Optional[int] = typer.Option(None, "--label", help="class of every image (conditional models)"),
     out: Path = typer.Option(Path("samples.png"), "--out", "-o",
                              help="a .png file for one grid, otherwise a folder of one PNG per image"),
+    params: Path = ParamsOption,
 ) -> None:
-    """Generate images with onnxruntime from an exported generator."""
+    """Generate images with onnxruntime from an exported generator (a file or models:/name@champion)."""
     from ganops.serving.cli import generate_images
 
-    _fail_cleanly(lambda: generate_images(model, n, seed, label, out))
+    mlflow_cfg = _fail_cleanly(lambda: load_params(params).mlflow) if params.exists() else None
+    _fail_cleanly(lambda: generate_images(model, n, seed, label, out, mlflow_cfg))
 
 
 @app.command()
@@ -103,8 +152,8 @@ def serve(
     """Serve the generator over HTTP (FastAPI + uvicorn): /v1/generate, /v1/model, /healthz, /readyz."""
     from ganops.serving.cli import serve_http
 
-    settings = _fail_cleanly(lambda: load_params(params).serve) if params.exists() else None
-    _fail_cleanly(lambda: serve_http(model, host, port, settings))
+    loaded = _fail_cleanly(lambda: load_params(params)) if params.exists() else None
+    _fail_cleanly(lambda: serve_http(model, host, port, loaded.serve if loaded else None, loaded.mlflow if loaded else None))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ value stops the stage with the key's path and the reason, before any output is w
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -127,13 +128,37 @@ class ServeParams(_Section):
     intra_op_threads: int | None = Field(None, ge=1, description="onnxruntime threads per request; default: all cores")
 
 
-class Params(_Section):
-    data: DataParams = DataParams()
-    model: ModelParams = ModelParams()
-    train: TrainParams = TrainParams()
-    eval: EvalParams = EvalParams()
-    export: ExportParams = ExportParams()
-    serve: ServeParams = ServeParams()
+class MlflowParams(_Section):
+    """Where runs and models are recorded. Not listed as a DVC param of the train stage: where results
+    are tracked does not change what is trained."""
+
+    enabled: bool = True
+    tracking_uri: str | None = Field(None, description="null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the project")
+    experiment: str = Field("ganops", min_length=1)
+    max_retries: int = Field(3, ge=0, le=10, description="HTTP retries before a tracking server counts as unreachable")
+    timeout_s: int = Field(10, ge=1, le=600, description="per HTTP request to the tracking server")
+
+
+class RegisterParams(_Section):
+    model_name: str = Field("ganops-generator", min_length=1)
+    min_improvement: float = Field(0.0, ge=0.0, description="how much lower the Fréchet distance must be, at least")
+    noise_z: float = Field(1.96, ge=0.0, description="bootstrap standard deviations that count as noise")
+
+
+# "register" is also the name of ABCMeta.register on the class; instances read the field, and the
+# section keeps the name it has in params.yaml and dvc.yaml.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+    class Params(_Section):
+        data: DataParams = DataParams()
+        model: ModelParams = ModelParams()
+        train: TrainParams = TrainParams()
+        eval: EvalParams = EvalParams()
+        export: ExportParams = ExportParams()
+        serve: ServeParams = ServeParams()
+        mlflow: MlflowParams = MlflowParams()
+        register: RegisterParams = RegisterParams()
 
 
 def _format_errors(source: str, error: ValidationError) -> str:

@@ -23,6 +23,7 @@ from ganops.io import atomic_dir, atomic_path, write_json_atomic
 from ganops.models import Generator, load_trained_generator
 from ganops.paths import ProjectPaths
 from ganops.serving.runtime import SPEC_KEY, OnnxGenerator
+from ganops.tracking.runs import log_to_pipeline_run
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ def export(params: Params, root: Path = Path(".")) -> dict:
             if report["fp16_parity_max_abs_error"] is not None and report["fp16_parity_max_abs_error"] > cfg.fp16_tolerance:
                 raise GanopsError(f"fp16 parity failed: {report['fp16_parity_max_abs_error']:.3g} > export.fp16_tolerance")
     write_json_atomic(paths.reports / "export.json", report)
+    log_to_pipeline_run(params, root, "export", report)
     log.info("exported %s: parity %.2e, onnxruntime/eager latency at batch 1: %.2f", onnx_path,
              report["parity_max_abs_error"], report["ort_vs_eager_latency_batch1"])
     return report

@@ -18,6 +18,7 @@ from ganops.metrics.evaluator import load_evaluator
 from ganops.metrics.scores import compute_metrics
 from ganops.models import Generator, GeneratorSpec, load_trained_generator
 from ganops.paths import ProjectPaths
+from ganops.tracking.runs import log_to_pipeline_run
 from ganops.training.loop import resolve_device
 from ganops.visualize import save_grid
 
@@ -107,6 +108,7 @@ def evaluate(params: Params, root: Path = Path(".")) -> dict:
 
     _write_samples(fake_u8, labels, spec, paths.reports / "eval_samples.png")
     write_json_atomic(paths.reports / "eval.json", report)
+    log_to_pipeline_run(params, root, "eval", report, [paths.reports / "eval_samples.png", paths.reports / "eval.json"])
     log.info("evaluation (%s backbone): %s", backbone_name,
              ", ".join(f"{k}={v}" for k, v in report.items() if k.startswith(("fd_", "fid_")) and "_ci" not in k))
     return report

@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ganops import GanopsError
-from ganops.config import ServeParams
+from ganops.config import MlflowParams, ServeParams
+from ganops.serving.locate import locate
 from ganops.serving.runtime import OnnxGenerator
 from ganops.visualize import grid_png
 
@@ -39,11 +40,12 @@ class GenerateRequest(BaseModel):
 
 
 class ModelSource:
-    """The current generator, reloaded when its file changes; a request keeps the instance it started
-    with, so a swap never drops or mixes in-flight requests."""
+    """The current generator, reloaded when what the locator points at changes (a new file at the
+    path, the registry alias moved); a request keeps the instance it started with, so a swap never
+    drops or mixes in-flight requests. A bad new model is refused and the last good one stays."""
 
-    def __init__(self, path: Path, threads: int | None) -> None:
-        self.path, self.threads = Path(path), threads
+    def __init__(self, locator, threads: int | None) -> None:
+        self.locator, self.threads = locator, threads
         self._lock = threading.Lock()
         self._stamp: tuple | None = None
         self.generator: OnnxGenerator | None = None
@@ -51,29 +53,26 @@ class ModelSource:
         self.last_error: str | None = None
         self.refresh()
 
-    def _file_stamp(self) -> tuple | None:
-        try:
-            stat = self.path.stat()
-        except FileNotFoundError:
-            return None
-        return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-
     def refresh(self) -> bool:
-        """Load the file if it changed; keep serving the previous model if the new one is bad."""
-        stamp = self._file_stamp()
+        try:
+            stamp = self.locator.stamp()
+        except GanopsError as error:
+            self.last_error = str(error)
+            return False
         if stamp is None or stamp == self._stamp:
             return False
         with self._lock:
             try:
-                generator = OnnxGenerator(self.path, intra_op_threads=self.threads)
-                version = hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]
+                path, registry_version = self.locator.fetch()
+                generator = OnnxGenerator(path, intra_op_threads=self.threads)
+                version = registry_version or hashlib.sha256(path.read_bytes()).hexdigest()[:12]
             except GanopsError as error:
                 self.last_error = str(error)
                 log.error("keeping the current model: %s", error)
                 self._stamp = stamp
                 return False
             self.generator, self.version, self._stamp, self.last_error = generator, version, stamp, None
-        log.info("serving %s (version %s, providers %s)", self.path, version, generator.providers)
+        log.info("serving %s (version %s, providers %s)", self.locator.uri, version, generator.providers)
         return True
 
 
@@ -119,13 +118,14 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
 
-def create_app(model: str | Path, settings: ServeParams | None = None) -> FastAPI:
+def create_app(model: str | Path, settings: ServeParams | None = None, mlflow_cfg: MlflowParams | None = None) -> FastAPI:
+    """The service for ``model``: an ONNX file path or a registry URI (models:/name@champion)."""
     settings = settings or ServeParams()
     source_holder: dict[str, ModelSource] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        source_holder["source"] = ModelSource(Path(model), settings.intra_op_threads)
+        source_holder["source"] = ModelSource(locate(model, mlflow_cfg), settings.intra_op_threads)
 
         async def watch() -> None:
             while True:
@@ -173,7 +173,7 @@ def create_app(model: str | Path, settings: ServeParams | None = None) -> FastAP
         if spec.conditional:
             inputs["labels"] = {"dtype": "int64", "shape": ["n"], "range": [0, spec.num_classes - 1]}
         return {
-            "name": metadata.get("ganops.model_name", source.path.stem),
+            "name": metadata.get("ganops.model_name", _model_name(source.locator.uri)),
             "version": metadata.get("ganops.model_version", source.version),
             "metrics": _json_or_empty(metadata.get("ganops.metrics")),
             "providers": generator.providers,
@@ -203,6 +203,12 @@ def create_app(model: str | Path, settings: ServeParams | None = None) -> FastAP
         })
 
     return app
+
+
+def _model_name(uri: str) -> str:
+    if uri.startswith("models:/"):
+        return uri.removeprefix("models:/").split("@")[0].split("/")[0]
+    return Path(uri).stem
 
 
 def _json_or_empty(text: str | None) -> dict:

@@ -6,16 +6,17 @@ import logging
 from pathlib import Path
 
 from ganops import GanopsError
-from ganops.config import ServeParams
+from ganops.config import MlflowParams, ServeParams
 from ganops.io import atomic_dir, write_bytes_atomic
-from ganops.serving.runtime import OnnxGenerator, resolve_model_uri
+from ganops.serving.runtime import OnnxGenerator
 from ganops.visualize import grid_png, image_png
 
 log = logging.getLogger(__name__)
 
 
-def generate_images(model: str, n: int, seed: int, label: int | None, out: Path) -> Path:
-    generator = OnnxGenerator.from_uri(model)
+def generate_images(model: str, n: int, seed: int, label: int | None, out: Path,
+                    mlflow_cfg: MlflowParams | None = None) -> Path:
+    generator = OnnxGenerator.from_uri(model, mlflow_cfg)
     try:
         images, labels = generator.sample(n, seed, label)
     except ValueError as error:
@@ -36,15 +37,14 @@ def generate_images(model: str, n: int, seed: int, label: int | None, out: Path)
     return out
 
 
-def serve_http(model: str | None, host: str | None, port: int | None, settings: ServeParams | None) -> None:
+def serve_http(model: str | None, host: str | None, port: int | None, settings: ServeParams | None,
+               mlflow_cfg: MlflowParams | None = None) -> None:
     import uvicorn
 
     from ganops.serving.app import create_app
 
     settings = settings or ServeParams()
-    path = resolve_model_uri(model or settings.model)
-    if not path.is_file():
-        raise GanopsError(f"model file not found: {path} (run `dvc repro export`, or pass --model)")
-    OnnxGenerator(path)  # fail now, with a clear message, rather than in the server's startup
-    uvicorn.run(create_app(path, settings), host=host or settings.host, port=port or settings.port,
+    uri = model or settings.model
+    OnnxGenerator.from_uri(uri, mlflow_cfg)  # fail now, with a clear message, not in the server's startup
+    uvicorn.run(create_app(uri, settings, mlflow_cfg), host=host or settings.host, port=port or settings.port,
                 log_level="info", timeout_graceful_shutdown=10)

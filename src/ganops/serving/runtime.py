@@ -47,15 +47,6 @@ def make_session(path: Path, providers: list[str] | None = None, intra_op_thread
         raise ModelError(f"{path}: not a loadable ONNX model ({str(error).strip()[:300]})") from None
 
 
-def resolve_model_uri(uri: str | Path) -> Path:
-    """Turn what a user passes as --model into a local ONNX file."""
-    text = str(uri)
-    if text.startswith(("models:/", "runs:/")):
-        raise ModelError(f"{text}: MLflow model URIs need the model registry, which this installation lacks; "
-                         "pass an ONNX file path")
-    return Path(text).expanduser()
-
-
 class OnnxGenerator:
     """An exported generator under onnxruntime: ``sample(n, seed, labels)`` -> uint8 NCHW images."""
 
@@ -72,9 +63,12 @@ class OnnxGenerator:
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     @classmethod
-    def from_uri(cls, uri: str | Path, **session_options) -> OnnxGenerator:
-        """A local ONNX file path (registry URIs such as models:/name@champion resolve to a file first)."""
-        return cls(resolve_model_uri(uri), **session_options)
+    def from_uri(cls, uri: str | Path, mlflow_cfg=None, **session_options) -> OnnxGenerator:
+        """A local ONNX file, or a registry URI such as models:/ganops-generator@champion."""
+        from ganops.serving.locate import locate
+
+        path, _ = locate(uri, mlflow_cfg).fetch()
+        return cls(path, **session_options)
 
     @property
     def providers(self) -> list[str]:

@@ -28,6 +28,7 @@ from ganops.data import load_manifest, load_split
 from ganops.io import write_bytes_atomic, write_json_atomic
 from ganops.models import DiscriminatorSpec, GeneratorSpec, build_discriminator, build_generator
 from ganops.paths import ProjectPaths
+from ganops.tracking.runs import log_training, preflight
 from ganops.training.checkpoint import capture_rng_states, load_resumable, restore_rng_states, save_checkpoint
 from ganops.training.ema import ema_decay, update_ema
 from ganops.training.losses import discriminator_loss, generator_loss, gradient_penalty, r1_penalty
@@ -128,6 +129,8 @@ def train(params: Params, root: Path = Path(".")) -> dict:
     images_u8, labels_all = load_split(paths.prepared, "train")
     device = resolve_device(cfg.device)
     on_cuda = device.type == "cuda"
+    preflight(params, root)
+    run_started_at = time.time()
 
     # --- networks, optimisers, state -------------------------------------------------------------
     random.seed(cfg.seed)
@@ -252,6 +255,10 @@ def train(params: Params, root: Path = Path(".")) -> dict:
     }
     write_json_atomic(paths.reports / "train.json", summary)
     log.info("trained %d steps in %.1f s on %s", cfg.steps, wall_time, device)
+    # Tracking comes last: if the store fails now, every output above is kept and a re-run resumes
+    # from the final checkpoint straight to this point.
+    log_training(params, root, manifest, summary, log_rows, run_started_at,
+                 [paths.reports / "samples.png", paths.reports / "train_log.csv", paths.generator_spec])
     return summary
 
 

@@ -1,0 +1,88 @@
+"""Where a model comes from: a local ONNX file, or an MLflow registry URI such as
+``models:/ganops-generator@champion``. A locator tells when the model behind it changed (a new file,
+a moved alias) and fetches the current one as a local file."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from ganops.config import MlflowParams
+from ganops.io import atomic_dir
+from ganops.serving.runtime import ModelError
+
+REGISTRY_PREFIXES = ("models:/", "runs:/")
+
+
+class FileLocator:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path).expanduser()
+        self.uri = str(self.path)
+
+    def stamp(self) -> tuple | None:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+    def fetch(self) -> tuple[Path, str | None]:
+        if not self.path.is_file():
+            raise ModelError(f"model file not found: {self.path}")
+        return self.path, None
+
+
+class RegistryLocator:
+    """models:/<name>@<alias>, models:/<name>/<version> or runs:/<run>/<path> from the MLflow store."""
+
+    def __init__(self, uri: str, mlflow_cfg: MlflowParams | None, root: Path = Path(".")) -> None:
+        from ganops.tracking.store import connect, tracking_uri
+
+        self.uri = uri
+        cfg = mlflow_cfg or MlflowParams()
+        self.client = connect(cfg, root)
+        self.store = tracking_uri(cfg, root)
+        self.cache = Path.home() / ".cache" / "ganops" / "models"
+
+    def _version(self):
+        if not self.uri.startswith("models:/"):
+            return None
+        target = self.uri.removeprefix("models:/")
+        try:
+            if "@" in target:
+                name, alias = target.split("@", 1)
+                return self.client.get_model_version_by_alias(name, alias)
+            name, version = target.rsplit("/", 1)
+            return self.client.get_model_version(name, version)
+        except Exception as error:
+            raise ModelError(f"{self.uri}: not found in the registry ({str(error)[:200]})") from None
+
+    def stamp(self) -> tuple | None:
+        version = self._version()
+        return (version.name, str(version.version), version.source) if version is not None else (self.uri,)
+
+    def fetch(self) -> tuple[Path, str | None]:
+        import mlflow.artifacts
+
+        version = self._version()
+        source = f"models:/{version.name}/{version.version}" if version is not None else self.uri
+        # keyed by store and artifact source too: version 1 of two stores are different models
+        key = hashlib.sha256(f"{self.store}|{source}|{version.source if version else ''}".encode()).hexdigest()[:16]
+        destination = self.cache / f"{source.split(':/', 1)[1].replace('/', '_')}-{key}"
+        if not destination.is_dir():
+            try:
+                with atomic_dir(destination) as staging:  # a broken-off download leaves no half model
+                    mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(staging))
+            except Exception as error:
+                raise ModelError(f"{self.uri}: could not download ({str(error)[:200]})") from None
+        found = sorted(destination.rglob("*.onnx"))
+        if not found:
+            raise ModelError(f"{self.uri}: the registered model holds no .onnx file")
+        return found[0], (str(version.version) if version is not None else None)
+
+
+def locate(uri: str | Path, mlflow_cfg: MlflowParams | None = None, root: Path = Path(".")):
+    text = str(uri)
+    if text.startswith(REGISTRY_PREFIXES):
+        return RegistryLocator(text, mlflow_cfg, root)
+    return FileLocator(Path(text))

@@ -1,0 +1,208 @@
+"""The register stage and the model registry commands.
+
+Every pipeline run registers its ONNX generator as a new version of ``register.model_name``. The
+alias ``champion`` moves to it only when its Fréchet distance beats the champion's by more than the
+noise: more than ``register.min_improvement`` and more than ``register.noise_z`` standard deviations
+of the difference (from both versions' bootstrap spreads). Versions evaluated differently (another
+backbone, sample count, reference split or data) are never compared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from ganops import GanopsError
+from ganops.config import Params
+from ganops.io import write_json_atomic
+from ganops.paths import ProjectPaths
+from ganops.tracking.store import TrackingError, connect, lock_path, read_run_file, tracking_uri
+
+log = logging.getLogger(__name__)
+CHAMPION = "champion"
+HISTORY_TAG = "ganops.champion_history"  # JSON list of champion versions, oldest first
+
+
+def _primary_metric(report: dict) -> str:
+    return "fid_inception" if report["backbone"] == "inception" else f"fd_{report['backbone']}"
+
+
+def evaluation_signature(report: dict, manifest: dict, root: Path) -> str:
+    """Numbers are comparable only under the same backbone, sample count, reference and data."""
+    parts = {"backbone": report["backbone"], "num_samples": report["num_samples"], "reference": report["reference"],
+             "data": manifest["files"][report["reference"]]["sha256"]}
+    evaluator = ProjectPaths(root).models / "evaluator.safetensors"
+    if report["backbone"] == "domain" and evaluator.exists():
+        parts["evaluator"] = hashlib.sha256(evaluator.read_bytes()).hexdigest()
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _signature_and_example(onnx_path: Path):
+    import numpy as np
+    from mlflow.models import infer_signature
+
+    from ganops.serving.runtime import OnnxGenerator
+
+    generator = OnnxGenerator(onnx_path, providers=["CPUExecutionProvider"])
+    z = generator.latents(2, 0)
+    example: dict[str, Any] = {"z": z}
+    labels = generator.labels_for(2, None)
+    if labels is not None:
+        example["labels"] = labels
+    images = generator.run(z, labels)
+    return infer_signature(example, images), example, generator.spec
+
+
+def _decide(params: Params, new: dict, champion) -> tuple[bool, str]:
+    if champion is None:
+        return True, "first registered version: no champion yet"
+    tags = champion.tags
+    if tags.get("eval_signature") != new["eval_signature"]:
+        return False, (f"not comparable with champion v{champion.version}: evaluated with backbone "
+                       f"{tags.get('backbone')}, {tags.get('num_samples')} samples, reference {tags.get('reference')} "
+                       f"(signature {tags.get('eval_signature')}), this version with {new['backbone']}, "
+                       f"{new['num_samples']} samples, reference {new['reference']} (signature {new['eval_signature']})")
+    old, value = float(tags["metric_value"]), new["metric_value"]
+    noise = params.register.noise_z * math.hypot(float(tags.get("metric_bootstrap_std", 0.0)), new["metric_bootstrap_std"])
+    needed = max(params.register.min_improvement, noise)
+    gain = old - value
+    verdict = (f"{new['metric']} {value:.4f} vs champion v{champion.version} {old:.4f}: improvement {gain:.4f} "
+               f"{'>' if gain > needed else '<='} required {needed:.4f} (max of min_improvement "
+               f"{params.register.min_improvement:g} and {params.register.noise_z:g} x bootstrap std of the difference)")
+    return gain > needed, verdict
+
+
+def _champion(client, name: str):
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except Exception:  # no alias yet (the registry raises a RESOURCE_DOES_NOT_EXIST error)
+        return None
+
+
+def _history(client, name: str) -> list[str]:
+    return json.loads(client.get_registered_model(name).tags.get(HISTORY_TAG, "[]"))
+
+
+def _set_champion(client, name: str, version: str, history: list[str]) -> None:
+    client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
+
+
+def register(params: Params, root: Path = Path(".")) -> dict:
+    """Log the ONNX generator to the pipeline's run, register it, and decide on promotion."""
+    from filelock import FileLock
+
+    paths = ProjectPaths(root)
+    onnx_path = paths.models / "generator.onnx"
+    eval_path = paths.reports / "eval.json"
+    for required, stage in ((onnx_path, "export"), (eval_path, "evaluate")):
+        if not required.exists():
+            raise GanopsError(f"{required} is missing; run the {stage} stage first (`dvc repro {stage}`)")
+    if not params.mlflow.enabled:
+        raise GanopsError("the register stage needs MLflow: set mlflow.enabled: true")
+    report = json.loads(eval_path.read_text())
+    manifest = json.loads((paths.prepared / "manifest.json").read_text())
+    run = read_run_file(root)
+    if not run.get("run_id"):
+        raise TrackingError("reports/mlflow_run.json has no run id: re-run train with mlflow.enabled: true")
+    client = connect(params.mlflow, root)
+    import mlflow
+    import mlflow.onnx
+    import onnx
+
+    metric = _primary_metric(report)
+    new = {
+        "metric": metric, "metric_value": float(report[metric]),
+        "metric_ci95_low": float(report.get(f"{metric}_ci95_low", report[metric])),
+        "metric_ci95_high": float(report.get(f"{metric}_ci95_high", report[metric])),
+        "metric_bootstrap_std": float(report.get(f"{metric}_bootstrap_std", 0.0)),
+        "backbone": report["backbone"], "num_samples": report["num_samples"], "reference": report["reference"],
+        "eval_signature": evaluation_signature(report, manifest, root),
+    }
+    signature, example, spec = _signature_and_example(onnx_path)
+    name = params.register.model_name
+    # One registration at a time per store on this machine: read champion, decide, move alias.
+    with FileLock(str(lock_path(tracking_uri(params.mlflow, root))), timeout=600):
+        with mlflow.start_run(run_id=run["run_id"]):
+            info = mlflow.onnx.log_model(
+                onnx.load(str(onnx_path)), name="generator", signature=signature, input_example=example,
+                registered_model_name=name, save_as_external_data=False, await_registration_for=120,
+            )
+        version = str(info.registered_model_version)
+        for key, value in {**new, "run_id": run["run_id"], "classes": len(spec.class_names)}.items():
+            client.set_model_version_tag(name, version, key, str(value))
+        champion = _champion(client, name)
+        promoted, reason = _decide(params, new, champion)
+        history = _history(client, name)
+        if promoted:
+            _set_champion(client, name, version, history + [version])
+        client.set_model_version_tag(name, version, "promoted", str(promoted).lower())
+        client.set_model_version_tag(name, version, "promotion_reason", reason)
+    result = {"model_name": name, "version": version, "promoted": promoted, "reason": reason,
+              "previous_champion": str(champion.version) if champion else None, "champion": version if promoted else
+              (str(champion.version) if champion else None), "metric": metric, "metric_value": new["metric_value"],
+              "run_id": run["run_id"], "model_uri": f"models:/{name}/{version}"}
+    write_json_atomic(paths.reports / "register.json", result)
+    log.info("registered %s v%s: %s — %s", name, version, "promoted to champion" if promoted else "not promoted", reason)
+    return result
+
+
+# --- the `ganops models` commands ------------------------------------------------------------------
+
+
+def list_versions(params: Params, root: Path = Path(".")) -> list[dict]:
+    client = connect(params.mlflow, root)
+    name = params.register.model_name
+    versions = client.search_model_versions(f"name = '{name}'")
+    aliases: dict[str, list[str]] = {}
+    if versions:
+        for alias, version in client.get_registered_model(name).aliases.items():
+            aliases.setdefault(str(version), []).append(alias)
+    rows = []
+    for v in sorted(versions, key=lambda v: int(v.version)):
+        rows.append({"version": str(v.version), "metric": v.tags.get("metric", ""), "value": v.tags.get("metric_value", ""),
+                     "ci95": f"[{float(v.tags['metric_ci95_low']):.3f}, {float(v.tags['metric_ci95_high']):.3f}]"
+                     if "metric_ci95_low" in v.tags else "", "aliases": ",".join(aliases.get(str(v.version), [])),
+                     "promoted": v.tags.get("promoted", ""), "created": time.strftime(
+                         "%Y-%m-%d %H:%M", time.localtime(v.creation_timestamp / 1000)), "run_id": v.run_id or ""})
+    return rows
+
+
+def promote(params: Params, version: str, root: Path = Path(".")) -> dict:
+    """Make ``version`` the champion by hand (recorded in its tags and the champion history)."""
+    from filelock import FileLock
+
+    client = connect(params.mlflow, root)
+    name = params.register.model_name
+    with FileLock(str(lock_path(tracking_uri(params.mlflow, root))), timeout=600):
+        try:
+            client.get_model_version(name, str(version))
+        except Exception:
+            raise GanopsError(f"{name} has no version {version}") from None
+        previous = _champion(client, name)
+        _set_champion(client, name, str(version), _history(client, name) + [str(version)])
+        client.set_model_version_tag(name, str(version), "promotion_reason",
+                                     f"promoted by hand on {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    return {"champion": str(version), "previous_champion": str(previous.version) if previous else None}
+
+
+def rollback(params: Params, root: Path = Path(".")) -> dict:
+    """Move champion back to the version that held it before the current one."""
+    from filelock import FileLock
+
+    client = connect(params.mlflow, root)
+    name = params.register.model_name
+    with FileLock(str(lock_path(tracking_uri(params.mlflow, root))), timeout=600):
+        history = _history(client, name)
+        if len(history) < 2:
+            raise GanopsError(f"{name} has no earlier champion to roll back to (history: {history or 'empty'})")
+        current, previous = history[-1], history[-2]
+        _set_champion(client, name, previous, history[:-1])
+        client.set_model_version_tag(name, current, "rolled_back", f"replaced by v{previous} on {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        client.set_model_version_tag(name, previous, "restored_by_rollback_from", current)
+    return {"champion": previous, "rolled_back_from": current}

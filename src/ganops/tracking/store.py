@@ -1,0 +1,94 @@
+"""Connecting to the MLflow tracking store: the project's sqlite file by default, a server when
+MLFLOW_TRACKING_URI (or mlflow.tracking_uri) says so, with bounded retries and clear errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from ganops import GanopsError
+from ganops.config import MlflowParams
+
+RUN_FILE = Path("reports") / "mlflow_run.json"
+
+
+class TrackingError(GanopsError):
+    """The tracking server or store can't be reached or used."""
+
+
+def tracking_uri(cfg: MlflowParams, root: Path) -> str:
+    if cfg.tracking_uri:
+        return cfg.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(Path(root) / 'mlflow.db').resolve()}"
+
+
+def artifact_location(root: Path) -> str:
+    """Artifacts of the embedded store live in the project folder, beside mlflow.db."""
+    return (Path(root) / "mlartifacts").resolve().as_uri()
+
+
+def connect(cfg: MlflowParams, root: Path):
+    """An MlflowClient on the configured store, checked reachable (bounded retries)."""
+    # MLflow reads its HTTP retry policy from the environment; its defaults retry for minutes.
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(cfg.max_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(cfg.timeout_s)
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(cfg, root)
+    exported = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    for key, value in exported.items():  # set_*_uri also export these; keep the user's environment as it was
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as error:  # connection refused, timeouts, HTTP errors, a broken sqlite file
+        raise TrackingError(
+            f"MLflow tracking store {uri} is unreachable after {cfg.max_retries} retries: "
+            f"{type(error).__name__}: {str(error)[:300]}. Outputs already written are kept; fix the store "
+            f"(or set mlflow.enabled: false) and re-run the stage."
+        ) from None
+    return client
+
+
+def experiment_id(client, cfg: MlflowParams, root: Path) -> str:
+    experiment = client.get_experiment_by_name(cfg.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    uri = tracking_uri(cfg, root)
+    # a local store keeps artifacts in the project; a server decides where its artifacts go
+    location = artifact_location(root) if uri.startswith(("sqlite:", "file:")) else None
+    try:
+        return client.create_experiment(cfg.experiment, artifact_location=location)
+    except Exception:  # created meanwhile by a concurrent stage
+        experiment = client.get_experiment_by_name(cfg.experiment)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def read_run_file(root: Path) -> dict:
+    path = Path(root) / RUN_FILE
+    if not path.exists():
+        raise TrackingError(f"{path} is missing; run the train stage first (`dvc repro train`)")
+    return json.loads(path.read_text())
+
+
+def lock_path(uri: str) -> Path:
+    """A lock file that every register process using this store on this machine agrees on."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///") + ".register.lock")
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    folder = Path.home() / ".cache" / "ganops"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"register-{digest}.lock"

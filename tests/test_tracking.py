@@ -1,0 +1,294 @@
+"""MLflow tracking and the registry against a real sqlite store and a real `mlflow server`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import TINY, merge, run_cli, write_params
+from ganops.config import validate_params
+from ganops.data import prepare
+from ganops.export import export
+from ganops.metrics import evaluate, train_evaluator
+from ganops.serving import OnnxGenerator
+from ganops.tracking import TrackingError, list_versions, promote, register, rollback
+from ganops.training import train
+
+TRACKED = {"mlflow": {"enabled": True, "max_retries": 0, "timeout_s": 5}}
+
+
+def tiny(overrides: dict | None = None):
+    return validate_params(merge(merge(TINY, TRACKED), overrides or {}))
+
+
+def git(root: Path, *args: str) -> None:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    subprocess.run(["git", *args], cwd=root, env=env, check=True, capture_output=True)
+
+
+def run_pipeline(root: Path, overrides: dict | None = None) -> dict:
+    params = tiny(overrides)
+    prepare(params, root)
+    train(params, root)
+    train_evaluator(params, root)
+    evaluate(params, root)
+    export(params, root)
+    return register(params, root)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A git repository that ran the whole pipeline once, tracked in its own sqlite store."""
+    root = tmp_path_factory.mktemp("tracked")
+    write_params(root / "params.yaml", TRACKED)
+    git(root, "init", "-q")
+    git(root, "add", "params.yaml")
+    git(root, "commit", "-qm", "params")
+    run_pipeline(root)
+    return root
+
+
+def client_for(root: Path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{(root / 'mlflow.db').resolve()}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_one_run_holds_params_curves_metrics_artifacts_and_lineage(project):
+    client = client_for(project)
+    run_id = json.loads((project / "reports" / "mlflow_run.json").read_text())["run_id"]
+    run = client.get_run(run_id)
+    assert run.data.params["train.steps"] == "20" and run.data.params["data.source"] == "digits"
+    history = client.get_metric_history(run_id, "train/loss_d")
+    assert [m.step for m in history] == [5, 10, 15, 20]
+    assert "train/images_per_s" in run.data.metrics
+    assert "eval/fd_domain" in run.data.metrics and "eval/fd_domain_ci95_high" in run.data.metrics
+    assert "export/parity_max_abs_error" in run.data.metrics
+    manifest = json.loads((project / "data" / "prepared" / "manifest.json").read_text())
+    tags = run.data.tags
+    assert tags["data.train_checksum"] == manifest["files"]["train"]["sha256"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
+    assert tags["git.commit"] == head and tags["git.dirty"] == "false"
+    artifacts = {a.path for a in client.list_artifacts(run_id, "train")} | {a.path for a in client.list_artifacts(run_id, "eval")}
+    assert {"train/samples.png", "train/train_log.csv", "eval/eval_samples.png"} <= artifacts
+    assert (project / "mlartifacts").is_dir()  # the embedded store keeps artifacts in the project
+    # exactly one run: evaluate, export and register logged into the run that train opened
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+
+
+def test_first_version_is_champion_and_a_tie_is_not_promoted(project, tmp_path):
+    report = json.loads((project / "reports" / "register.json").read_text())
+    assert report["version"] == "1" and report["promoted"] is True and report["champion"] == "1"
+    root = Path(shutil.copytree(project, tmp_path / "p"))
+    again = register(tiny(), root)  # the same generator again: no improvement at all
+    assert again["promoted"] is False and again["champion"] == "1"
+    assert "improvement 0.0000 <= required" in again["reason"]
+    version = client_for(root).get_model_version("ganops-generator", again["version"])
+    assert version.tags["promoted"] == "false" and "required" in version.tags["promotion_reason"]
+
+
+def _edit_eval(root: Path, **changes) -> None:
+    path = root / "reports" / "eval.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def test_promotion_needs_more_than_noise_and_comparable_evaluations(project, tmp_path):
+    root = Path(shutil.copytree(project, tmp_path / "p"))
+    champion = json.loads((root / "reports" / "eval.json").read_text())
+    fd, std = champion["fd_domain"], champion["fd_domain_bootstrap_std"]
+    _edit_eval(root, fd_domain=fd - 0.5 * std)  # better, but inside the noise
+    assert register(tiny(), root)["promoted"] is False
+    _edit_eval(root, fd_domain=fd - 10 * std - 1)  # clearly better
+    better = register(tiny(), root)
+    assert better["promoted"] is True and better["previous_champion"] == "1"
+    _edit_eval(root, fd_domain=0.0, num_samples=123)  # "perfect", but evaluated differently
+    other = register(tiny(), root)
+    assert other["promoted"] is False and "not comparable" in other["reason"]
+    strict = register(tiny({"register": {"min_improvement": 1e9}}), root)
+    assert strict["promoted"] is False
+
+
+def test_models_cli_list_promote_rollback(project, tmp_path):
+    root = Path(shutil.copytree(project, tmp_path / "p"))
+    _edit_eval(root, fd_domain=0.001, fd_domain_bootstrap_std=0.0)
+    assert register(tiny(), root)["promoted"] is True  # v2 champion
+    listing = run_cli("models", "list", cwd=root).stdout
+    lines = [line for line in listing.splitlines()[1:] if line.strip()]
+    assert len(lines) == 2 and sum("champion" in line for line in lines) == 1
+    assert "fd_domain" in listing and "champion" in lines[1]
+    assert "champion: v1 (rolled back from v2)" in run_cli("models", "rollback", cwd=root).stdout
+    assert "champion" in [l for l in run_cli("models", "list", cwd=root).stdout.splitlines() if l.startswith("1 ")][0]
+    assert "champion: v2 (was v1)" in run_cli("models", "promote", "2", cwd=root).stdout
+    bad = run_cli("models", "promote", "99", cwd=root, check=False)
+    assert bad.returncode == 1 and "has no version 99" in bad.stderr
+    assert rollback(tiny(), root)["champion"] == "1"
+    with pytest.raises(Exception, match="no earlier champion"):
+        rollback(tiny(), root)
+
+
+def test_two_racing_register_processes_leave_one_champion(project, tmp_path):
+    """Two real `ganops register` processes on one store at once: both versions, one champion."""
+    store = tmp_path / "shared.db"
+    roots = [Path(shutil.copytree(project, tmp_path / name, ignore=shutil.ignore_patterns("mlflow.db*", "mlartifacts")))
+             for name in ("a", "b")]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}", "TQDM_DISABLE": "1"}
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"], registry_uri=env["MLFLOW_TRACKING_URI"])
+    experiment = client.create_experiment("ganops", artifact_location=(tmp_path / "artifacts").as_uri())
+    for root in roots:  # each copy's pipeline run, opened in the shared store
+        run_id = client.create_run(experiment).info.run_id
+        (root / "reports" / "mlflow_run.json").write_text(json.dumps({"enabled": True, "run_id": run_id}))
+    _edit_eval(roots[1], fd_domain=0.001, fd_domain_bootstrap_std=0.0)
+    ganops = str(Path(sys.executable).parent / "ganops")
+    processes = [subprocess.Popen([ganops, "register"], cwd=root, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for root in roots]
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    assert all(p.returncode == 0 for p in processes), outputs
+    versions = client.search_model_versions("name = 'ganops-generator'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]
+    aliases = client.get_registered_model("ganops-generator").aliases
+    assert list(aliases) == ["champion"]
+    # whichever came second, the better generator (roots[1]) ends as champion
+    champion = client.get_model_version_by_alias("ganops-generator", "champion")
+    assert float(champion.tags["metric_value"]) == pytest.approx(0.001)
+
+
+def test_serving_resolves_the_champion_and_follows_it(project, tmp_path):
+    root = Path(shutil.copytree(project, tmp_path / "p"))
+    cfg = tiny().mlflow
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    cwd = os.getcwd()
+    os.chdir(root)  # the default store is the project's mlflow.db
+    try:
+        generator = OnnxGenerator.from_uri("models:/ganops-generator@champion", cfg)
+        direct = OnnxGenerator(root / "models" / "generator.onnx")
+        assert (generator.sample(4, 1)[0] == direct.sample(4, 1)[0]).all()
+    finally:
+        os.chdir(cwd)
+    _edit_eval(root, fd_domain=0.001, fd_domain_bootstrap_std=0.0)
+
+    write_params(root / "params.yaml", merge(TRACKED, {"serve": {"reload_interval_s": 0.2}}))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).parent / "ganops"), "serve", "--model",
+                               "models:/ganops-generator@champion", "--port", str(port)], cwd=root,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "GANOPS_API_KEY")})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert httpx.get(url + "/v1/model").json()["version"] == "1"
+        assert register(tiny(), root)["promoted"] is True  # v2 becomes champion
+        deadline = time.monotonic() + 20
+        while httpx.get(url + "/v1/model").json()["version"] != "2" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        info = httpx.get(url + "/v1/model").json()
+        assert info["version"] == "2" and info["name"] == "ganops-generator"
+        assert httpx.post(url + "/v1/generate", json={"n": 2}).status_code == 200
+    finally:
+        server.terminate()
+        server.communicate(timeout=30)
+
+
+def test_unreachable_server_fails_fast_and_keeps_outputs(project, tmp_path):
+    root = Path(shutil.copytree(project, tmp_path / "p"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    before = {p: p.read_bytes() for p in (root / "models").glob("generator.*")}
+    params = tiny({"mlflow": {"tracking_uri": dead, "max_retries": 1, "timeout_s": 2}})
+    started = time.monotonic()
+    with pytest.raises(TrackingError, match="unreachable after 1 retries"):
+        train(params, root)
+    with pytest.raises(TrackingError, match="unreachable"):
+        register(params, root)
+    assert time.monotonic() - started < 60
+    assert {p: p.read_bytes() for p in (root / "models").glob("generator.*")} == before
+    assert json.loads((root / "reports" / "register.json").read_text())["version"] == "1"
+    # and the stage runs again once the store is back
+    assert register(tiny(), root)["version"] == "2"
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mlflow_server")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--artifacts-destination", str(folder / "artifacts"),
+         "--workers", "1"], cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert server.poll() is None, server.stdout.read()
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.3)
+    yield url
+    server.terminate()
+    server.communicate(timeout=30)
+
+
+def test_against_a_real_tracking_server(mlflow_server, tmp_path):
+    result = run_pipeline(tmp_path, {"mlflow": {"tracking_uri": mlflow_server}})
+    assert result["promoted"] is True
+    rows = list_versions(tiny({"mlflow": {"tracking_uri": mlflow_server}}), tmp_path)
+    assert [r["version"] for r in rows] == ["1"] and rows[0]["aliases"] == "champion"
+    assert not (tmp_path / "mlflow.db").exists()  # everything went to the server
+    generator = OnnxGenerator.from_uri("models:/ganops-generator@champion", tiny({"mlflow": {"tracking_uri": mlflow_server}}).mlflow)
+    assert generator.sample(2, 0)[0].shape == (2, 1, 8, 8)
+
+
+def test_mlflow_models_serve_can_serve_the_champion(project, tmp_path):
+    root = Path(shutil.copytree(project, tmp_path / "p"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    server = subprocess.Popen([str(bin_dir / "mlflow"), "models", "serve", "-m", "models:/ganops-generator@champion",
+                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], cwd=root, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert server.poll() is None, server.stdout.read()
+            try:
+                if httpx.get(url + "/ping", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        body = {"inputs": {"z": [[0.0] * 8, [0.5] * 8], "labels": [1, 2]}}
+        response = httpx.post(url + "/invocations", json=body, timeout=30)
+        assert response.status_code == 200, response.text
+        images = response.json()["predictions"]["images"]
+        assert len(images) == 2 and len(images[0]) == 1 and len(images[0][0]) == 8
+    finally:
+        server.terminate()
+        server.communicate(timeout=30)
