@@ -10,7 +10,7 @@ def test_help_lists_the_stages(tmp_path):
 def test_bad_params_exit_with_the_key_not_a_traceback(tmp_path):
     write_params(tmp_path / "params.yaml", {"train": {"batchsize": 3}})
     result = run_cli("prepare", cwd=tmp_path, check=False)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "train.batchsize: unknown key" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "data").exists()
@@ -28,4 +28,4 @@ def test_data_error_names_the_file(tmp_path):
     (raw / "x.png").write_bytes(b"not a png")
     write_params(tmp_path / "params.yaml", {"data": {"source": "imagefolder", "path": str(tmp_path / "raw")}})
     result = run_cli("prepare", cwd=tmp_path, check=False)
-    assert result.returncode == 1 and "x.png" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "x.png" in result.stderr and "Traceback" not in result.stderr

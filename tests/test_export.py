@@ -134,6 +134,6 @@ def test_generate_cli_files_and_seeds(exported, tmp_path):
     assert Image.open(tmp_path / "sevens" / names[0]).size == (8, 8)
 
     bad = run_cli("generate", "--model", model, "--label", "12", "--out", "x.png", cwd=tmp_path, check=False)
-    assert bad.returncode == 1 and "label 12 is outside 0..9" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "label 12 is outside 0..9" in bad.stderr and "Traceback" not in bad.stderr
     missing = run_cli("generate", "--model", "nope.onnx", cwd=tmp_path, check=False)
-    assert missing.returncode == 1 and "model file not found: nope.onnx" in missing.stderr
+    assert missing.returncode == 2 and "model file not found: nope.onnx" in missing.stderr

@@ -131,7 +131,7 @@ def test_models_cli_list_promote_rollback(project, tmp_path):
     assert "champion" in [l for l in run_cli("models", "list", cwd=root).stdout.splitlines() if l.startswith("1 ")][0]
     assert "champion: v2 (was v1)" in run_cli("models", "promote", "2", cwd=root).stdout
     bad = run_cli("models", "promote", "99", cwd=root, check=False)
-    assert bad.returncode == 1 and "has no version 99" in bad.stderr
+    assert bad.returncode == 2 and "has no version 99" in bad.stderr
     assert rollback(tiny(), root)["champion"] == "1"
     with pytest.raises(Exception, match="no earlier champion"):
         rollback(tiny(), root)

@@ -31,7 +31,7 @@ def _fail_cleanly(action: Callable[[], T]) -> T:
     except GanopsError as error:
         # A user's mistake gets its message, not a traceback.
         typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(code=1) from None
+        raise typer.Exit(code=error.exit_code) from None
 
 
 def _run_stage(params_path: Path, stage: Callable[[Params], object]) -> None:
@@ -154,6 +154,53 @@ def serve(
 
     loaded = _fail_cleanly(lambda: load_params(params)) if params.exists() else None
     _fail_cleanly(lambda: serve_http(model, host, port, loaded.serve if loaded else None, loaded.mlflow if loaded else None))
+
+
+flow_app = typer.Typer(help="Prefect flows that run the DVC stages: once, on a schedule, or as a sweep.", no_args_is_help=True)
+app.add_typer(flow_app, name="flow")
+
+
+@flow_app.command("run")
+def flow_run(repo: Path = typer.Option(Path("."), help="the project folder (holds dvc.yaml)")) -> None:
+    """Run the whole pipeline once as a Prefect flow; unchanged stages are skipped from DVC's cache."""
+    from pipelines.gan_pipeline import gan_pipeline
+
+    gan_pipeline(repo=str(repo))
+
+
+@flow_app.command("serve")
+def flow_serve(
+    cron: Optional[str] = typer.Option(None, help="cron schedule, e.g. \"0 2 * * *\" (default: flow.cron)"),
+    name: Optional[str] = typer.Option(None, help="deployment name (default: flow.deployment)"),
+    repo: Path = typer.Option(Path("."), help="the project folder (holds dvc.yaml)"),
+) -> None:
+    """Register a scheduled deployment of the pipeline and run it from this process (Prefect's serve)."""
+    from pipelines.gan_pipeline import serve_deployment
+
+    cfg = _fail_cleanly(lambda: load_params(repo / "params.yaml").flow)
+    serve_deployment(repo=str(repo), cron=cron, name=name, cfg=cfg)
+
+
+@flow_app.command("sweep")
+def flow_sweep(
+    experiments: list[str] = typer.Argument(..., help='one per experiment: "train.loss=hinge,train.lr_g=0.0001"'),
+    repo: Path = typer.Option(Path("."), help="the project folder (holds dvc.yaml)"),
+) -> None:
+    """Run each set of param overrides as a DVC experiment; the register stage decides on promotion."""
+    import yaml
+
+    from pipelines.gan_pipeline import sweep
+
+    overrides = []
+    for spec in experiments:
+        pairs = [item.split("=", 1) for item in spec.split(",") if item.strip()]
+        if any(len(pair) != 2 for pair in pairs):
+            typer.echo(f"error: {spec!r} is not key=value[,key=value...]", err=True)
+            raise typer.Exit(code=2)
+        overrides.append({key.strip(): yaml.safe_load(value) for key, value in pairs})
+    for row in sweep(overrides, repo=str(repo)):
+        typer.echo(f"{row['experiment']}: {row['overrides']} -> v{row['version']} "
+                   f"{'champion' if row['promoted'] else 'not promoted'} ({row['metric']} {row['value']})")
 
 
 if __name__ == "__main__":

@@ -145,6 +145,16 @@ class RegisterParams(_Section):
     noise_z: float = Field(1.96, ge=0.0, description="bootstrap standard deviations that count as noise")
 
 
+class FlowParams(_Section):
+    """Prefect orchestration of the DVC stages (pipelines/)."""
+
+    cron: str = Field("0 2 * * *", description="schedule of `ganops flow serve`; the command line can override it")
+    timezone: str = "UTC"
+    deployment: str = Field("ganops-nightly", min_length=1)
+    retries: int = Field(2, ge=0, le=20, description="retries of a stage that failed for a transient reason")
+    retry_delay_s: float = Field(10.0, ge=0.0, description="first retry delay; doubles on each retry")
+
+
 # "register" is also the name of ABCMeta.register on the class; instances read the field, and the
 # section keeps the name it has in params.yaml and dvc.yaml.
 with warnings.catch_warnings():
@@ -159,6 +169,7 @@ with warnings.catch_warnings():
         serve: ServeParams = ServeParams()
         mlflow: MlflowParams = MlflowParams()
         register: RegisterParams = RegisterParams()
+        flow: FlowParams = FlowParams()
 
 
 def _format_errors(source: str, error: ValidationError) -> str:

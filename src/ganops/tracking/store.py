@@ -15,7 +15,9 @@ RUN_FILE = Path("reports") / "mlflow_run.json"
 
 
 class TrackingError(GanopsError):
-    """The tracking server or store can't be reached or used."""
+    """The tracking server or store can't be reached or used: worth retrying later."""
+
+    exit_code = 75
 
 
 def tracking_uri(cfg: MlflowParams, root: Path) -> str:

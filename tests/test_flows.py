@@ -1,0 +1,184 @@
+"""Prefect flows over the real DVC pipeline, against a real temporary Prefect API."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from conftest import REPO, write_params
+
+TRACKED = {"mlflow": {"enabled": True, "max_retries": 0, "timeout_s": 5}, "flow": {"retries": 2, "retry_delay_s": 0}}
+
+
+def sh(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def make_repo(root: Path) -> Path:
+    shutil.copy(REPO / "dvc.yaml", root)
+    shutil.copy(REPO / ".gitignore", root)
+    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    write_params(root / "params.yaml", TRACKED)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    sh("git", "init", "-q", cwd=root)
+    sh(str(Path(sys.executable).parent / "dvc"), "init", "-q", cwd=root)
+    sh("git", "add", "-A", cwd=root, env=env)
+    sh("git", "commit", "-qm", "init", cwd=root, env=env)
+    return root
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def set_param(root: Path, section: str, key: str, value) -> str:
+    original = (root / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    params[section][key] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return original
+
+
+def task_runs(flow_run_id) -> dict[str, object]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async def read():
+        async with get_client() as client:
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            return {run.name: run for run in runs}
+
+    return asyncio.run(read())
+
+
+def test_flow_runs_every_stage_then_skips_all_from_cache(prefect_api, tmp_path):
+    from pipelines.gan_pipeline import gan_pipeline
+
+    root = make_repo(tmp_path)
+    first = gan_pipeline(repo=str(root))
+    assert [r["stage"] for r in first] == ["prepare", "train", "train_evaluator", "evaluate", "export", "register"]
+    assert all(r["ran"] for r in first)
+    assert "up to date" in sh(str(Path(sys.executable).parent / "dvc"), "status", cwd=root).stdout
+    second = gan_pipeline(repo=str(root))
+    assert not any(r["ran"] for r in second)
+
+    from prefect.client.orchestration import get_client
+
+    async def artifact():
+        async with get_client() as client:
+            return await client.read_latest_artifacts()
+
+    summaries = [a for a in asyncio.run(artifact()) if a.key == "gan-pipeline-summary"]
+    assert summaries and "skipped (cached)" in summaries[0].data and "MLflow run" in summaries[0].data
+
+
+def test_failing_stage_fails_the_flow_with_its_message_and_the_fix_resumes_from_cache(prefect_api, tmp_path):
+    from prefect import flow as _flow  # noqa: F401  (ensures the API is up)
+
+    from pipelines.gan_pipeline import gan_pipeline
+
+    root = make_repo(tmp_path)
+    gan_pipeline(repo=str(root))
+    original = set_param(root, "eval", "num_samples", 3)  # too few for precision/recall: an input error
+    state = gan_pipeline(repo=str(root), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match=r"stage 'evaluate' failed: eval.num_samples=3 .* must both exceed"):
+        state.result()
+    runs = task_runs(state.state_details.flow_run_id)
+    assert runs["dvc repro evaluate"].run_count == 1  # an input error is not retried
+    (root / "params.yaml").write_text(original)
+    resumed = gan_pipeline(repo=str(root))
+    assert {r["stage"]: r["ran"] for r in resumed} == {"prepare": False, "train": False, "train_evaluator": False,
+                                                       "evaluate": False, "export": False, "register": False}
+
+
+def test_transient_failure_is_retried(prefect_api, tmp_path):
+    from pipelines.gan_pipeline import gan_pipeline
+
+    root = make_repo(tmp_path)
+    gan_pipeline(repo=str(root))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    set_param(root, "mlflow", "tracking_uri", dead)  # only register lists the mlflow params
+    state = gan_pipeline(repo=str(root), retries=1, retry_delay_s=0, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match="stage 'register' failed: MLflow tracking store .* is unreachable"):
+        state.result()
+    assert task_runs(state.state_details.flow_run_id)["dvc repro register"].run_count == 2
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_scheduled_deployment_reads_back_and_runs(tmp_path):
+    """`ganops flow serve --cron` against a real `prefect server`; a run triggered from the deployment
+    executes the stages."""
+    (tmp_path / "repo").mkdir()
+    root = make_repo(tmp_path / "repo")
+    home = tmp_path / "prefect_home"
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "TQDM_DISABLE": "1"}
+    env.pop("PREFECT_API_KEY", None)
+    server = subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    serve = None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert server.poll() is None, server.stdout.read()
+            try:
+                if httpx.get(api + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        serve = subprocess.Popen([str(bin_dir / "ganops"), "flow", "serve", "--cron", "0 2 * * *", "--repo", str(root)],
+                                 cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deployment = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and deployment is None:
+            assert serve.poll() is None, serve.stdout.read()
+            response = httpx.get(f"{api}/deployments/name/gan-pipeline/ganops-nightly", timeout=5)
+            deployment = response.json() if response.status_code == 200 else time.sleep(0.5)
+        assert deployment is not None
+        assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 2 * * *"]
+        run = httpx.post(f"{api}/deployments/{deployment['id']}/create_flow_run", json={}, timeout=10).json()
+        deadline = time.monotonic() + 400
+        state = None
+        while time.monotonic() < deadline:
+            state = httpx.get(f"{api}/flow_runs/{run['id']}", timeout=5).json()["state"]["type"]
+            if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                break
+            time.sleep(1)
+        assert state == "COMPLETED"
+        assert (root / "reports" / "register.json").exists() and (root / "dvc.lock").exists()
+    finally:
+        for process in (serve, server):
+            if process is not None:
+                process.terminate()
+                try:
+                    process.communicate(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
