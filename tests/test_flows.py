@@ -182,3 +182,21 @@ def test_scheduled_deployment_reads_back_and_runs(tmp_path):
                     process.communicate(timeout=30)
                 except subprocess.TimeoutExpired:
                     process.kill()
+
+
+def test_sweep_runs_overrides_as_dvc_experiments(prefect_api, tmp_path):
+    from pipelines.gan_pipeline import sweep
+
+    root = make_repo(tmp_path)
+    rows = sweep([{"train.steps": 25}, {"train.loss": "hinge", "train.steps": 25}], repo=str(root))
+    assert [r["version"] for r in rows] == ["1", "2"]
+    assert rows[0]["promoted"] is True  # the first registered version
+    shown = sh(str(Path(sys.executable).parent / "dvc"), "exp", "show", "--json", cwd=root).stdout
+    for row in rows:
+        assert row["experiment"] in shown
+    from ganops.config import load_params
+    from ganops.tracking import list_versions
+
+    versions = list_versions(load_params(root / "params.yaml"), root)
+    assert len(versions) == 2 and sum(v["aliases"] == "champion" for v in versions) == 1
+    assert yaml.safe_load((root / "params.yaml").read_text())["train"]["loss"] == "hinge"  # the last experiment
