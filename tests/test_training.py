@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import json
 import os
 import signal
@@ -173,3 +174,41 @@ def test_checkpoints_of_other_code_are_not_resumed(tmp_path, prepared_digits, mo
     train(tiny(), root)
     monkeypatch.setattr(loop, "_code_digest", lambda: "edited training code")
     assert train(tiny({"train": {"steps": 30}}), root)["resumed_from_step"] == 0
+
+
+def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_ddp_on_two_cpu_processes_keeps_ranks_identical_and_resumes(tmp_path, prepared_digits):
+    """`ganops train` with train.nproc: 2 relaunches itself under torchrun (gloo); both ranks end with
+    the same weights, and a DDP run extended from its checkpoint equals one trained straight through."""
+    ddp = {"train": {"batch_size": 32, "checkpoint_every": 20, "log_every": 10, "nproc": 2}}
+    straight = project_with_data(tmp_path / "straight", prepared_digits)
+    write_params(straight / "params.yaml", merge(ddp, {"train": {"steps": 60}}))
+    result = _run([str(Path(sys.executable).parent / "ganops"), "train"], straight)
+    digests = re.findall(r"weights ([0-9a-f]{16}) on every rank", result.stderr)
+    report = json.loads((straight / "reports" / "train.json").read_text())
+    assert report["world_size"] == 2 and digests == [report["weights_sha256"]]
+
+    resumed = project_with_data(tmp_path / "resumed", prepared_digits)
+    write_params(resumed / "params.yaml", merge(ddp, {"train": {"steps": 40}}))
+    _run([str(Path(sys.executable).parent / "ganops"), "train"], resumed)
+    write_params(resumed / "params.yaml", merge(ddp, {"train": {"steps": 60}}))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ganops.cli", "train"]
+    _run(torchrun, resumed)  # the documented command, straight through torchrun
+    extended = json.loads((resumed / "reports" / "train.json").read_text())
+    assert extended["resumed_from_step"] == 40 and extended["world_size"] == 2
+    assert extended["weights_sha256"] == report["weights_sha256"]
+    assert (resumed / "models" / "generator.safetensors").read_bytes() == (straight / "models" / "generator.safetensors").read_bytes()
+
+
+def test_batch_must_split_evenly_over_processes(tmp_path, prepared_digits):
+    root = project_with_data(tmp_path, prepared_digits)
+    write_params(root / "params.yaml", {"train": {"batch_size": 15, "nproc": 2}})
+    result = subprocess.run([str(Path(sys.executable).parent / "ganops"), "train"], cwd=root, capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "TQDM_DISABLE": "1"})
+    assert result.returncode != 0 and "must divide evenly over 2 processes" in result.stderr

@@ -48,9 +48,15 @@ def prepare(params: Path = ParamsOption) -> None:
 
 @app.command()
 def train(params: Path = ParamsOption) -> None:
-    """Train the GAN on data/prepared/; writes models/generator.* and reports/train*."""
-    from ganops.training import train as run
+    """Train the GAN on data/prepared/; writes models/generator.* and reports/train*.
 
+    With train.nproc > 1 this relaunches itself under torchrun (DistributedDataParallel)."""
+    from ganops.training import train as run
+    from ganops.training.distributed import relaunch_under_torchrun, under_torchrun
+
+    nproc = _fail_cleanly(lambda: load_params(params).train.nproc)
+    if nproc > 1 and not under_torchrun():
+        raise typer.Exit(code=relaunch_under_torchrun(nproc, ["train", "--params", str(params)]))
     _run_stage(params, run)
 
 

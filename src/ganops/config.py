@@ -76,6 +76,8 @@ class TrainParams(_Section):
     ema_start: int = Field(0, ge=0, description="steps before the EMA starts averaging")
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    nproc: int = Field(1, ge=1, le=1024, description="processes (GPUs) for DDP; >1 launches through torchrun")
+    compile: bool = Field(False, description="torch.compile the networks (worth it on GPUs, for long runs)")
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(25, ge=1)

@@ -48,11 +48,12 @@ def capture_rng_states(noise: torch.Generator) -> dict[str, Any]:
     }
 
 
-def restore_rng_states(states: dict[str, Any], noise: torch.Generator) -> None:
+def restore_rng_states(states: dict[str, Any], noise: torch.Generator, noise_state: torch.Tensor | None = None) -> None:
+    """Restore the global RNGs and ``noise``; under DDP each rank passes its own ``noise_state``."""
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
-    noise.set_state(states["noise"])
+    noise.set_state(states["noise"] if noise_state is None else noise_state)
     np_state = states["numpy"]
     np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
                          np_state["has_gauss"], np_state["gauss"]))
@@ -91,5 +92,6 @@ def load_resumable(folder: Path, fingerprint: str, max_step: int) -> dict[str, A
             log.info("removing checkpoint %s: beyond train.steps=%d", path, max_step)
             path.unlink(missing_ok=True)
             continue
+        state["path"] = path
         return state
     return None

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import save as safetensors_save
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from ganops import GanopsError
@@ -29,6 +31,7 @@ from ganops.io import write_bytes_atomic, write_json_atomic
 from ganops.models import DiscriminatorSpec, GeneratorSpec, build_discriminator, build_generator
 from ganops.paths import ProjectPaths
 from ganops.tracking.runs import log_training, preflight
+from ganops.training import distributed
 from ganops.training.checkpoint import capture_rng_states, load_resumable, restore_rng_states, save_checkpoint
 from ganops.training.ema import ema_decay, update_ema
 from ganops.training.losses import discriminator_loss, generator_loss, gradient_penalty, r1_penalty
@@ -38,7 +41,7 @@ log = logging.getLogger(__name__)
 LOG_FIELDS = ["step", "loss_d", "loss_g", "d_real", "d_fake", "penalty", "images_per_s", "wall_time_s"]
 # Knobs that change how long or how visibly a run goes, not what it computes: a checkpoint written
 # under other values of these can still be resumed.
-_NOT_IN_FINGERPRINT = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "device"}
+_NOT_IN_FINGERPRINT = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "device", "nproc", "compile"}
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -84,9 +87,10 @@ def _code_digest() -> str:
     return digest.hexdigest()
 
 
-def _fingerprint(params: Params, manifest: dict) -> str:
+def _fingerprint(params: Params, manifest: dict, world_size: int) -> str:
     setup = {
         "code": _code_digest(),
+        "world_size": world_size,
         "data": manifest["files"]["train"]["sha256"],
         "model": params.model.model_dump(),
         "train": params.train.model_dump(exclude=_NOT_IN_FINGERPRINT),
@@ -95,24 +99,27 @@ def _fingerprint(params: Params, manifest: dict) -> str:
 
 
 class BatchStream:
-    """Endless shuffled batches; epoch ``e`` is ordered by a permutation seeded with (seed, e), so the
-    stream's whole state is two integers and a resumed run sees the same batches."""
+    """Endless shuffled batches for one rank. Each epoch is ordered by torch's DistributedSampler
+    (seeded by train.seed and the epoch, each rank its own disjoint share), so the stream's whole
+    state is two integers and a resumed run sees the same batches."""
 
-    def __init__(self, num_items: int, batch_size: int, seed: int, epoch: int = 0, position: int = 0) -> None:
-        if num_items < batch_size:
-            raise GanopsError(f"train.batch_size={batch_size} is larger than the {num_items} training images")
-        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
-        self.epoch, self.position = epoch, position
-        self._order = self._permutation()
+    def __init__(self, num_items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 epoch: int = 0, position: int = 0) -> None:
+        if num_items // world_size < batch_size:
+            raise GanopsError(f"train.batch_size={batch_size * world_size} is larger than the {num_items} training images")
+        self.sampler = DistributedSampler(range(num_items), num_replicas=world_size, rank=rank, shuffle=True,
+                                          seed=seed, drop_last=True)
+        self.batch_size, self.epoch, self.position = batch_size, epoch, position
+        self._order = self._epoch_order()
 
-    def _permutation(self) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.num_items, generator=generator)
+    def _epoch_order(self) -> torch.Tensor:
+        self.sampler.set_epoch(self.epoch)
+        return torch.tensor(list(iter(self.sampler)), dtype=torch.long)
 
     def next(self) -> torch.Tensor:
-        if self.position + self.batch_size > self.num_items:  # drop the ragged tail of each epoch
+        if self.position + self.batch_size > len(self._order):  # drop the ragged tail of each epoch
             self.epoch, self.position = self.epoch + 1, 0
-            self._order = self._permutation()
+            self._order = self._epoch_order()
         batch = self._order[self.position : self.position + self.batch_size]
         self.position += self.batch_size
         return batch
@@ -121,109 +128,155 @@ class BatchStream:
         return {"epoch": self.epoch, "position": self.position}
 
 
+def _place_dataset(images_u8: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The uint8 images on the GPU when they fit comfortably, otherwise in pinned host memory."""
+    tensor = torch.from_numpy(images_u8)
+    if device.type != "cuda":
+        return tensor
+    free, _ = torch.cuda.mem_get_info(device)
+    if tensor.numel() < 0.25 * free:
+        return tensor.to(device)
+    return tensor.pin_memory()
+
+
 def train(params: Params, root: Path = Path(".")) -> dict:
-    """Train a GAN on data/prepared and write the EMA generator, its spec, reports and samples."""
+    """Train a GAN on data/prepared and write the EMA generator, its spec, reports and samples.
+
+    Under torchrun every process runs this function: DDP keeps the networks in sync, each rank
+    draws its own share of every batch and its own noise, and only rank 0 writes anything.
+    """
     paths = ProjectPaths(root)
     cfg = params.train
     manifest = load_manifest(paths.prepared)
     images_u8, labels_all = load_split(paths.prepared, "train")
-    device = resolve_device(cfg.device)
+    requested = resolve_device(cfg.device)
+    ctx = distributed.init(requested.type)
+    device = torch.device("cuda", ctx.local_rank) if requested.type == "cuda" and ctx.enabled else requested
     on_cuda = device.type == "cuda"
-    preflight(params, root)
+    if on_cuda:
+        torch.cuda.set_device(device)
+    if cfg.batch_size % ctx.world_size:
+        raise GanopsError(f"train.batch_size={cfg.batch_size} must divide evenly over {ctx.world_size} processes")
+    local_batch = cfg.batch_size // ctx.world_size
+    if ctx.is_main:
+        preflight(params, root)
     run_started_at = time.time()
 
     # --- networks, optimisers, state -------------------------------------------------------------
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     g_spec, d_spec = generator_spec(params, manifest), discriminator_spec(params, manifest)
     memory_format = torch.channels_last if on_cuda else torch.contiguous_format
-    G = build_generator(g_spec).to(device, memory_format=memory_format)
-    D = build_discriminator(d_spec).to(device, memory_format=memory_format)
-    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    G_raw = build_generator(g_spec).to(device, memory_format=memory_format)
+    D_raw = build_discriminator(d_spec).to(device, memory_format=memory_format)
+    G_ema = copy.deepcopy(G_raw).eval().requires_grad_(False)
     adam = {"fused": True} if on_cuda else {"foreach": True}
-    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2), **adam)
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2), **adam)
-    noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    stream = BatchStream(len(labels_all), cfg.batch_size, cfg.seed)
-    images = torch.from_numpy(images_u8).to(device)  # uint8 on the device; scaled per batch
-    labels = torch.from_numpy(labels_all).to(device)
+    opt_g = torch.optim.Adam(G_raw.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2), **adam)
+    opt_d = torch.optim.Adam(D_raw.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2), **adam)
+    noise = torch.Generator(device=device).manual_seed(cfg.seed + 1 + 7919 * ctx.rank)  # per-rank noise
+    stream = BatchStream(len(labels_all), local_batch, cfg.seed, ctx.rank, ctx.world_size)
+    images = _place_dataset(images_u8, device)  # uint8; scaled per batch
+    labels = torch.from_numpy(labels_all).to(images.device)
     conditional = g_spec.conditional
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else nullcontext()
 
-    fingerprint = _fingerprint(params, manifest)
+    fingerprint = _fingerprint(params, manifest, ctx.world_size)
     start_step, elapsed_before, log_rows = 0, 0.0, []
     window = torch.zeros(5, device=device)  # running sums of loss_d, loss_g, d_real, d_fake, penalty
     window_steps = 0
-    resumed = load_resumable(paths.checkpoints, fingerprint, cfg.steps)
+    resumed = load_resumable(paths.checkpoints, fingerprint, cfg.steps) if ctx.is_main else None
+    resume_path = ctx.gather(str(resumed["path"]) if resumed else None)[0]
+    if resume_path and not ctx.is_main:
+        resumed = torch.load(resume_path, map_location="cpu", weights_only=True)
     if resumed is not None:
-        G.load_state_dict(resumed["generator"])
-        D.load_state_dict(resumed["discriminator"])
+        G_raw.load_state_dict(resumed["generator"])
+        D_raw.load_state_dict(resumed["discriminator"])
         G_ema.load_state_dict(resumed["generator_ema"])
         opt_g.load_state_dict(resumed["opt_g"])
         opt_d.load_state_dict(resumed["opt_d"])
-        restore_rng_states(resumed["rng"], noise)
-        stream = BatchStream(len(labels_all), cfg.batch_size, cfg.seed, **resumed["stream"])
+        restore_rng_states(resumed["rng"], noise, resumed["noise_per_rank"][ctx.rank])
+        stream = BatchStream(len(labels_all), local_batch, cfg.seed, ctx.rank, ctx.world_size, **resumed["stream"])
         start_step, elapsed_before, log_rows = resumed["step"], resumed["elapsed_s"], resumed["log"]
         window, window_steps = resumed["window"].to(device), resumed["window_steps"]
-        log.info("resuming from checkpoint at step %d", start_step)
+        if ctx.is_main:
+            log.info("resuming from checkpoint at step %d", start_step)
+
+    # DDP wraps the networks for the steps whose gradients must be averaged over ranks; the raw
+    # modules serve the passes that need no sync (penalties, the generator step through a frozen D).
+    G, D = G_raw, D_raw
+    if ctx.enabled:
+        device_ids = [device.index] if on_cuda else None
+        # Buffers are averaged after every step instead of broadcast from rank 0 (see below).
+        G = DistributedDataParallel(G_raw, device_ids=device_ids, broadcast_buffers=False)
+        D = DistributedDataParallel(D_raw, device_ids=device_ids, broadcast_buffers=False)
+    D_frozen = D_raw
+    if cfg.compile:
+        G, D, D_frozen = torch.compile(G), torch.compile(D), torch.compile(D_raw)
 
     def real_batch() -> tuple[torch.Tensor, torch.Tensor | None]:
-        index = stream.next().to(device)
-        batch = images[index].float().div_(127.5).sub_(1.0).contiguous(memory_format=memory_format)
-        return batch, (labels[index] if conditional else None)
+        index = stream.next().to(images.device)
+        batch = images[index].to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+        batch = batch.contiguous(memory_format=memory_format)
+        return batch, (labels[index].to(device, non_blocking=True) if conditional else None)
 
-    def checkpoint_state(step: int, elapsed: float) -> dict:
+    def checkpoint_state(step: int, elapsed: float, noise_states: list) -> dict:
         return {
             "step": step, "fingerprint": fingerprint, "elapsed_s": elapsed, "log": log_rows,
-            "generator": G.state_dict(), "discriminator": D.state_dict(), "generator_ema": G_ema.state_dict(),
+            "generator": G_raw.state_dict(), "discriminator": D_raw.state_dict(), "generator_ema": G_ema.state_dict(),
             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "rng": capture_rng_states(noise),
-            "stream": stream.state(), "window": window.cpu(), "window_steps": window_steps,
+            "noise_per_rank": noise_states, "stream": stream.state(), "window": window.cpu(),
+            "window_steps": window_steps, "world_size": ctx.world_size,
         }
 
     # --- the loop ----------------------------------------------------------------------------------
     started = time.perf_counter()
     last_log_time, last_log_step = started, start_step
-    progress = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", mininterval=1.0, dynamic_ncols=True)
-    G.train()
-    D.train()
+    progress = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", mininterval=1.0,
+                    dynamic_ncols=True, disable=not ctx.is_main or None)
+    G_raw.train()
+    D_raw.train()
     for step in range(start_step, cfg.steps):
-        # Discriminator: d_steps updates on fresh real batches and detached fakes.
-        D.requires_grad_(True)
-        for _ in range(cfg.d_steps):
+        # Discriminator: d_steps updates, real and fake in one forward pass. The last step's fakes
+        # keep their graph, so the generator step reuses them (as the DCGAN reference loop does).
+        D_raw.requires_grad_(True)
+        for d_index in range(cfg.d_steps):
             real, y = real_batch()
-            z = torch.randn(real.shape[0], g_spec.latent_dim, device=device, generator=noise)
-            with torch.no_grad(), autocast:
+            z = torch.randn(local_batch, g_spec.latent_dim, device=device, generator=noise)
+            with torch.set_grad_enabled(d_index == cfg.d_steps - 1), autocast:
                 fake = G(z, y).float()
-            if cfg.r1_gamma > 0:
-                real.requires_grad_(True)
             with autocast:
-                d_real, d_fake = D(real, y).float(), D(fake, y).float()
+                both = D(torch.cat([real, fake.detach()]), torch.cat([y, y]) if conditional else None).float()
+            d_real, d_fake = both[:local_batch], both[local_batch:]
             loss_d = discriminator_loss(cfg.loss, d_real, d_fake)
             penalty = torch.zeros((), device=device)
             if cfg.loss == "wgan-gp" and cfg.gp_weight > 0:
-                penalty = penalty + cfg.gp_weight * gradient_penalty(lambda x: D(x, y), real.detach(), fake, noise)
+                penalty = penalty + cfg.gp_weight * gradient_penalty(lambda x: D_raw(x, y).float(), real, fake.detach(), noise)
             if cfg.r1_gamma > 0:
-                penalty = penalty + 0.5 * cfg.r1_gamma * r1_penalty(d_real, real)
+                real_r1 = real.detach().requires_grad_(True)
+                penalty = penalty + 0.5 * cfg.r1_gamma * r1_penalty(D_raw(real_r1, y).float(), real_r1)
             opt_d.zero_grad(set_to_none=True)
             (loss_d + penalty).backward()
             opt_d.step()
 
         # Generator: the non-saturating / hinge / Wasserstein step through a frozen D.
-        D.requires_grad_(False)
-        z = torch.randn(cfg.batch_size, g_spec.latent_dim, device=device, generator=noise)
+        D_raw.requires_grad_(False)
         with autocast:
-            loss_g = generator_loss(cfg.loss, D(G(z, y), y).float())
+            loss_g = generator_loss(cfg.loss, D_frozen(fake, y).float())
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
-        update_ema(G, G_ema, ema_decay(cfg.ema_decay, step - cfg.ema_start))
+        distributed.average_buffers(ctx, G_raw, D_raw)  # batch-norm statistics from every rank's share
+        update_ema(G_raw, G_ema, ema_decay(cfg.ema_decay, step - cfg.ema_start))
 
         # Bookkeeping stays on the device; it is read (a host sync) only every log_every steps.
         window += torch.stack([loss_d.detach(), loss_g.detach(), d_real.detach().mean(), d_fake.detach().mean(), penalty.detach()])
         window_steps += 1
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
+            if ctx.enabled:  # the logged losses are averages over all ranks
+                torch.distributed.all_reduce(window)
+                window /= ctx.world_size
             now = time.perf_counter()
             means = (window / window_steps).tolist()
             row = dict(zip(LOG_FIELDS[1:6], (round(v, 6) for v in means)))
@@ -234,12 +287,25 @@ def train(params: Params, root: Path = Path(".")) -> dict:
             window.zero_()
             window_steps, last_log_time, last_log_step = 0, now, done
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            save_checkpoint(paths.checkpoints, done, checkpoint_state(done, elapsed_before + time.perf_counter() - started), cfg.keep_checkpoints)
+            noise_states = ctx.gather(noise.get_state().cpu())
+            if ctx.is_main:
+                save_checkpoint(paths.checkpoints, done, checkpoint_state(done, elapsed_before + time.perf_counter() - started,
+                                                                          noise_states), cfg.keep_checkpoints)
+            ctx.barrier()
         progress.update(1)
     progress.close()
     wall_time = elapsed_before + time.perf_counter() - started
 
-    # --- outputs -----------------------------------------------------------------------------------
+    # --- every rank must hold the same networks ------------------------------------------------------
+    digests = ctx.gather(distributed.state_digest(G_raw, D_raw, G_ema))
+    if len(set(digests)) != 1:
+        raise GanopsError(f"ranks diverged: weight digests {digests}")
+    if not ctx.is_main:
+        ctx.barrier()
+        distributed.shutdown()
+        return {}
+
+    # --- outputs (rank 0) ----------------------------------------------------------------------------
     weights = {name: tensor.detach().cpu().contiguous() for name, tensor in G_ema.state_dict().items()}
     write_bytes_atomic(paths.generator_weights, safetensors_save(weights, metadata={"format": "pt"}))
     g_spec.save(paths.generator_spec)
@@ -251,14 +317,21 @@ def train(params: Params, root: Path = Path(".")) -> dict:
         "wall_time_s": round(wall_time, 3),
         "images_per_s": round(cfg.steps * cfg.batch_size / wall_time, 2) if wall_time > 0 else 0.0,
         "resumed_from_step": start_step,
+        "world_size": ctx.world_size,
+        "weights_sha256": digests[0][:16],
         **{key: final[key] for key in ("loss_d", "loss_g", "d_real", "d_fake") if key in final},
     }
     write_json_atomic(paths.reports / "train.json", summary)
-    log.info("trained %d steps in %.1f s on %s", cfg.steps, wall_time, device)
+    log.info("trained %d steps in %.1f s on %s x %d; weights %s on every rank", cfg.steps, wall_time, device,
+             ctx.world_size, digests[0][:16])
     # Tracking comes last: if the store fails now, every output above is kept and a re-run resumes
     # from the final checkpoint straight to this point.
-    log_training(params, root, manifest, summary, log_rows, run_started_at,
-                 [paths.reports / "samples.png", paths.reports / "train_log.csv", paths.generator_spec])
+    try:
+        log_training(params, root, manifest, summary, log_rows, run_started_at,
+                     [paths.reports / "samples.png", paths.reports / "train_log.csv", paths.generator_spec])
+    finally:
+        ctx.barrier()
+        distributed.shutdown()
     return summary
 
 
