@@ -3,7 +3,11 @@ architecture with seeded random weights (speed does not depend on the weights)."
 
 from __future__ import annotations
 
+import json
+import zipfile
 from pathlib import Path
+
+import numpy as np
 
 import torch
 
@@ -20,3 +24,21 @@ def benchmark_generator(params: Params) -> tuple[Generator, str]:
                          max_channels=params.model.max_channels, resolution=params.data.resolution,
                          channels=params.data.channels, num_classes=10 if params.model.conditional else 0)
     return build_generator(spec).eval(), "params.yaml architecture, random weights"
+
+
+def write_random_prepared(root: Path, images: np.ndarray, num_classes: int = 1) -> None:
+    """A prepared data set of the given uint8 images (labels cycle through the classes), in the
+    layout the prepare stage writes, for benchmarks that need no real data."""
+    folder = root / "data" / "prepared"
+    folder.mkdir(parents=True)
+    labels = np.arange(len(images), dtype=np.int64) % num_classes
+    for split in ("train", "test"):
+        with zipfile.ZipFile(folder / f"{split}.npz", "w") as archive:
+            for name, array in (("images", images), ("labels", labels)):
+                with archive.open(f"{name}.npy", "w") as handle:
+                    np.lib.format.write_array(handle, array)
+    names = [str(i) for i in range(num_classes)]
+    manifest = {"source": "random", "source_checksum": "-", "resolution": images.shape[2], "channels": images.shape[1],
+                "num_classes": num_classes, "class_names": names,
+                "files": {"train": {"sha256": "random"}, "test": {"sha256": "random"}}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))

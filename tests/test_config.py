@@ -88,3 +88,11 @@ def test_empty_file_gives_defaults(tmp_path):
     empty = tmp_path / "params.yaml"
     empty.write_text("")
     assert load_params(empty) == Params()
+
+
+def test_recipes_are_valid_params():
+    recipes = sorted((REPO / "recipes").glob("*.yaml"))
+    assert recipes
+    for recipe in recipes:
+        params = load_params(recipe)
+        assert params.data.source == "cifar10" and params.train.loss == "hinge" and params.model.spectral_norm

@@ -1,0 +1,51 @@
+"""Time per 1,000 training images of a params recipe (default recipes/cifar10.yaml) on this
+machine, on random data of the recipe's shape (speed does not depend on the pixels). Runs the real
+train(); prints seconds per 1,000 images and images/s.
+
+    python benchmarks/recipe_time.py [--recipe recipes/cifar10.yaml] [--steps 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from _generator import write_random_prepared
+from ganops.config import validate_params
+from ganops.training import train
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", type=Path, default=Path("recipes/cifar10.yaml"))
+    parser.add_argument("--steps", type=int, default=400)
+    args = parser.parse_args()
+    raw = yaml.safe_load(args.recipe.read_text())
+    raw["mlflow"]["enabled"] = False
+    raw["train"].update(checkpoint_every=10**9, log_every=100)
+    if not torch.cuda.is_available():
+        raw["train"].update(device="cpu", compile=False)
+    data = raw["data"]
+    root = Path(tempfile.mkdtemp(prefix="ganops-recipe-"))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (10000, data["channels"], data["resolution"], data["resolution"]), dtype=np.uint8)
+    write_random_prepared(root, images, num_classes=10)
+    warm = validate_params({**raw, "train": {**raw["train"], "steps": 50}})
+    train(warm, root)  # warm-up and compilation, not timed
+    for checkpoint in (root / "models" / "checkpoints").glob("*.pt"):
+        checkpoint.unlink()
+    summary = train(validate_params({**raw, "train": {**raw["train"], "steps": args.steps}}), root)
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+    per_1000 = 1000 / summary["images_per_s"]
+    print(f"recipe {args.recipe} on {device}: {summary['images_per_s']:.0f} images/s, {per_1000:.3f} s per 1,000 images "
+          f"(batch {raw['train']['batch_size']}, d_steps {raw['train']['d_steps']}, compile {raw['train']['compile']})")
+    print(f"seconds_per_1000_images={per_1000:.4f}")
+
+
+if __name__ == "__main__":
+    main()
