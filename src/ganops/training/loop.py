@@ -151,8 +151,8 @@ def train(params: Params, root: Path = Path(".")) -> dict:
     images_u8, labels_all = load_split(paths.prepared, "train")
     requested = resolve_device(cfg.device)
     ctx = distributed.init(requested.type)
-    device = torch.device("cuda", ctx.local_rank) if requested.type == "cuda" and ctx.enabled else requested
-    on_cuda = device.type == "cuda"
+    on_cuda = requested.type == "cuda"
+    device = torch.device("cuda", ctx.local_rank if ctx.enabled else torch.cuda.current_device()) if on_cuda else requested
     if on_cuda:
         torch.cuda.set_device(device)
     if cfg.batch_size % ctx.world_size:
