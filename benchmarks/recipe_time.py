@@ -24,10 +24,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", type=Path, default=Path("recipes/cifar10.yaml"))
     parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="override the recipe's train.compile")
     args = parser.parse_args()
     raw = yaml.safe_load(args.recipe.read_text())
     raw["mlflow"]["enabled"] = False
     raw["train"].update(checkpoint_every=10**9, log_every=100)
+    if args.compile is not None:
+        raw["train"]["compile"] = args.compile
     if not torch.cuda.is_available():
         raw["train"].update(device="cpu", compile=False)
     data = raw["data"]

@@ -155,6 +155,7 @@ def train(params: Params, root: Path = Path(".")) -> dict:
     device = torch.device("cuda", ctx.local_rank if ctx.enabled else torch.cuda.current_device()) if on_cuda else requested
     if on_cuda:
         torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest conv kernels
     if cfg.batch_size % ctx.world_size:
         raise GanopsError(f"train.batch_size={cfg.batch_size} must divide evenly over {ctx.world_size} processes")
     local_batch = cfg.batch_size // ctx.world_size
