@@ -168,7 +168,7 @@ def train(params: Params, root: Path = Path(".")) -> dict:
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     g_spec, d_spec = generator_spec(params, manifest), discriminator_spec(params, manifest)
-    memory_format = torch.channels_last if on_cuda else torch.contiguous_format
+    memory_format = torch.channels_last  # the faster conv layout for both cuDNN and oneDNN (CPU)
     G_raw = build_generator(g_spec).to(device, memory_format=memory_format)
     D_raw = build_discriminator(d_spec).to(device, memory_format=memory_format)
     G_ema = copy.deepcopy(G_raw).eval().requires_grad_(False)
