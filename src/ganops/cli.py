@@ -25,7 +25,9 @@ ParamsOption = typer.Option(DEFAULT_PARAMS, "--params", "-p", help="parameters f
 
 
 def _fail_cleanly(action: Callable[[], T]) -> T:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # ganops reports what it does; the libraries underneath only their warnings
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("ganops").setLevel(logging.INFO)
     try:
         return action()
     except GanopsError as error:
