@@ -5,8 +5,10 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -54,6 +56,30 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300, check: bool = True) -> 
     if check and result.returncode != 0:
         raise AssertionError(f"ganops {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (for a server the test starts, or a dead one)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, process: subprocess.Popen | None = None, seconds: float = 120) -> None:
+    """Poll ``url`` until it answers 200; fail with the server's output if it exits first."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"server exited: {process.stdout.read() if process.stdout else ''}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer within {seconds} s")
 
 
 @pytest.fixture

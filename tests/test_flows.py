@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from conftest import REPO, write_params
+from conftest import REPO, free_port, wait_for_http, write_params
 
 TRACKED = {"mlflow": {"enabled": True, "max_retries": 0, "timeout_s": 5}, "flow": {"retries": 2, "retry_delay_s": 0}}
 
@@ -89,8 +88,6 @@ def test_flow_runs_every_stage_then_skips_all_from_cache(prefect_api, tmp_path):
 
 
 def test_failing_stage_fails_the_flow_with_its_message_and_the_fix_resumes_from_cache(prefect_api, tmp_path):
-    from prefect import flow as _flow  # noqa: F401  (ensures the API is up)
-
     from pipelines.gan_pipeline import gan_pipeline
 
     root = make_repo(tmp_path)
@@ -113,21 +110,13 @@ def test_transient_failure_is_retried(prefect_api, tmp_path):
 
     root = make_repo(tmp_path)
     gan_pipeline(repo=str(root))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    dead = f"http://127.0.0.1:{free_port()}"
     set_param(root, "mlflow", "tracking_uri", dead)  # only register lists the mlflow params
     state = gan_pipeline(repo=str(root), retries=1, retry_delay_s=0, return_state=True)
     assert state.is_failed()
     with pytest.raises(Exception, match="stage 'register' failed: MLflow tracking store .* is unreachable"):
         state.result()
     assert task_runs(state.state_details.flow_run_id)["dvc repro register"].run_count == 2
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_scheduled_deployment_reads_back_and_runs(tmp_path):
@@ -146,14 +135,7 @@ def test_scheduled_deployment_reads_back_and_runs(tmp_path):
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     serve = None
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert server.poll() is None, server.stdout.read()
-            try:
-                if httpx.get(api + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
+        wait_for_http(api + "/health", server)
         serve = subprocess.Popen([str(bin_dir / "ganops"), "flow", "serve", "--cron", "0 2 * * *", "--repo", str(root)],
                                  cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deployment = None

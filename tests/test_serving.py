@@ -7,7 +7,6 @@ import base64
 import io
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import TINY, merge, write_params
+from conftest import TINY, free_port, merge, wait_for_http, write_params
 from ganops.config import validate_params
 from ganops.data import prepare
 from ganops.export import export
@@ -48,12 +47,6 @@ def models(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Server:
     def __init__(self, folder: Path, model: Path, api_key: str | None = None, **serve) -> None:
         self.port = free_port()
@@ -65,15 +58,7 @@ class Server:
         ganops = str(Path(sys.executable).parent / "ganops")
         self.process = subprocess.Popen([ganops, "serve", "--model", str(model), "--port", str(self.port)],
                                         cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.process.stdout.read()
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise AssertionError("server did not become ready")
+        wait_for_http(self.url + "/readyz", self.process, seconds=60)
 
     def stop(self) -> str:
         self.process.terminate()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,13 +13,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import TINY, merge, run_cli, write_params
+from conftest import TINY, free_port, merge, run_cli, wait_for_http, write_params
 from ganops.config import validate_params
 from ganops.data import prepare
 from ganops.export import export
 from ganops.metrics import evaluate, train_evaluator
 from ganops.serving import OnnxGenerator
-from ganops.tracking import TrackingError, list_versions, promote, register, rollback
+from ganops.tracking import TrackingError, list_versions, register, rollback
 from ganops.training import train
 
 TRACKED = {"mlflow": {"enabled": True, "max_retries": 0, "timeout_s": 5}}
@@ -180,22 +179,14 @@ def test_serving_resolves_the_champion_and_follows_it(project, tmp_path):
     _edit_eval(root, fd_domain=0.001, fd_domain_bootstrap_std=0.0)
 
     write_params(root / "params.yaml", merge(TRACKED, {"serve": {"reload_interval_s": 0.2}}))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([str(Path(sys.executable).parent / "ganops"), "serve", "--model",
                                "models:/ganops-generator@champion", "--port", str(port)], cwd=root,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env={k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "GANOPS_API_KEY")})
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        wait_for_http(url + "/readyz", server, seconds=60)
         assert httpx.get(url + "/v1/model").json()["version"] == "1"
         assert register(tiny(), root)["promoted"] is True  # v2 becomes champion
         deadline = time.monotonic() + 20
@@ -211,9 +202,7 @@ def test_serving_resolves_the_champion_and_follows_it(project, tmp_path):
 
 def test_unreachable_server_fails_fast_and_keeps_outputs(project, tmp_path):
     root = Path(shutil.copytree(project, tmp_path / "p"))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    dead = f"http://127.0.0.1:{free_port()}"
     before = {p: p.read_bytes() for p in (root / "models").glob("generator.*")}
     params = tiny({"mlflow": {"tracking_uri": dead, "max_retries": 1, "timeout_s": 2}})
     started = time.monotonic()
@@ -231,23 +220,14 @@ def test_unreachable_server_fails_fast_and_keeps_outputs(project, tmp_path):
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("mlflow_server")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--artifacts-destination", str(folder / "artifacts"),
          "--workers", "1"], cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert server.poll() is None, server.stdout.read()
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.3)
+    wait_for_http(url + "/health", server)
     yield url
     server.terminate()
     server.communicate(timeout=30)
@@ -265,9 +245,7 @@ def test_against_a_real_tracking_server(mlflow_server, tmp_path):
 
 def test_mlflow_models_serve_can_serve_the_champion(project, tmp_path):
     root = Path(shutil.copytree(project, tmp_path / "p"))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
@@ -276,14 +254,7 @@ def test_mlflow_models_serve_can_serve_the_champion(project, tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert server.poll() is None, server.stdout.read()
-            try:
-                if httpx.get(url + "/ping", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.3)
+        wait_for_http(url + "/ping", server)
         body = {"inputs": {"z": [[0.0] * 8, [0.5] * 8], "labels": [1, 2]}}
         response = httpx.post(url + "/invocations", json=body, timeout=30)
         assert response.status_code == 200, response.text

@@ -12,7 +12,6 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file

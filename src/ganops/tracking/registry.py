@@ -43,7 +43,6 @@ def evaluation_signature(report: dict, manifest: dict, root: Path) -> str:
 
 
 def _signature_and_example(onnx_path: Path):
-    import numpy as np
     from mlflow.models import infer_signature
 
     from ganops.serving.runtime import OnnxGenerator

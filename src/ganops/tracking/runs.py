@@ -72,7 +72,7 @@ def log_training(params: Params, root: Path, manifest: dict, summary: dict, log_
     if not params.mlflow.enabled:
         disabled(root)
         return None
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
 
     client = connect(params.mlflow, root)
     run = client.create_run(experiment_id(client, params.mlflow, root), start_time=int(started_at * 1000),
