@@ -17,10 +17,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+# A temporary local Prefect API started from here need not phone home (and can't, offline).
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from ganops.config import FlowParams, load_params
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
+
+from ganops.config import FlowParams, load_params  # noqa: E402
 
 # ganops exits with 2 for errors that need a fix (bad params, bad data, missing inputs): retrying
 # can't help. Anything else (a service down: 75, a crash) is retried with backoff.
