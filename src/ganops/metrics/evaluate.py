@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Iterator
@@ -14,7 +15,7 @@ from ganops.config import Params
 from ganops.data import load_manifest, load_split
 from ganops.io import write_json_atomic
 from ganops.metrics.backbones import build_backbone, extract_features, resolve_backbone
-from ganops.metrics.evaluator import load_evaluator
+from ganops.metrics.evaluator import load_evaluator, scale_images
 from ganops.metrics.scores import compute_metrics
 from ganops.models import Generator, GeneratorSpec, load_trained_generator
 from ganops.paths import ProjectPaths
@@ -102,8 +103,6 @@ def evaluate(params: Params, root: Path = Path(".")) -> dict:
         report["class_consistency_domain"] = round(_class_consistency(root, fake_u8, labels, cfg.batch_size, device), 6)
     evaluator_report = paths.reports / "evaluator.json"
     if evaluator_report.exists():
-        import json
-
         report["evaluator_test_accuracy_domain"] = json.loads(evaluator_report.read_text()).get("test_accuracy")
 
     _write_samples(fake_u8, labels, spec, paths.reports / "eval_samples.png")
@@ -117,8 +116,6 @@ def evaluate(params: Params, root: Path = Path(".")) -> dict:
 @torch.no_grad()
 def _class_consistency(root: Path, images: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device) -> float:
     """Share of generated images the domain classifier assigns to the label they were generated for."""
-    from ganops.metrics.evaluator import scale_images
-
     classifier = load_evaluator(root, device)
     hits = 0
     for start in range(0, len(images), batch_size):

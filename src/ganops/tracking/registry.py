@@ -76,6 +76,13 @@ def _decide(params: Params, new: dict, champion) -> tuple[bool, str]:
     return gain > needed, verdict
 
 
+def _registry_lock(params: Params, root: Path):
+    """One registry change at a time per store on this machine (read champion, decide, move alias)."""
+    from filelock import FileLock
+
+    return FileLock(str(lock_path(tracking_uri(params.mlflow, root))), timeout=600)
+
+
 def _champion(client, name: str):
     try:
         return client.get_model_version_by_alias(name, CHAMPION)
@@ -94,8 +101,6 @@ def _set_champion(client, name: str, version: str, history: list[str]) -> None:
 
 def register(params: Params, root: Path = Path(".")) -> dict:
     """Log the ONNX generator to the pipeline's run, register it, and decide on promotion."""
-    from filelock import FileLock
-
     paths = ProjectPaths(root)
     onnx_path = paths.models / "generator.onnx"
     eval_path = paths.reports / "eval.json"
@@ -125,8 +130,7 @@ def register(params: Params, root: Path = Path(".")) -> dict:
     }
     signature, example, spec = _signature_and_example(onnx_path)
     name = params.register.model_name
-    # One registration at a time per store on this machine: read champion, decide, move alias.
-    with FileLock(str(lock_path(tracking_uri(params.mlflow, root))), timeout=600):
+    with _registry_lock(params, root):
         with mlflow.start_run(run_id=run["run_id"]):
             info = mlflow.onnx.log_model(
                 onnx.load(str(onnx_path)), name="generator", signature=signature, input_example=example,
@@ -174,11 +178,9 @@ def list_versions(params: Params, root: Path = Path(".")) -> list[dict]:
 
 def promote(params: Params, version: str, root: Path = Path(".")) -> dict:
     """Make ``version`` the champion by hand (recorded in its tags and the champion history)."""
-    from filelock import FileLock
-
     client = connect(params.mlflow, root)
     name = params.register.model_name
-    with FileLock(str(lock_path(tracking_uri(params.mlflow, root))), timeout=600):
+    with _registry_lock(params, root):
         try:
             client.get_model_version(name, str(version))
         except Exception:
@@ -192,11 +194,9 @@ def promote(params: Params, version: str, root: Path = Path(".")) -> dict:
 
 def rollback(params: Params, root: Path = Path(".")) -> dict:
     """Move champion back to the version that held it before the current one."""
-    from filelock import FileLock
-
     client = connect(params.mlflow, root)
     name = params.register.model_name
-    with FileLock(str(lock_path(tracking_uri(params.mlflow, root))), timeout=600):
+    with _registry_lock(params, root):
         history = _history(client, name)
         if len(history) < 2:
             raise GanopsError(f"{name} has no earlier champion to roll back to (history: {history or 'empty'})")

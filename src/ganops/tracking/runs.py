@@ -56,6 +56,11 @@ def lineage_tags(root: Path, manifest: dict) -> dict[str, str]:
     return tags
 
 
+def _log_metrics(client, run_id: str, metrics: list) -> None:
+    for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+
+
 def disabled(root: Path) -> None:
     write_json_atomic(Path(root) / RUN_FILE, {"enabled": False, "run_id": None})
 
@@ -85,8 +90,7 @@ def log_training(params: Params, root: Path, manifest: dict, summary: dict, log_
     metrics = [Metric(f"train/{key}", float(row[key]), now, int(row["step"])) for row in log_rows for key in LOSS_CURVES if key in row]
     metrics += [Metric(f"train/{key}_final" if key in LOSS_CURVES else f"train/{key}", float(value), now, params.train.steps)
                 for key, value in summary.items() if isinstance(value, (int, float))]
-    for start in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+    _log_metrics(client, run_id, metrics)
     for artifact in artifacts:
         client.log_artifact(run_id, str(artifact), artifact_path="train")
     client.set_terminated(run_id, status="FINISHED")
@@ -109,8 +113,7 @@ def log_to_pipeline_run(params: Params, root: Path, prefix: str, metrics: dict, 
     now = int(time.time() * 1000)
     numbers = [Metric(f"{prefix}/{k}", float(v), now, 0) for k, v in metrics.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    for start in range(0, len(numbers), 1000):
-        client.log_batch(run["run_id"], metrics=numbers[start : start + 1000])
+    _log_metrics(client, run["run_id"], numbers)
     for artifact in artifacts:
         client.log_artifact(run["run_id"], str(artifact), artifact_path=prefix)
     return run["run_id"]

@@ -34,13 +34,13 @@ def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
-def capture_rng_states(noise: torch.Generator) -> dict[str, Any]:
+def capture_rng_states() -> dict[str, Any]:
+    """The global RNGs; the per-rank noise generators are saved beside them (``noise_per_rank``)."""
     py_version, py_state, py_gauss = random.getstate()
     np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "noise": noise.get_state(),
         "numpy": {"keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
                   "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
         "python": {"version": int(py_version), "state": torch.tensor(py_state, dtype=torch.int64),
@@ -48,12 +48,12 @@ def capture_rng_states(noise: torch.Generator) -> dict[str, Any]:
     }
 
 
-def restore_rng_states(states: dict[str, Any], noise: torch.Generator, noise_state: torch.Tensor | None = None) -> None:
-    """Restore the global RNGs and ``noise``; under DDP each rank passes its own ``noise_state``."""
+def restore_rng_states(states: dict[str, Any], noise: torch.Generator, noise_state: torch.Tensor) -> None:
+    """Restore the global RNGs, and ``noise`` from this rank's own saved ``noise_state``."""
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
-    noise.set_state(states["noise"] if noise_state is None else noise_state)
+    noise.set_state(noise_state)
     np_state = states["numpy"]
     np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
                          np_state["has_gauss"], np_state["gauss"]))

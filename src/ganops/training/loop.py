@@ -225,7 +225,7 @@ def train(params: Params, root: Path = Path(".")) -> dict:
         return {
             "step": step, "fingerprint": fingerprint, "elapsed_s": elapsed, "log": log_rows,
             "generator": G_raw.state_dict(), "discriminator": D_raw.state_dict(), "generator_ema": G_ema.state_dict(),
-            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "rng": capture_rng_states(noise),
+            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "rng": capture_rng_states(),
             "noise_per_rank": noise_states, "stream": stream.state(), "window": window.cpu(),
             "window_steps": window_steps, "world_size": ctx.world_size,
         }
