@@ -65,6 +65,33 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def spawn(args: list[str], log_path: Path, **kwargs) -> subprocess.Popen:
+    """Start a long-lived server with its output in ``log_path``: a pipe nobody reads would fill up and block it."""
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, text=True, **kwargs)
+    process.log_path = log_path
+    return process
+
+
+def output_of(process: subprocess.Popen) -> str:
+    """What a process printed: its log file (see ``spawn``) or its stdout pipe."""
+    log_path = getattr(process, "log_path", None)
+    if log_path is not None:
+        return Path(log_path).read_text(errors="replace")
+    return process.stdout.read() if process.stdout else ""
+
+
+def stop(process: subprocess.Popen) -> str:
+    """Terminate a server and return its output."""
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=30)
+    return output_of(process)
+
+
 def wait_for_http(url: str, process: subprocess.Popen | None = None, seconds: float = 120) -> None:
     """Poll ``url`` until it answers 200; fail with the server's output if it exits first."""
     import httpx
@@ -72,7 +99,7 @@ def wait_for_http(url: str, process: subprocess.Popen | None = None, seconds: fl
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise AssertionError(f"server exited: {process.stdout.read() if process.stdout else ''}")
+            raise AssertionError(f"server exited: {output_of(process)}")
         try:
             if httpx.get(url, timeout=1).status_code == 200:
                 return

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from conftest import REPO, free_port, wait_for_http, write_params
+from conftest import REPO, free_port, output_of, spawn, stop, wait_for_http, write_params
 
 TRACKED = {"mlflow": {"enabled": True, "max_retries": 0, "timeout_s": 5}, "flow": {"retries": 2, "retry_delay_s": 0}}
 
@@ -131,17 +131,17 @@ def test_scheduled_deployment_reads_back_and_runs(tmp_path):
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "TQDM_DISABLE": "1"}
     env.pop("PREFECT_API_KEY", None)
-    server = subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = spawn([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                   tmp_path / "prefect-server.log", env=env)
     serve = None
     try:
         wait_for_http(api + "/health", server)
-        serve = subprocess.Popen([str(bin_dir / "ganops"), "flow", "serve", "--cron", "0 2 * * *", "--repo", str(root)],
-                                 cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        serve = spawn([str(bin_dir / "ganops"), "flow", "serve", "--cron", "0 2 * * *", "--repo", str(root)],
+                      tmp_path / "flow-serve.log", cwd=root, env=env)
         deployment = None
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and deployment is None:
-            assert serve.poll() is None, serve.stdout.read()
+            assert serve.poll() is None, output_of(serve)
             response = httpx.get(f"{api}/deployments/name/gan-pipeline/ganops-nightly", timeout=5)
             deployment = response.json() if response.status_code == 200 else time.sleep(0.5)
         assert deployment is not None
@@ -159,11 +159,7 @@ def test_scheduled_deployment_reads_back_and_runs(tmp_path):
     finally:
         for process in (serve, server):
             if process is not None:
-                process.terminate()
-                try:
-                    process.communicate(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+                stop(process)
 
 
 def test_sweep_runs_overrides_as_dvc_experiments(prefect_api, tmp_path):

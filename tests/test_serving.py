@@ -7,7 +7,6 @@ import base64
 import io
 import os
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -21,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import TINY, free_port, merge, wait_for_http, write_params
+from conftest import TINY, free_port, merge, spawn, stop, wait_for_http, write_params
 from ganops.config import validate_params
 from ganops.data import prepare
 from ganops.export import export
@@ -56,14 +55,12 @@ class Server:
         if api_key:
             env["GANOPS_API_KEY"] = api_key
         ganops = str(Path(sys.executable).parent / "ganops")
-        self.process = subprocess.Popen([ganops, "serve", "--model", str(model), "--port", str(self.port)],
-                                        cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.process = spawn([ganops, "serve", "--model", str(model), "--port", str(self.port)],
+                             folder / f"serve-{self.port}.log", cwd=folder, env=env)
         wait_for_http(self.url + "/readyz", self.process, seconds=60)
 
     def stop(self) -> str:
-        self.process.terminate()
-        output, _ = self.process.communicate(timeout=30)
-        return output
+        return stop(self.process)
 
 
 @pytest.fixture(scope="module")
