@@ -4,8 +4,9 @@ The plain loop is written here in the style of the official PyTorch DCGAN exampl
 passes on real and fake, BCE on logits, `.item()` reads every step, batches moved from host memory
 each step). Both train the same architecture (ganops' DCGAN, unconditional, no spectral norm), the
 same loss (minimax / BCE with the non-saturating G step), batch size and Adam settings on the same
-random data. ganops runs its real `train()` (bf16 autocast, channels_last, fused Adam and the
-dataset on the GPU when there is one; `--compile` adds torch.compile), with EMA and checkpointing.
+random data. ganops runs its real `train()` (on a GPU: bf16 autocast, channels_last, fused Adam,
+the dataset in GPU memory and each step replayed as one CUDA graph; `--compile` swaps the graphs for
+torch.compile), with EMA and checkpointing.
 Prints images/s for both, on CUDA the model FLOP utilisation against the GPU's dense bf16 peak, and
 as the last line ``train_speedup_vs_plain_dcgan=<ganops images/s / plain images/s>``.
 
@@ -86,14 +87,14 @@ def plain_dcgan(images: torch.Tensor, cfg: dict, steps: int, device: torch.devic
     return steps * batch / (time.perf_counter() - start), flops
 
 
-def ganops_train(images: np.ndarray, cfg: dict, steps: int, device: str, compile_: bool) -> float:
+def ganops_train(images: np.ndarray, cfg: dict, steps: int, device: str, compile_: bool, cuda_graphs: bool = True) -> float:
     root = Path(tempfile.mkdtemp(prefix="ganops-bench-"))
     write_random_prepared(root, images)
     params = validate_params({
         "model": {"latent_dim": cfg["latent"], "g_channels": cfg["width"], "d_channels": cfg["width"],
                   "conditional": False, "spectral_norm": False},
         "train": {"steps": steps, "batch_size": cfg["batch"], "loss": "minimax", "device": device, "compile": compile_,
-                  "checkpoint_every": 10**9, "log_every": max(1, steps // 4)},
+                  "cuda_graphs": cuda_graphs, "checkpoint_every": 10**9, "log_every": max(1, steps // 4)},
         "mlflow": {"enabled": False},
     })
     warm = params.model_copy(update={"train": params.train.model_copy(update={"steps": 10 if not compile_ else 30})})
@@ -119,12 +120,16 @@ def main() -> None:
 
     plain, flops = plain_dcgan(torch.from_numpy(images), cfg, steps, device)
     ours = ganops_train(images, cfg, steps, "cuda" if cuda else "cpu", args.compile)
+    # On a GPU, also the same step without CUDA graphs: how much of the gain the graphs bring.
+    eager = ganops_train(images, cfg, steps, "cuda", args.compile, cuda_graphs=False) if cuda and not args.compile else None
     name = torch.cuda.get_device_name(0) if cuda else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}")
     print(f"model: DCGAN {cfg['res']}x{cfg['res']}x{cfg['channels']}, width {cfg['width']}, batch {cfg['batch']}, "
           f"{steps} steps; {flops / 1e9:.2f} GFLOP per training step")
     print(f"plain eager DCGAN loop: {plain:10.1f} images/s")
     print(f"ganops train{' (compiled)' if args.compile else ''}:       {ours:10.1f} images/s")
+    if eager is not None:
+        print(f"ganops train, cuda_graphs off: {eager:10.1f} images/s (CUDA graphs {ours / eager:.2f}x)")
     if cuda:
         peak = next((v for k, v in BF16_DENSE_PEAK.items() if k in name), None)
         for label, rate in (("plain", plain), ("ganops", ours)):

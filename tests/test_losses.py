@@ -45,7 +45,8 @@ def test_gradient_penalty_of_linear_critic():
     w = torch.tensor([3.0, 4.0]).view(1, 2, 1, 1)
     critic = lambda x: (x * w).flatten(1).sum(1)  # noqa: E731
     real, fake = torch.randn(5, 2, 1, 1), torch.randn(5, 2, 1, 1)
-    assert gradient_penalty(critic, real, fake).item() == pytest.approx((5.0 - 1.0) ** 2)
+    alpha = torch.rand(5, 1, 1, 1)
+    assert gradient_penalty(critic, real, fake, alpha).item() == pytest.approx((5.0 - 1.0) ** 2)
 
 
 def test_r1_of_quadratic_discriminator():

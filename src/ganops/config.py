@@ -78,6 +78,8 @@ class TrainParams(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     nproc: int = Field(1, ge=1, le=1024, description="processes (GPUs) for DDP; >1 launches through torchrun")
     compile: bool = Field(False, description="torch.compile the networks (worth it on GPUs, for long runs)")
+    cuda_graphs: bool = Field(True, description="on one GPU, capture each training step as one CUDA graph and replay it "
+                              "(no effect on CPU, under DDP or with compile)")
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(25, ge=1)

@@ -14,7 +14,6 @@ import json
 import logging
 import random
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -34,14 +33,15 @@ from ganops.tracking.runs import log_training, preflight
 from ganops.training import distributed
 from ganops.training.checkpoint import capture_rng_states, load_resumable, restore_rng_states, save_checkpoint
 from ganops.training.ema import ema_decay, update_ema
-from ganops.training.losses import discriminator_loss, generator_loss, gradient_penalty, r1_penalty
+from ganops.training.step import TrainStep
 from ganops.visualize import save_grid, to_uint8
 
 log = logging.getLogger(__name__)
 LOG_FIELDS = ["step", "loss_d", "loss_g", "d_real", "d_fake", "penalty", "images_per_s", "wall_time_s"]
 # Knobs that change how long or how visibly a run goes, not what it computes: a checkpoint written
 # under other values of these can still be resumed.
-_NOT_IN_FINGERPRINT = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "device", "nproc", "compile"}
+_NOT_IN_FINGERPRINT = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "device", "nproc", "compile",
+                       "cuda_graphs"}
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -104,17 +104,18 @@ class BatchStream:
     state is two integers and a resumed run sees the same batches."""
 
     def __init__(self, num_items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 epoch: int = 0, position: int = 0) -> None:
+                 epoch: int = 0, position: int = 0, device: torch.device | str = "cpu") -> None:
         if num_items // world_size < batch_size:
             raise GanopsError(f"train.batch_size={batch_size * world_size} is larger than the {num_items} training images")
         self.sampler = DistributedSampler(range(num_items), num_replicas=world_size, rank=rank, shuffle=True,
                                           seed=seed, drop_last=True)
-        self.batch_size, self.epoch, self.position = batch_size, epoch, position
+        self.batch_size, self.epoch, self.position, self.device = batch_size, epoch, position, device
         self._order = self._epoch_order()
 
     def _epoch_order(self) -> torch.Tensor:
+        """The epoch's order, on the device that holds the images: one copy per epoch, none per step."""
         self.sampler.set_epoch(self.epoch)
-        return torch.tensor(list(iter(self.sampler)), dtype=torch.long)
+        return torch.tensor(list(iter(self.sampler)), dtype=torch.long).to(self.device)
 
     def next(self) -> torch.Tensor:
         if self.position + self.batch_size > len(self._order):  # drop the ragged tail of each epoch
@@ -172,15 +173,16 @@ def train(params: Params, root: Path = Path(".")) -> dict:
     G_raw = build_generator(g_spec).to(device, memory_format=memory_format)
     D_raw = build_discriminator(d_spec).to(device, memory_format=memory_format)
     G_ema = copy.deepcopy(G_raw).eval().requires_grad_(False)
-    adam = {"fused": True} if on_cuda else {"foreach": True}
+    # One CUDA graph per training step: a single process on a GPU, eager networks (torch.compile
+    # brings its own graphs); the optimisers must then keep their step counts on the device.
+    cuda_graph = on_cuda and cfg.cuda_graphs and not ctx.enabled and not cfg.compile
+    adam = {"fused": True, "capturable": cuda_graph} if on_cuda else {"foreach": True}
     opt_g = torch.optim.Adam(G_raw.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2), **adam)
     opt_d = torch.optim.Adam(D_raw.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2), **adam)
     noise = torch.Generator(device=device).manual_seed(cfg.seed + 1 + 7919 * ctx.rank)  # per-rank noise
-    stream = BatchStream(len(labels_all), local_batch, cfg.seed, ctx.rank, ctx.world_size)
     images = _place_dataset(images_u8, device)  # uint8; scaled per batch
     labels = torch.from_numpy(labels_all).to(images.device)
-    conditional = g_spec.conditional
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else nullcontext()
+    stream = BatchStream(len(labels_all), local_batch, cfg.seed, ctx.rank, ctx.world_size, device=images.device)
 
     fingerprint = _fingerprint(params, manifest, ctx.world_size)
     start_step, elapsed_before, log_rows = 0, 0.0, []
@@ -196,8 +198,11 @@ def train(params: Params, root: Path = Path(".")) -> dict:
         G_ema.load_state_dict(resumed["generator_ema"])
         opt_g.load_state_dict(resumed["opt_g"])
         opt_d.load_state_dict(resumed["opt_d"])
+        for group in (*opt_g.param_groups, *opt_d.param_groups):  # as this run needs, not as the saver ran
+            group["capturable"] = cuda_graph
         restore_rng_states(resumed["rng"], noise, resumed["noise_per_rank"][ctx.rank])
-        stream = BatchStream(len(labels_all), local_batch, cfg.seed, ctx.rank, ctx.world_size, **resumed["stream"])
+        stream = BatchStream(len(labels_all), local_batch, cfg.seed, ctx.rank, ctx.world_size, **resumed["stream"],
+                             device=images.device)
         start_step, elapsed_before, log_rows = resumed["step"], resumed["elapsed_s"], resumed["log"]
         window, window_steps = resumed["window"].to(device), resumed["window_steps"]
         if ctx.is_main:
@@ -215,11 +220,12 @@ def train(params: Params, root: Path = Path(".")) -> dict:
     if cfg.compile:
         G, D, D_frozen = torch.compile(G), torch.compile(D), torch.compile(D_raw)
 
-    def real_batch() -> tuple[torch.Tensor, torch.Tensor | None]:
-        index = stream.next().to(images.device)
-        batch = images[index].to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
-        batch = batch.contiguous(memory_format=memory_format)
-        return batch, (labels[index].to(device, non_blocking=True) if conditional else None)
+    training_step = TrainStep(cfg=cfg, G=G, D=D, D_raw=D_raw, D_frozen=D_frozen, opt_g=opt_g, opt_d=opt_d,
+                              images=images, labels=labels if g_spec.conditional else None, batch_size=local_batch,
+                              latent_dim=g_spec.latent_dim, device=device, memory_format=memory_format,
+                              cuda_graph=cuda_graph)
+    if ctx.is_main:
+        log.info("training on %s x %d%s", device, ctx.world_size, ", one CUDA graph per step" if cuda_graph else "")
 
     def checkpoint_state(step: int, elapsed: float, noise_states: list) -> dict:
         return {
@@ -238,40 +244,13 @@ def train(params: Params, root: Path = Path(".")) -> dict:
     G_raw.train()
     D_raw.train()
     for step in range(start_step, cfg.steps):
-        # Discriminator: d_steps updates, real and fake in one forward pass. The last step's fakes
-        # keep their graph, so the generator step reuses them (as the DCGAN reference loop does).
-        D_raw.requires_grad_(True)
-        for d_index in range(cfg.d_steps):
-            real, y = real_batch()
-            z = torch.randn(local_batch, g_spec.latent_dim, device=device, generator=noise)
-            with torch.set_grad_enabled(d_index == cfg.d_steps - 1), autocast:
-                fake = G(z, y).float()
-            with autocast:
-                both = D(torch.cat([real, fake.detach()]), torch.cat([y, y]) if conditional else None).float()
-            d_real, d_fake = both[:local_batch], both[local_batch:]
-            loss_d = discriminator_loss(cfg.loss, d_real, d_fake)
-            penalty = torch.zeros((), device=device)
-            if cfg.loss == "wgan-gp" and cfg.gp_weight > 0:
-                penalty = penalty + cfg.gp_weight * gradient_penalty(lambda x: D_raw(x, y).float(), real, fake.detach(), noise)
-            if cfg.r1_gamma > 0:
-                real_r1 = real.detach().requires_grad_(True)
-                penalty = penalty + 0.5 * cfg.r1_gamma * r1_penalty(D_raw(real_r1, y).float(), real_r1)
-            opt_d.zero_grad(set_to_none=True)
-            (loss_d + penalty).backward()
-            opt_d.step()
-
-        # Generator: the non-saturating / hinge / Wasserstein step through a frozen D.
-        D_raw.requires_grad_(False)
-        with autocast:
-            loss_g = generator_loss(cfg.loss, D_frozen(fake, y).float())
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
+        training_step.fill(stream.next, noise)
+        stats = training_step.run()
         distributed.average_buffers(ctx, G_raw, D_raw)  # batch-norm statistics from every rank's share
         update_ema(G_raw, G_ema, ema_decay(cfg.ema_decay, step - cfg.ema_start))
 
         # Bookkeeping stays on the device; it is read (a host sync) only every log_every steps.
-        window += torch.stack([loss_d.detach(), loss_g.detach(), d_real.detach().mean(), d_fake.detach().mean(), penalty.detach()])
+        window += stats
         window_steps += 1
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:

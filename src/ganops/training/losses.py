@@ -33,10 +33,10 @@ def generator_loss(kind: str, d_fake: torch.Tensor) -> torch.Tensor:
 
 
 def gradient_penalty(
-    critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator | None = None
+    critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor
 ) -> torch.Tensor:
-    """WGAN-GP: E[(||grad critic(x_hat)|| - 1)^2] at random points between real and fake."""
-    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype, generator=generator)
+    """WGAN-GP: E[(||grad critic(x_hat)|| - 1)^2] at random points between real and fake, mixed
+    per sample by ``alpha`` ([N, 1, 1, 1] uniform in [0, 1), drawn by the caller)."""
     mixed = (alpha * real + (1.0 - alpha) * fake).requires_grad_(True)
     (grad,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
     return ((grad.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()

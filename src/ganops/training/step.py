@@ -1,0 +1,157 @@
+"""One training step — ``d_steps`` discriminator updates, then one generator update — built so that
+the whole step can be captured once as a CUDA graph and replayed.
+
+A DCGAN-sized step launches several hundred small kernels; on a GPU, launching them from Python
+takes longer than running them. A replayed CUDA graph launches them all at once. For that the step
+reads its inputs (uint8 real batches, labels, noise) from buffers that live as long as the step:
+``fill`` writes the next inputs into them (a few kernels, outside the graph) and ``run`` runs the
+step — eagerly (CPU, DDP, torch.compile), or on a GPU by replaying the graph captured after a few
+eager warm-up steps. Both paths run the same ``_step`` code on the same inputs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import nullcontext
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ganops.config import TrainParams
+from ganops.training.losses import discriminator_loss, generator_loss, gradient_penalty, r1_penalty
+
+# Eager steps before capture: cuDNN picks its algorithms, the optimisers create their state and
+# autograd its gradient buffers, all outside the graph (as PyTorch's CUDA-graph notes require).
+WARMUP_STEPS = 3
+
+
+class TrainStep:
+    def __init__(
+        self,
+        *,
+        cfg: TrainParams,
+        G: Callable,
+        D: Callable,
+        D_raw: nn.Module,
+        D_frozen: Callable,
+        opt_g: torch.optim.Optimizer,
+        opt_d: torch.optim.Optimizer,
+        images: torch.Tensor,
+        labels: torch.Tensor | None,
+        batch_size: int,
+        latent_dim: int,
+        device: torch.device,
+        memory_format: torch.memory_format,
+        cuda_graph: bool,
+    ) -> None:
+        self.cfg, self.G, self.D, self.D_raw, self.D_frozen = cfg, G, D, D_raw, D_frozen
+        self.opt_g, self.opt_d = opt_g, opt_d
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.device, self.memory_format = device, memory_format
+        n = cfg.d_steps
+        self.real_u8 = [torch.empty((batch_size, *images.shape[1:]), dtype=torch.uint8, device=device) for _ in range(n)]
+        self.y = [torch.zeros(batch_size, dtype=torch.long, device=device) for _ in range(n)] if labels is not None else None
+        self.z = [torch.empty(batch_size, latent_dim, device=device) for _ in range(n)]
+        needs_alpha = cfg.loss == "wgan-gp" and cfg.gp_weight > 0
+        self.alpha = [torch.empty(batch_size, 1, 1, 1, device=device) for _ in range(n)] if needs_alpha else None
+        # Images kept in pinned host memory (too large for the GPU) are gathered into pinned staging
+        # buffers and copied asynchronously; the event keeps a gather from overwriting a copy in flight.
+        self.from_host = images.device != device
+        if self.from_host:
+            self.staging = [torch.empty(b.shape, dtype=b.dtype).pin_memory() for b in self.real_u8]
+            self.copied = torch.cuda.Event()
+        # The autocast cache must be off under graph capture (PyTorch's CUDA-graph notes); at one
+        # forward per network and region it saved nothing here anyway.
+        on_cuda = device.type == "cuda"
+        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)) if on_cuda else nullcontext
+        self.cuda_graph = cuda_graph and on_cuda
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graph_stats: torch.Tensor | None = None
+        self.warmup_left = WARMUP_STEPS
+
+    def fill(self, next_index: Callable[[], torch.Tensor], noise: torch.Generator) -> None:
+        """Write the next step's inputs into the step's buffers: per D update a real batch (and its
+        labels), then its noise (and WGAN-GP's mixing weights), drawn in that order from ``noise``."""
+        if self.from_host:
+            self.copied.synchronize()
+        for d in range(self.cfg.d_steps):
+            index = next_index()
+            if self.from_host:
+                torch.index_select(self.images, 0, index, out=self.staging[d])
+                self.real_u8[d].copy_(self.staging[d], non_blocking=True)
+            else:
+                torch.index_select(self.images, 0, index, out=self.real_u8[d])
+            if self.y is not None and self.from_host:
+                self.y[d].copy_(self.labels[index])
+            elif self.y is not None:
+                torch.index_select(self.labels, 0, index, out=self.y[d])
+            torch.randn(self.z[d].shape, generator=noise, device=self.device, out=self.z[d])
+            if self.alpha is not None:
+                torch.rand(self.alpha[d].shape, generator=noise, device=self.device, out=self.alpha[d])
+        if self.from_host:
+            self.copied.record()
+
+    def run(self) -> torch.Tensor:
+        """One step on the filled inputs. Returns [loss_d, loss_g, D(real), D(fake), penalty] on the
+        device; under a CUDA graph the same tensor every step, so read or add it before the next."""
+        if not self.cuda_graph:
+            return self._step()
+        if self.graph is None:
+            if self.warmup_left > 0:
+                self.warmup_left -= 1
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side), warnings.catch_warnings():
+                    # capturable optimisers warn when they step uncaptured: here that is the plan
+                    warnings.filterwarnings("ignore", message="This instance was constructed with capturable=True")
+                    stats = self._step()
+                torch.cuda.current_stream().wait_stream(side)
+                return stats
+            # Gradients set to None now are allocated inside the graph's memory pool during capture,
+            # and every replay writes them at the same addresses.
+            self.opt_d.zero_grad(set_to_none=True)
+            self.opt_g.zero_grad(set_to_none=True)
+            self.graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(self.graph):  # records the kernels without running them
+                    self.graph_stats = self._step()
+            except RuntimeError as error:
+                raise RuntimeError(f"capturing the training step as a CUDA graph failed ({error}); "
+                                   "set train.cuda_graphs: false to train eagerly") from error
+        self.graph.replay()
+        return self.graph_stats
+
+    def _step(self) -> torch.Tensor:
+        cfg, batch = self.cfg, self.batch_size
+        # Discriminator: d_steps updates, real and fake in one forward pass. The last update's fakes
+        # keep their graph, so the generator step reuses them (as the DCGAN reference loop does).
+        self.D_raw.requires_grad_(True)
+        for d in range(cfg.d_steps):
+            real = self.real_u8[d].float().div_(127.5).sub_(1.0).contiguous(memory_format=self.memory_format)
+            y = self.y[d] if self.y is not None else None
+            with torch.set_grad_enabled(d == cfg.d_steps - 1), self.autocast():
+                fake = self.G(self.z[d], y).float()
+            with self.autocast():
+                both = self.D(torch.cat([real, fake.detach()]), torch.cat([y, y]) if y is not None else None).float()
+            d_real, d_fake = both[:batch], both[batch:]
+            loss_d = discriminator_loss(cfg.loss, d_real, d_fake)
+            penalty = torch.zeros((), device=self.device)
+            if self.alpha is not None:
+                critic = lambda x: self.D_raw(x, y).float()  # noqa: E731
+                penalty = penalty + cfg.gp_weight * gradient_penalty(critic, real, fake.detach(), self.alpha[d])
+            if cfg.r1_gamma > 0:
+                real_r1 = real.detach().requires_grad_(True)
+                penalty = penalty + 0.5 * cfg.r1_gamma * r1_penalty(self.D_raw(real_r1, y).float(), real_r1)
+            self.opt_d.zero_grad(set_to_none=True)
+            (loss_d + penalty).backward()
+            self.opt_d.step()
+
+        # Generator: the non-saturating / hinge / Wasserstein step through a frozen D.
+        self.D_raw.requires_grad_(False)
+        with self.autocast():
+            loss_g = generator_loss(cfg.loss, self.D_frozen(fake, y).float())
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        return torch.stack([loss_d.detach(), loss_g.detach(), d_real.detach().mean(), d_fake.detach().mean(), penalty.detach()])
