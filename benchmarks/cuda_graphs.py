@@ -87,7 +87,7 @@ def main() -> int:
             floor = relative_difference(eager_a["weights"], eager_b["weights"])
             diff = relative_difference(eager_a["weights"], graph["weights"])
             loss_gap = max(abs(float(a["loss_d"]) - float(g["loss_d"])) for a, g in zip(rows_a, rows_g))
-            passed = diff <= max(TOLERANCE, 4 * floor) and np.isfinite(float(rows_g[-1]["loss_d"]))
+            passed = bool(diff <= max(TOLERANCE, 4 * floor) and np.isfinite(float(rows_g[-1]["loss_d"])))
             results[name] = {"eager_vs_eager": floor, "graph_vs_eager": diff, "max_loss_d_gap": loss_gap,
                              "passed": passed, "loss_d_graph": [float(r["loss_d"]) for r in rows_g]}
             print(f"{name:18s} weights: graph vs eager {diff:.2e} (eager vs eager {floor:.2e}); "

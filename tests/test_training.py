@@ -212,3 +212,38 @@ def test_batch_must_split_evenly_over_processes(tmp_path, prepared_digits):
     result = subprocess.run([str(Path(sys.executable).parent / "ganops"), "train"], cwd=root, capture_output=True,
                             text=True, timeout=300, env={**os.environ, "TQDM_DISABLE": "1"})
     assert result.returncode != 0 and "must divide evenly over 2 processes" in result.stderr
+
+
+def test_step_reads_its_inputs_from_fixed_buffers():
+    """What CUDA-graph replay relies on: every step's inputs land in the same tensors, refilled in
+    place, and the step reads nothing else that changes (checked here on CPU, where it runs eagerly)."""
+    from ganops.models import DiscriminatorSpec, build_discriminator
+    from ganops.training.loop import BatchStream
+    from ganops.training.step import TrainStep
+
+    cfg = tiny({"train": {"loss": "wgan-gp", "d_steps": 2}}).train
+    torch.manual_seed(0)
+    g_spec = GeneratorSpec(latent_dim=8, g_channels=8, resolution=8, channels=1, num_classes=3)
+    G = build_generator(g_spec)
+    D = build_discriminator(DiscriminatorSpec(d_channels=8, resolution=8, channels=1, num_classes=3))
+    images = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(40) % 3
+    step = TrainStep(cfg=cfg, G=G, D=D, D_raw=D, D_frozen=D, opt_g=torch.optim.Adam(G.parameters()),
+                     opt_d=torch.optim.Adam(D.parameters()), images=images, labels=labels, batch_size=8, latent_dim=8,
+                     device=torch.device("cpu"), memory_format=torch.channels_last, cuda_graph=True)
+    assert not step.cuda_graph  # no graphs without CUDA
+    buffers = [*step.real_u8, *step.y, *step.z, *step.alpha]
+    addresses = [b.data_ptr() for b in buffers]
+    stream, noise = BatchStream(40, 8, seed=0), torch.Generator().manual_seed(1)
+    step.fill(stream.next, noise)
+    first = [b.clone() for b in buffers]
+    stats = step.run()
+    step.fill(stream.next, noise)
+    assert [b.data_ptr() for b in buffers] == addresses
+    assert all(not torch.equal(a, b) for a, b in zip(first, buffers))  # new batches, labels, noise
+    assert stats.shape == (5,) and torch.isfinite(stats).all() and stats[4] > 0  # the gradient penalty ran
+    # the filled batch is exactly the images the stream picked, in its order
+    replay = BatchStream(40, 8, seed=0)
+    replay.next(), replay.next()
+    third = replay.next()
+    assert torch.equal(step.real_u8[0], images[third]) and torch.equal(step.y[0], labels[third])
