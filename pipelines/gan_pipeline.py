@@ -24,6 +24,7 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 
 from ganops.config import FlowParams, load_params  # noqa: E402
+from ganops.tracking.registry import primary_metric  # noqa: E402
 
 # ganops exits with 2 for errors that need a fix (bad params, bad data, missing inputs): retrying
 # can't help. Anything else (a service down: 75, a crash) is retried with backoff.
@@ -96,7 +97,7 @@ def _summary(repo: Path, results: list[StageResult]) -> str:
     facts = []
     if (reports / "eval.json").exists():
         report = json.loads((reports / "eval.json").read_text())
-        metric = "fid_inception" if report["backbone"] == "inception" else f"fd_{report['backbone']}"
+        metric = primary_metric(report)
         facts.append(f"- {metric}: {report[metric]:.4f} (95% interval {report.get(metric + '_ci95_low', float('nan')):.4f}"
                      f" .. {report.get(metric + '_ci95_high', float('nan')):.4f})")
     if (reports / "train.json").exists():

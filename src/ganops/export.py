@@ -88,7 +88,7 @@ def _max_error(generator: Generator, model_path: Path, params: Params, providers
     with torch.no_grad():
         expected = generator(*inputs).numpy()
     session = OnnxGenerator(model_path, providers=providers)
-    got = session.run(inputs[0].numpy(), inputs[1].numpy() if len(inputs) > 1 else None)
+    got = session.run(*(t.numpy() for t in inputs))
     return float(np.abs(got - expected).max())
 
 
@@ -110,7 +110,7 @@ def _latencies(generator: Generator, model_path: Path, repeats: int) -> dict[str
         arrays = [t.numpy() for t in inputs]
         with torch.inference_mode():
             eager = _median_ms(lambda: generator(*inputs), repeats)
-        ort = _median_ms(lambda: session.run(*arrays) if len(arrays) > 1 else session.run(arrays[0]), repeats)
+        ort = _median_ms(lambda: session.run(*arrays), repeats)
         out[f"latency_ms_torch_eager_batch{batch}"] = round(eager, 4)
         out[f"latency_ms_onnxruntime_batch{batch}"] = round(ort, 4)
         out[f"ort_vs_eager_latency_batch{batch}"] = round(ort / eager, 4)

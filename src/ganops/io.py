@@ -18,8 +18,9 @@ def _current_umask() -> int:
 
 
 # mkstemp/mkdtemp create private (0600/0700) entries; outputs get the usual permissions instead.
-_FILE_MODE = 0o666 & ~_current_umask()
-_DIR_MODE = 0o777 & ~_current_umask()
+_UMASK = _current_umask()
+_FILE_MODE = 0o666 & ~_UMASK
+_DIR_MODE = 0o777 & ~_UMASK
 
 
 def _fsync_dir(path: Path) -> None:

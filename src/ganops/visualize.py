@@ -13,9 +13,14 @@ from PIL import Image
 from ganops.io import write_bytes_atomic
 
 
+def to_uint8_tensor(images: torch.Tensor) -> torch.Tensor:
+    """Generator output in [-1, 1] -> uint8, on the tensor's own device."""
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """Model output in [-1, 1] (N, C, H, W) -> uint8 array of the same layout."""
-    return ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    return to_uint8_tensor(images).cpu().numpy()
 
 
 def tile(images: np.ndarray, rows: int, min_cell: int = 32) -> np.ndarray:
@@ -34,19 +39,21 @@ def tile(images: np.ndarray, rows: int, min_cell: int = 32) -> np.ndarray:
     return grid
 
 
+def _png(picture: np.ndarray) -> bytes:
+    """A uint8 (H, W, C) picture as PNG: grayscale for one channel, RGB for three."""
+    buffer = io.BytesIO()
+    Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def image_png(image: np.ndarray) -> bytes:
     """One uint8 (C, H, W) image as PNG, at its own size."""
-    buffer = io.BytesIO()
-    Image.fromarray(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return _png(image.transpose(1, 2, 0))
 
 
 def grid_png(images: np.ndarray, rows: int, min_cell: int = 32) -> bytes:
     """:func:`tile`'s grid encoded as PNG."""
-    grid = tile(images, rows, min_cell)
-    buffer = io.BytesIO()
-    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return _png(tile(images, rows, min_cell))
 
 
 def save_grid(images: np.ndarray, rows: int, path: Path, min_cell: int = 32) -> None:

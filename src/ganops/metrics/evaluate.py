@@ -15,13 +15,13 @@ from ganops.config import Params
 from ganops.data import load_manifest, load_split
 from ganops.io import write_json_atomic
 from ganops.metrics.backbones import build_backbone, extract_features, resolve_backbone
-from ganops.metrics.evaluator import load_evaluator, scale_images
+from ganops.metrics.evaluator import classifier_accuracy, load_evaluator
 from ganops.metrics.scores import compute_metrics
 from ganops.models import Generator, GeneratorSpec, load_trained_generator
 from ganops.paths import ProjectPaths
 from ganops.tracking.runs import log_to_pipeline_run
 from ganops.training.loop import resolve_device
-from ganops.visualize import save_grid
+from ganops.visualize import save_grid, to_uint8_tensor
 
 log = logging.getLogger(__name__)
 MIN_REFERENCE = 10
@@ -57,7 +57,7 @@ def generated_batches(generator: Generator, labels: torch.Tensor | None, count: 
         y = labels[start : start + n].to(device) if labels is not None else None
         with torch.no_grad():
             images = generator(z, y)
-        yield ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        yield to_uint8_tensor(images)
 
 
 def evaluate(params: Params, root: Path = Path(".")) -> dict:
@@ -113,15 +113,9 @@ def evaluate(params: Params, root: Path = Path(".")) -> dict:
     return report
 
 
-@torch.no_grad()
 def _class_consistency(root: Path, images: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device) -> float:
     """Share of generated images the domain classifier assigns to the label they were generated for."""
-    classifier = load_evaluator(root, device)
-    hits = 0
-    for start in range(0, len(images), batch_size):
-        logits = classifier(scale_images(images[start : start + batch_size].to(device)))
-        hits += int((logits.argmax(1).cpu() == labels[start : start + batch_size]).sum())
-    return hits / len(images)
+    return classifier_accuracy(load_evaluator(root, device), images, labels, batch_size)
 
 
 def _write_samples(images: torch.Tensor, labels: torch.Tensor | None, spec: GeneratorSpec, path: Path) -> None:

@@ -85,12 +85,14 @@ def load_evaluator(root: Path, device: torch.device) -> DomainClassifier:
 
 
 @torch.no_grad()
-def _accuracy(model: DomainClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:
+def classifier_accuracy(model: DomainClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:
+    """Share of uint8 images the classifier assigns to their label; batches go to the model's device."""
+    device = next(model.parameters()).device
     model.eval()
     correct = 0
     for start in range(0, len(images), batch_size):
-        logits = model(scale_images(images[start : start + batch_size]))
-        correct += int((logits.argmax(1) == labels[start : start + batch_size]).sum())
+        logits = model(scale_images(images[start : start + batch_size].to(device)))
+        correct += int((logits.argmax(1) == labels[start : start + batch_size].to(device)).sum())
     return correct / max(1, len(images))
 
 
@@ -126,8 +128,8 @@ def train_evaluator(params: Params, root: Path = Path(".")) -> dict:
             optimizer.step()
             schedule.step()
     report = {
-        "test_accuracy": round(_accuracy(model, test_x, test_y, 512), 5) if len(test_x) else None,
-        "train_accuracy": round(_accuracy(model, train_x, train_y, 512), 5),
+        "test_accuracy": round(classifier_accuracy(model, test_x, test_y, 512), 5) if len(test_x) else None,
+        "train_accuracy": round(classifier_accuracy(model, train_x, train_y, 512), 5),
         "num_test": int(len(test_x)),
         "epochs": cfg.epochs,
         "feature_dim": spec.feature_dim,

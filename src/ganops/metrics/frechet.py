@@ -48,4 +48,5 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
 
 def frechet_distance_of_features(features1: np.ndarray, features2: np.ndarray) -> float:
+    """Fréchet distance between the Gaussians fitted to two (N, D) feature sets."""
     return frechet_distance(*feature_statistics(features1), *feature_statistics(features2))

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import json
 import logging
 import os
 import threading
@@ -212,8 +213,6 @@ def _model_name(uri: str) -> str:
 
 
 def _json_or_empty(text: str | None) -> dict:
-    import json
-
     try:
         return json.loads(text) if text else {}
     except json.JSONDecodeError:

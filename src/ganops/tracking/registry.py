@@ -19,16 +19,18 @@ from typing import Any
 
 from ganops import GanopsError
 from ganops.config import Params
+from ganops.data import load_manifest
 from ganops.io import write_json_atomic
 from ganops.paths import ProjectPaths
-from ganops.tracking.store import TrackingError, connect, lock_path, read_run_file, tracking_uri
+from ganops.tracking.store import connect, lock_path, pipeline_run_id, tracking_uri
 
 log = logging.getLogger(__name__)
 CHAMPION = "champion"
 HISTORY_TAG = "ganops.champion_history"  # JSON list of champion versions, oldest first
 
 
-def _primary_metric(report: dict) -> str:
+def primary_metric(report: dict) -> str:
+    """The Fréchet distance's name in an eval report: fid_inception, fd_domain (see metrics.scores.metric_name)."""
     return "fid_inception" if report["backbone"] == "inception" else f"fd_{report['backbone']}"
 
 
@@ -110,16 +112,14 @@ def register(params: Params, root: Path = Path(".")) -> dict:
     if not params.mlflow.enabled:
         raise GanopsError("the register stage needs MLflow: set mlflow.enabled: true")
     report = json.loads(eval_path.read_text())
-    manifest = json.loads((paths.prepared / "manifest.json").read_text())
-    run = read_run_file(root)
-    if not run.get("run_id"):
-        raise TrackingError("reports/mlflow_run.json has no run id: re-run train with mlflow.enabled: true")
+    manifest = load_manifest(paths.prepared)
+    run_id = pipeline_run_id(root)
     client = connect(params.mlflow, root)
     import mlflow
     import mlflow.onnx
     import onnx
 
-    metric = _primary_metric(report)
+    metric = primary_metric(report)
     new = {
         "metric": metric, "metric_value": float(report[metric]),
         "metric_ci95_low": float(report.get(f"{metric}_ci95_low", report[metric])),
@@ -131,13 +131,13 @@ def register(params: Params, root: Path = Path(".")) -> dict:
     signature, example, spec = _signature_and_example(onnx_path)
     name = params.register.model_name
     with _registry_lock(params, root):
-        with mlflow.start_run(run_id=run["run_id"]):
+        with mlflow.start_run(run_id=run_id):
             info = mlflow.onnx.log_model(
                 onnx.load(str(onnx_path)), name="generator", signature=signature, input_example=example,
                 registered_model_name=name, save_as_external_data=False, await_registration_for=120,
             )
         version = str(info.registered_model_version)
-        for key, value in {**new, "run_id": run["run_id"], "classes": len(spec.class_names)}.items():
+        for key, value in {**new, "run_id": run_id, "classes": len(spec.class_names)}.items():
             client.set_model_version_tag(name, version, key, str(value))
         champion = _champion(client, name)
         promoted, reason = _decide(params, new, champion)
@@ -149,7 +149,7 @@ def register(params: Params, root: Path = Path(".")) -> dict:
     result = {"model_name": name, "version": version, "promoted": promoted, "reason": reason,
               "previous_champion": str(champion.version) if champion else None, "champion": version if promoted else
               (str(champion.version) if champion else None), "metric": metric, "metric_value": new["metric_value"],
-              "run_id": run["run_id"], "model_uri": f"models:/{name}/{version}"}
+              "run_id": run_id, "model_uri": f"models:/{name}/{version}"}
     write_json_atomic(paths.reports / "register.json", result)
     log.info("registered %s v%s: %s — %s", name, version, "promoted to champion" if promoted else "not promoted", reason)
     return result

@@ -13,7 +13,7 @@ from typing import Any
 
 from ganops.config import Params
 from ganops.io import write_json_atomic
-from ganops.tracking.store import RUN_FILE, TrackingError, connect, experiment_id, read_run_file, tracking_uri
+from ganops.tracking.store import RUN_FILE, connect, experiment_id, pipeline_run_id, tracking_uri
 
 log = logging.getLogger(__name__)
 LOSS_CURVES = ("loss_d", "loss_g", "d_real", "d_fake", "penalty", "images_per_s")
@@ -104,16 +104,14 @@ def log_to_pipeline_run(params: Params, root: Path, prefix: str, metrics: dict, 
     """Add a later stage's numbers and files to the run that train opened."""
     if not params.mlflow.enabled:
         return None
-    run = read_run_file(root)
-    if not run.get("run_id"):
-        raise TrackingError(f"{Path(root) / RUN_FILE} has no run id: re-run train with mlflow.enabled: true")
+    run_id = pipeline_run_id(root)
     from mlflow.entities import Metric
 
     client = connect(params.mlflow, root)
     now = int(time.time() * 1000)
     numbers = [Metric(f"{prefix}/{k}", float(v), now, 0) for k, v in metrics.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    _log_metrics(client, run["run_id"], numbers)
+    _log_metrics(client, run_id, numbers)
     for artifact in artifacts:
-        client.log_artifact(run["run_id"], str(artifact), artifact_path=prefix)
-    return run["run_id"]
+        client.log_artifact(run_id, str(artifact), artifact_path=prefix)
+    return run_id

@@ -86,6 +86,14 @@ def read_run_file(root: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def pipeline_run_id(root: Path) -> str:
+    """The id of the MLflow run that train opened for this pipeline execution."""
+    run_id = read_run_file(root).get("run_id")
+    if not run_id:
+        raise TrackingError(f"{Path(root) / RUN_FILE} has no run id: re-run train with mlflow.enabled: true")
+    return run_id
+
+
 def lock_path(uri: str) -> Path:
     """A lock file that every register process using this store on this machine agrees on."""
     if uri.startswith("sqlite:///"):
