@@ -43,7 +43,7 @@ def main() -> int:
         "model": {"g_channels": 64, "d_channels": 64, "conditional": True, "spectral_norm": True},
         "train": {"steps": args.steps, "batch_size": 256, "loss": "hinge", "device": "cuda", "checkpoint_every": 200,
                   "log_every": 50, "r1_gamma": 0.0},
-        "eval": {"num_samples": 2000, "device": "cuda", "bootstrap": 20, "backbone": "domain"},
+        "eval": {"num_samples": 2000, "device": "cuda", "spread_rounds": 10, "backbone": "domain"},
         "export": {"fp16": True},
         "mlflow": {"enabled": False},
     }
@@ -85,7 +85,7 @@ def main() -> int:
     text = json.dumps(result, indent=2, default=str)
     print(text)
     (out_dir / "gpu_check.json").write_text(text)
-    ok = np.isfinite(summary["loss_d"]) and result["eval"]["fd_domain"] > 0
+    ok = np.isfinite(summary["loss_d"]) and result["eval"][result["eval"]["primary_metric"]] > 0
     return 0 if ok else 1
 
 

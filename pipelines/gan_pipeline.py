@@ -24,7 +24,7 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 
 from ganops.config import FlowParams, load_params  # noqa: E402
-from ganops.tracking.registry import primary_metric  # noqa: E402
+from ganops.metrics.names import primary_metric  # noqa: E402
 
 # ganops exits with 2 for errors that need a fix (bad params, bad data, missing inputs): retrying
 # can't help. Anything else (a service down: 75, a crash) is retried with backoff.

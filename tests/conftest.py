@@ -22,7 +22,7 @@ TINY = {
     "model": {"latent_dim": 8, "g_channels": 8, "d_channels": 8, "max_channels": 32,
               "conditional": True, "spectral_norm": True},
     "train": {"steps": 20, "batch_size": 16, "checkpoint_every": 10, "log_every": 5, "device": "cpu"},
-    "eval": {"backbone": "domain", "num_samples": 200, "bootstrap": 5, "kid_subsets": 10, "kid_subset_size": 50,
+    "eval": {"backbone": "domain", "num_samples": 200, "spread_rounds": 5, "kid_subsets": 10, "kid_subset_size": 50,
              "batch_size": 100, "device": "cpu",
              "evaluator": {"epochs": 2, "batch_size": 64, "width": 8}},
     "mlflow": {"enabled": False},  # tracking has its own tests; the rest need no store

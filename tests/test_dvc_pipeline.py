@@ -46,10 +46,11 @@ def test_repro_builds_every_output(dvc_project):
     for path in ("data/prepared/manifest.json", "data/prepared/train.npz", "models/generator.safetensors",
                  "models/generator.json", "reports/train.json", "reports/train_log.csv", "reports/samples.png",
                  "models/evaluator.safetensors", "models/evaluator.json", "reports/evaluator.json",
-                 "reports/eval.json", "reports/eval_samples.png", "models/generator.onnx", "reports/export.json", "reports/register.json", "reports/mlflow_run.json"):
+                 "data/reference/reference.json", "reports/eval.json", "reports/eval_samples.png", "models/generator.onnx", "reports/export.json", "reports/register.json", "reports/mlflow_run.json"):
         assert (root / path).is_file(), path
     lock = yaml.safe_load((root / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"prepare", "train", "train_evaluator", "evaluate", "export", "register"}
+    assert set(lock["stages"]) == {"prepare", "train", "train_evaluator", "reference_stats", "evaluate", "export",
+                                          "register"}
     assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["steps"] == 20
 
 
@@ -64,8 +65,8 @@ def test_status_is_clean_and_second_repro_skips(dvc_project):
 def test_metrics_and_outputs_ignored_by_git(dvc_project):
     metrics = sh("dvc", "metrics", "show", cwd=dvc_project)
     assert "reports/train.json" in metrics.stdout and "images_per_s" in metrics.stdout
-    for name in ("fd_domain", "kid_domain_mean", "precision_domain", "recall_domain", "class_consistency_domain",
-                 "test_accuracy"):
+    for name in ("fd200_domain_train", "kid200_domain_train_mean", "precision200_domain_train",
+                 "recall200_domain_train", "class_consistency200_domain_train", "test_accuracy"):
         assert name in metrics.stdout
     untracked = sh("git", "status", "--porcelain", "--untracked-files=all", cwd=dvc_project).stdout
     for generated in ("data/prepared/", "models/generator.safetensors", "models/checkpoints/", "reports/samples.png",
@@ -106,6 +107,7 @@ def test_changing_train_params_retrains_without_preparing(dvc_project):
         listing = sh("ganops", "models", "list", cwd=root).stdout
         assert listing.count("champion") == 1 and len(listing.strip().splitlines()) == 3  # header + 2 versions
         assert "Stage 'train_evaluator' didn't change" in result.stdout
+        assert "Stage 'reference_stats' didn't change" in result.stdout  # a new generator reuses the reference statistics
         assert "up to date" in sh("dvc", "status", cwd=root).stdout
     finally:
         (root / "params.yaml").write_text(original)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import pickle
 import shutil
 from pathlib import Path
 
@@ -16,15 +14,9 @@ from conftest import TINY, merge
 from ganops import GanopsError
 from ganops.config import validate_params
 from ganops.data import load_split, prepare
-from ganops.metrics import evaluate, train_evaluator
-from ganops.metrics.backbones import (
-    INCEPTION_WEIGHTS_NAME,
-    DomainBackbone,
-    default_inception_weights,
-    extract_features,
-    load_inception,
-    resolve_backbone,
-)
+from ganops.metrics import evaluate, reference_stats, train_evaluator
+from ganops.metrics.backbones import DomainBackbone, extract_features, resolve_backbone
+from ganops.metrics.inception import default_weights_path
 from ganops.metrics.evaluator import load_evaluator
 from ganops.metrics.frechet import frechet_distance_of_features
 from ganops.training import train
@@ -46,6 +38,7 @@ def trained_project(tmp_path_factory) -> Path:
     prepare(params, root)
     train(params, root)
     train_evaluator(tiny({"eval": {"evaluator": {"epochs": 4}}}), root)
+    reference_stats(params, root)  # TINY evaluates on the domain backbone: the record says so
     return root
 
 
@@ -61,17 +54,21 @@ def test_domain_evaluator_report(trained_project):
     assert (trained_project / "models" / "evaluator.safetensors").is_file()
 
 
-def test_evaluate_writes_backbone_named_metrics(trained_project, tmp_path):
+def test_evaluate_writes_protocol_named_metrics(trained_project, tmp_path):
     root = copy_project(trained_project, tmp_path / "p")
     report = evaluate(tiny(TRAINED), root)
     assert report == json.loads((root / "reports" / "eval.json").read_text())
-    assert report["backbone"] == "domain"
-    for name in ("fd_domain", "fd_domain_ci95_low", "fd_domain_ci95_high", "fd_domain_real_halves", "kid_domain_mean",
-                 "kid_domain_std", "precision_domain", "recall_domain", "class_consistency_domain"):
+    assert report["backbone"] == "domain" and report["primary_metric"] == "fd200_domain_train"
+    for name in ("fd200_domain_train", "fd200_domain_train_ci95_low", "fd200_domain_train_ci95_high",
+                 "fd200_domain_train_std", "fd_real_halves_domain_train", "kid200_domain_train_mean",
+                 "kid200_domain_train_std", "precision200_domain_train", "recall200_domain_train",
+                 "class_consistency200_domain_train"):
         assert np.isfinite(report[name]), name
-    assert not any("inception" in key for key in report)
-    assert report["fd_domain_ci95_low"] <= report["fd_domain_ci95_high"]
-    assert 0.0 <= report["precision_domain"] <= 1.0 and 0.0 <= report["class_consistency_domain"] <= 1.0
+    assert not any(key.startswith("fid") for key in report)
+    # the interval contains its estimate and says how it was computed
+    assert report["fd200_domain_train_ci95_low"] < report["fd200_domain_train"] < report["fd200_domain_train_ci95_high"]
+    assert "half-sampling" in report["interval_method"]
+    assert 0.0 <= report["precision200_domain_train"] <= 1.0 and 0.0 <= report["class_consistency200_domain_train"] <= 1.0
     assert (root / "reports" / "eval_samples.png").is_file()
     assert evaluate(tiny(TRAINED), root) == report  # seeded: the same numbers again
 
@@ -82,12 +79,12 @@ def test_sanity_real_halves_below_generator_below_noise(trained_project, tmp_pat
     report = evaluate(tiny(merge(TRAINED, {"eval": {"num_samples": 400}})), root)
     real, _ = load_split(root / "data" / "prepared", "train")
     backbone = DomainBackbone(load_evaluator(root, torch.device("cpu")))
-    real_features = extract_features(backbone, [torch.from_numpy(real)], len(real), "real").numpy()
+    real_features = extract_features(backbone, [torch.from_numpy(real)], len(real), "real")
     noise = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (400, *real.shape[1:]), dtype=np.uint8))
-    noise_features = extract_features(backbone, [noise], len(noise), "noise").numpy()
+    noise_features = extract_features(backbone, [noise], len(noise), "noise")
     noise_fd = frechet_distance_of_features(real_features, noise_features)
-    assert report["fd_domain_real_halves"] * 10 < noise_fd
-    assert report["fd_domain_real_halves"] < report["fd_domain"] < noise_fd
+    assert report["fd_real_halves_domain_train"] * 10 < noise_fd
+    assert report["fd_real_halves_domain_train"] < report["fd400_domain_train"] < noise_fd
 
 
 def test_class_consistency_scores_images_against_their_labels(trained_project):
@@ -123,76 +120,38 @@ def test_errors_leave_earlier_outputs_intact(trained_project, tmp_path):
     assert (root / "reports" / "eval.json").read_bytes() == before
 
 
-def write_random_inception(path: Path) -> None:
-    """Random weights in the layout of the FID Inception-v3 file, made with torch-fidelity's own module."""
-    import torch_fidelity.feature_extractor_inceptionv3 as fe_module
-
-    original_url, original_load = fe_module.load_state_dict_from_url, fe_module.FeatureExtractorInceptionV3.load_state_dict
-    fe_module.load_state_dict_from_url = lambda *args, **kwargs: {}
-    fe_module.FeatureExtractorInceptionV3.load_state_dict = lambda self, *args, **kwargs: None
-    try:
-        torch.manual_seed(0)
-        module = fe_module.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    finally:
-        fe_module.load_state_dict_from_url = original_url
-        fe_module.FeatureExtractorInceptionV3.load_state_dict = original_load
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(module.state_dict(), path)
-
-
-@pytest.fixture(scope="module")
-def inception_weights(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("hub") / "checkpoints" / INCEPTION_WEIGHTS_NAME
-    write_random_inception(path)
-    return path
-
-
-def test_inception_loads_a_local_file_and_gives_2048_features(inception_weights):
-    model = load_inception(inception_weights).eval()
-    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
-    with torch.no_grad():
-        (features,) = model(images)
-    assert features.shape == (3, 2048)
-
-
-def test_inception_stage_names_metrics_fid(trained_project, tmp_path, inception_weights):
+def test_inception_stage_reports_standard_fid_with_reference_stats(trained_project, tmp_path):
+    """The real FID Inception network (installed by ./setup.sh): reference statistics once, FID named by protocol."""
     root = copy_project(trained_project, tmp_path / "p")
-    overrides = merge(TRAINED, {"eval": {"backbone": "auto", "inception_weights": str(inception_weights),
-                                         "reference": "test", "num_samples": 40, "kid_subset_size": 20,
-                                         "bootstrap": 2}})
-    report = evaluate(tiny(overrides), root)
-    assert report["backbone"] == "inception"
-    assert "fid_inception" in report and "kid_inception_mean" in report and "precision_inception" in report
-    assert "fd_domain" not in report
+    overrides = merge(TRAINED, {"eval": {"backbone": "inception", "reference": "test", "num_samples": 40, "draws": 4,
+                                         "kid_subset_size": 20, "spread_rounds": 4}})
+    params = tiny(overrides)
+    record = reference_stats(params, root)
+    assert record["backbone"] == "inception" and record["num_reference"] == 180 and record["fid_protocol"] == "tf"
+    features = np.load(root / "data" / "reference" / "features.npy")
+    assert features.shape == (180, 2048) and features.dtype == np.float32
+    report = evaluate(params, root)
+    assert report["primary_metric"] == "fid40_tf_test"
+    for name in ("fid40_tf_test", "fid40_tf_test_ci95_low", "fid_real_halves_tf_test", "kid40_tf_test_mean",
+                 "precision40_tf_test", "recall40_tf_test", "fd40_domain_test", "class_consistency40_domain_test"):
+        assert np.isfinite(report[name]), name
+    assert report["fid40_tf_test_ci95_low"] <= report["fid40_tf_test"] <= report["fid40_tf_test_ci95_high"]
+    assert report["fid_protocol"] == "tf" and len(report["weights_digest"]) == 64
+
+    # another protocol: the cached statistics no longer match, and evaluate says what to run
+    with pytest.raises(GanopsError, match="fid_protocol: cached 'tf', now 'clean'.*dvc repro reference_stats"):
+        evaluate(tiny(merge(overrides, {"eval": {"fid_protocol": "clean"}})), root)
 
 
-def test_inception_weights_missing_bad_or_malicious(tmp_path):
-    missing = tmp_path / "hub" / "checkpoints" / INCEPTION_WEIGHTS_NAME
-    with pytest.raises(GanopsError) as error:
-        load_inception(missing)
-    assert str(missing) in str(error.value) and "eval.inception_weights" in str(error.value)
-
-    class Exploit:
-        def __reduce__(self):
-            return (os.system, ("touch pwned",))
-
-    evil = tmp_path / "evil.pth"
-    evil.write_bytes(pickle.dumps(Exploit(), protocol=2))
-    with pytest.raises(GanopsError, match="not a readable weights file"):
-        load_inception(evil)
-    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
-
-    wrong = tmp_path / "wrong.pth"
-    torch.save({"conv.weight": torch.zeros(3, 3)}, wrong)
-    with pytest.raises(GanopsError, match="not the FID Inception-v3 layout"):
-        load_inception(wrong)
-
-
-def test_auto_backbone_follows_the_weights_file(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    assert default_inception_weights() == tmp_path / "hub" / "checkpoints" / INCEPTION_WEIGHTS_NAME
-    assert resolve_backbone("auto", None)[0] == "domain"
-    default_inception_weights().parent.mkdir(parents=True)
-    default_inception_weights().write_bytes(b"x")
-    assert resolve_backbone("auto", None) == ("inception", default_inception_weights())
-    assert resolve_backbone("domain", None)[0] == "domain"
+def test_auto_backbone_falls_back_to_domain_and_says_so(trained_project, tmp_path, monkeypatch):
+    monkeypatch.setenv("GANOPS_CACHE", str(tmp_path / "empty-cache"))
+    backbone, weights, reason = resolve_backbone("auto", None)
+    assert backbone == "domain" and weights == default_weights_path() and "no FID Inception weights" in reason
+    root = copy_project(trained_project, tmp_path / "p")
+    params = tiny(merge(TRAINED, {"eval": {"backbone": "auto"}}))
+    reference_stats(params, root)
+    report = evaluate(params, root)
+    assert report["backbone"] == "domain" and "no FID Inception weights" in report["backbone_fallback"]
+    assert report["primary_metric"] == "fd200_domain_train"
+    with pytest.raises(GanopsError, match="eval.backbone is 'inception' but the FID Inception weights are not at"):
+        reference_stats(tiny(merge(TRAINED, {"eval": {"backbone": "inception"}})), root)

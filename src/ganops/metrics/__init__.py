@@ -3,5 +3,6 @@
 from ganops.metrics.evaluate import evaluate
 from ganops.metrics.evaluator import train_evaluator
 from ganops.metrics.frechet import feature_statistics, frechet_distance
+from ganops.metrics.reference import reference_stats
 
-__all__ = ["evaluate", "feature_statistics", "frechet_distance", "train_evaluator"]
+__all__ = ["evaluate", "feature_statistics", "frechet_distance", "reference_stats", "train_evaluator"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -13,14 +12,17 @@ import torch
 from ganops import GanopsError
 from ganops.config import Params
 from ganops.data import load_manifest, load_split
+from ganops.device import resolve_device
 from ganops.io import write_json_atomic
-from ganops.metrics.backbones import build_backbone, extract_features, resolve_backbone
-from ganops.metrics.evaluator import classifier_accuracy, load_evaluator
-from ganops.metrics.scores import compute_metrics
+from ganops.metrics.backbones import DomainBackbone, InceptionBackbone, extract_features
+from ganops.metrics.evaluator import classifier_accuracy, evaluator_paths, load_evaluator
+from ganops.metrics.frechet import feature_statistics
+from ganops.metrics.names import EvalProtocol
+from ganops.metrics.reference import ReferenceFeatures, load_reference, reference_record
+from ganops.metrics.scores import METRICS, compute_metrics, spread_method
 from ganops.models import Generator, GeneratorSpec, load_trained_generator
 from ganops.paths import ProjectPaths
 from ganops.tracking.runs import log_to_pipeline_run
-from ganops.training.loop import resolve_device
 from ganops.visualize import save_grid, to_uint8_tensor
 
 log = logging.getLogger(__name__)
@@ -47,25 +49,44 @@ def sample_labels(reference_labels: np.ndarray, count: int, num_classes: int, se
     return torch.from_numpy(np.random.default_rng(seed).choice(num_classes, size=count, p=frequencies / frequencies.sum()))
 
 
-def generated_batches(generator: Generator, labels: torch.Tensor | None, count: int, batch_size: int, seed: int,
-                      device: torch.device) -> Iterator[torch.Tensor]:
-    """uint8 images from seeded noise; the noise is drawn on the CPU so every device sees the same z."""
-    noise = torch.Generator().manual_seed(seed)
-    for start in range(0, count, batch_size):
-        n = min(batch_size, count - start)
-        z = torch.randn(n, generator.spec.latent_dim, generator=noise).to(device)
-        y = labels[start : start + n].to(device) if labels is not None else None
-        with torch.no_grad():
-            images = generator(z, y)
-        yield to_uint8_tensor(images)
+def draw_seed(seed: int, draw: int) -> int:
+    """The noise seed of one draw: distinct for every (eval.seed, draw) pair."""
+    return int(np.random.SeedSequence([seed, draw]).generate_state(1)[0])
+
+
+def generated_draws(generator: Generator, labels: torch.Tensor | None, count: int, draws: int, batch_size: int,
+                    seed: int, device: torch.device) -> list[torch.Tensor]:
+    """``count`` uint8 images in ``draws`` seeded draws of (nearly) equal size; the noise is drawn on the
+    CPU so every device sees the same z."""
+    bounds = np.linspace(0, count, draws + 1).round().astype(int)
+    out = []
+    for draw, (first, last) in enumerate(zip(bounds[:-1], bounds[1:])):
+        noise = torch.Generator().manual_seed(draw_seed(seed, draw))
+        images = []
+        for start in range(first, last, batch_size):
+            n = min(batch_size, last - start)
+            z = torch.randn(n, generator.spec.latent_dim, generator=noise).to(device)
+            y = labels[start : start + n].to(device) if labels is not None else None
+            with torch.no_grad():
+                images.append(to_uint8_tensor(generator(z, y)).cpu())
+        out.append(torch.cat(images))
+    return out
+
+
+def _features_of_draws(backbone, draws: list[torch.Tensor], batch_size: int) -> list[np.ndarray]:
+    total = sum(len(d) for d in draws)
+    flat = extract_features(backbone, (d[i : i + batch_size] for d in draws for i in range(0, len(d), batch_size)),
+                            total, "generated")
+    bounds = np.cumsum([0] + [len(d) for d in draws])
+    return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def evaluate(params: Params, root: Path = Path(".")) -> dict:
-    """Write reports/eval.json (metrics named by backbone) and reports/eval_samples.png."""
+    """Write reports/eval.json (metrics named by protocol) and reports/eval_samples.png."""
     cfg = params.eval
     paths = ProjectPaths(root)
     manifest = load_manifest(paths.prepared)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "eval.device")
     generator = load_trained_generator(root, device)
     spec = generator.spec
     _check_compatible(spec, manifest)
@@ -76,40 +97,54 @@ def evaluate(params: Params, root: Path = Path(".")) -> dict:
     if cfg.num_samples <= cfg.prc_neighborhood or len(real_u8) <= cfg.prc_neighborhood:
         raise GanopsError(f"eval.num_samples={cfg.num_samples} and the {len(real_u8)} reference images must both "
                           f"exceed eval.prc_neighborhood={cfg.prc_neighborhood}")
-    backbone_name, weights = resolve_backbone(cfg.backbone, cfg.inception_weights)
-    backbone = build_backbone(backbone_name, weights, root, device)
+    expected = reference_record(params, root)
+    inception = expected["backbone"] == "inception"
+    reference = load_reference(params, root, expected) if inception else None
+    has_evaluator = evaluator_paths(root)[0].exists()
+    if not inception and not has_evaluator:
+        raise GanopsError("the domain evaluator (models/evaluator.safetensors) is missing: run `dvc repro train_evaluator`")
     labels = sample_labels(real_labels, cfg.num_samples, spec.num_classes, cfg.seed) if spec.conditional else None
+    draws = generated_draws(generator, labels, cfg.num_samples, cfg.draws, cfg.batch_size, cfg.seed, device)
 
-    real_tensor = torch.from_numpy(real_u8)
-    real_features = extract_features(
-        backbone, (real_tensor[i : i + cfg.batch_size].to(device) for i in range(0, len(real_tensor), cfg.batch_size)),
-        len(real_tensor), f"real ({cfg.reference})")
-    generated: list[torch.Tensor] = []
-
-    def keep(batches: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
-        for batch in batches:
-            generated.append(batch.cpu())
-            yield batch
-
-    fake_features = extract_features(
-        backbone, keep(generated_batches(generator, labels, cfg.num_samples, cfg.batch_size, cfg.seed, device)),
-        cfg.num_samples, "generated")
-    fake_u8 = torch.cat(generated)
-
-    report: dict = {"backbone": backbone_name, "num_samples": cfg.num_samples, "reference": cfg.reference,
-                    "num_reference": int(len(real_u8))}
-    report.update(compute_metrics(real_features, fake_features, cfg, backbone_name))
-    if spec.conditional:
-        report["class_consistency_domain"] = round(_class_consistency(root, fake_u8, labels, cfg.batch_size, device), 6)
+    report: dict = {"backbone": expected["backbone"], "num_samples": cfg.num_samples, "draws": cfg.draws,
+                    "reference": cfg.reference, "num_reference": int(len(real_u8))}
+    metrics: dict[str, float] = {}
+    if inception:
+        protocol = EvalProtocol("inception", cfg.fid_protocol, cfg.num_samples, cfg.reference)
+        report.update({"fid_protocol": cfg.fid_protocol, "weights_digest": expected["weights_digest"]})
+        backbone = InceptionBackbone(Path(expected["weights"]), cfg.fid_protocol, device)
+        metrics.update(compute_metrics(reference, _features_of_draws(backbone, draws, cfg.batch_size), cfg, protocol))
+        primary = protocol.primary
+    else:
+        report["backbone_fallback"] = expected["fallback_reason"]
+    if has_evaluator:
+        domain = EvalProtocol("domain", "domain", cfg.num_samples, cfg.reference)
+        backbone = DomainBackbone(load_evaluator(root, device))
+        real_features = extract_features(backbone, (torch.from_numpy(real_u8[i : i + cfg.batch_size])
+                                                    for i in range(0, len(real_u8), cfg.batch_size)),
+                                         len(real_u8), f"real ({cfg.reference})")
+        domain_reference = ReferenceFeatures(real_features, *feature_statistics(real_features), {})
+        # Beside the standard FID the domain Fréchet distance is a second opinion; alone, it gets every metric.
+        chosen = ("fd",) if inception else tuple(METRICS)
+        metrics.update(compute_metrics(domain_reference, _features_of_draws(backbone, draws, cfg.batch_size), cfg,
+                                       domain, chosen))
+        if not inception:
+            primary = domain.primary
+        if spec.conditional:
+            metrics[domain.name("class_consistency")] = round(_class_consistency(
+                root, torch.cat(draws), labels, cfg.batch_size, device), 6)
+    report["primary_metric"] = primary
+    report["interval_method"] = spread_method(cfg, cfg.draws) if cfg.spread_rounds else "none (eval.spread_rounds: 0)"
+    report.update(metrics)
     evaluator_report = paths.reports / "evaluator.json"
-    if evaluator_report.exists():
+    if has_evaluator and evaluator_report.exists():
         report["evaluator_test_accuracy_domain"] = json.loads(evaluator_report.read_text()).get("test_accuracy")
 
-    _write_samples(fake_u8, labels, spec, paths.reports / "eval_samples.png")
+    _write_samples(torch.cat(draws), labels, spec, paths.reports / "eval_samples.png")
     write_json_atomic(paths.reports / "eval.json", report)
     log_to_pipeline_run(params, root, "eval", report, [paths.reports / "eval_samples.png", paths.reports / "eval.json"])
-    log.info("evaluation (%s backbone): %s", backbone_name,
-             ", ".join(f"{k}={v}" for k, v in report.items() if k.startswith(("fd_", "fid_")) and "_ci" not in k))
+    log.info("evaluation: %s = %s (95%% interval %s .. %s)", primary, report[primary],
+             report.get(f"{primary}_ci95_low"), report.get(f"{primary}_ci95_high"))
     return report
 
 

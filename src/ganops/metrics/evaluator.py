@@ -22,9 +22,9 @@ from tqdm import tqdm
 from ganops import GanopsError
 from ganops.config import Params
 from ganops.data import load_manifest, load_split
+from ganops.device import resolve_device
 from ganops.io import write_bytes_atomic, write_json_atomic
 from ganops.paths import ProjectPaths
-from ganops.training.loop import resolve_device
 
 
 class EvaluatorSpec(BaseModel):
@@ -105,7 +105,7 @@ def train_evaluator(params: Params, root: Path = Path(".")) -> dict:
         raise GanopsError("the domain evaluator needs at least 2 classes; use eval.backbone: inception")
     train_x, train_y = (torch.from_numpy(a) for a in load_split(paths.prepared, "train"))
     test_x, test_y = (torch.from_numpy(a) for a in load_split(paths.prepared, "test"))
-    device = resolve_device(params.eval.device)
+    device = resolve_device(params.eval.device, "eval.device")
     torch.manual_seed(cfg.seed)
     spec = EvaluatorSpec(resolution=manifest["resolution"], channels=manifest["channels"],
                          num_classes=manifest["num_classes"], width=cfg.width, class_names=manifest["class_names"],

@@ -1,77 +1,100 @@
 """Metrics on features, as small functions in a registry (the stylegan2-ada way).
 
-Each takes real and generated features (float64, CPU) and the eval params, and returns named
-numbers without the backbone suffix; :func:`compute_metrics` adds it, so ``fd`` on Inception
-features is reported as ``fid_inception`` and on domain features as ``fd_domain``.
-KID and precision/recall are torch-fidelity's own implementations, fed our features.
+Each takes the reference features, the generated features as a list of seeded draws (float64,
+(n_i, D) each) and the eval params, and returns numbers keyed by (metric, suffix); the caller names
+them by protocol (:mod:`ganops.metrics.names`). KID and precision/recall are torch-fidelity's own
+implementations, fed our features; the Fréchet distance is ours (:mod:`ganops.metrics.frechet`).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
 from ganops.config import EvalParams
-from ganops.metrics.frechet import frechet_distance_of_features
+from ganops.metrics.frechet import feature_statistics, frechet_distance
+from ganops.metrics.names import EvalProtocol
 
-MetricFn = Callable[[torch.Tensor, torch.Tensor, EvalParams], dict[str, float]]
+if TYPE_CHECKING:
+    from ganops.metrics.reference import ReferenceFeatures
+
+MetricFn = Callable[["ReferenceFeatures", list[np.ndarray], EvalParams], dict[tuple[str, str], float]]
+Z95 = 1.959963984540054
+
+SPREAD_METHOD = (
+    "half-sampling: the Fréchet distance recomputed on {rounds} random halves of the generated images, each half "
+    "made of whole seeded draws ({draws} draws of about {per_draw} images, so every half is itself a fresh draw of "
+    "N/2 images), and on {rounds} random halves of the reference split (without replacement); for a half-sample "
+    "Var(FD at N) ~ Var(FD at N/2) x (N/2)/(N - N/2), so the two spreads' variances add as they are. "
+    "Interval: estimate +- {z:.2f} x std (normal approximation), so it contains the estimate."
+)
 
 
-def fd(real: torch.Tensor, fake: torch.Tensor, cfg: EvalParams) -> dict[str, float]:
-    """Fréchet distance, a 95% bootstrap interval over both sample sets, and the distance between
-    two random halves of the real set (the floor that no generator can beat at this sample size)."""
-    real_np, fake_np = real.numpy(), fake.numpy()
-    out = {"fd": frechet_distance_of_features(real_np, fake_np)}
+def fd(reference: ReferenceFeatures, draws: list[np.ndarray], cfg: EvalParams) -> dict[tuple[str, str], float]:
+    """Fréchet distance; its standard deviation and 95% interval by half-sampling (see SPREAD_METHOD);
+    and the distance between two halves of the reference split: the floor at this sample size."""
+    real, fake = reference.features, np.concatenate(draws)
+    real_stats, fake_stats = (reference.mu, reference.sigma), feature_statistics(fake)
+    value = frechet_distance(*real_stats, *fake_stats)
+    out = {("fd", ""): value}
     rng = np.random.default_rng(cfg.seed)
-    if cfg.bootstrap > 0:
-        rounds = []
-        for _ in range(cfg.bootstrap):
-            r = real_np[rng.integers(0, len(real_np), len(real_np))]
-            f = fake_np[rng.integers(0, len(fake_np), len(fake_np))]
-            rounds.append(frechet_distance_of_features(r, f))
-        out["fd_ci95_low"], out["fd_ci95_high"] = (float(v) for v in np.percentile(rounds, [2.5, 97.5]))
-        out["fd_bootstrap_std"] = float(np.std(rounds, ddof=1)) if len(rounds) > 1 else 0.0
-    order = rng.permutation(len(real_np))
-    half = len(order) // 2
-    out["fd_real_halves"] = frechet_distance_of_features(real_np[order[:half]], real_np[order[half:]])
+    half = len(real) // 2
+    order = rng.permutation(len(real))
+    out[("floor", "")] = frechet_distance(*feature_statistics(real[order[:half]]),
+                                          *feature_statistics(real[order[half:]]))
+    if cfg.spread_rounds > 0 and len(draws) >= 2:
+        by_generated, by_reference = [], []
+        for _ in range(cfg.spread_rounds):
+            picked = rng.choice(len(draws), size=len(draws) // 2, replace=False)
+            by_generated.append(frechet_distance(*real_stats, *feature_statistics(np.concatenate([draws[i] for i in picked]))))
+            subset = rng.choice(len(real), size=half, replace=False)
+            by_reference.append(frechet_distance(*feature_statistics(real[subset]), *fake_stats))
+        var_generated, var_reference = float(np.var(by_generated, ddof=1)), float(np.var(by_reference, ddof=1))
+        std = math.sqrt(var_generated + var_reference)
+        out.update({("fd", "std"): std, ("fd", "std_generated"): math.sqrt(var_generated),
+                    ("fd", "std_reference"): math.sqrt(var_reference),
+                    ("fd", "ci95_low"): value - Z95 * std, ("fd", "ci95_high"): value + Z95 * std})
     return out
 
 
-def kid(real: torch.Tensor, fake: torch.Tensor, cfg: EvalParams) -> dict[str, float]:
+def kid(reference: ReferenceFeatures, draws: list[np.ndarray], cfg: EvalParams) -> dict[tuple[str, str], float]:
     """Kernel Inception Distance (Bińkowski et al. 2018): unbiased MMD², cubic kernel, over subsets."""
     from torch_fidelity.metric_kid import kid_features_to_metric
 
+    real, fake = reference.features, np.concatenate(draws)
     subset = min(cfg.kid_subset_size, len(real), len(fake))
-    result = kid_features_to_metric(fake, real, kid_subsets=cfg.kid_subsets, kid_subset_size=subset,
-                                    rng_seed=cfg.seed, verbose=False)
-    return {"kid_mean": float(result["kernel_inception_distance_mean"]),
-            "kid_std": float(result["kernel_inception_distance_std"])}
+    result = kid_features_to_metric(torch.from_numpy(fake), torch.from_numpy(real), kid_subsets=cfg.kid_subsets,
+                                    kid_subset_size=subset, rng_seed=cfg.seed, verbose=False)
+    return {("kid", "mean"): float(result["kernel_inception_distance_mean"]),
+            ("kid", "std"): float(result["kernel_inception_distance_std"])}
 
 
-def precision_recall(real: torch.Tensor, fake: torch.Tensor, cfg: EvalParams) -> dict[str, float]:
+def precision_recall(reference: ReferenceFeatures, draws: list[np.ndarray], cfg: EvalParams) -> dict[tuple[str, str], float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019): k-NN manifolds of each set."""
     from torch_fidelity.metric_prc import prc_features_to_metric
 
-    result = prc_features_to_metric(fake.float(), real.float(), prc_neighborhood=cfg.prc_neighborhood, verbose=False)
-    return {"precision": float(result["precision"]), "recall": float(result["recall"])}
+    fake = torch.from_numpy(np.concatenate(draws)).float()
+    result = prc_features_to_metric(fake, torch.from_numpy(reference.features).float(), prc_neighborhood=cfg.prc_neighborhood,
+                                    verbose=False)
+    return {("precision", ""): float(result["precision"]), ("recall", ""): float(result["recall"])}
 
 
 METRICS: dict[str, MetricFn] = {"fd": fd, "kid": kid, "prc": precision_recall}
 
 
-def metric_name(name: str, backbone: str) -> str:
-    # The Fréchet distance on Inception features is what the literature calls FID.
-    if backbone == "inception" and (name == "fd" or name.startswith("fd_")):
-        name = "fid" + name[2:]
-    head, _, tail = name.partition("_")
-    return f"{head}_{backbone}" + (f"_{tail}" if tail else "")
-
-
-def compute_metrics(real: torch.Tensor, fake: torch.Tensor, cfg: EvalParams, backbone: str) -> dict[str, float]:
+def compute_metrics(reference: ReferenceFeatures, draws: list[np.ndarray], cfg: EvalParams, protocol: EvalProtocol,
+                    metrics: tuple[str, ...] = tuple(METRICS)) -> dict[str, float]:
+    """Every metric in ``metrics``, named by ``protocol``, rounded for the report."""
     results: dict[str, float] = {}
-    for fn in METRICS.values():
-        for name, value in fn(real, fake, cfg).items():
-            results[metric_name(name, backbone)] = round(value, 6)
+    for key in metrics:
+        for (metric, suffix), value in METRICS[key](reference, draws, cfg).items():
+            name = protocol.floor_name() if metric == "floor" else protocol.name(metric, suffix)
+            results[name] = round(float(value), 6)
     return results
+
+
+def spread_method(cfg: EvalParams, num_draws: int) -> str:
+    return SPREAD_METHOD.format(rounds=cfg.spread_rounds, draws=num_draws, per_draw=cfg.num_samples // num_draws, z=Z95)

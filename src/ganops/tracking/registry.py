@@ -1,10 +1,11 @@
 """The register stage and the model registry commands.
 
 Every pipeline run registers its ONNX generator as a new version of ``register.model_name``. The
-alias ``champion`` moves to it only when its Fréchet distance beats the champion's by more than the
-noise: more than ``register.min_improvement`` and more than ``register.noise_z`` standard deviations
-of the difference (from both versions' bootstrap spreads). Versions evaluated differently (another
-backbone, sample count, reference split or data) are never compared.
+alias ``champion`` moves to it only when its primary metric (the standard FID, when the Inception
+weights are installed) beats the champion's by more than the noise: more than
+``register.min_improvement`` and more than ``register.noise_z`` standard deviations of the difference
+(from both versions' half-sampling spreads). Versions evaluated under different protocols (metric
+name, FID protocol, weights, sample count, reference split or data) are never compared.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ganops import GanopsError
 from ganops.config import Params
 from ganops.data import load_manifest
 from ganops.io import write_json_atomic
+from ganops.metrics.names import primary_metric
 from ganops.paths import ProjectPaths
 from ganops.tracking.store import connect, lock_path, pipeline_run_id, tracking_uri
 
@@ -29,17 +31,13 @@ CHAMPION = "champion"
 HISTORY_TAG = "ganops.champion_history"  # JSON list of champion versions, oldest first
 
 
-def primary_metric(report: dict) -> str:
-    """The Fréchet distance's name in an eval report: fid_inception, fd_domain (see metrics.scores.metric_name)."""
-    return "fid_inception" if report["backbone"] == "inception" else f"fd_{report['backbone']}"
-
-
 def evaluation_signature(report: dict, manifest: dict, root: Path) -> str:
-    """Numbers are comparable only under the same backbone, sample count, reference and data."""
-    parts = {"backbone": report["backbone"], "num_samples": report["num_samples"], "reference": report["reference"],
-             "data": manifest["files"][report["reference"]]["sha256"]}
+    """Numbers are comparable only under the same protocol (metric, weights, sample count, reference) and data."""
+    parts = {"metric": primary_metric(report), "backbone": report["backbone"], "num_samples": report["num_samples"],
+             "reference": report["reference"], "fid_protocol": report.get("fid_protocol"),
+             "weights": report.get("weights_digest"), "data": manifest["files"][report["reference"]]["sha256"]}
     evaluator = ProjectPaths(root).models / "evaluator.safetensors"
-    if report["backbone"] == "domain" and evaluator.exists():
+    if primary_metric(report).endswith(f"_domain_{report['reference']}") and evaluator.exists():
         parts["evaluator"] = hashlib.sha256(evaluator.read_bytes()).hexdigest()
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -64,17 +62,16 @@ def _decide(params: Params, new: dict, champion) -> tuple[bool, str]:
         return True, "first registered version: no champion yet"
     tags = champion.tags
     if tags.get("eval_signature") != new["eval_signature"]:
-        return False, (f"not comparable with champion v{champion.version}: evaluated with backbone "
-                       f"{tags.get('backbone')}, {tags.get('num_samples')} samples, reference {tags.get('reference')} "
-                       f"(signature {tags.get('eval_signature')}), this version with {new['backbone']}, "
-                       f"{new['num_samples']} samples, reference {new['reference']} (signature {new['eval_signature']})")
+        return False, (f"not comparable with champion v{champion.version}: it was judged by {tags.get('metric')} "
+                       f"(signature {tags.get('eval_signature')}), this version by {new['metric']} "
+                       f"(signature {new['eval_signature']}): another protocol, weights or data")
     old, value = float(tags["metric_value"]), new["metric_value"]
-    noise = params.register.noise_z * math.hypot(float(tags.get("metric_bootstrap_std", 0.0)), new["metric_bootstrap_std"])
+    noise = params.register.noise_z * math.hypot(float(tags.get("metric_std", 0.0)), new["metric_std"])
     needed = max(params.register.min_improvement, noise)
     gain = old - value
     verdict = (f"{new['metric']} {value:.4f} vs champion v{champion.version} {old:.4f}: improvement {gain:.4f} "
                f"{'>' if gain > needed else '<='} required {needed:.4f} (max of min_improvement "
-               f"{params.register.min_improvement:g} and {params.register.noise_z:g} x bootstrap std of the difference)")
+               f"{params.register.min_improvement:g} and {params.register.noise_z:g} x std of the difference)")
     return gain > needed, verdict
 
 
@@ -124,7 +121,7 @@ def register(params: Params, root: Path = Path(".")) -> dict:
         "metric": metric, "metric_value": float(report[metric]),
         "metric_ci95_low": float(report.get(f"{metric}_ci95_low", report[metric])),
         "metric_ci95_high": float(report.get(f"{metric}_ci95_high", report[metric])),
-        "metric_bootstrap_std": float(report.get(f"{metric}_bootstrap_std", 0.0)),
+        "metric_std": float(report.get(f"{metric}_std", 0.0)),
         "backbone": report["backbone"], "num_samples": report["num_samples"], "reference": report["reference"],
         "eval_signature": evaluation_signature(report, manifest, root),
     }

