@@ -104,7 +104,9 @@ def test_errors_leave_earlier_outputs_intact(trained_project, tmp_path):
     before = (root / "reports" / "eval.json").read_bytes()
 
     with pytest.raises(GanopsError, match="must both exceed eval.prc_neighborhood"):
-        evaluate(tiny(merge(TRAINED, {"eval": {"num_samples": 3}})), root)
+        evaluate(tiny(merge(TRAINED, {"eval": {"num_samples": 4, "draws": 2, "prc_neighborhood": 5}})), root)
+    with pytest.raises(GanopsError, match=r"eval.num_samples \(30\) must be at least 2 x eval.draws \(20\)"):
+        tiny(merge(TRAINED, {"eval": {"num_samples": 30, "draws": 20}}))
 
     other = copy_project(root, tmp_path / "mismatch")
     prepare(tiny({"data": {"resolution": 16}}), other)
@@ -127,9 +129,9 @@ def test_inception_stage_reports_standard_fid_with_reference_stats(trained_proje
                                          "kid_subset_size": 20, "spread_rounds": 4}})
     params = tiny(overrides)
     record = reference_stats(params, root)
-    assert record["backbone"] == "inception" and record["num_reference"] == 180 and record["fid_protocol"] == "tf"
+    assert record["backbone"] == "inception" and record["num_reference"] == 179 and record["fid_protocol"] == "tf"
     features = np.load(root / "data" / "reference" / "features.npy")
-    assert features.shape == (180, 2048) and features.dtype == np.float32
+    assert features.shape == (179, 2048) and features.dtype == np.float32
     report = evaluate(params, root)
     assert report["primary_metric"] == "fid40_tf_test"
     for name in ("fid40_tf_test", "fid40_tf_test_ci95_low", "fid_real_halves_tf_test", "kid40_tf_test_mean",

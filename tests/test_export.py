@@ -74,9 +74,33 @@ def test_fp16_model_within_its_tolerance(exported):
     fp16 = exported / "models" / "fp16" / "generator.onnx"
     report = json.loads((exported / "reports" / "export.json").read_text())
     assert report["fp16_parity_max_abs_error"] is not None and report["fp16_parity_max_abs_error"] <= 1e-2
+    assert report["fp16_written"] is True and report["fp16_verified"] is True
     model = onnx.load(str(fp16))
     assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer)
     assert OnnxGenerator(fp16).run(np.zeros((2, 8), np.float32), np.array([0, 1])).dtype == np.float32
+
+
+def test_unverifiable_fp16_model_is_not_written_unless_opted_in(exported, tmp_path, monkeypatch):
+    """An onnxruntime that can't run the fp16 model (no fp16 kernels here): nothing unverified ships."""
+    import ganops.export as export_module
+
+    root = Path(shutil.copytree(exported, tmp_path / "p"))
+    measure = export_module._max_error
+
+    def fp16_unmeasurable(generator, model_path, params, providers=None):
+        if "fp16" in Path(model_path).parent.name:  # the fp16 model's staging folder beside models/fp16
+            raise GanopsError("no fp16 kernel for ConvTranspose on CPUExecutionProvider")
+        return measure(generator, model_path, params, providers)
+
+    monkeypatch.setattr(export_module, "_max_error", fp16_unmeasurable)
+    report = export(tiny({"export": {"fp16": True}}), root)
+    assert report["fp16_written"] is False and report["fp16_verified"] is False
+    assert "no fp16 kernel" in report["fp16_reason"]
+    assert not list((root / "models" / "fp16").iterdir())
+    opted = export(tiny({"export": {"fp16": True, "fp16_unverified": True}}), root)
+    assert opted["fp16_written"] is True and opted["fp16_verified"] is False
+    assert (root / "models" / "fp16" / "generator.onnx").is_file()
+    assert json.loads((root / "reports" / "export.json").read_text())["fp16_verified"] is False
 
 
 def test_unconditional_model_takes_only_z(tmp_path):

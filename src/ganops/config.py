@@ -132,6 +132,8 @@ class ExportParams(_Section):
     parity_samples: int = Field(64, ge=1)
     parity_tolerance: float = Field(1e-4, gt=0.0, description="max |onnxruntime - torch| for the fp32 model")
     fp16_tolerance: float = Field(1e-2, gt=0.0, description="max |onnxruntime - torch| for the fp16 model")
+    fp16_unverified: bool = Field(False, description="write the fp16 model even where its parity can't be measured "
+                                  "(recorded as fp16_verified: false in reports/export.json)")
     latency_repeats: int = Field(20, ge=1)
 
 

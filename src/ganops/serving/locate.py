@@ -5,12 +5,14 @@ a moved alias) and fetches the current one as a local file."""
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 from ganops.config import MlflowParams
 from ganops.io import atomic_dir
 from ganops.serving.runtime import ModelError
 
+log = logging.getLogger(__name__)
 REGISTRY_PREFIXES = ("models:/", "runs:/")
 
 
@@ -78,7 +80,25 @@ class RegistryLocator:
         found = sorted(destination.rglob("*.onnx"))
         if not found:
             raise ModelError(f"{self.uri}: the registered model holds no .onnx file")
+        if version is not None:
+            _verify(found[0], version, self.uri)
         return found[0], (str(version.version) if version is not None else None)
+
+
+def _verify(path: Path, version, uri: str) -> None:
+    """The downloaded (or cached) file must be the one register recorded: sha256 against the version's tag."""
+    from ganops.io import file_sha256
+    from ganops.tracking.store import ONNX_DIGEST_TAG
+
+    expected = version.tags.get(ONNX_DIGEST_TAG)
+    if expected is None:
+        log.warning("%s (v%s) carries no %s tag (not registered by ganops): its file cannot be verified",
+                    uri, version.version, ONNX_DIGEST_TAG)
+        return
+    actual = file_sha256(path)
+    if actual != expected:
+        raise ModelError(f"{uri}: {path} has sha256 {actual}, but v{version.version} was registered with {expected}; "
+                         f"refusing a file that is not the registered model (delete {path.parent} to download it again)")
 
 
 def locate(uri: str | Path, mlflow_cfg: MlflowParams | None = None, root: Path = Path(".")):

@@ -21,10 +21,10 @@ from typing import Any
 from ganops import GanopsError
 from ganops.config import Params
 from ganops.data import load_manifest
-from ganops.io import write_json_atomic
+from ganops.io import file_sha256, write_json_atomic
 from ganops.metrics.names import primary_metric
 from ganops.paths import ProjectPaths
-from ganops.tracking.store import connect, lock_path, pipeline_run_id, tracking_uri
+from ganops.tracking.store import ONNX_DIGEST_TAG, TrackingError, connect, lock_path, pipeline_run_id, tracking_uri
 
 log = logging.getLogger(__name__)
 CHAMPION = "champion"
@@ -83,10 +83,28 @@ def _registry_lock(params: Params, root: Path):
 
 
 def _champion(client, name: str):
+    """The champion version, or None only when the registry says there is none.
+
+    A missing model or a model without the alias means "no champion yet"; any other failure (a timeout,
+    a 5xx, an auth error) stops the stage with the registry's own message and leaves the alias alone,
+    so a transient outage can never make the new version champion by default."""
+    from mlflow.exceptions import MlflowException
+
     try:
-        return client.get_model_version_by_alias(name, CHAMPION)
-    except Exception:  # no alias yet (the registry raises a RESOURCE_DOES_NOT_EXIST error)
+        aliases = client.get_registered_model(name).aliases
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise TrackingError(f"could not read the champion of {name} from the registry: {str(error)[:300]}") from None
+    except Exception as error:
+        raise TrackingError(f"could not read the champion of {name} from the registry: "
+                            f"{type(error).__name__}: {str(error)[:300]}") from None
+    if CHAMPION not in aliases:
         return None
+    try:
+        return client.get_model_version(name, str(aliases[CHAMPION]))
+    except Exception as error:
+        raise TrackingError(f"could not read champion v{aliases[CHAMPION]} of {name}: {str(error)[:300]}") from None
 
 
 def _history(client, name: str) -> list[str]:
@@ -134,9 +152,18 @@ def register(params: Params, root: Path = Path(".")) -> dict:
                 registered_model_name=name, save_as_external_data=False, await_registration_for=120,
             )
         version = str(info.registered_model_version)
-        for key, value in {**new, "run_id": run_id, "classes": len(spec.class_names)}.items():
+        for key, value in {**new, "run_id": run_id, "classes": len(spec.class_names),
+                           ONNX_DIGEST_TAG: file_sha256(onnx_path)}.items():
             client.set_model_version_tag(name, version, key, str(value))
-        champion = _champion(client, name)
+        try:
+            champion = _champion(client, name)
+        except TrackingError as error:
+            try:  # say why this version was left out, where the registry still answers
+                client.set_model_version_tag(name, version, "promoted", "false")
+                client.set_model_version_tag(name, version, "promotion_reason", f"not decided: {error}"[:5000])
+            except Exception:
+                pass
+            raise
         promoted, reason = _decide(params, new, champion)
         history = _history(client, name)
         if promoted:

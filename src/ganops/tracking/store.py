@@ -12,6 +12,7 @@ from ganops import GanopsError
 from ganops.config import MlflowParams
 
 RUN_FILE = Path("reports") / "mlflow_run.json"
+ONNX_DIGEST_TAG = "onnx_sha256"  # on every registered version; every download of it is checked against it
 
 
 class TrackingError(GanopsError):
