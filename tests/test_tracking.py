@@ -170,10 +170,10 @@ def test_two_racing_register_processes_leave_one_champion(project, tmp_path):
     assert float(champion.tags["metric_value"]) == pytest.approx(0.001)
 
 
-def test_serving_resolves_the_champion_and_follows_it(project, tmp_path):
+def test_serving_resolves_the_champion_and_follows_it(project, tmp_path, monkeypatch):
     root = Path(shutil.copytree(project, tmp_path / "p"))
     cfg = tiny().mlflow
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cwd = os.getcwd()
     os.chdir(root)  # the default store is the project's mlflow.db
     try:
@@ -268,3 +268,93 @@ def test_mlflow_models_serve_can_serve_the_champion(project, tmp_path):
         assert len(images) == 2 and len(images[0]) == 1 and len(images[0][0]) == 8
     finally:
         stop(server)
+
+
+class FailingProxy:
+    """A loopback HTTP proxy in front of a real tracking server. Once ``failing`` is set and the new model
+    version carries its last tag, it answers 503 to reads of the registered model (where the champion alias
+    lives): a transient outage at the worst moment (after the new version is logged and tagged)."""
+
+    def __init__(self, upstream: str) -> None:
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlparse
+
+        target = urlparse(upstream)
+        proxy = self
+        self.failing = False
+        self.tripped = False
+
+        class Handler(BaseHTTPRequestHandler):
+            def _forward(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if proxy.failing and "model-versions/set-tag" in self.path and b"onnx_sha256" in body:
+                    proxy.tripped = True
+                if proxy.tripped and "registered-models/get" in self.path:
+                    payload = b'{"error_code": "TEMPORARILY_UNAVAILABLE", "message": "503 from the test proxy"}'
+                    self.send_response(503)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                connection = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                connection.request(self.command, self.path, body=body, headers=headers)
+                response = connection.getresponse()
+                data = response.read()
+                self.send_response(response.status)
+                for key, value in response.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                connection.close()
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_a_registry_error_never_promotes(mlflow_server, tmp_path):
+    proxy = FailingProxy(mlflow_server)
+    try:
+        through_proxy = {"mlflow": {"tracking_uri": proxy.url, "max_retries": 0}, "register": {"model_name": "outage"}}
+        first = run_pipeline(tmp_path, through_proxy)
+        assert first["promoted"] is True
+        _make_excellent(tmp_path)  # a clearly better version: it would be promoted ...
+        proxy.failing = True  # ... but the registry fails while register reads the champion
+        with pytest.raises(TrackingError, match="could not read the champion of outage.*503"):
+            register(tiny(through_proxy), tmp_path)
+    finally:
+        proxy.close()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    assert client.get_registered_model("outage").aliases == {"champion": first["version"]}  # the alias stayed
+    left_out = client.get_model_version("outage", str(int(first["version"]) + 1))
+    assert left_out.tags.get("promoted") != "true"  # registered, never promoted (tagging it failed in the outage too)
+
+
+def test_a_tampered_registry_download_is_refused(project, tmp_path, monkeypatch):
+    from ganops.serving.locate import RegistryLocator
+    from ganops.serving.runtime import ModelError
+
+    root = Path(shutil.copytree(project, tmp_path / "p"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    locator = RegistryLocator("models:/ganops-generator@champion", tiny().mlflow, root)
+    path, version = locator.fetch()
+    assert version == "1" and OnnxGenerator(path).sample(1, 0)[0].shape == (1, 1, 8, 8)
+    with open(path, "ab") as handle:  # the cached download changed behind ganops' back
+        handle.write(b"\0")
+    with pytest.raises(ModelError, match="has sha256 .* but v1 was registered with .*refusing"):
+        locator.fetch()
