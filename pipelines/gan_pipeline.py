@@ -17,14 +17,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-# A temporary local Prefect API started from here need not phone home (and can't, offline).
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 
-from prefect import flow, get_run_logger, task  # noqa: E402
-from prefect.artifacts import create_markdown_artifact  # noqa: E402
-
-from ganops.config import FlowParams, load_params  # noqa: E402
-from ganops.metrics.names import primary_metric  # noqa: E402
+from ganops.config import FlowParams, load_params
+from ganops.metrics.names import primary_metric
+from ganops.telemetry import disable_telemetry
 
 # ganops exits with 2 for errors that need a fix (bad params, bad data, missing inputs): retrying
 # can't help. Anything else (a service down: 75, a crash) is retried with backoff.
@@ -115,6 +113,7 @@ def _summary(repo: Path, results: list[StageResult]) -> str:
 @flow(name="gan-pipeline", log_prints=True)
 def gan_pipeline(repo: str = ".", retries: int | None = None, retry_delay_s: float | None = None) -> list[dict]:
     """Reproduce every DVC stage in dependency order, each as a retried Prefect task."""
+    disable_telemetry()  # for this process and the dvc/ganops processes it starts
     root = Path(repo).resolve()
     cfg = load_params(root / "params.yaml").flow
     retries = cfg.retries if retries is None else retries
@@ -133,6 +132,7 @@ def sweep(overrides: list[dict[str, str | int | float | bool]], repo: str = ".",
     """Run each set of param overrides as a DVC experiment (`dvc exp run --set-param`), one after the
     other in the workspace; each trains, evaluates and registers, and the register stage decides on
     promotion. The workspace ends holding the last experiment (`dvc exp apply` picks another)."""
+    disable_telemetry()
     logger = get_run_logger()
     root = Path(repo).resolve()
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -158,6 +158,7 @@ def sweep(overrides: list[dict[str, str | int | float | bool]], repo: str = ".",
 
 def serve_deployment(repo: str = ".", cron: str | None = None, name: str | None = None, cfg: FlowParams | None = None) -> None:
     """Serve the pipeline on a cron schedule (Prefect's `serve`): runs on this machine, no worker needed."""
+    disable_telemetry()
     cfg = cfg or load_params(Path(repo) / "params.yaml").flow
     from prefect.client.schemas.schedules import CronSchedule
 
@@ -166,4 +167,5 @@ def serve_deployment(repo: str = ".", cron: str | None = None, name: str | None 
 
 
 if __name__ == "__main__":
+    disable_telemetry()
     gan_pipeline()

@@ -16,6 +16,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
+from ganops.telemetry import disable_telemetry  # noqa: E402
+
+disable_telemetry()  # the suite, and every server and CLI it starts, calls no outside host
+
 # Small enough to train in a second or two on 2 cores, big enough to exercise every code path.
 TINY = {
     "data": {"source": "digits", "resolution": 8, "channels": 1, "test_fraction": 0.1, "seed": 0},

@@ -11,6 +11,7 @@ import typer
 
 from ganops import GanopsError
 from ganops.config import DEFAULT_PARAMS, Params, load_params
+from ganops.telemetry import disable_telemetry
 
 T = TypeVar("T")
 
@@ -22,6 +23,12 @@ app = typer.Typer(
 )
 
 ParamsOption = typer.Option(DEFAULT_PARAMS, "--params", "-p", help="parameters file", dir_okay=False)
+
+
+@app.callback()
+def _before_every_command() -> None:
+    # Before MLflow, Prefect or DVC is imported or launched: no calls home (see ganops.telemetry).
+    disable_telemetry()
 
 
 def _fail_cleanly(action: Callable[[], T]) -> T:
