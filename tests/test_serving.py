@@ -192,6 +192,29 @@ def test_api_key_in_constant_time(models, tmp_path):
         running.stop()
 
 
+def test_exposed_only_on_loopback_unless_keyed(models, tmp_path, monkeypatch):
+    from conftest import run_cli
+    from ganops.serving.cli import is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3") and not is_loopback("example.org")
+    write_params(tmp_path / "params.yaml")
+    env_without_key = {k: v for k, v in os.environ.items() if k != "GANOPS_API_KEY"}
+    monkeypatch.delenv("GANOPS_API_KEY", raising=False)
+    refused = run_cli("serve", "--model", str(models["a"]), "--host", "0.0.0.0", "--port", str(free_port()),
+                      cwd=tmp_path, check=False, timeout=120)
+    assert refused.returncode == 2 and "refusing to serve on 0.0.0.0" in refused.stderr and "GANOPS_API_KEY" in refused.stderr
+    port = free_port()
+    public = spawn([str(Path(sys.executable).parent / "ganops"), "serve", "--model", str(models["a"]), "--host",
+                    "0.0.0.0", "--port", str(port), "--allow-public-without-key"], tmp_path / "public.log",
+                   cwd=tmp_path, env=env_without_key)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/readyz", public, seconds=60)
+    finally:
+        output = stop(public)
+    assert "WITHOUT an API key" in output
+
+
 def test_model_swap_drops_no_request(models, tmp_path):
     served = tmp_path / "generator.onnx"
     shutil.copy(models["a"], served)
@@ -200,11 +223,14 @@ def test_model_swap_drops_no_request(models, tmp_path):
         before = httpx.get(running.url + "/v1/model").json()["version"]
         reference = post(running, {"n": 4, "seed": 5, "format": "array"}).json()["data"]
         codes: list[int] = []
+        bodies: list[str] = []
         stop = threading.Event()
 
         def hammer() -> None:
             while not stop.is_set():
-                codes.append(post(running, {"n": 8, "seed": 5, "format": "array"}).status_code)
+                response = post(running, {"n": 8, "seed": 5, "format": "array"})
+                codes.append(response.status_code)
+                bodies.append(response.json()["data"])
 
         threads = [threading.Thread(target=hammer) for _ in range(4)]
         for thread in threads:
@@ -223,6 +249,10 @@ def test_model_swap_drops_no_request(models, tmp_path):
         assert httpx.get(running.url + "/v1/model").json()["version"] != before
         assert codes and set(codes) == {200}
         assert post(running, {"n": 4, "seed": 5, "format": "array"}).json()["data"] != reference
+        # every response came wholly from one model, the old or the new, never a mix of the two
+        old, new = (base64.b64encode(OnnxGenerator(models[name]).sample(8, 5)[0].tobytes()).decode() for name in "ab")
+        assert old != new and set(bodies) <= {old, new}
+        assert old in bodies and new in bodies
 
         served.write_bytes(b"a broken upload")  # a bad new file: keep serving the last good model
         time.sleep(1.0)

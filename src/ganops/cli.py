@@ -196,13 +196,16 @@ def serve(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="ONNX file or model URI (default: serve.model)"),
     host: Optional[str] = typer.Option(None, help="default: serve.host"),
     port: Optional[int] = typer.Option(None, help="default: serve.port"),
+    allow_public_without_key: bool = typer.Option(
+        False, "--allow-public-without-key", help="serve on a non-loopback address without GANOPS_API_KEY"),
     params: Path = ParamsOption,
 ) -> None:
     """Serve the generator over HTTP (FastAPI + uvicorn): /v1/generate, /v1/model, /healthz, /readyz."""
     from ganops.serving.cli import serve_http
 
     loaded = _fail_cleanly(lambda: load_params(params)) if params.exists() else None
-    _fail_cleanly(lambda: serve_http(model, host, port, loaded.serve if loaded else None, loaded.mlflow if loaded else None))
+    _fail_cleanly(lambda: serve_http(model, host, port, loaded.serve if loaded else None, loaded.mlflow if loaded else None,
+                                      allow_public_without_key))
 
 
 flow_app = typer.Typer(help="Prefect flows that run the DVC stages: once, on a schedule, or as a sweep.", no_args_is_help=True)

@@ -139,7 +139,9 @@ class ExportParams(_Section):
 
 class ServeParams(_Section):
     model: str = Field("models/generator.onnx", description="ONNX file (or, with the registry, a models:/ URI)")
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", description="loopback by default; any other address needs an API key (api_key_env)")
+    allow_public_without_key: bool = Field(False, description="serve on a non-loopback address without an API key "
+                                           "(only when another layer guards the port)")
     port: int = Field(8000, ge=1, le=65535)
     max_batch: int = Field(64, ge=1, le=4096, description="most images one request may ask for")
     max_body_bytes: int = Field(65536, ge=256, description="larger request bodies get 413")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import os
 from pathlib import Path
 
 from ganops import GanopsError
@@ -38,13 +40,38 @@ def generate_images(model: str, n: int, seed: int, label: int | None, out: Path,
 
 
 def serve_http(model: str | None, host: str | None, port: int | None, settings: ServeParams | None,
-               mlflow_cfg: MlflowParams | None = None) -> None:
+               mlflow_cfg: MlflowParams | None = None, allow_public_without_key: bool = False) -> None:
     import uvicorn
 
     from ganops.serving.app import create_app
 
     settings = settings or ServeParams()
     uri = model or settings.model
+    host = host or settings.host
+    check_exposure(host, settings, allow_public_without_key)
     OnnxGenerator.from_uri(uri, mlflow_cfg)  # fail now, with a clear message, not in the server's startup
-    uvicorn.run(create_app(uri, settings, mlflow_cfg), host=host or settings.host, port=port or settings.port,
+    uvicorn.run(create_app(uri, settings, mlflow_cfg), host=host, port=port or settings.port,
                 log_level="info", timeout_graceful_shutdown=10)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def check_exposure(host: str, settings: ServeParams, allow_public_without_key: bool) -> None:
+    """A service reachable from other machines needs an API key, unless the operator says otherwise."""
+    allow_public_without_key = allow_public_without_key or settings.allow_public_without_key
+    if is_loopback(host) or os.environ.get(settings.api_key_env) or allow_public_without_key:
+        if not is_loopback(host) and not os.environ.get(settings.api_key_env):
+            log.warning("serving on %s WITHOUT an API key (--allow-public-without-key): anyone who reaches this "
+                        "port can generate images", host)
+        return
+    raise GanopsError(
+        f"refusing to serve on {host} (reachable from other machines) without an API key: set the environment "
+        f"variable {settings.api_key_env} to a secret that clients send as X-API-Key, bind to 127.0.0.1, or pass "
+        f"--allow-public-without-key (serve.allow_public_without_key) if another layer guards the port")
