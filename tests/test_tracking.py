@@ -358,3 +358,14 @@ def test_a_tampered_registry_download_is_refused(project, tmp_path, monkeypatch)
         handle.write(b"\0")
     with pytest.raises(ModelError, match="has sha256 .* but v1 was registered with .*refusing"):
         locator.fetch()
+
+
+def test_connecting_leaves_the_process_environment_as_it_was(project, monkeypatch):
+    from ganops.tracking.store import connect
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "77")  # the user's own setting
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    before = dict(os.environ)
+    client = connect(tiny().mlflow, project)
+    assert client.search_registered_models()  # a call through the scoped client
+    assert dict(os.environ) == before

@@ -41,7 +41,7 @@ class RegistryLocator:
         from ganops.tracking.store import connect, tracking_uri
 
         self.uri = uri
-        cfg = mlflow_cfg or MlflowParams()
+        cfg = self.cfg = mlflow_cfg or MlflowParams()
         self.client = connect(cfg, root)
         self.store = tracking_uri(cfg, root)
         self.cache = Path.home() / ".cache" / "ganops" / "models"
@@ -66,6 +66,8 @@ class RegistryLocator:
     def fetch(self) -> tuple[Path, str | None]:
         import mlflow.artifacts
 
+        from ganops.tracking.store import http_settings
+
         version = self._version()
         source = f"models:/{version.name}/{version.version}" if version is not None else self.uri
         # keyed by store and artifact source too: version 1 of two stores are different models
@@ -74,7 +76,8 @@ class RegistryLocator:
         if not destination.is_dir():
             try:
                 with atomic_dir(destination) as staging:  # a broken-off download leaves no half model
-                    mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(staging))
+                    with http_settings(self.cfg):
+                        mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(staging))
             except Exception as error:
                 raise ModelError(f"{self.uri}: could not download ({str(error)[:200]})") from None
         found = sorted(destination.rglob("*.onnx"))

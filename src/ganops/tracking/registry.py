@@ -24,7 +24,7 @@ from ganops.data import load_manifest
 from ganops.io import file_sha256, write_json_atomic
 from ganops.metrics.names import primary_metric
 from ganops.paths import ProjectPaths
-from ganops.tracking.store import ONNX_DIGEST_TAG, TrackingError, connect, lock_path, pipeline_run_id, tracking_uri
+from ganops.tracking.store import ONNX_DIGEST_TAG, TrackingError, connect, http_settings, lock_path, pipeline_run_id, tracking_uri
 
 log = logging.getLogger(__name__)
 CHAMPION = "champion"
@@ -146,7 +146,7 @@ def register(params: Params, root: Path = Path(".")) -> dict:
     signature, example, spec = _signature_and_example(onnx_path)
     name = params.register.model_name
     with _registry_lock(params, root):
-        with mlflow.start_run(run_id=run_id):
+        with http_settings(params.mlflow), mlflow.start_run(run_id=run_id):
             info = mlflow.onnx.log_model(
                 onnx.load(str(onnx_path)), name="generator", signature=signature, input_example=example,
                 registered_model_name=name, save_as_external_data=False, await_registration_for=120,

@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from ganops import GanopsError
 from ganops.config import MlflowParams
@@ -34,12 +36,46 @@ def artifact_location(root: Path) -> str:
     return (Path(root) / "mlartifacts").resolve().as_uri()
 
 
-def connect(cfg: MlflowParams, root: Path):
+@contextmanager
+def http_settings(cfg: MlflowParams) -> Iterator[None]:
+    """MLflow's HTTP retry policy for the calls made inside this block, and only those.
+
+    MLflow reads it from the environment at each request (its defaults retry for minutes); the user's
+    own values are put back afterwards, so nothing leaks into the rest of the process."""
+    values = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(cfg.max_retries), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+              "MLFLOW_HTTP_REQUEST_TIMEOUT": str(cfg.timeout_s)}
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class ScopedClient:
+    """An MlflowClient whose every call runs under :func:`http_settings`."""
+
+    def __init__(self, client, cfg: MlflowParams) -> None:
+        self._client, self._cfg = client, cfg
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args, **kwargs):
+            with http_settings(self._cfg):
+                return attribute(*args, **kwargs)
+
+        return call
+
+
+def connect(cfg: MlflowParams, root: Path) -> ScopedClient:
     """An MlflowClient on the configured store, checked reachable (bounded retries)."""
-    # MLflow reads its HTTP retry policy from the environment; its defaults retry for minutes.
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(cfg.max_retries)
-    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(cfg.timeout_s)
     import mlflow
     from mlflow import MlflowClient
 
@@ -52,7 +88,7 @@ def connect(cfg: MlflowParams, root: Path):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client = ScopedClient(MlflowClient(tracking_uri=uri, registry_uri=uri), cfg)
     try:
         client.search_experiments(max_results=1)
     except Exception as error:  # connection refused, timeouts, HTTP errors, a broken sqlite file
