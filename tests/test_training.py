@@ -26,6 +26,16 @@ from ganops.training import train
 from ganops.training.checkpoint import list_checkpoints
 
 
+def setup_folders(root: Path) -> list[Path]:
+    """The per-setup checkpoint folders under models/checkpoints/."""
+    folder = root / "models" / "checkpoints"
+    return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+
+def all_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    return sorted((c for f in setup_folders(root) for c in list_checkpoints(f)), reverse=True)
+
+
 def tiny(overrides: dict | None = None):
     return validate_params(merge(TINY, overrides or {}))
 
@@ -60,7 +70,7 @@ def test_outputs_and_reports(tmp_path, prepared_digits):
     assert all(float(r["loss_d"]) > 0 for r in rows)
     grid = Image.open(root / "reports" / "samples.png")
     assert grid.height > grid.width  # one row per class: 10 rows of 8
-    assert [step for step, _ in list_checkpoints(root / "models" / "checkpoints")] == [20, 10]
+    assert [step for step, _ in all_checkpoints(root)] == [20, 10] and len(setup_folders(root)) == 1
 
 
 @pytest.mark.parametrize(
@@ -98,7 +108,7 @@ def test_ema_generator_is_the_one_saved(tmp_path, prepared_digits):
     root = project_with_data(tmp_path, prepared_digits)
     train(tiny({"train": {"ema_decay": 0.9}}), root)
     saved = load_file(root / "models" / "generator.safetensors")
-    state = torch.load(root / "models" / "checkpoints" / "step-00000020.pt", weights_only=True)
+    state = torch.load(setup_folders(root)[0] / "step-00000020.pt", weights_only=True)
     name = "stem.weight"
     assert torch.equal(saved[name], state["generator_ema"][name])
     assert not torch.equal(saved[name], state["generator"][name])
@@ -112,6 +122,33 @@ def test_checkpoints_of_other_params_are_not_resumed(tmp_path, prepared_digits):
     # a longer run with the same setup continues from the last checkpoint
     longer = train(tiny({"train": {"steps": 30}}), root)
     assert longer["resumed_from_step"] == 20
+
+
+def test_experiments_keep_each_others_checkpoints(tmp_path, prepared_digits):
+    """A sweep of two settings in one workspace: neither wipes the other's resumable state."""
+    root = project_with_data(tmp_path, prepared_digits)
+    train(tiny({"train": {"lr_g": 1e-3}}), root)
+    train(tiny(), root)
+    assert len(setup_folders(root)) == 2 and len(all_checkpoints(root)) == 4
+    assert train(tiny({"train": {"lr_g": 1e-3, "steps": 30}}), root)["resumed_from_step"] == 20
+    assert train(tiny({"train": {"steps": 30}}), root)["resumed_from_step"] == 20
+    # a shorter run of a setup can't use its later checkpoints, and doesn't delete them either
+    shorter = train(tiny({"train": {"steps": 10}}), root)
+    assert shorter["resumed_from_step"] == 0
+    assert 30 in [step for step, _ in all_checkpoints(root)]
+
+
+def test_stale_setups_are_pruned_by_the_retention_rule(tmp_path, prepared_digits):
+    root = project_with_data(tmp_path, prepared_digits)
+    train(tiny({"train": {"lr_g": 1e-3}}), root)
+    (stale,) = setup_folders(root)
+    old = time.time() - 20 * 86400
+    for path in [stale, *stale.iterdir()]:
+        os.utime(path, (old, old))
+    train(tiny({"train": {"checkpoint_retention_days": 0}}), root)  # 0: keep everything
+    assert stale.exists()
+    train(tiny({"train": {"lr_g": 2e-3}}), root)  # default 14 days: the 20-day-old folder goes
+    assert not stale.exists() and len(setup_folders(root)) == 2
 
 
 def test_batch_larger_than_data_is_a_clear_error(tmp_path, prepared_digits):
@@ -140,14 +177,13 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, prepared_digit
     command = [sys.executable, "-m", "ganops.cli", "train"]
 
     process = subprocess.Popen(command, cwd=killed, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    checkpoints = killed / "models" / "checkpoints"
     deadline = time.monotonic() + 120
-    while not list_checkpoints(checkpoints) and time.monotonic() < deadline and process.poll() is None:
+    while not all_checkpoints(killed) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL, "training ended before it could be killed"
-    step_at_kill = list_checkpoints(checkpoints)[0][0]
+    step_at_kill = all_checkpoints(killed)[0][0]
     assert 0 < step_at_kill < 600
     assert not (killed / "models" / "generator.safetensors").exists()
 

@@ -81,7 +81,9 @@ class TrainParams(_Section):
     cuda_graphs: bool = Field(True, description="on one GPU, capture each training step as one CUDA graph and replay it "
                               "(no effect on CPU, under DDP or with compile)")
     checkpoint_every: int = Field(500, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept per training setup")
+    checkpoint_retention_days: float = Field(
+        14.0, ge=0.0, description="other setups' checkpoint folders untouched this long are removed; 0 keeps all")
     log_every: int = Field(25, ge=1)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import random
 import re
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,26 +73,45 @@ def save_checkpoint(folder: Path, step: int, state: dict[str, Any], keep: int) -
     return target
 
 
-def load_resumable(folder: Path, fingerprint: str, max_step: int) -> dict[str, Any] | None:
-    """The newest checkpoint written with the same training setup at or before ``max_step``.
+def run_folder(checkpoints: Path, fingerprint: str) -> Path:
+    """Each training setup (params, data, code) keeps its checkpoints in a folder of its own, so runs of
+    other params — a `dvc exp run` sweep, say — never touch each other's resumable state."""
+    return Path(checkpoints) / fingerprint[:16]
 
-    Checkpoints of other params (or beyond the requested steps) can't be resumed; they are removed
-    so they don't outrank the new run's checkpoints.
-    """
+
+def prune_stale(checkpoints: Path, keep: Path, retention_days: float) -> list[Path]:
+    """The documented rule: remove other setups' folders whose newest file is older than ``retention_days``
+    (0 keeps everything). A run in progress writes a checkpoint at least every checkpoint_every steps."""
+    removed: list[Path] = []
+    if retention_days <= 0 or not Path(checkpoints).is_dir():
+        return removed
+    cutoff = time.time() - retention_days * 86400
+    for folder in Path(checkpoints).iterdir():
+        if not folder.is_dir() or folder == Path(keep):
+            continue
+        newest = max((p.stat().st_mtime for p in folder.rglob("*")), default=folder.stat().st_mtime)
+        if newest < cutoff:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+            log.info("removed checkpoints of another setup untouched for over %g days: %s", retention_days, folder)
+    return removed
+
+
+def load_resumable(folder: Path, fingerprint: str, max_step: int) -> dict[str, Any] | None:
+    """The newest checkpoint in this setup's folder at or before ``max_step``.
+
+    Later checkpoints (a longer run of the same setup) are skipped, not removed; only an unreadable
+    file is set aside."""
     for step, path in list_checkpoints(folder):
+        if step > max_step:
+            continue
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # a damaged file: set it aside and fall back to an older one
             log.warning("setting aside unreadable checkpoint %s: %s", path, error)
             path.rename(path.with_suffix(".corrupt"))
             continue
-        if state.get("fingerprint") != fingerprint:
-            log.info("removing checkpoint %s: written with other training params", path)
-            path.unlink(missing_ok=True)
-            continue
-        if step > max_step:
-            log.info("removing checkpoint %s: beyond train.steps=%d", path, max_step)
-            path.unlink(missing_ok=True)
+        if state.get("fingerprint") != fingerprint or step > max_step:
             continue
         state["path"] = path
         return state

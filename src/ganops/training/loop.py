@@ -32,7 +32,8 @@ from ganops.models import DiscriminatorSpec, GeneratorSpec, build_discriminator,
 from ganops.paths import ProjectPaths
 from ganops.tracking.runs import log_training, preflight
 from ganops.training import distributed
-from ganops.training.checkpoint import capture_rng_states, load_resumable, restore_rng_states, save_checkpoint
+from ganops.training.checkpoint import (capture_rng_states, load_resumable, prune_stale, restore_rng_states, run_folder,
+                                       save_checkpoint)
 from ganops.training.ema import ema_decay, update_ema
 from ganops.training.step import TrainStep
 from ganops.visualize import save_grid, to_uint8
@@ -41,7 +42,8 @@ log = logging.getLogger(__name__)
 LOG_FIELDS = ["step", "loss_d", "loss_g", "d_real", "d_fake", "penalty", "images_per_s", "wall_time_s"]
 # Knobs that change how long or how visibly a run goes, not what it computes: a checkpoint written
 # under other values of these can still be resumed.
-_NOT_IN_FINGERPRINT = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "device", "nproc", "compile",
+_NOT_IN_FINGERPRINT = {"steps", "checkpoint_every", "keep_checkpoints", "checkpoint_retention_days", "log_every", "device",
+                       "nproc", "compile",
                        "cuda_graphs"}
 
 
@@ -181,7 +183,10 @@ def train(params: Params, root: Path = Path(".")) -> dict:
     start_step, elapsed_before, log_rows = 0, 0.0, []
     window = torch.zeros(5, device=device)  # running sums of loss_d, loss_g, d_real, d_fake, penalty
     window_steps = 0
-    resumed = load_resumable(paths.checkpoints, fingerprint, cfg.steps) if ctx.is_main else None
+    checkpoints = run_folder(paths.checkpoints, fingerprint)
+    if ctx.is_main:
+        prune_stale(paths.checkpoints, checkpoints, cfg.checkpoint_retention_days)
+    resumed = load_resumable(checkpoints, fingerprint, cfg.steps) if ctx.is_main else None
     resume_path = ctx.gather(str(resumed["path"]) if resumed else None)[0]
     if resume_path and not ctx.is_main:
         resumed = torch.load(resume_path, map_location="cpu", weights_only=True)
@@ -262,7 +267,7 @@ def train(params: Params, root: Path = Path(".")) -> dict:
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             noise_states = ctx.gather(noise.get_state().cpu())
             if ctx.is_main:
-                save_checkpoint(paths.checkpoints, done, checkpoint_state(done, elapsed_before + time.perf_counter() - started,
+                save_checkpoint(checkpoints, done, checkpoint_state(done, elapsed_before + time.perf_counter() - started,
                                                                           noise_states), cfg.keep_checkpoints)
             ctx.barrier()
         progress.update(1)
