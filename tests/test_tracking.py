@@ -79,11 +79,28 @@ def test_one_run_holds_params_curves_metrics_artifacts_and_lineage(project):
     assert tags["data.train_checksum"] == manifest["files"]["train"]["sha256"]
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
     assert tags["git.commit"] == head and tags["git.dirty"] == "false"
+    from ganops.tracking.runs import tree_sha256
+
+    assert tags["lineage.dep.data/prepared"] == tree_sha256(project / "data" / "prepared")  # this run's actual data
+    assert "dvc.lock.sha256" not in tags
     artifacts = {a.path for a in client.list_artifacts(run_id, "train")} | {a.path for a in client.list_artifacts(run_id, "eval")}
     assert {"train/samples.png", "train/train_log.csv", "eval/eval_samples.png"} <= artifacts
     assert (project / "mlartifacts").is_dir()  # the embedded store keeps artifacts in the project
     # exactly one run: evaluate, export and register logged into the run that train opened
     assert len(client.search_runs([run.info.experiment_id])) == 1
+
+
+def test_lineage_changes_with_a_param_and_only_with_what_changed(project, tmp_path):
+    root = Path(shutil.copytree(project, tmp_path / "p", ignore=shutil.ignore_patterns("checkpoints")))
+    client = client_for(root)
+    first = client.get_run(json.loads((root / "reports" / "mlflow_run.json").read_text())["run_id"]).data.tags
+    train(tiny({"train": {"lr_g": 3e-4}}), root)
+    second = client.get_run(json.loads((root / "reports" / "mlflow_run.json").read_text())["run_id"]).data.tags
+    assert second["lineage.params.sha256"] != first["lineage.params.sha256"]
+    assert '"lr_g": 0.0003' in second["lineage.params"]
+    assert second["lineage.sha256"] != first["lineage.sha256"]
+    assert second["lineage.dep.data/prepared"] == first["lineage.dep.data/prepared"]  # the data did not change
+    assert second["lineage.dep.src/ganops/training"] == first["lineage.dep.src/ganops/training"]
 
 
 def test_first_version_is_champion_and_a_tie_is_not_promoted(project, tmp_path):

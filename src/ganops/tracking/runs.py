@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ganops.config import Params
-from ganops.io import write_json_atomic
+from ganops.io import file_sha256, write_json_atomic
 from ganops.tracking.store import RUN_FILE, connect, experiment_id, pipeline_run_id, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,51 @@ def _git(root: Path, *args: str) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
-def lineage_tags(root: Path, manifest: dict) -> dict[str, str]:
-    """Where a run came from: code (git), data (manifest checksums) and pipeline state (dvc.lock)."""
+# What the train stage reads when dvc.yaml is not there to say (a project driven from Python).
+_TRAIN_DEPS = ["data/prepared", "src/ganops/models", "src/ganops/training"]
+_TRAIN_PARAMS = ["model", "train"]
+
+
+def tree_sha256(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (relative names and contents, in sorted order)."""
+    path = Path(path)
+    if path.is_file():
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{file_sha256(file)}\0".encode())
+    return digest.hexdigest()
+
+
+def _train_stage(root: Path) -> tuple[list[str], list[str]]:
+    dvc_yaml = Path(root) / "dvc.yaml"
+    if dvc_yaml.is_file():
+        import yaml
+
+        stage = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}).get("train")
+        if stage:
+            deps = [d if isinstance(d, str) else next(iter(d)) for d in stage.get("deps", [])]
+            params = [p if isinstance(p, str) else next(iter(p)) for p in stage.get("params", [])]
+            return deps, params
+    return _TRAIN_DEPS, _TRAIN_PARAMS
+
+
+def _resolve_dep(root: Path, dep: str) -> Path | None:
+    path = Path(root) / dep
+    if path.exists():
+        return path
+    if dep.startswith("src/ganops/"):  # the installed package's own code, outside a project checkout
+        import ganops
+
+        path = Path(ganops.__file__).parent / dep.removeprefix("src/ganops/")
+        return path if path.exists() else None
+    return None
+
+
+def lineage_tags(root: Path, manifest: dict, params: Params) -> dict[str, str]:
+    """Where this run came from, as it was when it ran: the hashes of the train stage's own
+    dependencies and params (read from dvc.yaml), git, and the data checksums. (Not dvc.lock: DVC
+    writes this run's lock only after the stage ends, so during train it still describes the last run.)"""
     tags = {
         "data.source": manifest["source"],
         "data.source_checksum": manifest["source_checksum"],
@@ -50,9 +93,21 @@ def lineage_tags(root: Path, manifest: dict) -> dict[str, str]:
         tags["mlflow.source.git.commit"] = commit
         tags["git.commit"] = commit
         tags["git.dirty"] = str(bool(_git(root, "status", "--porcelain", "--untracked-files=no"))).lower()
-    lock = Path(root) / "dvc.lock"
-    if lock.exists():
-        tags["dvc.lock.sha256"] = hashlib.sha256(lock.read_bytes()).hexdigest()
+    deps, param_keys = _train_stage(root)
+    for dep in deps:
+        path = _resolve_dep(root, dep)
+        tags[f"lineage.dep.{dep}"] = tree_sha256(path) if path is not None else "missing"
+    dumped = params.model_dump(mode="json")
+    chosen = {}
+    for key in param_keys:
+        value = dumped
+        for part in key.split("."):
+            value = value[part]
+        chosen[key] = value
+    tags["lineage.params"] = json.dumps(chosen, sort_keys=True)[:5000]
+    tags["lineage.params.sha256"] = hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()
+    tags["lineage.sha256"] = hashlib.sha256(json.dumps(
+        {k: v for k, v in tags.items() if k.startswith("lineage.")}, sort_keys=True).encode()).hexdigest()
     return tags
 
 
@@ -81,7 +136,7 @@ def log_training(params: Params, root: Path, manifest: dict, summary: dict, log_
 
     client = connect(params.mlflow, root)
     run = client.create_run(experiment_id(client, params.mlflow, root), start_time=int(started_at * 1000),
-                            tags=lineage_tags(root, manifest), run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}")
+                            tags=lineage_tags(root, manifest, params), run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}")
     run_id = run.info.run_id
     flat = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in flatten(params.model_dump(mode="json")).items()]
     for start in range(0, len(flat), 100):
