@@ -87,6 +87,7 @@ def test_health_ready_and_model_info(server):
     assert info["output"]["shape"] == ["n", 1, 8, 8]
     assert info["classes"] == [str(d) for d in range(10)] and info["max_batch"] == 16
     assert info["name"] == "generator" and len(info["version"]) == 12
+    assert info["metrics"] == {} and info["registry"] is None  # exported before any evaluation: no numbers to show
 
 
 def test_generate_png_grid(server):

@@ -199,6 +199,10 @@ def test_serving_resolves_the_champion_and_follows_it(project, tmp_path, monkeyp
         assert (generator.sample(4, 1)[0] == direct.sample(4, 1)[0]).all()
     finally:
         os.chdir(cwd)
+    evaluated = json.loads((root / "reports" / "eval.json").read_text())
+    metric = evaluated["primary_metric"]
+    shipped = json.loads(direct.metadata["ganops.metrics"])  # export ran after evaluate: the file carries it
+    assert shipped["primary_metric"] == metric and shipped["value"] == evaluated[metric]
     _make_excellent(root)
 
     write_params(root / "params.yaml", merge(TRACKED, {"serve": {"reload_interval_s": 0.2}}))
@@ -209,13 +213,19 @@ def test_serving_resolves_the_champion_and_follows_it(project, tmp_path, monkeyp
     try:
         url = f"http://127.0.0.1:{port}"
         wait_for_http(url + "/readyz", server, seconds=60)
-        assert httpx.get(url + "/v1/model").json()["version"] == "1"
+        first = httpx.get(url + "/v1/model").json()
+        assert first["version"] == "1" and first["registry"] == {"name": "ganops-generator", "version": "1",
+                                                                  "uri": "models:/ganops-generator@champion"}
+        assert first["metrics"]["primary_metric"] == metric and first["metrics"]["value"] == evaluated[metric]
+        assert first["metrics"]["ci95"] == [evaluated[f"{metric}_ci95_low"], evaluated[f"{metric}_ci95_high"]]
+        assert first["metrics"]["protocol"]["num_samples"] == 200 and first["metrics"]["protocol"]["reference"] == "train"
         assert register(tiny(), root)["promoted"] is True  # v2 becomes champion
         deadline = time.monotonic() + 20
         while httpx.get(url + "/v1/model").json()["version"] != "2" and time.monotonic() < deadline:
             time.sleep(0.2)
         info = httpx.get(url + "/v1/model").json()
         assert info["version"] == "2" and info["name"] == "ganops-generator"
+        assert info["metrics"]["value"] == 0.001 and info["registry"]["version"] == "2"  # v2's own evaluation
         assert httpx.post(url + "/v1/generate", json={"n": 2}).status_code == 200
     finally:
         stop(server)

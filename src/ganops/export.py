@@ -18,7 +18,7 @@ import torch
 
 from ganops import GanopsError, __version__
 from ganops.config import Params
-from ganops.io import atomic_dir, atomic_path, write_json_atomic
+from ganops.io import file_sha256, atomic_dir, atomic_path, write_json_atomic
 from ganops.models import Generator, load_trained_generator
 from ganops.paths import ProjectPaths
 from ganops.serving.runtime import SPEC_KEY, OnnxGenerator
@@ -46,8 +46,9 @@ def _example_inputs(generator: Generator, n: int, seed: int) -> tuple[torch.Tens
     return (z,)
 
 
-def write_onnx(generator: Generator, target: Path, params: Params) -> None:
-    """Export ``generator`` to ``target`` (dynamic batch), add the metadata, and run the checker."""
+def write_onnx(generator: Generator, target: Path, params: Params, evaluation: dict | None = None) -> None:
+    """Export ``generator`` to ``target`` (dynamic batch), add the metadata (with its evaluation, when
+    known), and run the checker."""
     import onnx
 
     inputs = _example_inputs(generator, 2, 0)
@@ -66,6 +67,8 @@ def write_onnx(generator: Generator, target: Path, params: Params) -> None:
         "ganops.output": json.dumps({"name": "images", "range": [-1.0, 1.0], "layout": "NCHW", "dtype": "float32"}),
         "ganops.version": __version__,
     }
+    if evaluation is not None:
+        metadata["ganops.metrics"] = json.dumps(evaluation)
     del model.metadata_props[:]
     for key, value in metadata.items():
         model.metadata_props.add(key=key, value=value)
@@ -141,6 +144,23 @@ def _write_fp16(generator: Generator, source: Path, target: Path, params: Params
             "fp16_file_size_bytes": target.stat().st_size}
 
 
+def _evaluation_of_this_generator(paths: ProjectPaths) -> dict | None:
+    """reports/eval.json's summary, if it scored exactly the generator being exported (dvc.yaml runs
+    evaluate before export); otherwise the model ships without metrics rather than with someone else's."""
+    from ganops.metrics.names import evaluation_summary
+
+    report_path = paths.reports / "eval.json"
+    if not report_path.exists():
+        log.warning("no %s: the exported model carries no evaluation metrics", report_path)
+        return None
+    report = json.loads(report_path.read_text())
+    if report.get("generator_sha256") != file_sha256(paths.generator_weights):
+        log.warning("%s scored another generator: the exported model carries no evaluation metrics "
+                    "(run `dvc repro evaluate` first)", report_path)
+        return None
+    return evaluation_summary(report)
+
+
 def export(params: Params, root: Path = Path(".")) -> dict:
     """Write models/generator.onnx (and models/fp16/ when export.fp16) and reports/export.json."""
     cfg = params.export
@@ -150,7 +170,7 @@ def export(params: Params, root: Path = Path(".")) -> dict:
     report: dict = {"opset": cfg.opset, "inputs": ["z", "labels"] if generator.spec.conditional else ["z"],
                     "output": "images", "output_range": [-1.0, 1.0], "layout": "NCHW"}
     with atomic_path(onnx_path) as tmp:
-        write_onnx(generator, tmp, params)
+        write_onnx(generator, tmp, params, _evaluation_of_this_generator(paths))
         error = _max_error(generator, tmp, params, providers=["CPUExecutionProvider"])
         if error > cfg.parity_tolerance:
             raise GanopsError(f"ONNX parity failed: max |onnxruntime - torch| = {error:.3g} > export.parity_tolerance "

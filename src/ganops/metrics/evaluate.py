@@ -13,7 +13,7 @@ from ganops import GanopsError
 from ganops.config import Params
 from ganops.data import load_manifest, load_split
 from ganops.device import resolve_device
-from ganops.io import write_json_atomic
+from ganops.io import file_sha256, write_json_atomic
 from ganops.metrics.backbones import DomainBackbone, InceptionBackbone, extract_features
 from ganops.metrics.evaluator import classifier_accuracy, evaluator_paths, load_evaluator
 from ganops.metrics.frechet import feature_statistics
@@ -107,7 +107,8 @@ def evaluate(params: Params, root: Path = Path(".")) -> dict:
     draws = generated_draws(generator, labels, cfg.num_samples, cfg.draws, cfg.batch_size, cfg.seed, device)
 
     report: dict = {"backbone": expected["backbone"], "num_samples": cfg.num_samples, "draws": cfg.draws,
-                    "reference": cfg.reference, "num_reference": int(len(real_u8))}
+                    "reference": cfg.reference, "num_reference": int(len(real_u8)),
+                    "generator_sha256": file_sha256(paths.generator_weights)}
     metrics: dict[str, float] = {}
     if inception:
         protocol = EvalProtocol("inception", cfg.fid_protocol, cfg.num_samples, cfg.reference)

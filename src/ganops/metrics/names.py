@@ -49,3 +49,27 @@ def count_label(count: int) -> str:
 def primary_metric(report: dict) -> str:
     """The name of the number an evaluation report is judged by (register, Prefect summary)."""
     return report["primary_metric"]
+
+
+def protocol_of(report: dict) -> EvalProtocol:
+    """The protocol an eval report's primary metric was measured under."""
+    features = report.get("fid_protocol") if report["backbone"] == "inception" else "domain"
+    return EvalProtocol(report["backbone"], features, report["num_samples"], report["reference"])
+
+
+def evaluation_summary(report: dict) -> dict:
+    """What a shipped model carries about its evaluation (ONNX metadata, registry tag, GET /v1/model):
+    the primary metric with its interval and floor, KID and precision/recall, and the protocol."""
+    protocol = protocol_of(report)
+    name = primary_metric(report)
+    return {
+        "primary_metric": name, "value": report[name], "std": report.get(f"{name}_std"),
+        "ci95": [report.get(f"{name}_ci95_low"), report.get(f"{name}_ci95_high")],
+        "real_halves_floor": report.get(protocol.floor_name()),
+        "kid_mean": report.get(protocol.name("kid", "mean")), "precision": report.get(protocol.name("precision")),
+        "recall": report.get(protocol.name("recall")),
+        "protocol": {key: report.get(key) for key in ("backbone", "fid_protocol", "num_samples", "reference",
+                                                     "num_reference", "weights_digest")},
+        "interval_method": report.get("interval_method"),
+        "generator_sha256": report.get("generator_sha256"),
+    }

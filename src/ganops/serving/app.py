@@ -51,6 +51,7 @@ class ModelSource:
         self._stamp: tuple | None = None
         self.generator: OnnxGenerator | None = None
         self.version = ""
+        self.registry: dict | None = None
         self.last_error: str | None = None
         self.refresh()
 
@@ -73,6 +74,7 @@ class ModelSource:
                 self._stamp = stamp
                 return False
             self.generator, self.version, self._stamp, self.last_error = generator, version, stamp, None
+            self.registry = self.locator.details
         log.info("serving %s (version %s, providers %s)", self.locator.uri, version, generator.providers)
         return True
 
@@ -176,7 +178,10 @@ def create_app(model: str | Path, settings: ServeParams | None = None, mlflow_cf
         return {
             "name": metadata.get("ganops.model_name", _model_name(source.locator.uri)),
             "version": metadata.get("ganops.model_version", source.version),
-            "metrics": _json_or_empty(metadata.get("ganops.metrics")),
+            # the registry entry's evaluation (what register judged it by), else the one the file was exported with
+            "metrics": _json_or_empty((source.registry or {}).get("evaluation"))
+            or _json_or_empty(metadata.get("ganops.metrics")),
+            "registry": {k: v for k, v in (source.registry or {}).items() if k != "evaluation"} or None,
             "providers": generator.providers,
             "input": inputs,
             "output": {"dtype": "uint8", "shape": ["n", spec.channels, spec.resolution, spec.resolution]},

@@ -17,6 +17,8 @@ REGISTRY_PREFIXES = ("models:/", "runs:/")
 
 
 class FileLocator:
+    details = None  # a plain file has no registry entry
+
     def __init__(self, path: Path) -> None:
         self.path = Path(path).expanduser()
         self.uri = str(self.path)
@@ -45,6 +47,7 @@ class RegistryLocator:
         self.client = connect(cfg, root)
         self.store = tracking_uri(cfg, root)
         self.cache = Path.home() / ".cache" / "ganops" / "models"
+        self.details: dict | None = None  # registry name, version and evaluation of the last fetch
 
     def _version(self):
         if not self.uri.startswith("models:/"):
@@ -85,6 +88,8 @@ class RegistryLocator:
             raise ModelError(f"{self.uri}: the registered model holds no .onnx file")
         if version is not None:
             _verify(found[0], version, self.uri)
+            self.details = {"name": version.name, "version": str(version.version), "uri": self.uri,
+                            "evaluation": version.tags.get("evaluation")}
         return found[0], (str(version.version) if version is not None else None)
 
 

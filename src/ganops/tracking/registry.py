@@ -22,7 +22,7 @@ from ganops import GanopsError
 from ganops.config import Params
 from ganops.data import load_manifest
 from ganops.io import file_sha256, write_json_atomic
-from ganops.metrics.names import primary_metric
+from ganops.metrics.names import evaluation_summary, primary_metric
 from ganops.paths import ProjectPaths
 from ganops.tracking.store import ONNX_DIGEST_TAG, TrackingError, connect, http_settings, lock_path, pipeline_run_id, tracking_uri
 
@@ -153,6 +153,7 @@ def register(params: Params, root: Path = Path(".")) -> dict:
             )
         version = str(info.registered_model_version)
         for key, value in {**new, "run_id": run_id, "classes": len(spec.class_names),
+                           "evaluation": json.dumps(evaluation_summary(report)),
                            ONNX_DIGEST_TAG: file_sha256(onnx_path)}.items():
             client.set_model_version_tag(name, version, key, str(value))
         try:
