@@ -86,6 +86,19 @@ def test_sanity_real_halves_below_generator_below_noise(trained_project, tmp_pat
     assert report["fd_real_halves_domain_train"] * 10 < noise_fd
     assert report["fd_real_halves_domain_train"] < report["fd400_domain_train"] < noise_fd
 
+    # the same architecture, untrained: it must score clearly worse than the trained generator
+    from safetensors.torch import save_file
+
+    from ganops.models import GeneratorSpec, build_generator
+
+    untrained_root = copy_project(trained_project, tmp_path / "untrained")
+    torch.manual_seed(0)
+    untrained = build_generator(GeneratorSpec.load(untrained_root / "models" / "generator.json"))
+    save_file({k: v.contiguous() for k, v in untrained.state_dict().items()},
+              str(untrained_root / "models" / "generator.safetensors"))
+    untrained_report = evaluate(tiny(merge(TRAINED, {"eval": {"num_samples": 400}})), untrained_root)
+    assert untrained_report["fd400_domain_train"] > report["fd400_domain_train_ci95_high"]
+
 
 def test_class_consistency_scores_images_against_their_labels(trained_project):
     from ganops.metrics.evaluate import _class_consistency

@@ -159,7 +159,7 @@ def test_models_cli_list_promote_rollback(project, tmp_path):
         rollback(tiny(), root)
 
 
-def test_two_racing_register_processes_leave_one_champion(project, tmp_path):
+def test_two_racing_register_processes_promote_the_better_version(project, tmp_path):
     """Two real `ganops register` processes on one store at once: both versions, one champion."""
     store = tmp_path / "shared.db"
     roots = [Path(shutil.copytree(project, tmp_path / name, ignore=shutil.ignore_patterns("mlflow.db*", "mlartifacts")))
@@ -173,8 +173,23 @@ def test_two_racing_register_processes_leave_one_champion(project, tmp_path):
         run_id = client.create_run(experiment).info.run_id
         (root / "reports" / "mlflow_run.json").write_text(json.dumps({"enabled": True, "run_id": run_id}))
     _make_excellent(roots[1])
-    ganops = str(Path(sys.executable).parent / "ganops")
-    processes = [subprocess.Popen([ganops, "register"], cwd=root, env=env, stdout=subprocess.PIPE,
+    # Both processes are held at a barrier just before they take the registry lock and decide, so their
+    # decisions really overlap in time; the lock must still make the second one see the first's result.
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    held = (
+        "import sys, time, pathlib, ganops.tracking.registry as r\n"
+        "from ganops.cli import app\n"
+        "original = r._registry_lock\n"
+        "def at_barrier(params, root):\n"
+        f"    folder = pathlib.Path({str(barrier)!r}); (folder / str(root.resolve()).replace('/', '_')).touch()\n"
+        "    while len(list(folder.iterdir())) < 2: time.sleep(0.01)\n"
+        "    return original(params, root)\n"
+        "r._registry_lock = at_barrier\n"
+        "sys.argv = ['ganops', 'register']\n"
+        "app()\n"
+    )
+    processes = [subprocess.Popen([sys.executable, "-c", held], cwd=root, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True) for root in roots]
     outputs = [p.communicate(timeout=300)[0] for p in processes]
     assert all(p.returncode == 0 for p in processes), outputs
@@ -182,9 +197,14 @@ def test_two_racing_register_processes_leave_one_champion(project, tmp_path):
     assert sorted(int(v.version) for v in versions) == [1, 2]
     aliases = client.get_registered_model("ganops-generator").aliases
     assert list(aliases) == ["champion"]
-    # whichever came second, the better generator (roots[1]) ends as champion
+    # whichever came second, the better generator (roots[1]) ends as champion, and both versions say why
     champion = client.get_model_version_by_alias("ganops-generator", "champion")
     assert float(champion.tags["metric_value"]) == pytest.approx(0.001)
+    assert len(list(barrier.iterdir())) == 2  # both reached the barrier: their decisions overlapped
+    for version in versions:
+        tags = client.get_model_version("ganops-generator", version.version).tags
+        assert tags["promoted"] in ("true", "false") and tags["promotion_reason"]
+    assert sum(client.get_model_version("ganops-generator", v.version).tags["promoted"] == "true" for v in versions) >= 1
 
 
 def test_serving_resolves_the_champion_and_follows_it(project, tmp_path, monkeypatch):
