@@ -259,6 +259,9 @@ def test_ddp_on_two_cpu_processes_keeps_ranks_identical_and_resumes(tmp_path, pr
     digests = re.findall(r"weights ([0-9a-f]{16}) on every rank", result.stderr)
     report = json.loads((straight / "reports" / "train.json").read_text())
     assert report["world_size"] == 2 and digests == [report["weights_sha256"]]
+    # the ranks are compared at every checkpoint, not only at the end
+    checked = [int(step) for step in re.findall(r"step (\d+): all 2 ranks hold identical weights", result.stderr)]
+    assert checked == [20, 40, 60]
 
     resumed = project_with_data(tmp_path / "resumed", prepared_digits)
     write_params(resumed / "params.yaml", merge(ddp, {"train": {"steps": 40}}))

@@ -82,6 +82,17 @@ def _code_digest() -> str:
     return digest.hexdigest()
 
 
+def _check_ranks_agree(ctx, step: int, *networks) -> None:
+    """Every checkpoint: all ranks must hold identical weights, or the run stops there, loudly."""
+    if ctx.world_size == 1:
+        return
+    digests = ctx.gather(distributed.state_digest(*networks))
+    if len(set(digests)) != 1:
+        raise GanopsError(f"ranks diverged by step {step}: weight digests {digests}")
+    if ctx.is_main:
+        log.info("step %d: all %d ranks hold identical weights (%s)", step, ctx.world_size, digests[0][:16])
+
+
 def _fingerprint(params: Params, manifest: dict, world_size: int) -> str:
     setup = {
         "code": _code_digest(),
@@ -266,6 +277,7 @@ def train(params: Params, root: Path = Path(".")) -> dict:
             window_steps, last_log_time, last_log_step = 0, now, done
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             noise_states = ctx.gather(noise.get_state().cpu())
+            _check_ranks_agree(ctx, done, G_raw, D_raw, G_ema)
             if ctx.is_main:
                 save_checkpoint(checkpoints, done, checkpoint_state(done, elapsed_before + time.perf_counter() - started,
                                                                           noise_states), cfg.keep_checkpoints)
