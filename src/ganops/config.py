@@ -62,11 +62,11 @@ class ModelParams(_Section):
 
 
 class TrainParams(_Section):
-    steps: int = Field(3000, ge=1, description="generator steps")
+    steps: int = Field(4000, ge=1, description="generator steps")
     batch_size: int = Field(64, ge=2, le=65536)
     loss: Literal["minimax", "hinge", "wgan-gp"] = "minimax"
-    lr_g: float = Field(2e-4, gt=0.0, le=1.0)
-    lr_d: float = Field(2e-4, gt=0.0, le=1.0)
+    lr_g: float = Field(5e-4, gt=0.0, le=1.0)
+    lr_d: float = Field(5e-4, gt=0.0, le=1.0)
     beta1: float = Field(0.5, ge=0.0, lt=1.0)
     beta2: float = Field(0.999, ge=0.0, lt=1.0)
     d_steps: int = Field(1, ge=1, le=100, description="discriminator steps per generator step")
