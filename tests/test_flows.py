@@ -71,7 +71,8 @@ def test_flow_runs_every_stage_then_skips_all_from_cache(prefect_api, tmp_path):
 
     root = make_repo(tmp_path)
     first = gan_pipeline(repo=str(root))
-    assert [r["stage"] for r in first] == ["prepare", "train", "train_evaluator", "evaluate", "export", "register"]
+    assert [r["stage"] for r in first] == ["prepare", "train", "train_evaluator", "reference_stats", "evaluate", "export",
+                                           "register"]
     assert all(r["ran"] for r in first)
     assert "up to date" in sh(str(Path(sys.executable).parent / "dvc"), "status", cwd=root).stdout
     second = gan_pipeline(repo=str(root))
@@ -92,17 +93,18 @@ def test_failing_stage_fails_the_flow_with_its_message_and_the_fix_resumes_from_
 
     root = make_repo(tmp_path)
     gan_pipeline(repo=str(root))
-    original = set_param(root, "eval", "num_samples", 3)  # too few for precision/recall: an input error
+    original = set_param(root, "eval", "prc_neighborhood", 500)  # more neighbours than samples: an input error
     state = gan_pipeline(repo=str(root), return_state=True)
     assert state.is_failed()
-    with pytest.raises(Exception, match=r"stage 'evaluate' failed: eval.num_samples=3 .* must both exceed"):
+    with pytest.raises(Exception, match=r"stage 'evaluate' failed: eval.num_samples=200 .* must both exceed"):
         state.result()
     runs = task_runs(state.state_details.flow_run_id)
     assert runs["dvc repro evaluate"].run_count == 1  # an input error is not retried
     (root / "params.yaml").write_text(original)
     resumed = gan_pipeline(repo=str(root))
     assert {r["stage"]: r["ran"] for r in resumed} == {"prepare": False, "train": False, "train_evaluator": False,
-                                                       "evaluate": False, "export": False, "register": False}
+                                                       "reference_stats": False, "evaluate": False, "export": False,
+                                                       "register": False}
 
 
 def test_transient_failure_is_retried(prefect_api, tmp_path):
