@@ -228,3 +228,15 @@ def test_protocol_errors_name_the_problem(installed):
         InceptionFeatureExtractor(installed["weights"], "tensorflow")
     with pytest.raises(ValueError, match="expected uint8"):
         inception.tf_input(torch.zeros(1, 3, 8, 8))
+
+
+def test_a_damaged_onnx_cache_is_rebuilt(installed, digits, tmp_path, monkeypatch):
+    monkeypatch.setenv("GANOPS_CACHE", str(tmp_path))
+    shutil.copy(installed["weights"], default_weights_path())  # the same, verified tensors in a fresh cache
+    first = InceptionFeatureExtractor(default_weights_path(), "tf")
+    cached = inception.onnx_path_for(first.weights_digest)
+    assert cached.is_file()
+    cached.write_bytes(b"half a file")
+    again = InceptionFeatureExtractor(default_weights_path(), "tf")
+    images = torch.from_numpy(digits[0][:4])
+    assert torch.equal(first(images), again(images)) and cached.stat().st_size > 1 << 20

@@ -17,14 +17,11 @@ twice as fast as eager PyTorch on this network; tests hold both to torch-fidelit
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Iterable
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -473,11 +470,18 @@ class InceptionFeatureExtractor:
     def _session(self, threads: int | None):
         from ganops.serving.runtime import make_session
 
+        from ganops.serving.runtime import ModelError
+
         path = onnx_path_for(self.weights_digest)
         if not path.is_file():
             log.info("exporting the FID Inception network to ONNX (once): %s", path)
             export_onnx(self.network, path)
-        return make_session(path, ["CPUExecutionProvider"], threads)
+        try:
+            return make_session(path, ["CPUExecutionProvider"], threads)
+        except ModelError as error:  # a damaged cache file: it is only a cache, so rebuild it once
+            log.warning("rebuilding the cached ONNX export %s: %s", path, error)
+            export_onnx(self.network, path)
+            return make_session(path, ["CPUExecutionProvider"], threads)
 
     @torch.no_grad()
     def __call__(self, images_u8: torch.Tensor) -> torch.Tensor:
@@ -489,10 +493,16 @@ class InceptionFeatureExtractor:
                 (features,) = self.session.run(None, {"images": x.numpy()})
                 out.append(torch.from_numpy(features))
             else:
-                with torch.autocast(self.device.type, enabled=False):
-                    out.append(self.network(x.float()).float())
+                out.append(self._torch_features(x))
         return torch.cat(out)
 
+    def _torch_features(self, x: torch.Tensor) -> torch.Tensor:
+        # float32 throughout, as the reference implementations compute: no autocast, no TF32 convolutions
+        saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            with torch.autocast(self.device.type, enabled=False):
+                return self.network(x.float()).float().cpu()
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
-def features_of(extractor: InceptionFeatureExtractor, batches: Iterable[torch.Tensor]) -> np.ndarray:
-    return torch.cat([extractor(batch) for batch in batches]).double().numpy()
