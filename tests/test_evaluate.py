@@ -101,14 +101,15 @@ def test_sanity_real_halves_below_generator_below_noise(trained_project, tmp_pat
 
 
 def test_class_consistency_scores_images_against_their_labels(trained_project):
-    from ganops.metrics.evaluate import _class_consistency
+    from ganops.metrics.evaluator import classifier_accuracy
 
+    model = load_evaluator(trained_project, torch.device("cpu"))
     images, labels = (torch.from_numpy(a) for a in load_split(trained_project / "data" / "prepared", "test"))
     accuracy = json.loads((trained_project / "reports" / "evaluator.json").read_text())["test_accuracy"]
     # real test images with their true labels score the classifier's test accuracy ...
-    assert _class_consistency(trained_project, images, labels, 64, torch.device("cpu")) == pytest.approx(accuracy, abs=1e-5)
+    assert classifier_accuracy(model, images, labels, 64) == pytest.approx(accuracy, abs=1e-5)
     # ... and with wrong labels (each shifted to the next class) next to nothing
-    assert _class_consistency(trained_project, images, (labels + 1) % 10, 64, torch.device("cpu")) < 0.15
+    assert classifier_accuracy(model, images, (labels + 1) % 10, 64) < 0.15
 
 
 def test_errors_leave_earlier_outputs_intact(trained_project, tmp_path):

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import scipy.linalg
-import torch
 
 from ganops.config import EvalParams
 from ganops.metrics.frechet import feature_statistics, frechet_distance

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ganops.metrics.evaluator import DomainClassifier, load_evaluator, scale_images
+from ganops.metrics.evaluator import DomainClassifier, scale_images
 from ganops.metrics.inception import InceptionFeatureExtractor, InceptionWeightsError, default_weights_path
 
 log = logging.getLogger(__name__)
@@ -67,12 +67,6 @@ def resolve_backbone(requested: str, inception_weights: str | None) -> tuple[str
         log.warning("eval.backbone auto: %s", reason)
         return "domain", weights, reason
     return ("inception" if requested == "auto" else requested), weights, None
-
-
-def build_backbone(name: str, weights: Path, protocol: str, root: Path, device: torch.device) -> Backbone:
-    if name == "inception":
-        return InceptionBackbone(weights, protocol, device)
-    return DomainBackbone(load_evaluator(root, device))
 
 
 def extract_features(backbone: Backbone, batches: Iterable[torch.Tensor], total: int, desc: str) -> np.ndarray:

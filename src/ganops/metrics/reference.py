@@ -39,32 +39,31 @@ class ReferenceFeatures:
     record: dict
 
 
-def reference_record(params: Params, root: Path) -> dict:
-    """What the reference statistics depend on (and what evaluate checks before reusing them)."""
+def resolve_reference(params: Params, root: Path) -> tuple[dict, InceptionBackbone | None]:
+    """What the reference statistics depend on (and what evaluate checks before reusing them), and for
+    the inception backbone the network itself: loaded once, its weights digest read off it."""
     cfg = params.eval
     manifest = load_manifest(ProjectPaths(root).prepared)
-    backbone, weights, fallback = resolve_backbone(cfg.backbone, cfg.inception_weights)
-    record = {"backbone": backbone, "reference": cfg.reference,
+    name, weights, fallback = resolve_backbone(cfg.backbone, cfg.inception_weights)
+    record = {"backbone": name, "reference": cfg.reference,
               "data_sha256": manifest["files"][cfg.reference]["sha256"]}
-    if backbone == "inception":
-        from ganops.metrics.inception import load_network
-
-        record.update({"fid_protocol": cfg.fid_protocol, "weights": str(weights),
-                       "weights_digest": load_network(weights)[1]})
-    else:
+    if name != "inception":
         record["fallback_reason"] = fallback
-    return record
+        return record, None
+    backbone = InceptionBackbone(weights, cfg.fid_protocol, resolve_device(cfg.device, "eval.device"))
+    record.update({"fid_protocol": cfg.fid_protocol, "weights": str(weights),
+                   "weights_digest": backbone.extractor.weights_digest})
+    return record, backbone
 
 
 def reference_stats(params: Params, root: Path = Path(".")) -> dict:
     """Write data/reference/: the record, and for the inception backbone the features and their statistics."""
     cfg = params.eval
     paths = ProjectPaths(root)
-    record = reference_record(params, root)
+    record, backbone = resolve_reference(params, root)
     arrays: dict[str, np.ndarray] = {}
-    if record["backbone"] == "inception":
+    if backbone is not None:
         images, _ = load_split(paths.prepared, cfg.reference)
-        backbone = InceptionBackbone(Path(record["weights"]), cfg.fid_protocol, resolve_device(cfg.device, "eval.device"))
         tensor = torch.from_numpy(images)
         features = extract_features(
             backbone, (tensor[i : i + cfg.batch_size] for i in range(0, len(tensor), cfg.batch_size)), len(tensor),
@@ -83,7 +82,7 @@ def reference_stats(params: Params, root: Path = Path(".")) -> dict:
     return record
 
 
-def load_reference(params: Params, root: Path, expected: dict) -> ReferenceFeatures:
+def load_reference(root: Path, expected: dict) -> ReferenceFeatures:
     """The cached reference features, if they were computed exactly as ``expected`` says; else a clear error."""
     folder = ProjectPaths(root).reference
     try:

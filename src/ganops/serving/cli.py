@@ -65,11 +65,11 @@ def is_loopback(host: str) -> bool:
 
 def check_exposure(host: str, settings: ServeParams, allow_public_without_key: bool) -> None:
     """A service reachable from other machines needs an API key, unless the operator says otherwise."""
-    allow_public_without_key = allow_public_without_key or settings.allow_public_without_key
-    if is_loopback(host) or os.environ.get(settings.api_key_env) or allow_public_without_key:
-        if not is_loopback(host) and not os.environ.get(settings.api_key_env):
-            log.warning("serving on %s WITHOUT an API key (--allow-public-without-key): anyone who reaches this "
-                        "port can generate images", host)
+    if is_loopback(host) or os.environ.get(settings.api_key_env):
+        return
+    if allow_public_without_key or settings.allow_public_without_key:
+        log.warning("serving on %s WITHOUT an API key (--allow-public-without-key): anyone who reaches this "
+                    "port can generate images", host)
         return
     raise GanopsError(
         f"refusing to serve on {host} (reachable from other machines) without an API key: set the environment "

@@ -38,7 +38,7 @@ def evaluation_signature(report: dict, manifest: dict, root: Path) -> str:
              "weights": report.get("weights_digest"), "data": manifest["files"][report["reference"]]["sha256"]}
     evaluator = ProjectPaths(root).models / "evaluator.safetensors"
     if primary_metric(report).endswith(f"_domain_{report['reference']}") and evaluator.exists():
-        parts["evaluator"] = hashlib.sha256(evaluator.read_bytes()).hexdigest()
+        parts["evaluator"] = file_sha256(evaluator)
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 

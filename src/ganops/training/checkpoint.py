@@ -111,7 +111,7 @@ def load_resumable(folder: Path, fingerprint: str, max_step: int) -> dict[str, A
             log.warning("setting aside unreadable checkpoint %s: %s", path, error)
             path.rename(path.with_suffix(".corrupt"))
             continue
-        if state.get("fingerprint") != fingerprint or step > max_step:
+        if state.get("fingerprint") != fingerprint:
             continue
         state["path"] = path
         return state
