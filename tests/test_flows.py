@@ -121,6 +121,24 @@ def test_transient_failure_is_retried(prefect_api, tmp_path):
     assert task_runs(state.state_details.flow_run_id)["dvc repro register"].run_count == 2
 
 
+def prefect_call(method: str, url: str, **kwargs) -> dict:
+    """A Prefect API call, retried while the server answers 5xx: its SQLite database is briefly locked
+    while the scheduler inserts a new deployment's upcoming runs (seen on a loaded CI machine)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            response = httpx.request(method, url, timeout=10, **kwargs)
+        except httpx.TransportError as error:
+            response, failure = None, repr(error)
+        else:
+            if response.status_code < 500:
+                assert response.is_success, f"{method.upper()} {url}: {response.status_code} {response.text[:500]}"
+                return response.json()
+            failure = f"{response.status_code} {response.text[:500]}"
+        assert time.monotonic() < deadline, f"{method.upper()} {url}: still failing after 60 s: {failure}"
+        time.sleep(1)
+
+
 def test_scheduled_deployment_reads_back_and_runs(tmp_path):
     """`ganops flow serve --cron` against a real `prefect server`; a run triggered from the deployment
     executes the stages."""
@@ -148,11 +166,11 @@ def test_scheduled_deployment_reads_back_and_runs(tmp_path):
             deployment = response.json() if response.status_code == 200 else time.sleep(0.5)
         assert deployment is not None
         assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 2 * * *"]
-        run = httpx.post(f"{api}/deployments/{deployment['id']}/create_flow_run", json={}, timeout=10).json()
+        run = prefect_call("post", f"{api}/deployments/{deployment['id']}/create_flow_run", json={})
         deadline = time.monotonic() + 400
         state = None
         while time.monotonic() < deadline:
-            state = httpx.get(f"{api}/flow_runs/{run['id']}", timeout=5).json()["state"]["type"]
+            state = prefect_call("get", f"{api}/flow_runs/{run['id']}")["state"]["type"]
             if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
                 break
             time.sleep(1)
