@@ -136,7 +136,6 @@ class ExportParams(_Section):
     fp16_tolerance: float = Field(1e-2, gt=0.0, description="max |onnxruntime - torch| for the fp16 model")
     fp16_unverified: bool = Field(False, description="write the fp16 model even where its parity can't be measured "
                                   "(recorded as fp16_verified: false in reports/export.json)")
-    latency_repeats: int = Field(20, ge=1)
 
 
 class ServeParams(_Section):
@@ -146,7 +145,8 @@ class ServeParams(_Section):
                                            "(only when another layer guards the port)")
     port: int = Field(8000, ge=1, le=65535)
     max_batch: int = Field(64, ge=1, le=4096, description="most images one request may ask for")
-    max_body_bytes: int = Field(65536, ge=256, description="larger request bodies get 413")
+    max_body_bytes: int = Field(1_048_576, ge=256, description="larger request bodies get 413 (explicit latent vectors "
+                                "as JSON take about 20 bytes per number)")
     api_key_env: str = Field("GANOPS_API_KEY", description="when this variable is set, requests need its value as X-API-Key")
     reload_interval_s: float = Field(2.0, gt=0.0, description="how often the model file is checked for a new version")
     intra_op_threads: int | None = Field(None, ge=1, description="onnxruntime threads per request; default: all cores")

@@ -1,4 +1,5 @@
-"""The export stage: the EMA generator as ONNX, checked, parity-tested and timed.
+"""The export stage: the EMA generator as ONNX, checked and parity-tested. Its report holds only
+what the same inputs reproduce (parity, sizes); speed is measured in benchmarks/inference.py.
 
 models/generator.onnx takes ``z`` (float32 [N, latent]) and, for conditional generators,
 ``labels`` (int64 [N]); it returns ``images`` (float32 [N, C, H, W] in [-1, 1]). N is dynamic.
@@ -9,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -95,31 +94,6 @@ def _max_error(generator: Generator, model_path: Path, params: Params, providers
     return float(np.abs(got - expected).max())
 
 
-def _median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up: allocations, lazy initialisation
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
-
-
-def _latencies(generator: Generator, model_path: Path, repeats: int) -> dict[str, float]:
-    session = OnnxGenerator(model_path, providers=["CPUExecutionProvider"])
-    out = {}
-    for batch in (1, 64):
-        inputs = _example_inputs(generator, batch, batch)
-        arrays = [t.numpy() for t in inputs]
-        with torch.inference_mode():
-            eager = _median_ms(lambda: generator(*inputs), repeats)
-        ort = _median_ms(lambda: session.run(*arrays), repeats)
-        out[f"latency_ms_torch_eager_batch{batch}"] = round(eager, 4)
-        out[f"latency_ms_onnxruntime_batch{batch}"] = round(ort, 4)
-        out[f"ort_vs_eager_latency_batch{batch}"] = round(ort / eager, 4)
-    return out
-
-
 def _write_fp16(generator: Generator, source: Path, target: Path, params: Params) -> dict:
     """The fp16 model, written only once its parity with torch is measured and within tolerance (or, with
     the explicit opt-out export.fp16_unverified, written unmeasured and recorded as such)."""
@@ -177,13 +151,11 @@ def export(params: Params, root: Path = Path(".")) -> dict:
                               f"{cfg.parity_tolerance:g}; the previous {onnx_path.name} is kept")
         report["parity_max_abs_error"] = error
         report["file_size_bytes"] = tmp.stat().st_size
-        report.update(_latencies(generator, tmp, cfg.latency_repeats))
 
     with atomic_dir(paths.models / "fp16") as staging:
         if cfg.fp16:
             report.update(_write_fp16(generator, onnx_path, staging / "generator.onnx", params))
     write_json_atomic(paths.reports / "export.json", report)
     log_to_pipeline_run(params, root, "export", report)
-    log.info("exported %s: parity %.2e, onnxruntime/eager latency at batch 1: %.2f", onnx_path,
-             report["parity_max_abs_error"], report["ort_vs_eager_latency_batch1"])
+    log.info("exported %s: parity %.2e, %d bytes", onnx_path, report["parity_max_abs_error"], report["file_size_bytes"])
     return report
