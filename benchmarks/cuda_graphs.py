@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _common import print_environment
 from _generator import write_random_prepared
 from ganops.config import validate_params
 from ganops.training import train
@@ -104,6 +105,7 @@ def main() -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: run with --device cpu for the eager-vs-broken control alone", file=sys.stderr)
         return 2
+    print_environment(())
     out = Path(os.environ.get("OUT", "."))
     images = np.random.default_rng(0).integers(0, 256, (2048, 3, 32, 32), dtype=np.uint8)
     results, ok = {}, True

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from _common import print_environment
 from ganops.data import load_split
 from ganops.metrics.frechet import frechet_distance_of_features
 from ganops.metrics.inception import (TORCHSCRIPT_MEMBER, WHEEL_FILE, InceptionFeatureExtractor, cache_dir,
@@ -100,17 +101,20 @@ def main() -> int:
         return float(clean_fid.compute_fid(folders[0], folders[1], mode="clean", custom_feat_extractor=Features(),
                                            device=torch.device("cpu"), num_workers=0, batch_size=50, verbose=False))
 
+    print_environment(("onnxruntime", "torch-fidelity", "pytorch-fid", "clean-fid", "scipy"))
     print(f"images: {len(a)} train vs {len(b)} test from {args.prepared}; weights {default_weights_path()}")
-    worst, relative_pfid = 0.0, None
+    worst, relatives = 0.0, {}
     for protocol, owner, theirs in (("tf", "torch-fidelity", torch_fidelity_fid), ("pytorch-fid", "pytorch-fid", pytorch_fid_fid),
                                     ("clean", "clean-fid", clean_fid_fid)):
         mine, reference = ours(protocol), theirs()
         relative = abs(mine - reference) / abs(reference)
         worst = max(worst, relative)
-        if protocol == "pytorch-fid":
-            relative_pfid = relative
+        relatives[protocol] = relative
         print(f"protocol {protocol:12s} ganops {mine:.6f}   {owner:15s} {reference:.6f}   relative difference {relative:.2e}",
               flush=True)
+    relative_tf, relative_pfid, relative_clean = relatives["tf"], relatives["pytorch-fid"], relatives["clean"]
+    print(f"fid_relative_difference_vs_torch_fidelity={relative_tf:.2e}")
+    print(f"fid_relative_difference_vs_clean_fid={relative_clean:.2e}")
     print(f"fid_relative_difference_vs_pytorch_fid={relative_pfid:.2e}")
     return 0 if worst <= 1e-4 else 1
 

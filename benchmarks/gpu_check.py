@@ -1,6 +1,8 @@
 """The GPU path, end to end, on a CUDA machine: train (bf16 autocast, channels_last, fused Adam),
 the domain evaluator and evaluation on the GPU, ONNX export with parity on every onnxruntime
-provider present. Writes a JSON summary to $OUT/gpu_check.json (or ./gpu_check.json).
+provider present. Writes a JSON summary to $OUT/gpu_check.json (or ./gpu_check.json) and prints it; the last lines
+are ``cuda_vs_cpu_images_per_s=`` and ``cuda_train_images_per_s=`` (ganops' own CUDA vs CPU path on
+one machine: a sanity figure, not a peer comparison; benchmarks/train_step.py compares with peers).
 
     python benchmarks/gpu_check.py [--steps 600]
 
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _common import print_environment
 from ganops.config import validate_params
 from ganops.data import prepare
 from ganops.export import export
@@ -35,6 +38,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("no CUDA device: this check needs one", file=sys.stderr)
         return 2
+    print_environment(("onnxruntime", "onnxruntime-gpu"))
     out_dir = Path(os.environ.get("OUT", "."))
     result: dict = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(0), "cuda": torch.version.cuda,
                     "onnxruntime_providers": available_providers()}
@@ -85,6 +89,8 @@ def main() -> int:
     text = json.dumps(result, indent=2, default=str)
     print(text)
     (out_dir / "gpu_check.json").write_text(text)
+    print(f"cuda_vs_cpu_images_per_s={result['cuda_vs_cpu_images_per_s']}")
+    print(f"cuda_train_images_per_s={summary['images_per_s']}")
     ok = np.isfinite(summary["loss_d"]) and result["eval"][result["eval"]["primary_metric"]] > 0
     return 0 if ok else 1
 

