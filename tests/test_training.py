@@ -316,3 +316,42 @@ def test_step_reads_its_inputs_from_fixed_buffers():
     replay.next(), replay.next()
     third = replay.next()
     assert torch.equal(step.real_u8[0], images[third]) and torch.equal(step.y[0], labels[third])
+
+
+@pytest.mark.parametrize("loss", ["minimax", "hinge"])
+def test_separate_d_calls_compute_what_the_merged_call_computes(loss):
+    """The CPU step runs D on real and fake in two calls (faster there); the GPU and DDP steps in one.
+    With spectral norm, conditional labels and two D updates, both give the same weights (to float
+    rounding) and the same spectral-norm state: one power iteration per D update either way."""
+    from ganops.models import DiscriminatorSpec, build_discriminator
+    from ganops.training.loop import BatchStream
+    from ganops.training.step import TrainStep
+
+    cfg = tiny({"train": {"loss": loss, "d_steps": 2}}).train
+    images = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    labels = torch.arange(40) % 3
+    states = {}
+    for merged in (True, False):
+        torch.manual_seed(0)
+        G = build_generator(GeneratorSpec(latent_dim=8, g_channels=8, resolution=8, channels=1, num_classes=3))
+        D = build_discriminator(DiscriminatorSpec(d_channels=8, resolution=8, channels=1, num_classes=3,
+                                                  spectral_norm=True))
+        initial_head = D.head.parametrizations.weight.original.detach().clone()
+        step = TrainStep(cfg=cfg, G=G, D=D, D_raw=D, D_frozen=D, opt_g=torch.optim.Adam(G.parameters()),
+                         opt_d=torch.optim.Adam(D.parameters()), images=images, labels=labels, batch_size=8,
+                         latent_dim=8, device=torch.device("cpu"), memory_format=torch.channels_last,
+                         cuda_graph=False, merge_d_pass=merged)
+        stream, noise = BatchStream(40, 8, seed=0), torch.Generator().manual_seed(1)
+        for _ in range(3):
+            step.fill(stream.next, noise)
+            step.run()
+        states[merged] = {**{f"G.{k}": v for k, v in G.state_dict().items()},
+                          **{f"D.{k}": v for k, v in D.state_dict().items()}}
+    assert states[True].keys() == states[False].keys()
+    assert any(".parametrizations.weight.0._u" in key for key in states[True])  # spectral norm's power-iteration state
+    for key, merged_value in states[True].items():
+        separate_value = states[False][key]
+        scale = merged_value.abs().max().clamp_min(1e-12)
+        assert float((merged_value - separate_value).abs().max() / scale) < 1e-4, key
+    # and training moved the weights, so the agreement is not that of two untouched networks
+    assert not torch.allclose(states[True]["D.head.parametrizations.weight.original"], initial_head)
