@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import math
 import os
 import shutil
 import sys
@@ -75,7 +77,10 @@ def server(models, tmp_path_factory):
 
 
 def post(server, body=None, **kwargs) -> httpx.Response:
-    return httpx.post(server.url + "/v1/generate", json=body, timeout=30, **kwargs)
+    """``body`` as JSON the way Python writes it: NaN and Infinity as the bare tokens json.dumps emits
+    (httpx's own json= refuses them), so the server's handling of them is tested too."""
+    headers = {"content-type": "application/json", **kwargs.pop("headers", {})}
+    return httpx.post(server.url + "/v1/generate", content=json.dumps(body), headers=headers, timeout=30, **kwargs)
 
 
 def test_health_ready_and_model_info(server):
@@ -84,7 +89,11 @@ def test_health_ready_and_model_info(server):
     info = httpx.get(server.url + "/v1/model").json()
     assert info["input"]["z"]["shape"] == ["n", 8]
     assert info["input"]["labels"]["range"] == [0, 9]
-    assert info["output"]["shape"] == ["n", 1, 8, 8]
+    assert info["output"]["shape"] == ["n", 1, 8, 8] and info["output"]["dtype"] == "uint8"
+    formats = info["output"]["formats"]
+    assert set(formats) == {"png", "array", "floats"}
+    assert formats["array"]["dtype"] == "uint8" and formats["floats"]["dtype"] == "float32"
+    assert formats["floats"]["shape"] == ["n", 1, 8, 8] and formats["floats"]["range"] == [-1, 1]
     assert info["classes"] == [str(d) for d in range(10)] and info["max_batch"] == 16
     assert info["name"] == "generator" and len(info["version"]) == 12
     assert info["metrics"] == {} and info["registry"] is None  # exported before any evaluation: no numbers to show
@@ -122,7 +131,7 @@ def test_generate_array_is_seeded_and_matches_the_library(server, models):
         ({"n": 2, "labels": [0, 10]}, 422, "label 10 is outside 0..9"),
         ({"n": 2, "labels": 99}, 422, "label 99 is outside 0..9"),
         ({"n": 3, "labels": [1, 2]}, 422, "got 2 labels for 3 images"),
-        ({"n": 1, "format": "gif"}, 422, "'png' or 'array'"),
+        ({"n": 1, "format": "gif"}, 422, "'png', 'array' or 'floats'"),
         ({"n": 1, "colour": "red"}, 422, "Extra inputs are not permitted"),
         ([1, 2, 3], 422, "valid dictionary"),
     ],
@@ -137,12 +146,12 @@ def test_malformed_bodies(server):
     url = server.url + "/v1/generate"
     assert httpx.post(url, content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
     assert httpx.post(url, content=b"n=3", headers={"content-type": "text/plain"}).status_code == 422
-    huge = b'{"n": 1, "pad": "' + b"x" * 100_000 + b'"}'
+    huge = b'{"n": 1, "pad": "' + b"x" * 1_100_000 + b'"}'
     response = httpx.post(url, content=huge, headers={"content-type": "application/json"})
-    assert response.status_code == 413 and "over 65536 bytes" in response.text
+    assert response.status_code == 413 and "over 1048576 bytes" in response.text  # serve.max_body_bytes default
 
     def chunks():  # no Content-Length: the limit is enforced while streaming
-        for _ in range(100):
+        for _ in range(1100):
             yield b"x" * 1000
 
     assert httpx.post(url, content=chunks(), headers={"content-type": "application/json"}).status_code == 413
@@ -150,15 +159,112 @@ def test_malformed_bodies(server):
     assert httpx.get(server.url + "/v1/nope").status_code == 404
 
 
+def test_z_gives_the_seed_images_and_floats_are_the_model_output(server, models):
+    library = OnnxGenerator(models["a"])
+    z = library.latents(4, 11)
+    by_seed = post(server, {"n": 4, "seed": 11, "labels": [1, 2, 3, 4], "format": "array"}).json()
+    by_z = post(server, {"z": z.tolist(), "labels": [1, 2, 3, 4], "format": "array"}).json()
+    assert by_z["data"] == by_seed["data"]  # byte-identical images
+    assert by_z["shape"] == [4, 1, 8, 8] and by_z["labels"] == [1, 2, 3, 4] and by_z["seed"] is None
+    assert by_seed["seed"] == 11
+    # n may be sent too when it agrees; png works with z
+    assert post(server, {"n": 4, "z": z.tolist(), "labels": [1, 2, 3, 4], "format": "array"}).json() == by_z
+    png = post(server, {"z": z.tolist()})
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+
+    response = post(server, {"z": z.tolist(), "labels": [1, 2, 3, 4], "format": "floats"})
+    assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+    floats = response.json()
+    assert {k: v for k, v in floats.items() if k != "images"} == {
+        "shape": [4, 1, 8, 8], "dtype": "float32", "layout": "NCHW", "range": [-1, 1], "labels": [1, 2, 3, 4],
+        "seed": None}
+    expected = library.run(z, np.array([1, 2, 3, 4]))
+    got = np.asarray(floats["images"], dtype=np.float64)
+    assert got.shape == expected.shape and np.array_equal(got.astype(np.float32), expected)  # exact after rounding
+    assert np.abs(got).max() <= 1.0
+    # the numbers are written in float32's shortest form, not as float64 reprs of float32 values
+    assert len(response.content) < len(json.dumps(expected.tolist()))
+    # the seed path in floats: the same numbers, with its seed
+    seeded = post(server, {"n": 4, "seed": 11, "labels": [1, 2, 3, 4], "format": "floats"}).json()
+    assert seeded["images"] == floats["images"] and seeded["seed"] == 11
+
+
+def test_labels_with_z(server, models):
+    library = OnnxGenerator(models["a"])
+    z = library.latents(3, 2)
+
+    def floats(body: dict) -> dict:
+        response = post(server, {"z": z.tolist(), "format": "floats", **body})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    default = floats({})  # classes in turn, as with a seed
+    assert default["labels"] == [0, 1, 2]
+    assert np.array_equal(np.asarray(default["images"], dtype=np.float32), library.run(z, np.array([0, 1, 2])))
+    one = floats({"labels": 7})
+    assert one["labels"] == [7, 7, 7]
+    assert np.array_equal(np.asarray(one["images"], dtype=np.float32), library.run(z, np.array([7, 7, 7])))
+    assert floats({"labels": [5, 6, 7]})["labels"] == [5, 6, 7]
+    images, labels = library.generate(z, 7)  # the library's own call agrees
+    assert labels.tolist() == [7, 7, 7] and np.array_equal(images, library.run(z, np.array([7, 7, 7])))
+
+
+ROW = [0.5] * 8  # the test generators' latent_dim is 8
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"z": [ROW, ROW], "n": 3}, "n=3 but z has 2 rows"),
+        ({"z": [ROW], "seed": 1}, "seed and z are exclusive"),
+        ({"z": [ROW], "seed": 0}, "seed and z are exclusive"),
+        ({"z": [ROW, ROW[:7], ROW[:3]]}, "z[1] has 7 numbers; this generator takes rows of latent_dim=8"),
+        ({"z": [ROW, ROW + [1.0]]}, "z[1] has 9 numbers"),
+        ({"z": [ROW, [*ROW[:3], math.nan, *ROW[4:]]]}, "finite number"),
+        ({"z": [[math.inf] + ROW[1:]]}, "finite number"),
+        ({"z": [[-math.inf] + ROW[1:]]}, "finite number"),
+        ({"z": [ROW, [1e39] + ROW[1:]]}, "z[1][0] = 1e+39 is outside float32's range"),
+        ({"z": [["0.5"] + ROW[1:]]}, "valid number"),
+        ({"z": [[True] + ROW[1:]]}, "valid number"),
+        ({"z": [[None] + ROW[1:]]}, "valid number"),
+        ({"z": []}, "at least 1 item"),
+        ({"z": [ROW] * 17}, "z has 17 rows, over serve.max_batch=16"),
+        ({"z": 5}, "valid list"),
+        ({"z": ROW}, "valid list"),
+        ({"z": [ROW, ROW], "labels": [1, 2, 3]}, "got 3 labels for 2 images"),
+        ({"z": [ROW], "labels": 10}, "label 10 is outside 0..9"),
+        ({"z": [ROW], "format": "floats", "labels": "1"}, "valid integer"),
+    ],
+)
+def test_bad_z_gets_a_specific_422(server, body, message):
+    response = post(server, body)
+    assert response.status_code == 422, response.text
+    assert message in response.text, response.text
+
+
+def test_bad_z_leaves_the_server_serving(server):
+    for body in ({"z": [[math.nan] * 8]}, {"z": [[0.0] * 3]}, {"z": [[1e39] * 8]}, {"z": [[0.0] * 8] * 17}):
+        assert post(server, body).status_code == 422
+    too_big = {"z": [[0.123456789] * 8] * 12_000, "format": "floats"}
+    assert len(json.dumps(too_big)) > 1_048_576  # serve.max_body_bytes default
+    response = post(server, too_big)
+    assert response.status_code == 413 and "over 1048576 bytes" in response.text
+    assert post(server, {"z": [[0.0] * 8] * 16, "format": "floats"}).status_code == 200
+    assert httpx.get(server.url + "/readyz").json()["status"] == "ready"
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
     lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=10,
 )
+latent_numbers = st.floats(width=32) | st.floats() | st.integers(-(2**70), 2**70) | json_values  # NaN, inf, 1e300 too
+latent_rows = st.lists(latent_numbers, min_size=7, max_size=9) | st.just([0.25] * 8) | json_values
 request_bodies = st.fixed_dictionaries(
     {},
     optional={"n": json_values | st.integers(-3, 40), "seed": json_values, "labels": json_values | st.lists(st.integers(-2, 12), max_size=20),
-              "format": st.sampled_from(["png", "array", "jpeg", ""]) | json_values},
+              "z": st.lists(latent_rows, max_size=18) | json_values,
+              "format": st.sampled_from(["png", "array", "floats", "jpeg", ""]) | json_values},
 ) | json_values
 
 

@@ -8,36 +8,69 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import threading
 from contextlib import asynccontextmanager
+from itertools import chain
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import Depends, FastAPI, Header, HTTPException
+import numpy as np
+import orjson
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ganops import GanopsError
 from ganops.config import MlflowParams, ServeParams
 from ganops.serving.locate import locate
-from ganops.serving.runtime import OnnxGenerator
+from ganops.serving.runtime import OnnxGenerator, to_uint8
 from ganops.visualize import grid_png
 
 log = logging.getLogger(__name__)
 MAX_SEED = 2**63 - 1
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# a JSON number, never a string or a bool; NaN and Infinity (which Python's json parser accepts) refused
+LatentValue = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    n: StrictInt = Field(1, ge=1, description="number of images; at most serve.max_batch")
-    seed: StrictInt = Field(0, ge=0, le=MAX_SEED, description="the same seed gives the same images")
+    n: StrictInt = Field(1, ge=1, description="number of images; at most serve.max_batch. With z: len(z), "
+                         "and when sent as well it must equal len(z)")
+    seed: StrictInt = Field(0, ge=0, le=MAX_SEED, description="the same seed gives the same images; not with z")
+    z: list[list[LatentValue]] | None = Field(
+        None, min_length=1, description="explicit latent vectors instead of a seed: n rows of latent_dim finite "
+        "numbers (float32 range), e.g. for interpolation or to reproduce an image made elsewhere"
+    )
     labels: StrictInt | list[StrictInt] | None = Field(
         None, description="class of every image (one int) or of each image (a list of n); default: classes in turn"
     )
-    format: Literal["png", "array"] = Field("png", description="png: one grid image; array: uint8 NCHW, base64")
+    format: Literal["png", "array", "floats"] = Field(
+        "png", description="png: one grid image; array: uint8 NCHW, base64; floats: the generator's float32 output "
+        "in [-1, 1] as JSON numbers, NCHW nested lists"
+    )
+
+    @model_validator(mode="after")
+    def _z_excludes_n_and_seed(self) -> GenerateRequest:
+        if self.z is None:
+            return self
+        if "seed" in self.model_fields_set:
+            raise ValueError("seed and z are exclusive: send a seed (the latents are drawn from it) or z, not both")
+        if "n" in self.model_fields_set and self.n != len(self.z):
+            raise ValueError(f"n={self.n} but z has {len(self.z)} rows: with z, n is len(z) (leave n out)")
+        if max(map(abs, chain.from_iterable(self.z)), default=0.0) > FLOAT32_MAX:
+            row, column = next((i, j) for i, values in enumerate(self.z) for j, value in enumerate(values)
+                               if abs(value) > FLOAT32_MAX)
+            raise ValueError(f"z[{row}][{column}] = {self.z[row][column]:g} is outside float32's range "
+                             f"(magnitude at most {FLOAT32_MAX:.8g})")
+        self.n = len(self.z)
+        return self
 
 
 class ModelSource:
@@ -142,6 +175,12 @@ def create_app(model: str | Path, settings: ServeParams | None = None, mlflow_cf
     app = FastAPI(title="ganops generator service", version="1", lifespan=lifespan)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler, except that a NaN or Infinity the client sent (Python's json parser
+        # accepts them) is echoed as a string: strict JSON has no such numbers, so they can't be written back
+        return JSONResponse({"detail": _json_safe(jsonable_encoder(error.errors()))}, status_code=422)
+
     def current() -> OnnxGenerator:
         generator = source_holder["source"].generator
         if generator is None:
@@ -173,6 +212,7 @@ def create_app(model: str | Path, settings: ServeParams | None = None, mlflow_cf
         spec = generator.spec
         metadata = generator.metadata
         inputs = {"z": {"dtype": "float32", "shape": ["n", spec.latent_dim]}}
+        shape = ["n", spec.channels, spec.resolution, spec.resolution]
         if spec.conditional:
             inputs["labels"] = {"dtype": "int64", "shape": ["n"], "range": [0, spec.num_classes - 1]}
         return {
@@ -184,7 +224,13 @@ def create_app(model: str | Path, settings: ServeParams | None = None, mlflow_cf
             "registry": {k: v for k, v in (source.registry or {}).items() if k != "evaluation"} or None,
             "providers": generator.providers,
             "input": inputs,
-            "output": {"dtype": "uint8", "shape": ["n", spec.channels, spec.resolution, spec.resolution]},
+            # the default shape and dtype (format "array"), and every format there is
+            "output": {"dtype": "uint8", "shape": shape, "layout": "NCHW", "formats": {
+                "png": {"media_type": "image/png", "content": "one grid image of the n images, 8-bit"},
+                "array": {"dtype": "uint8", "shape": shape, "layout": "NCHW", "encoding": "base64 of the raw bytes"},
+                "floats": {"dtype": "float32", "shape": shape, "layout": "NCHW", "range": [-1, 1],
+                           "encoding": "JSON numbers (shortest form that rounds back to the same float32)"},
+            }},
             "classes": spec.class_names,
             "max_batch": settings.max_batch,
         }
@@ -194,21 +240,40 @@ def create_app(model: str | Path, settings: ServeParams | None = None, mlflow_cf
     def generate(request: GenerateRequest) -> Response:
         generator = current()  # held for the whole request: a model swap can't pull it away
         if request.n > settings.max_batch:
-            raise HTTPException(422, detail=f"n={request.n} is over serve.max_batch={settings.max_batch}")
+            what = f"z has {request.n} rows" if request.z is not None else f"n={request.n}"
+            raise HTTPException(422, detail=f"{what}, over serve.max_batch={settings.max_batch}")
+        z = generator.latents(request.n, request.seed) if request.z is None else request.z
+        seed = request.seed if request.z is None else None
         try:
-            images, labels = generator.sample(request.n, request.seed, request.labels)
+            floats, labels = generator.generate(z, request.labels)
         except ValueError as error:
             raise HTTPException(422, detail=str(error)) from None
+        label_list = labels.tolist() if labels is not None else None
+        if request.format == "floats":
+            return Response(orjson.dumps({
+                "shape": list(floats.shape), "dtype": "float32", "layout": "NCHW", "range": [-1, 1],
+                "labels": label_list, "seed": seed, "images": np.ascontiguousarray(floats, dtype=np.float32),
+            }, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+        images = to_uint8(floats)
         if request.format == "png":
             rows = max(1, round(request.n ** 0.5))
             return Response(grid_png(images, rows), media_type="image/png")
         return JSONResponse({
-            "shape": list(images.shape), "dtype": "uint8", "layout": "NCHW",
-            "labels": labels.tolist() if labels is not None else None,
-            "seed": request.seed, "data": base64.b64encode(images.tobytes()).decode(),
+            "shape": list(images.shape), "dtype": "uint8", "layout": "NCHW", "labels": label_list,
+            "seed": seed, "data": base64.b64encode(images.tobytes()).decode(),
         })
 
     return app
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
 
 
 def _model_name(uri: str) -> str:

@@ -48,7 +48,8 @@ def make_session(path: Path, providers: list[str] | None = None, intra_op_thread
 
 
 class OnnxGenerator:
-    """An exported generator under onnxruntime: ``sample(n, seed, labels)`` -> uint8 NCHW images."""
+    """An exported generator under onnxruntime: ``sample(n, seed, labels)`` -> uint8 NCHW images;
+    ``generate(z, labels)`` -> the float32 images for given latent vectors."""
 
     def __init__(self, path: str | Path, providers: list[str] | None = None, intra_op_threads: int | None = None) -> None:
         self.path = Path(path)
@@ -107,10 +108,37 @@ class OnnxGenerator:
             raise ValueError(f"label {int(bad[0])} is outside 0..{self.spec.num_classes - 1}")
         return out.astype(np.int64)
 
+    def check_latents(self, z) -> np.ndarray:
+        """Given latent vectors (an array or a list of rows) as float32 (N, latent_dim), N >= 1; a
+        ValueError naming the first row of the wrong length, or a value that isn't finite in float32."""
+        d = self.spec.latent_dim
+        if not isinstance(z, np.ndarray):
+            z = list(z)
+            for index, row in enumerate(z):
+                if not isinstance(row, (list, tuple, np.ndarray)):
+                    raise ValueError(f"z[{index}] is not a row of numbers; this generator takes rows of latent_dim={d}")
+                if len(row) != d:
+                    raise ValueError(f"z[{index}] has {len(row)} numbers; this generator takes rows of latent_dim={d} "
+                                     "numbers")
+        array = np.asarray(z, dtype=np.float32)
+        if array.ndim != 2 or array.shape[1] != d or len(array) == 0:
+            raise ValueError(f"z must have shape (n >= 1, {d}); got {array.shape}")
+        if not np.isfinite(array).all():
+            row, column = np.argwhere(~np.isfinite(array))[0]
+            raise ValueError(f"z[{row}][{column}] is not a finite float32 number")
+        return array
+
+    def generate(self, z, labels: list[int] | int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Images for given latent vectors (N, latent_dim): float32 (N, C, H, W) in [-1, 1] as the model
+        returns them, with the labels they were generated for (``labels_for``: default classes in turn)."""
+        z = self.check_latents(z)
+        label_array = self.labels_for(len(z), labels)
+        return self.run(z, label_array), label_array
+
     def sample(self, n: int, seed: int, labels: list[int] | int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """n images for a seed as uint8 (N, C, H, W), with the labels they were generated for."""
-        label_array = self.labels_for(n, labels)
-        images = self.run(self.latents(n, seed), label_array)
+        """n images for a seed as uint8 (N, C, H, W), with the labels they were generated for:
+        ``generate`` applied to ``latents(n, seed)``."""
+        images, label_array = self.generate(self.latents(n, seed), labels)
         return to_uint8(images), label_array
 
 
