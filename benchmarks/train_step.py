@@ -1,7 +1,9 @@
 """Training throughput: ganops' train() against the official PyTorch DCGAN loop and a tuned eager loop.
 
-Three sides train the same networks (ganops' DCGAN from build_generator / build_discriminator:
-unconditional, no spectral norm, one logit per image), with the same batch size, the same number of
+Three sides train the same networks -- ganops' default DCGAN (params.yaml's architecture, from
+build_generator / build_discriminator: class-conditional G with conditional batch norm, D with
+spectral norm and a projection head, one logit per image; each batch's classes go to both) -- with
+the same batch size, the same number of
 timed steps, the same seeded initial weights (torch.manual_seed(0), as train.seed 0 in ganops), the
 same minimax loss with the non-saturating G step, and Adam with lr 2e-4, betas (0.5, 0.999), on the
 same seeded random uint8 images (4,096 of them, shuffled each epoch):
@@ -35,9 +37,9 @@ tuned     What a careful engineer writes in plain eager PyTorch, keeping the off
           channels_last (``--tuned-memory-format contiguous`` reruns that choice); fused and foreach Adam
           were within noise of each other (medians 2,092 and 2,080 images/s over 5 alternations of 150
           steps), and tuned keeps fused (on a build without fused CPU Adam it falls back to foreach and
-          the output says so). What tuned leaves out is exactly ganops' own work: on CUDA the merged
-          real+fake D forward and the CUDA graph (on CPU ganops, like tuned, calls D twice, which is
-          faster there).
+          the output says so). What tuned leaves out is exactly ganops' own work: the merged real+fake D
+          forward (one D call per D update, so also one spectral-norm power iteration where plain
+          PyTorch runs one per call) and, on CUDA, the CUDA graph.
 ganops    ganops' real ``train()`` on a prepared data set of the same images (write_random_prepared),
           mlflow off, no checkpoint before the last step: a warm-up train() of 10 steps (30 with
           ``--compile``), then the measured one, whose ``images_per_s`` is read. That figure covers
@@ -60,8 +62,8 @@ FLOPs are counted for what each loop executes (torch.utils.flop_counter.FlopCoun
 convolutions, forward and backward), once, in round 1, after the timed part of that process:
 official and tuned on one eager step of their own loop; ganops as the difference between train()
 with steps=2 and with steps=1 (eager, train.cuda_graphs false: the same step code the graph records),
-so its set-up and final sample grid cancel out. ganops and tuned run the same convolutions (on CUDA ganops
-merges real and fake into one D call) and must count the same; official counts more by D's weight
+so its set-up and final sample grid cancel out. ganops and tuned run the same convolutions (ganops
+merges real and fake into one D call) and count the same up to spectral norm's power iterations; official counts more by D's weight
 gradients in its G step, which equal one D forward pass on a batch -- both checks are printed. MFU is
 achieved FLOP/s over the dense peak of the precision each side runs: on CUDA official against the
 TF32 tensor-core peak (only its two small matmuls, G's stem and D's head, under 1 % of the FLOPs, run
@@ -69,7 +71,7 @@ in plain fp32: PyTorch leaves TF32 matmuls off by default), tuned and ganops aga
 CPU all sides run fp32 and the peak is ``--peak-gflops`` (default 376 GFLOP/s: 2 cores x 64 FP32
 FLOP/cycle with AVX-512 x ~2.9 GHz, an estimate, not a measurement).
 
-Settings: CPU 32x32x1 images, width 32, latent 64, batch 64, 150 steps; CUDA 64x64x3, width 64,
+Settings: CPU 32x32x1 images, width 32, latent 64, batch 64, 300 steps; CUDA 64x64x3, width 64,
 latent 100, batch 256, 300 steps.
 
     python benchmarks/train_step.py [--steps N] [--rounds 3] [--compile] [--peak-gflops 376]
@@ -104,9 +106,10 @@ from ganops.config import validate_params
 from ganops.models import DiscriminatorSpec, GeneratorSpec, build_discriminator, build_generator
 from ganops.training import train
 
-CPU_SETTING = {"res": 32, "channels": 1, "width": 32, "latent": 64, "batch": 64, "steps": 150}
+CPU_SETTING = {"res": 32, "channels": 1, "width": 32, "latent": 64, "batch": 64, "steps": 300}
 CUDA_SETTING = {"res": 64, "channels": 3, "width": 64, "latent": 100, "batch": 256, "steps": 300}
 DATASET_SIZE = 4096
+NUM_CLASSES = 10
 WARMUP_STEPS = 10  # untimed steps before each baseline's timed ones (ganops: a 10-step warm-up train())
 LR, BETAS = 2e-4, (0.5, 0.999)  # the official example's Adam settings, on every side
 # Dense (no sparsity) tensor-core peaks in FLOP/s from NVIDIA's data sheets: (name part, bf16, TF32).
@@ -130,11 +133,19 @@ def make_images(cfg: dict) -> np.ndarray:
                                              dtype=np.uint8)
 
 
+def make_labels() -> np.ndarray:
+    """The images' classes, as write_random_prepared assigns them (0..NUM_CLASSES-1 in turn)."""
+    return np.arange(DATASET_SIZE, dtype=np.int64) % NUM_CLASSES
+
+
 def build_networks(cfg: dict, device: torch.device, memory_format: torch.memory_format) -> tuple[nn.Module, nn.Module]:
-    """ganops' DCGAN, built as train() builds it (seed 0, G then D): the same initial weights on every side."""
+    """ganops' default DCGAN (class-conditional, spectral norm in D), built as train() builds it (seed 0,
+    G then D): the same initial weights on every side."""
     torch.manual_seed(0)
-    g_spec = GeneratorSpec(latent_dim=cfg["latent"], g_channels=cfg["width"], resolution=cfg["res"], channels=cfg["channels"])
-    d_spec = DiscriminatorSpec(d_channels=cfg["width"], resolution=cfg["res"], channels=cfg["channels"], spectral_norm=False)
+    g_spec = GeneratorSpec(latent_dim=cfg["latent"], g_channels=cfg["width"], resolution=cfg["res"], channels=cfg["channels"],
+                           num_classes=NUM_CLASSES, class_names=[str(i) for i in range(NUM_CLASSES)])
+    d_spec = DiscriminatorSpec(d_channels=cfg["width"], resolution=cfg["res"], channels=cfg["channels"], spectral_norm=True,
+                               num_classes=NUM_CLASSES)
     return (build_generator(g_spec).to(device, memory_format=memory_format),
             build_discriminator(d_spec).to(device, memory_format=memory_format))
 
@@ -163,6 +174,7 @@ class OfficialLoop:
         self.optimizerD = torch.optim.Adam(self.netD.parameters(), lr=LR, betas=BETAS)
         self.optimizerG = torch.optim.Adam(self.netG.parameters(), lr=LR, betas=BETAS)
         self.images = torch.from_numpy(make_images(cfg))  # host memory, as a DataLoader's data set
+        self.labels = torch.from_numpy(make_labels())
         self.sampler = Epochs(len(self.images), cfg["batch"], torch.device("cpu"))
         self.settings = "fp32" + (" (TF32 convolutions)" if device.type == "cuda" else "") + ", NCHW, Adam (default)"
         self.losses, self.last_line = [], ""
@@ -172,17 +184,19 @@ class OfficialLoop:
         real_label, fake_label = 1, 0
         # (1) Update D network: maximize log(D(x)) + log(1 - D(G(z)))
         netD.zero_grad()
-        real_cpu = self.images[self.sampler.next()].to(device).float().div_(127.5).sub_(1.0)  # the batch, moved
+        index = self.sampler.next()
+        real_cpu = self.images[index].to(device).float().div_(127.5).sub_(1.0)  # the batch, moved
+        classes = self.labels[index].to(device)  # its classes (the conditional networks take them)
         batch_size = real_cpu.size(0)
         label = torch.full((batch_size,), real_label, dtype=real_cpu.dtype, device=device)
-        output = netD(real_cpu).view(-1)
+        output = netD(real_cpu, classes).view(-1)
         errD_real = criterion(output, label)
         errD_real.backward()
         D_x = output.sigmoid().mean().item()
         noise = torch.randn(batch_size, nz, device=device)
-        fake = netG(noise)
+        fake = netG(noise, classes)
         label.fill_(fake_label)
-        output = netD(fake.detach()).view(-1)
+        output = netD(fake.detach(), classes).view(-1)
         errD_fake = criterion(output, label)
         errD_fake.backward()
         D_G_z1 = output.sigmoid().mean().item()
@@ -191,7 +205,7 @@ class OfficialLoop:
         # (2) Update G network: maximize log(D(G(z)))
         netG.zero_grad()
         label.fill_(real_label)  # fake labels are real for generator cost
-        output = netD(fake).view(-1)
+        output = netD(fake, classes).view(-1)
         errG = criterion(output, label)
         errG.backward()
         D_G_z2 = output.sigmoid().mean().item()
@@ -227,6 +241,7 @@ class TunedLoop:
             self.optG = torch.optim.Adam(self.netG.parameters(), lr=LR, betas=BETAS, foreach=True)
             adam = "foreach"
         self.images = torch.from_numpy(make_images(cfg)).to(device)  # uint8, on the device once
+        self.labels = torch.from_numpy(make_labels()).to(device)
         self.sampler = Epochs(len(self.images), cfg["batch"], device)
         batch = cfg["batch"]
         self.ones, self.zeros = torch.ones(batch, device=device), torch.zeros(batch, device=device)
@@ -237,19 +252,21 @@ class TunedLoop:
 
     def step(self) -> None:
         netD, netG, criterion = self.netD, self.netG, self.criterion
-        real = self.images[self.sampler.next()].float().div_(127.5).sub_(1.0).contiguous(memory_format=self.memory_format)
+        index = self.sampler.next()
+        real = self.images[index].float().div_(127.5).sub_(1.0).contiguous(memory_format=self.memory_format)
+        classes = self.labels[index]
         noise = torch.randn(self.cfg["batch"], self.cfg["latent"], device=self.device)
         with self.autocast():
-            fake = netG(noise)
-            d_real = netD(real).float()
-            d_fake = netD(fake.detach()).float()
+            fake = netG(noise, classes)
+            d_real = netD(real, classes).float()
+            d_fake = netD(fake.detach(), classes).float()
         loss_d = criterion(d_real, self.ones) + criterion(d_fake, self.zeros)
         self.optD.zero_grad(set_to_none=True)
         loss_d.backward()
         self.optD.step()
         netD.requires_grad_(False)  # the G step needs gradients through D, not D's weight gradients
         with self.autocast():
-            d_gen = netD(fake).float()
+            d_gen = netD(fake, classes).float()
         loss_g = criterion(d_gen, self.ones)
         self.optG.zero_grad(set_to_none=True)
         loss_g.backward()
@@ -288,7 +305,7 @@ def run_baseline(side: str, cfg: dict, steps: int, device: torch.device, memory_
         if side == "tuned":  # one D forward pass on one batch: what D's weight gradients cost in official's G step
             real = loop.images[: cfg["batch"]].float().contiguous(memory_format=loop.memory_format)
             with FlopCounterMode(display=False) as counter, torch.no_grad():
-                loop.netD(real)
+                loop.netD(real, loop.labels[: cfg["batch"]])
             result["d_forward_flops"] = float(counter.get_total_flops())
     return result
 
@@ -296,7 +313,7 @@ def run_baseline(side: str, cfg: dict, steps: int, device: torch.device, memory_
 def ganops_params(cfg: dict, steps: int, device: str, compile_: bool, cuda_graphs: bool):
     return validate_params({
         "model": {"latent_dim": cfg["latent"], "g_channels": cfg["width"], "d_channels": cfg["width"],
-                  "conditional": False, "spectral_norm": False},
+                  "conditional": True, "spectral_norm": True},
         "train": {"steps": steps, "batch_size": cfg["batch"], "loss": "minimax", "lr_g": LR, "lr_d": LR,
                   "beta1": BETAS[0], "beta2": BETAS[1], "seed": 0, "device": device, "compile": compile_,
                   "cuda_graphs": cuda_graphs, "checkpoint_every": 10**9, "log_every": max(1, steps // 4)},
@@ -317,7 +334,7 @@ def remove_checkpoints(root: Path) -> None:
 def run_ganops(cfg: dict, steps: int, device: torch.device, compile_: bool, cuda_graphs: bool, count_flops: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="ganops-bench-") as folder:
         root = Path(folder)
-        write_random_prepared(root, make_images(cfg))
+        write_random_prepared(root, make_images(cfg), num_classes=NUM_CLASSES)
         params = ganops_params(cfg, steps, device.type, compile_, cuda_graphs)
         train(with_steps(params, 30 if compile_ else 10), root)  # warm-up: kernels, allocator, compilation
         remove_checkpoints(root)
@@ -374,8 +391,8 @@ def measure(side: str, args: argparse.Namespace, count_flops: bool) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per measurement (CPU 150, CUDA 300)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds; each runs every side once, in alternating order")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per measurement (CPU 300, CUDA 300)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds; each runs every side once, in alternating order")
     parser.add_argument("--compile", action="store_true", help="ganops with train.compile (torch.compile)")
     parser.add_argument("--peak-gflops", type=float, default=376.0, help="the CPU's fp32 peak, for MFU on CPU")
     parser.add_argument("--tuned-memory-format", choices=["contiguous", "channels_last"], default="channels_last",
@@ -420,8 +437,8 @@ def main() -> None:
     flops = {side: first[side]["flops_per_step"] for side in MAIN_SIDES}
     flops["ganops-eager"] = flops["ganops"]  # the same step code
     d_forward = first["tuned"]["d_forward_flops"]
-    print(f"FLOP check: ganops / tuned per step = {flops['ganops'] / flops['tuned']:.4f} (the same convolutions; "
-          f"on CUDA ganops merges real and fake into one D call); official - tuned = {(flops['official'] - flops['tuned']) / 1e9:.3f} "
+    print(f"FLOP check: ganops / tuned per step = {flops['ganops'] / flops['tuned']:.4f} (the same convolutions, "
+          f"ganops in one D call for real and fake); official - tuned = {(flops['official'] - flops['tuned']) / 1e9:.3f} "
           f"GFLOP, one D forward pass on a batch = {d_forward / 1e9:.3f} GFLOP (D's weight gradients in official's G step)")
     if cuda:
         bf16, tf32 = next(((b, t) for part, b, t in GPU_PEAKS if part in name), (None, None))

@@ -232,7 +232,7 @@ def train(params: Params, root: Path = Path(".")) -> dict:
     training_step = TrainStep(cfg=cfg, G=G, D=D, D_raw=D_raw, D_frozen=D_frozen, opt_g=opt_g, opt_d=opt_d,
                               images=images, labels=labels if g_spec.conditional else None, batch_size=local_batch,
                               latent_dim=g_spec.latent_dim, device=device, memory_format=memory_format,
-                              cuda_graph=cuda_graph, merge_d_pass=on_cuda or ctx.enabled or cfg.compile)
+                              cuda_graph=cuda_graph)
     if ctx.is_main:
         log.info("training on %s x %d%s", device, ctx.world_size, ", one CUDA graph per step" if cuda_graph else "")
 

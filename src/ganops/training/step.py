@@ -17,7 +17,6 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from ganops.config import TrainParams
 from ganops.training.losses import discriminator_loss, generator_loss, gradient_penalty, r1_penalty
@@ -45,7 +44,6 @@ class TrainStep:
         device: torch.device,
         memory_format: torch.memory_format,
         cuda_graph: bool,
-        merge_d_pass: bool = True,
     ) -> None:
         self.cfg, self.G, self.D, self.D_raw, self.D_frozen = cfg, G, D, D_raw, D_frozen
         self.opt_g, self.opt_d = opt_g, opt_d
@@ -68,10 +66,6 @@ class TrainStep:
         on_cuda = device.type == "cuda"
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)) if on_cuda else nullcontext
         self.cuda_graph = cuda_graph and on_cuda
-        # Real and fake through D in one call on a GPU (half the kernel launches) and under DDP (one
-        # forward per backward); on a CPU two calls of half the batch are faster (oneDNN's convolution
-        # backward at 2 x batch costs more than twice batch: benchmarks/train_step.py).
-        self.merge_d_pass = merge_d_pass
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_stats: torch.Tensor | None = None
         self.warmup_left = WARMUP_STEPS
@@ -138,14 +132,9 @@ class TrainStep:
             y = self.y[d] if self.y is not None else None
             with torch.set_grad_enabled(d == cfg.d_steps - 1), self.autocast():
                 fake = self.G(self.z[d], y).float()
-            if self.merge_d_pass:
-                with self.autocast():
-                    both = self.D(torch.cat([real, fake.detach()]), torch.cat([y, y]) if y is not None else None).float()
-                d_real, d_fake = both[:batch], both[batch:]
-            else:
-                # One spectral-norm power iteration per D update, as in the merged pass.
-                with parametrize.cached():
-                    d_real, d_fake = self.D(real, y).float(), self.D(fake.detach(), y).float()
+            with self.autocast():
+                both = self.D(torch.cat([real, fake.detach()]), torch.cat([y, y]) if y is not None else None).float()
+            d_real, d_fake = both[:batch], both[batch:]
             loss_d = discriminator_loss(cfg.loss, d_real, d_fake)
             penalty = torch.zeros((), device=self.device)
             if self.alpha is not None:
