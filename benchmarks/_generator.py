@@ -12,13 +12,13 @@ import numpy as np
 import torch
 
 from ganops.config import Params
-from ganops.models import Generator, build_generator, load_trained_generator
+from ganops.models import Generator, build_generator, load_generator
 from ganops.models.spec import GeneratorSpec
 
 
 def benchmark_generator(params: Params) -> tuple[Generator, str]:
     if Path("models/generator.safetensors").exists() and Path("models/generator.json").exists():
-        return load_trained_generator(), "models/generator.safetensors"
+        return load_generator(Path("models/generator.safetensors"), Path("models/generator.json")), "models/generator.safetensors"
     torch.manual_seed(0)
     spec = GeneratorSpec(latent_dim=params.model.latent_dim, g_channels=params.model.g_channels,
                          max_channels=params.model.max_channels, resolution=params.data.resolution,
@@ -40,5 +40,5 @@ def write_random_prepared(root: Path, images: np.ndarray, num_classes: int = 1) 
     names = [str(i) for i in range(num_classes)]
     manifest = {"source": "random", "source_checksum": "-", "resolution": images.shape[2], "channels": images.shape[1],
                 "num_classes": num_classes, "class_names": names,
-                "files": {"train": {"sha256": "random"}, "test": {"sha256": "random"}}}
+                "files": {"train": {"path": "train.npz", "sha256": "random"}, "test": {"path": "test.npz", "sha256": "random"}}}
     (folder / "manifest.json").write_text(json.dumps(manifest))

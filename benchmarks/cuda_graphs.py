@@ -32,7 +32,7 @@ import torch
 from _common import print_environment
 from _generator import write_random_prepared
 from ganops.config import validate_params
-from ganops.training import train
+from ganops.stages.train import train
 from ganops.training.step import TrainStep
 
 CONFIGS = {

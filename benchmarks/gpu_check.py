@@ -24,11 +24,12 @@ import torch
 
 from _common import print_environment
 from ganops.config import validate_params
-from ganops.data import prepare
-from ganops.export import export
-from ganops.metrics import evaluate, train_evaluator
+from ganops.stages.prepare import prepare
+from ganops.stages.export import export
+from ganops.stages.evaluate import evaluate
+from ganops.stages.train_evaluator import train_evaluator
 from ganops.serving import OnnxGenerator, available_providers
-from ganops.training import train
+from ganops.stages.train import train
 
 
 def main() -> int:

@@ -28,7 +28,7 @@ import torch
 from _common import median, print_environment, round_order, spread
 from _generator import benchmark_generator
 from ganops.config import load_params
-from ganops.export import write_onnx
+from ganops.serving.export import write_onnx
 from ganops.serving import OnnxGenerator
 
 
@@ -55,7 +55,7 @@ def main() -> None:
     spec = generator.spec
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "generator.onnx"
-        write_onnx(generator, path, params)
+        write_onnx(generator, path, params.export, {"model": params.model.model_dump(), "train": params.train.model_dump()})
         session = OnnxGenerator(path, providers=["CPUExecutionProvider"])
         print(f"generator: {origin}; {spec.resolution}x{spec.resolution}x{spec.channels}, latent {spec.latent_dim}, "
               f"{spec.num_classes} classes, {sum(p.numel() for p in generator.parameters()):,} parameters; "

@@ -20,7 +20,7 @@ import yaml
 from _common import median, print_environment, spread
 from _generator import write_random_prepared
 from ganops.config import validate_params
-from ganops.training import train
+from ganops.stages.train import train
 
 
 def main() -> None:

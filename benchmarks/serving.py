@@ -187,7 +187,7 @@ def main() -> int:
     from _common import median, print_environment, round_order, spread
     from _generator import benchmark_generator
     from ganops.config import ServeParams, load_params
-    from ganops.export import write_onnx
+    from ganops.serving.export import write_onnx
     from ganops.serving import OnnxGenerator
 
     print_environment(("onnxruntime", "mlflow", "fastapi", "uvicorn", "httpx"))
@@ -199,7 +199,8 @@ def main() -> int:
     processes: list[subprocess.Popen] = []
     try:
         model_path = folder / "generator.onnx"
-        write_onnx(generator, model_path, params)
+        write_onnx(generator, model_path, params.export,
+                   {"model": params.model.model_dump(), "train": params.train.model_dump()})
         mlflow_model = folder / "mlflow_model"
         mlflow.onnx.save_model(onnx.load(str(model_path)), str(mlflow_model))
         local = OnnxGenerator(model_path, providers=["CPUExecutionProvider"])

@@ -104,7 +104,7 @@ from _common import median, print_environment, round_order, spread
 from _generator import write_random_prepared
 from ganops.config import validate_params
 from ganops.models import DiscriminatorSpec, GeneratorSpec, build_discriminator, build_generator
-from ganops.training import train
+from ganops.stages.train import train
 
 CPU_SETTING = {"res": 32, "channels": 1, "width": 32, "latent": 64, "batch": 64, "steps": 300}
 CUDA_SETTING = {"res": 64, "channels": 3, "width": 64, "latent": 100, "batch": 256, "steps": 300}

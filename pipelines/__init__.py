@@ -1,1 +1,1 @@
-"""Orchestration flows that run the DVC stages of dvc.yaml (no training logic lives here)."""
+"""Prefect entry points (see gan_pipeline.py); the flows are ganops.flows."""

@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 
 from ganops.config import validate_params
-from ganops.data import DataError, load_manifest, load_split, prepare
+from ganops.data import DataError, load_manifest, load_split
+from ganops.stages.prepare import prepare
 from ganops.data.images import fit_array, fit_pil
 
 
@@ -38,18 +39,18 @@ def test_mnist5k_pads_28_to_32_and_splits_by_class(tmp_path):
     test_x, test_y = load_split(tmp_path / "data" / "prepared", "test")
     assert train_x.dtype == np.uint8 and train_x.shape == (4500, 1, 32, 32)
     assert test_x.shape == (500, 1, 32, 32)
-    assert manifest["num_train"] == 4500 and manifest["num_test"] == 500
+    assert manifest.num_train == 4500 and manifest.num_test == 500
     # 28x28 digits centred on a 2-pixel zero border, not resampled
     assert train_x[:, :, :2].max() == 0 and train_x[:, :, -2:].max() == 0
     assert train_x.max() == 255
-    assert sum(manifest["counts"]["train"].values()) == 4500
-    assert manifest["class_names"] == [str(d) for d in range(10)]
+    assert sum(manifest.counts["train"].values()) == 4500
+    assert manifest.class_names == [str(d) for d in range(10)]
     # stratified: every class is in the test split in about its share
-    for name, count in manifest["counts"]["test"].items():
-        assert abs(count - 0.1 * (count + manifest["counts"]["train"][name])) <= 1
+    for name, count in manifest.counts["test"].items():
+        assert abs(count - 0.1 * (count + manifest.counts["train"][name])) <= 1
     # shuffled, not class-sorted
     assert len(set(train_y[:20].tolist())) > 3
-    assert manifest["source_checksum"].startswith("sha256:")
+    assert manifest.source_checksum.startswith("sha256:")
 
 
 def test_digits_scaled_to_full_range(tmp_path):
@@ -57,7 +58,7 @@ def test_digits_scaled_to_full_range(tmp_path):
     images, labels = load_split(tmp_path / "data" / "prepared", "train")
     assert images.shape[1:] == (3, 8, 8)
     assert images.max() == 255
-    assert manifest["num_train"] + manifest["num_test"] == 1797
+    assert manifest.num_train + manifest.num_test == 1797
     assert np.array_equal(images[:, 0], images[:, 2])  # gray repeated into RGB
 
 
@@ -98,10 +99,10 @@ def test_imagefolder_any_size_and_mode(tmp_path):
     manifest = prepare(params(source="imagefolder", path=str(source), resolution=16, channels=3, test_fraction=0.25), tmp_path)
     images, labels = load_split(tmp_path / "data" / "prepared", "train")
     assert images.shape[1:] == (3, 16, 16)
-    assert manifest["class_names"] == ["cat", "dog"]
-    assert manifest["num_train"] + manifest["num_test"] == 14
-    assert manifest["counts"]["test"] == {"cat": 2, "dog": 2}
-    assert manifest["skipped"]["count"] == 0
+    assert manifest.class_names == ["cat", "dog"]
+    assert manifest.num_train + manifest.num_test == 14
+    assert manifest.counts["test"] == {"cat": 2, "dog": 2}
+    assert manifest.skipped["count"] == 0
 
     gray = prepare(params(source="imagefolder", path=str(source), resolution=8, channels=1), tmp_path / "gray")
     images, _ = load_split(tmp_path / "gray" / "data" / "prepared", "train")
@@ -134,9 +135,9 @@ def test_imagefolder_bad_file_named_or_skipped(tmp_path, name, payload, reason):
     assert not (tmp_path / "data" / "prepared").exists()
 
     manifest = prepare(params(source="imagefolder", path=str(source), resolution=16, skip_invalid=True), tmp_path)
-    assert manifest["skipped"]["count"] == 1
-    assert str(bad) in manifest["skipped"]["files"][0]
-    assert manifest["num_train"] + manifest["num_test"] == 14
+    assert manifest.skipped["count"] == 1
+    assert str(bad) in manifest.skipped["files"][0]
+    assert manifest.num_train + manifest.num_test == 14
 
 
 def test_imagefolder_layout_errors(tmp_path):
@@ -191,7 +192,7 @@ def test_mnist_idx_keeps_its_split(tmp_path, gz):
     source = make_idx(tmp_path / "idx", gz=gz, dotted=not gz)
     manifest = prepare(params(source="mnist-idx", path=str(source)), tmp_path)
     images, labels = load_split(tmp_path / "data" / "prepared", "test")
-    assert manifest["num_train"] == 40 and manifest["num_test"] == 10
+    assert manifest.num_train == 40 and manifest.num_test == 10
     assert images.shape == (10, 1, 32, 32)
     assert sorted(labels.tolist()) == list(range(10))
 
@@ -226,8 +227,8 @@ def test_mnist_idx_corrupt_test_files_skipped_when_allowed(tmp_path):
     with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz: corrupt gzip"):
         prepare(params(source="mnist-idx", path=str(source)), tmp_path)
     manifest = prepare(params(source="mnist-idx", path=str(source), skip_invalid=True, test_fraction=0.25), tmp_path)
-    assert manifest["skipped"]["count"] == 1
-    assert manifest["num_train"] + manifest["num_test"] == 40  # split from train instead
+    assert manifest.skipped["count"] == 1
+    assert manifest.num_train + manifest.num_test == 40  # split from train instead
 
 
 # --- CIFAR-10 python batches ----------------------------------------------------------------------
@@ -253,8 +254,8 @@ def make_cifar(root: Path) -> Path:
 def test_cifar10_folder_and_archive(tmp_path):
     source = make_cifar(tmp_path / "cifar-10-batches-py")
     manifest = prepare(params(source="cifar10", path=str(source), channels=3), tmp_path / "a")
-    assert manifest["num_train"] == 40 and manifest["num_test"] == 10
-    assert manifest["class_names"][0] == "airplane"
+    assert manifest.num_train == 40 and manifest.num_test == 10
+    assert manifest.class_names[0] == "airplane"
     images, _ = load_split(tmp_path / "a" / "data" / "prepared", "train")
     assert images.shape == (40, 3, 32, 32)
 
@@ -262,7 +263,7 @@ def test_cifar10_folder_and_archive(tmp_path):
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(source, arcname="cifar-10-batches-py")
     from_archive = prepare(params(source="cifar10", path=str(archive), channels=3), tmp_path / "b")
-    assert from_archive["source_checksum"] == manifest["source_checksum"]
+    assert from_archive.source_checksum == manifest.source_checksum
     a, b = prepared_files(tmp_path / "a"), prepared_files(tmp_path / "b")
     assert a["train.npz"] == b["train.npz"] and a["test.npz"] == b["test.npz"]
 
@@ -291,7 +292,7 @@ def test_cifar10_bad_batches_named_or_skipped(tmp_path):
     with pytest.raises(DataError, match="data_batch_2: corrupt or truncated pickle"):
         prepare(params(source="cifar10", path=str(source)), tmp_path)
     manifest = prepare(params(source="cifar10", path=str(source), skip_invalid=True), tmp_path)
-    assert manifest["num_train"] == 20 and manifest["skipped"]["count"] == 1
+    assert manifest.num_train == 20 and manifest.skipped["count"] == 1
 
     (source / "data_batch_2").write_bytes(pickle.dumps({b"data": np.zeros((5, 100), np.uint8), b"labels": [0] * 5}))
     with pytest.raises(DataError, match=r"data_batch_2: 'data' is not a uint8 \(N, 3072\) array"):
@@ -315,4 +316,15 @@ def test_manifest_is_readable_json(tmp_path):
     prepare(params(source="digits", resolution=8), tmp_path)
     manifest = load_manifest(tmp_path / "data" / "prepared")
     assert json.loads((tmp_path / "data" / "prepared" / "manifest.json").read_text()) == manifest
-    assert manifest["files"]["train"]["sha256"].startswith("sha256:")
+    assert manifest.checksum("train").startswith("sha256:")
+
+
+def test_every_registered_source_is_a_valid_setting():
+    """A new source is one SOURCES entry plus its name in DataParams.source: the lists must agree."""
+    import typing
+
+    from ganops.config import SOURCES_READING_A_PATH, DataParams
+    from ganops.data.sources import SOURCES
+
+    assert set(typing.get_args(DataParams.model_fields["source"].annotation)) == set(SOURCES)
+    assert {name for name, source in SOURCES.items() if source.needs_path} == set(SOURCES_READING_A_PATH)

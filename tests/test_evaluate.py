@@ -13,13 +13,17 @@ import torch
 from conftest import TINY, merge
 from ganops import GanopsError
 from ganops.config import validate_params
-from ganops.data import load_split, prepare
-from ganops.metrics import evaluate, reference_stats, train_evaluator
+from ganops.data import load_split
+from ganops.stages.prepare import prepare
+from ganops.stages.evaluate import evaluate
+from ganops.stages.reference_stats import reference_stats
+from ganops.stages.train_evaluator import train_evaluator
 from ganops.metrics.backbones import DomainBackbone, extract_features, resolve_backbone
 from ganops.metrics.inception import default_weights_path
 from ganops.metrics.evaluator import load_evaluator
 from ganops.metrics.frechet import frechet_distance_of_features
-from ganops.training import train
+from ganops.paths import ProjectPaths
+from ganops.stages.train import train
 
 
 def tiny(overrides: dict | None = None):
@@ -78,7 +82,8 @@ def test_sanity_real_halves_below_generator_below_noise(trained_project, tmp_pat
     root = copy_project(trained_project, tmp_path / "p")
     report = evaluate(tiny(merge(TRAINED, {"eval": {"num_samples": 400}})), root)
     real, _ = load_split(root / "data" / "prepared", "train")
-    backbone = DomainBackbone(load_evaluator(root, torch.device("cpu")))
+    backbone = DomainBackbone(load_evaluator(ProjectPaths(root).evaluator_weights, ProjectPaths(root).evaluator_spec,
+                                         torch.device("cpu")))
     real_features = extract_features(backbone, [torch.from_numpy(real)], len(real), "real")
     noise = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (400, *real.shape[1:]), dtype=np.uint8))
     noise_features = extract_features(backbone, [noise], len(noise), "noise")
@@ -103,7 +108,8 @@ def test_sanity_real_halves_below_generator_below_noise(trained_project, tmp_pat
 def test_class_consistency_scores_images_against_their_labels(trained_project):
     from ganops.metrics.evaluator import classifier_accuracy
 
-    model = load_evaluator(trained_project, torch.device("cpu"))
+    model = load_evaluator(ProjectPaths(trained_project).evaluator_weights, ProjectPaths(trained_project).evaluator_spec,
+                           torch.device("cpu"))
     images, labels = (torch.from_numpy(a) for a in load_split(trained_project / "data" / "prepared", "test"))
     accuracy = json.loads((trained_project / "reports" / "evaluator.json").read_text())["test_accuracy"]
     # real test images with their true labels score the classifier's test accuracy ...

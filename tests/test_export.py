@@ -14,11 +14,12 @@ import torch
 from conftest import TINY, merge, run_cli
 from ganops import GanopsError
 from ganops.config import validate_params
-from ganops.data import prepare
-from ganops.export import export
-from ganops.models import load_trained_generator
+from ganops.stages.prepare import prepare
+from ganops.stages.export import export
+from ganops.models import load_generator
+from ganops.paths import ProjectPaths
 from ganops.serving import ModelError, OnnxGenerator
-from ganops.training import train
+from ganops.stages.train import train
 
 
 def tiny(overrides: dict | None = None):
@@ -53,7 +54,7 @@ def test_model_is_checked_and_carries_its_metadata(exported):
 
 
 def test_dynamic_batch_and_fp32_parity(exported):
-    generator = load_trained_generator(exported)
+    generator = load_generator(ProjectPaths(exported).generator_weights, ProjectPaths(exported).generator_spec)
     session = OnnxGenerator(exported / "models" / "generator.onnx")
     for batch in (1, 7, 64):
         z = torch.randn(batch, 8, generator=torch.Generator().manual_seed(batch))
@@ -93,17 +94,17 @@ def test_fp16_model_within_its_tolerance(exported):
 
 def test_unverifiable_fp16_model_is_not_written_unless_opted_in(exported, tmp_path, monkeypatch):
     """An onnxruntime that can't run the fp16 model (no fp16 kernels here): nothing unverified ships."""
-    import ganops.export as export_module
+    import ganops.serving.export as export_module
 
     root = Path(shutil.copytree(exported, tmp_path / "p"))
-    measure = export_module._max_error
+    measure = export_module.max_error
 
     def fp16_unmeasurable(generator, model_path, params, providers=None):
         if "fp16" in Path(model_path).parent.name:  # the fp16 model's staging folder beside models/fp16
             raise GanopsError("no fp16 kernel for ConvTranspose on CPUExecutionProvider")
         return measure(generator, model_path, params, providers)
 
-    monkeypatch.setattr(export_module, "_max_error", fp16_unmeasurable)
+    monkeypatch.setattr(export_module, "max_error", fp16_unmeasurable)
     report = export(tiny({"export": {"fp16": True}}), root)
     assert report["fp16_written"] is False and report["fp16_verified"] is False
     assert "no fp16 kernel" in report["fp16_reason"]

@@ -67,7 +67,7 @@ def task_runs(flow_run_id) -> dict[str, object]:
 
 
 def test_flow_runs_every_stage_then_skips_all_from_cache(prefect_api, tmp_path):
-    from pipelines.gan_pipeline import gan_pipeline
+    from ganops.flows import gan_pipeline
 
     root = make_repo(tmp_path)
     first = gan_pipeline(repo=str(root))
@@ -89,7 +89,7 @@ def test_flow_runs_every_stage_then_skips_all_from_cache(prefect_api, tmp_path):
 
 
 def test_failing_stage_fails_the_flow_with_its_message_and_the_fix_resumes_from_cache(prefect_api, tmp_path):
-    from pipelines.gan_pipeline import gan_pipeline
+    from ganops.flows import gan_pipeline
 
     root = make_repo(tmp_path)
     gan_pipeline(repo=str(root))
@@ -108,7 +108,7 @@ def test_failing_stage_fails_the_flow_with_its_message_and_the_fix_resumes_from_
 
 
 def test_transient_failure_is_retried(prefect_api, tmp_path):
-    from pipelines.gan_pipeline import gan_pipeline
+    from ganops.flows import gan_pipeline
 
     root = make_repo(tmp_path)
     gan_pipeline(repo=str(root))
@@ -183,7 +183,7 @@ def test_scheduled_deployment_reads_back_and_runs(tmp_path):
 
 
 def test_sweep_runs_overrides_as_dvc_experiments(prefect_api, tmp_path):
-    from pipelines.gan_pipeline import sweep
+    from ganops.flows import sweep
 
     root = make_repo(tmp_path)
     rows = sweep([{"train.steps": 25}, {"train.loss": "hinge", "train.steps": 25}], repo=str(root))
@@ -193,8 +193,9 @@ def test_sweep_runs_overrides_as_dvc_experiments(prefect_api, tmp_path):
     for row in rows:
         assert row["experiment"] in shown
     from ganops.config import load_params
-    from ganops.tracking import list_versions
+    from ganops.tracking.registry import list_versions
 
-    versions = list_versions(load_params(root / "params.yaml"), root)
+    loaded = load_params(root / "params.yaml")
+    versions = list_versions(loaded.mlflow, loaded.register, root)
     assert len(versions) == 2 and sum(v["aliases"] == "champion" for v in versions) == 1
     assert yaml.safe_load((root / "params.yaml").read_text())["train"]["loss"] == "hinge"  # the last experiment

@@ -82,3 +82,18 @@ def test_ema_decay_ramps_up_to_its_target():
     assert ema_decay(0.999, 90) == pytest.approx(91 / 100)
     assert ema_decay(0.999, 100_000) == 0.999
     assert ema_decay(0.0, 50) == 0.0
+
+
+def test_every_registered_loss_is_a_valid_setting_and_trains_a_step():
+    """A new loss is one LOSSES entry plus its name in TrainParams.loss: both lists must agree."""
+    import typing
+
+    from ganops.config import TrainParams
+    from ganops.training.losses import LOSSES
+
+    assert set(typing.get_args(TrainParams.model_fields["loss"].annotation)) == set(LOSSES)
+    d_real, d_fake = torch.randn(8, requires_grad=True), torch.randn(8, requires_grad=True)
+    for name, loss in LOSSES.items():
+        (loss.discriminator(d_real, d_fake) + loss.generator(d_fake)).backward()
+        assert torch.isfinite(d_real.grad).all() and torch.isfinite(d_fake.grad).all(), name
+        d_real.grad = d_fake.grad = None

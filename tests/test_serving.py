@@ -24,10 +24,10 @@ from PIL import Image
 
 from conftest import TINY, free_port, merge, spawn, stop, wait_for_http, write_params
 from ganops.config import validate_params
-from ganops.data import prepare
-from ganops.export import export
+from ganops.stages.prepare import prepare
+from ganops.stages.export import export
 from ganops.serving import OnnxGenerator
-from ganops.training import train
+from ganops.stages.train import train
 
 
 def tiny(overrides: dict | None = None):

@@ -44,6 +44,6 @@ def test_importing_the_flows_changes_no_environment(monkeypatch):
 
     _cleared(monkeypatch)
     before = dict(os.environ)
-    sys.modules.pop("pipelines.gan_pipeline", None)
-    importlib.import_module("pipelines.gan_pipeline")
+    sys.modules.pop("ganops.flows", None)
+    importlib.import_module("ganops.flows")
     assert dict(os.environ) == before

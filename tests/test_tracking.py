@@ -15,12 +15,16 @@ import pytest
 
 from conftest import TINY, free_port, merge, run_cli, spawn, stop, wait_for_http, write_params
 from ganops.config import validate_params
-from ganops.data import prepare
-from ganops.export import export
-from ganops.metrics import evaluate, train_evaluator
+from ganops.stages.prepare import prepare
+from ganops.stages.export import export
+from ganops.stages.evaluate import evaluate
+from ganops.stages.train_evaluator import train_evaluator
 from ganops.serving import OnnxGenerator
-from ganops.tracking import TrackingError, list_versions, register, rollback
-from ganops.training import train
+from ganops.serving.locate import open_generator
+from ganops.stages.register import register
+from ganops.tracking.registry import list_versions, rollback
+from ganops.tracking.store import TrackingError
+from ganops.stages.train import train
 
 TRACKED = {"mlflow": {"enabled": True, "max_retries": 0, "timeout_s": 5}}
 
@@ -154,9 +158,9 @@ def test_models_cli_list_promote_rollback(project, tmp_path):
     assert "champion: v2 (was v1)" in run_cli("models", "promote", "2", cwd=root).stdout
     bad = run_cli("models", "promote", "99", cwd=root, check=False)
     assert bad.returncode == 2 and "has no version 99" in bad.stderr
-    assert rollback(tiny(), root)["champion"] == "1"
+    assert rollback(tiny().mlflow, tiny().register, root)["champion"] == "1"
     with pytest.raises(Exception, match="no earlier champion"):
-        rollback(tiny(), root)
+        rollback(tiny().mlflow, tiny().register, root)
 
 
 def test_two_racing_register_processes_promote_the_better_version(project, tmp_path):
@@ -214,7 +218,7 @@ def test_serving_resolves_the_champion_and_follows_it(project, tmp_path, monkeyp
     cwd = os.getcwd()
     os.chdir(root)  # the default store is the project's mlflow.db
     try:
-        generator = OnnxGenerator.from_uri("models:/ganops-generator@champion", cfg)
+        generator = open_generator("models:/ganops-generator@champion", cfg)
         direct = OnnxGenerator(root / "models" / "generator.onnx")
         assert (generator.sample(4, 1)[0] == direct.sample(4, 1)[0]).all()
     finally:
@@ -289,10 +293,10 @@ def test_against_a_real_tracking_server(mlflow_server, tmp_path):
     server_params = {"mlflow": {"tracking_uri": mlflow_server, "max_retries": 2}}
     result = run_pipeline(tmp_path, server_params)
     assert result["promoted"] is True
-    rows = list_versions(tiny(server_params), tmp_path)
+    rows = list_versions(tiny(server_params).mlflow, tiny(server_params).register, tmp_path)
     assert [r["version"] for r in rows] == ["1"] and rows[0]["aliases"] == "champion"
     assert not (tmp_path / "mlflow.db").exists()  # everything went to the server
-    generator = OnnxGenerator.from_uri("models:/ganops-generator@champion", tiny(server_params).mlflow)
+    generator = open_generator("models:/ganops-generator@champion", tiny(server_params).mlflow)
     assert generator.sample(2, 0)[0].shape == (2, 1, 8, 8)
 
 

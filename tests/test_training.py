@@ -20,9 +20,9 @@ from safetensors.torch import load_file
 from conftest import TINY, merge, write_params
 from ganops import GanopsError
 from ganops.config import validate_params
-from ganops.data import prepare
+from ganops.stages.prepare import prepare
 from ganops.models import GeneratorSpec, build_generator
-from ganops.training import train
+from ganops.stages.train import train
 from ganops.training.checkpoint import list_checkpoints
 
 
@@ -103,13 +103,14 @@ def test_training_fits_a_tiny_fixed_dataset(tmp_path, prepared_digits):
     """A known-easy case: 200 steps on the 8x8 digits bring the generator's images towards the data
     (per-pixel mean and spread), far from where the same generator starts."""
     from ganops.data import load_split
-    from ganops.models import load_trained_generator
+    from ganops.models import load_generator
+    from ganops.paths import ProjectPaths
 
     real, _ = load_split(prepared_digits, "train")
     real = torch.from_numpy(real).float() / 127.5 - 1
 
     def distance(root: Path) -> float:
-        generator = load_trained_generator(root, torch.device("cpu"))
+        generator = load_generator(ProjectPaths(root).generator_weights, ProjectPaths(root).generator_spec)
         with torch.no_grad():
             fake = generator(torch.randn(512, generator.spec.latent_dim, generator=torch.Generator().manual_seed(0)),
                              torch.arange(512) % generator.spec.num_classes)

@@ -50,7 +50,7 @@ def _run_stage(params_path: Path, stage: Callable[[Params], object]) -> None:
 @app.command()
 def prepare(params: Path = ParamsOption) -> None:
     """Validate and normalise the input images into data/prepared/ (train/test arrays + manifest)."""
-    from ganops.data import prepare as run
+    from ganops.stages.prepare import prepare as run
 
     _run_stage(params, run)
 
@@ -60,7 +60,7 @@ def train(params: Path = ParamsOption) -> None:
     """Train the GAN on data/prepared/; writes models/generator.* and reports/train*.
 
     With train.nproc > 1 this relaunches itself under torchrun (DistributedDataParallel)."""
-    from ganops.training import train as run
+    from ganops.stages.train import train as run
     from ganops.training.distributed import relaunch_under_torchrun, under_torchrun
 
     nproc = _fail_cleanly(lambda: load_params(params).train.nproc)
@@ -72,7 +72,7 @@ def train(params: Path = ParamsOption) -> None:
 @app.command("train-evaluator")
 def train_evaluator(params: Path = ParamsOption) -> None:
     """Train the domain classifier (the offline evaluation backbone) on data/prepared/."""
-    from ganops.metrics import train_evaluator as run
+    from ganops.stages.train_evaluator import train_evaluator as run
 
     _run_stage(params, run)
 
@@ -80,7 +80,7 @@ def train_evaluator(params: Path = ParamsOption) -> None:
 @app.command("reference-stats")
 def reference_stats(params: Path = ParamsOption) -> None:
     """The reference split's FID Inception features and statistics, computed once into data/reference/."""
-    from ganops.metrics import reference_stats as run
+    from ganops.stages.reference_stats import reference_stats as run
 
     _run_stage(params, run)
 
@@ -122,7 +122,7 @@ def fid_weights_path() -> None:
 @app.command()
 def evaluate(params: Path = ParamsOption) -> None:
     """Score the trained generator against the real images; writes reports/eval.json."""
-    from ganops.metrics import evaluate as run
+    from ganops.stages.evaluate import evaluate as run
 
     _run_stage(params, run)
 
@@ -130,7 +130,7 @@ def evaluate(params: Path = ParamsOption) -> None:
 @app.command()
 def export(params: Path = ParamsOption) -> None:
     """Export the EMA generator to models/generator.onnx, check it, and test parity with torch."""
-    from ganops.export import export as run
+    from ganops.stages.export import export as run
 
     _run_stage(params, run)
 
@@ -138,7 +138,7 @@ def export(params: Path = ParamsOption) -> None:
 @app.command()
 def register(params: Path = ParamsOption) -> None:
     """Register models/generator.onnx in MLflow; move alias `champion` only on a real improvement."""
-    from ganops.tracking import register as run
+    from ganops.stages.register import register as run
 
     _run_stage(params, run)
 
@@ -150,9 +150,10 @@ app.add_typer(models_app, name="models")
 @models_app.command("list")
 def models_list(params: Path = ParamsOption) -> None:
     """Every version with its Fréchet distance, interval and aliases."""
-    from ganops.tracking import list_versions
+    from ganops.tracking.registry import list_versions
 
-    rows = _fail_cleanly(lambda: list_versions(load_params(params)))
+    loaded = _fail_cleanly(lambda: load_params(params))
+    rows = _fail_cleanly(lambda: list_versions(loaded.mlflow, loaded.register))
     if not rows:
         typer.echo("no registered versions yet: run `dvc repro`")
         return
@@ -167,18 +168,20 @@ def models_list(params: Path = ParamsOption) -> None:
 def models_promote(version: str = typer.Argument(..., help="version number to make champion"),
                    params: Path = ParamsOption) -> None:
     """Make VERSION the champion by hand."""
-    from ganops.tracking import promote
+    from ganops.tracking.registry import promote
 
-    result = _fail_cleanly(lambda: promote(load_params(params), version))
+    loaded = _fail_cleanly(lambda: load_params(params))
+    result = _fail_cleanly(lambda: promote(loaded.mlflow, loaded.register, version))
     typer.echo(f"champion: v{result['champion']} (was v{result['previous_champion']})")
 
 
 @models_app.command("rollback")
 def models_rollback(params: Path = ParamsOption) -> None:
     """Move champion back to the previous champion."""
-    from ganops.tracking import rollback
+    from ganops.tracking.registry import rollback
 
-    result = _fail_cleanly(lambda: rollback(load_params(params)))
+    loaded = _fail_cleanly(lambda: load_params(params))
+    result = _fail_cleanly(lambda: rollback(loaded.mlflow, loaded.register))
     typer.echo(f"champion: v{result['champion']} (rolled back from v{result['rolled_back_from']})")
 
 
@@ -223,7 +226,7 @@ app.add_typer(flow_app, name="flow")
 @flow_app.command("run")
 def flow_run(repo: Path = typer.Option(Path("."), help="the project folder (holds dvc.yaml)")) -> None:
     """Run the whole pipeline once as a Prefect flow; unchanged stages are skipped from DVC's cache."""
-    from pipelines.gan_pipeline import gan_pipeline
+    from ganops.flows import gan_pipeline
 
     gan_pipeline(repo=str(repo))
 
@@ -235,7 +238,7 @@ def flow_serve(
     repo: Path = typer.Option(Path("."), help="the project folder (holds dvc.yaml)"),
 ) -> None:
     """Register a scheduled deployment of the pipeline and run it from this process (Prefect's serve)."""
-    from pipelines.gan_pipeline import serve_deployment
+    from ganops.flows import serve_deployment
 
     cfg = _fail_cleanly(lambda: load_params(repo / "params.yaml").flow)
     serve_deployment(repo=str(repo), cron=cron, name=name, cfg=cfg)
@@ -249,7 +252,7 @@ def flow_sweep(
     """Run each set of param overrides as a DVC experiment; the register stage decides on promotion."""
     import yaml
 
-    from pipelines.gan_pipeline import sweep
+    from ganops.flows import sweep
 
     overrides = []
     for spec in experiments:

@@ -27,6 +27,11 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# The sources that read data.path; each is one entry of ganops.data.sources.SOURCES (tests/test_data.py
+# checks that the names here and there agree).
+SOURCES_READING_A_PATH = ("imagefolder", "mnist-idx", "cifar10")
+
+
 class DataParams(_Section):
     source: Literal["mnist5k", "digits", "imagefolder", "mnist-idx", "cifar10"] = "mnist5k"
     path: str | None = Field(None, description="input folder or file for imagefolder, mnist-idx, cifar10")
@@ -47,7 +52,7 @@ class DataParams(_Section):
 
     @model_validator(mode="after")
     def _path_when_needed(self) -> DataParams:
-        if self.source in ("imagefolder", "mnist-idx", "cifar10") and not self.path:
+        if self.source in SOURCES_READING_A_PATH and not self.path:
             raise ValueError(f"data.path is required when data.source is {self.source!r}")
         return self
 

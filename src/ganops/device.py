@@ -7,7 +7,7 @@ import torch
 from ganops import GanopsError
 
 
-def resolve_device(requested: str, key: str = "train.device") -> torch.device:
+def resolve_device(requested: str, key: str) -> torch.device:
     """auto -> CUDA when present, else the CPU; an explicit 'cuda' without a GPU is an error naming ``key``."""
     if requested == "cuda" and not torch.cuda.is_available():
         raise GanopsError(f"{key} is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")

@@ -1,4 +1,8 @@
-"""Where each stage reads and writes: the file contract between stages (see dvc.yaml)."""
+"""Every file and folder a stage reads or writes, named once: the file contract between the stages of
+dvc.yaml. tests/test_dvc_pipeline.py checks that the data deps and outs of dvc.yaml are exactly these
+paths, so a new output is added here, in dvc.yaml and in its stage module, and nowhere else. What lies
+inside an output folder is the format of the package that writes it.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +14,26 @@ from pathlib import Path
 class ProjectPaths:
     root: Path = Path(".")
 
+    # --- prepare -----------------------------------------------------------------------------------
     @property
     def prepared(self) -> Path:
+        """The prepare stage's folder (its layout: ganops.data.prepare)."""
         return self.root / "data" / "prepared"
 
+    # --- reference_stats ---------------------------------------------------------------------------
     @property
     def reference(self) -> Path:
-        """The reference split's features and statistics (the reference_stats stage)."""
+        """The reference split's features and statistics (its layout: ganops.metrics.reference)."""
         return self.root / "data" / "reference"
 
+    # --- train -------------------------------------------------------------------------------------
     @property
     def models(self) -> Path:
         return self.root / "models"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
 
     @property
     def generator_weights(self) -> Path:
@@ -36,5 +48,65 @@ class ProjectPaths:
         return self.models / "checkpoints"
 
     @property
-    def reports(self) -> Path:
-        return self.root / "reports"
+    def samples(self) -> Path:
+        return self.reports / "samples.png"
+
+    @property
+    def train_report(self) -> Path:
+        return self.reports / "train.json"
+
+    @property
+    def train_log(self) -> Path:
+        return self.reports / "train_log.csv"
+
+    @property
+    def mlflow_run(self) -> Path:
+        """The pipeline execution's MLflow run id: train opens the run, later stages log into it."""
+        return self.reports / "mlflow_run.json"
+
+    # --- train_evaluator ---------------------------------------------------------------------------
+    @property
+    def evaluator_weights(self) -> Path:
+        return self.models / "evaluator.safetensors"
+
+    @property
+    def evaluator_spec(self) -> Path:
+        return self.models / "evaluator.json"
+
+    @property
+    def evaluator_report(self) -> Path:
+        return self.reports / "evaluator.json"
+
+    # --- evaluate ----------------------------------------------------------------------------------
+    @property
+    def eval_report(self) -> Path:
+        return self.reports / "eval.json"
+
+    @property
+    def eval_samples(self) -> Path:
+        return self.reports / "eval_samples.png"
+
+    # --- export ------------------------------------------------------------------------------------
+    @property
+    def onnx(self) -> Path:
+        return self.models / "generator.onnx"
+
+    @property
+    def fp16(self) -> Path:
+        """models/fp16/: the fp16 model, when export.fp16 (the folder is the DVC output)."""
+        return self.models / "fp16"
+
+    @property
+    def export_report(self) -> Path:
+        return self.reports / "export.json"
+
+    # --- register ----------------------------------------------------------------------------------
+    @property
+    def register_report(self) -> Path:
+        return self.reports / "register.json"
+
+    def stage_files(self) -> dict[str, Path]:
+        """Every named file and folder above (not the folders that only group them), by name."""
+        grouping = {"models", "reports"}
+        return {name: getattr(self, name) for name, value in vars(type(self)).items()
+                if isinstance(value, property) and name not in grouping}

@@ -1,26 +1,12 @@
-"""Image grids for reports."""
+"""Image grids for reports, `ganops generate` and the HTTP service."""
 
 from __future__ import annotations
 
 import io
 
-from pathlib import Path
-
 import numpy as np
-import torch
 from PIL import Image
 
-from ganops.io import write_bytes_atomic
-
-
-def to_uint8_tensor(images: torch.Tensor) -> torch.Tensor:
-    """Generator output in [-1, 1] -> uint8, on the tensor's own device."""
-    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """Model output in [-1, 1] (N, C, H, W) -> uint8 array of the same layout."""
-    return to_uint8_tensor(images).cpu().numpy()
 
 
 def tile(images: np.ndarray, rows: int, min_cell: int = 32) -> np.ndarray:
@@ -56,6 +42,15 @@ def grid_png(images: np.ndarray, rows: int, min_cell: int = 32) -> bytes:
     return _png(tile(images, rows, min_cell))
 
 
-def save_grid(images: np.ndarray, rows: int, path: Path, min_cell: int = 32) -> None:
-    """Write :func:`tile`'s grid as a PNG, atomically."""
-    write_bytes_atomic(Path(path), grid_png(images, rows, min_cell))
+def sample_grid_png(images: np.ndarray, labels: np.ndarray | None, num_classes: int, per_class: int = 8) -> bytes:
+    """The sample grid of every report and of `ganops generate`: with labels, one row per class holding
+    its first ``per_class`` images in order (short rows padded black, classes without images left out);
+    without, the first 64 images in 8 rows."""
+    if labels is None:
+        return grid_png(images[:64], 8)
+    rows = []
+    for label in range(num_classes):
+        picked = images[labels == label][:per_class]
+        if len(picked):
+            rows.append(np.concatenate([picked, np.zeros((per_class - len(picked), *picked.shape[1:]), np.uint8)]))
+    return grid_png(np.concatenate(rows), len(rows))

@@ -1,6 +1,6 @@
-"""Data sources, validation and the prepare stage."""
+"""Data sources, validation and the prepared data format."""
 
-from ganops.data.prepare import load_manifest, load_split, prepare
+from ganops.data.prepare import load_manifest, load_split, write_prepared
 from ganops.data.sources import DataError
 
-__all__ = ["DataError", "load_manifest", "load_split", "prepare"]
+__all__ = ["DataError", "load_manifest", "load_split", "write_prepared"]

@@ -1,4 +1,5 @@
-"""The prepare stage: raw images in, validated uint8 train/test arrays and a manifest out."""
+"""The prepared data format: validated uint8 train/test arrays and a manifest, in one folder
+(written by the prepare stage, ganops.stages.prepare; read by every later stage)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,18 @@ import json
 import logging
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ganops.config import Params
+from ganops.config import DataParams
 from ganops.data.sources import SOURCES, DataError, SourceData
 from ganops.io import atomic_dir
-from ganops.paths import ProjectPaths
 
 log = logging.getLogger(__name__)
 MANIFEST_VERSION = 1
+MANIFEST = "manifest.json"
 
 
 def _split(data: SourceData, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -60,24 +63,59 @@ def load_split(prepared_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         return arrays["images"], arrays["labels"]
 
 
-def load_manifest(prepared_dir: Path) -> dict:
-    path = Path(prepared_dir) / "manifest.json"
+class SplitFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str
+    sha256: str
+
+
+class Manifest(BaseModel):
+    """manifest.json: what the prepared folder holds and where it came from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: int = MANIFEST_VERSION
+    source: str
+    source_path: str | None = None
+    source_checksum: str
+    resolution: int
+    channels: int
+    seed: int = 0
+    num_classes: int
+    class_names: list[str]
+    num_train: int = 0
+    num_test: int = 0
+    counts: dict[str, dict[str, int]] = {}
+    skipped: dict[str, Any] = {"count": 0, "files": []}
+    files: dict[str, SplitFile]
+
+    def checksum(self, split: str) -> str:
+        """The sha256 of a split's .npz: what generator specs, references and evaluations record."""
+        return self.files[split].sha256
+
+
+def load_manifest(prepared_dir: Path) -> Manifest:
+    path = Path(prepared_dir) / MANIFEST
     if not path.exists():
         raise DataError(f"{path} is missing; run `ganops prepare` (or `dvc repro prepare`) first")
-    return json.loads(path.read_text())
+    try:
+        return Manifest.model_validate_json(path.read_text())
+    except ValidationError as error:
+        raise DataError(f"{path} is not a ganops manifest ({error.error_count()} problem(s): "
+                        f"{error.errors()[0]['msg']}); run `dvc repro -f prepare`") from None
 
 
-def prepare(params: Params, root: Path = Path(".")) -> dict:
-    """Read ``params.data.source``, split it, and write data/prepared/ in one atomic step."""
-    data_params = params.data
-    data = SOURCES[data_params.source](data_params)
+def write_prepared(data_params: DataParams, out_dir: Path) -> Manifest:
+    """Read ``data_params.source``, split it, and write ``out_dir`` in one atomic step; returns the manifest."""
+    data = SOURCES[data_params.source].load(data_params)
     if len(data.labels) != len(data.images):
         raise DataError(f"{data_params.source}: {len(data.images)} images but {len(data.labels)} labels")
     if len(data.images) < 2:
         raise DataError(f"{data_params.source}: only {len(data.images)} usable image(s); need at least 2")
     train_idx, test_idx = _split(data, data_params.test_fraction, data_params.seed)
 
-    manifest = {
+    record = {
         "version": MANIFEST_VERSION,
         "source": data_params.source,
         "source_path": data_params.path,
@@ -96,11 +134,11 @@ def prepare(params: Params, root: Path = Path(".")) -> dict:
         "skipped": {"count": len(data.skipped), "files": data.skipped},
         "files": {},
     }
-    out_dir = ProjectPaths(root).prepared
     with atomic_dir(out_dir) as staging:
         for split, indices in (("train", train_idx), ("test", test_idx)):
             digest = _save_split(staging / f"{split}.npz", data.images[indices], data.labels[indices])
-            manifest["files"][split] = {"path": f"{split}.npz", "sha256": digest}
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            record["files"][split] = {"path": f"{split}.npz", "sha256": digest}
+        manifest = Manifest.model_validate(record)
+        (staging / MANIFEST).write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
     log.info("prepared %d train / %d test images into %s", len(train_idx), len(test_idx), out_dir)
     return manifest

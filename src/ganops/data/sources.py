@@ -356,10 +356,19 @@ def load_cifar10(params: DataParams) -> SourceData:
     )
 
 
-SOURCES: dict[str, Callable[[DataParams], SourceData]] = {
-    "mnist5k": load_mnist5k,
-    "digits": load_digits,
-    "imagefolder": load_imagefolder,
-    "mnist-idx": load_mnist_idx,
-    "cifar10": load_cifar10,
+@dataclass(frozen=True)
+class Source:
+    """One input format: its reader, and whether it reads data.path."""
+
+    load: Callable[[DataParams], SourceData]
+    needs_path: bool
+
+
+# A new source is one entry here, and its name in DataParams.source (tests/test_data.py checks they agree).
+SOURCES: dict[str, Source] = {
+    "mnist5k": Source(load_mnist5k, needs_path=False),
+    "digits": Source(load_digits, needs_path=False),
+    "imagefolder": Source(load_imagefolder, needs_path=True),
+    "mnist-idx": Source(load_mnist_idx, needs_path=True),
+    "cifar10": Source(load_cifar10, needs_path=True),
 }

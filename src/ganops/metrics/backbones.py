@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ganops.metrics.evaluator import DomainClassifier, scale_images
+from ganops.metrics.evaluator import DomainClassifier
+from ganops.pixels import from_uint8
 from ganops.metrics.inception import InceptionFeatureExtractor, InceptionWeightsError, default_weights_path
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class DomainBackbone:
     @torch.no_grad()
     def __call__(self, images_u8: torch.Tensor) -> torch.Tensor:
         device = next(self.model.parameters()).device
-        return self.model.features(scale_images(images_u8.to(device)))
+        return self.model.features(from_uint8(images_u8.to(device)))
 
 
 def resolve_backbone(requested: str, inception_weights: str | None) -> tuple[str, Path, str | None]:

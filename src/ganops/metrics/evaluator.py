@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,11 +21,12 @@ from torch import nn
 from tqdm import tqdm
 
 from ganops import GanopsError
-from ganops.config import Params
-from ganops.data import load_manifest, load_split
-from ganops.device import resolve_device
+from ganops.config import EvaluatorParams
 from ganops.io import write_bytes_atomic, write_json_atomic
-from ganops.paths import ProjectPaths
+from ganops.pixels import from_uint8
+
+if TYPE_CHECKING:  # the type only: the prepared data format is the stage's to read
+    from ganops.data.prepare import Manifest
 
 
 class EvaluatorSpec(BaseModel):
@@ -65,17 +67,7 @@ class DomainClassifier(nn.Module):
         return self.head(self.features(images))
 
 
-def scale_images(images_u8: torch.Tensor) -> torch.Tensor:
-    return images_u8.float().div(127.5).sub(1.0)
-
-
-def evaluator_paths(root: Path) -> tuple[Path, Path, Path]:
-    paths = ProjectPaths(root)
-    return paths.models / "evaluator.safetensors", paths.models / "evaluator.json", paths.reports / "evaluator.json"
-
-
-def load_evaluator(root: Path, device: torch.device) -> DomainClassifier:
-    weights, spec_path, _ = evaluator_paths(root)
+def load_evaluator(weights: Path, spec_path: Path, device: torch.device) -> DomainClassifier:
     if not weights.exists() or not spec_path.exists():
         raise GanopsError(f"{weights} is missing; train the domain evaluator first (`dvc repro train_evaluator`)")
     spec = EvaluatorSpec.model_validate(json.loads(spec_path.read_text()))
@@ -91,25 +83,27 @@ def classifier_accuracy(model: DomainClassifier, images: torch.Tensor, labels: t
     model.eval()
     correct = 0
     for start in range(0, len(images), batch_size):
-        logits = model(scale_images(images[start : start + batch_size].to(device)))
+        logits = model(from_uint8(images[start : start + batch_size].to(device)))
         correct += int((logits.argmax(1) == labels[start : start + batch_size].to(device)).sum())
     return correct / max(1, len(images))
 
 
-def train_evaluator(params: Params, root: Path = Path(".")) -> dict:
-    """Train the domain classifier on data/prepared/train; report its accuracy on the test split."""
-    cfg = params.eval.evaluator
-    paths = ProjectPaths(root)
-    manifest = load_manifest(paths.prepared)
-    if manifest["num_classes"] < 2:
+def save_evaluator(model: DomainClassifier, weights_path: Path, spec_path: Path) -> None:
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    write_bytes_atomic(weights_path, safetensors_save(weights))
+    write_json_atomic(spec_path, model.spec.model_dump(mode="json"))
+
+
+def fit_evaluator(cfg: EvaluatorParams, manifest: Manifest, train: tuple[torch.Tensor, torch.Tensor],
+                  test: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> tuple[DomainClassifier, dict]:
+    """Train the domain classifier on uint8 ``train`` images and labels; report its accuracy on ``test``."""
+    if manifest.num_classes < 2:
         raise GanopsError("the domain evaluator needs at least 2 classes; use eval.backbone: inception")
-    train_x, train_y = (torch.from_numpy(a) for a in load_split(paths.prepared, "train"))
-    test_x, test_y = (torch.from_numpy(a) for a in load_split(paths.prepared, "test"))
-    device = resolve_device(params.eval.device, "eval.device")
+    (train_x, train_y), (test_x, test_y) = train, test
     torch.manual_seed(cfg.seed)
-    spec = EvaluatorSpec(resolution=manifest["resolution"], channels=manifest["channels"],
-                         num_classes=manifest["num_classes"], width=cfg.width, class_names=manifest["class_names"],
-                         data_checksum=manifest["files"]["train"]["sha256"])
+    spec = EvaluatorSpec(resolution=manifest.resolution, channels=manifest.channels,
+                         num_classes=manifest.num_classes, width=cfg.width, class_names=manifest.class_names,
+                         data_checksum=manifest.checksum("train"))
     model = DomainClassifier(spec).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     steps_per_epoch = max(1, len(train_x) // cfg.batch_size)
@@ -122,7 +116,7 @@ def train_evaluator(params: Params, root: Path = Path(".")) -> dict:
         order = torch.randperm(len(train_x), generator=order_rng).to(device)
         for step in range(steps_per_epoch):
             index = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            loss = nn.functional.cross_entropy(model(scale_images(train_x[index])), train_y[index])
+            loss = nn.functional.cross_entropy(model(from_uint8(train_x[index])), train_y[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -135,10 +129,5 @@ def train_evaluator(params: Params, root: Path = Path(".")) -> dict:
         "feature_dim": spec.feature_dim,
         "wall_time_s": round(time.perf_counter() - started, 3),
     }
-    weights_path, spec_path, report_path = evaluator_paths(root)
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    write_bytes_atomic(weights_path, safetensors_save(weights))
-    write_json_atomic(spec_path, spec.model_dump(mode="json"))
-    write_json_atomic(report_path, report)
     logging.getLogger(__name__).info("domain evaluator: test accuracy %s", report["test_accuracy"])
-    return report
+    return model, report

@@ -1,9 +1,9 @@
-"""The reference_stats stage: the reference split's FID Inception features and statistics, once.
+"""The reference statistics: the reference split's FID Inception features and their mean and
+covariance, in one folder (written by the reference_stats stage, read by evaluate).
 
-Computed once per dataset, protocol and weights, and reused by every evaluation: changing only the
-generator never recomputes them (DVC reruns this stage only when the prepared data or the
-``eval`` keys it reads change). The record beside the arrays says exactly what they were computed
-from, and evaluate refuses statistics that do not match what it would compute itself.
+Computed once per dataset, protocol and weights, and reused by every evaluation. The record beside
+the arrays says exactly what they were computed from, and evaluate refuses statistics that do not
+match what it would compute itself.
 """
 
 from __future__ import annotations
@@ -12,18 +12,18 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ganops import GanopsError
-from ganops.config import Params
-from ganops.data import load_manifest, load_split
-from ganops.device import resolve_device
 from ganops.io import atomic_dir
 from ganops.metrics.backbones import InceptionBackbone, extract_features, resolve_backbone
 from ganops.metrics.frechet import feature_statistics
-from ganops.paths import ProjectPaths
+
+if TYPE_CHECKING:  # the type only: the prepared data format is the stage's to read
+    from ganops.data.prepare import Manifest
 
 log = logging.getLogger(__name__)
 RECORD = "reference.json"
@@ -39,52 +39,49 @@ class ReferenceFeatures:
     record: dict
 
 
-def resolve_reference(params: Params, root: Path) -> tuple[dict, InceptionBackbone | None]:
+def resolve_reference(backbone_name: str, inception_weights: str | None, fid_protocol: str, reference: str,
+                      device: torch.device, manifest: Manifest) -> tuple[dict, InceptionBackbone | None]:
     """What the reference statistics depend on (and what evaluate checks before reusing them), and for
     the inception backbone the network itself: loaded once, its weights digest read off it."""
-    cfg = params.eval
-    manifest = load_manifest(ProjectPaths(root).prepared)
-    name, weights, fallback = resolve_backbone(cfg.backbone, cfg.inception_weights)
-    record = {"backbone": name, "reference": cfg.reference,
-              "data_sha256": manifest["files"][cfg.reference]["sha256"]}
+    name, weights, fallback = resolve_backbone(backbone_name, inception_weights)
+    record = {"backbone": name, "reference": reference, "data_sha256": manifest.checksum(reference)}
     if name != "inception":
         record["fallback_reason"] = fallback
         return record, None
-    backbone = InceptionBackbone(weights, cfg.fid_protocol, resolve_device(cfg.device, "eval.device"))
-    record.update({"fid_protocol": cfg.fid_protocol, "weights": str(weights),
+    backbone = InceptionBackbone(weights, fid_protocol, device)
+    record.update({"fid_protocol": fid_protocol, "weights": str(weights),
                    "weights_digest": backbone.extractor.weights_digest})
     return record, backbone
 
 
-def reference_stats(params: Params, root: Path = Path(".")) -> dict:
-    """Write data/reference/: the record, and for the inception backbone the features and their statistics."""
-    cfg = params.eval
-    paths = ProjectPaths(root)
-    record, backbone = resolve_reference(params, root)
+def write_reference(folder: Path, record: dict, backbone: InceptionBackbone | None, images: np.ndarray,
+                    batch_size: int) -> dict:
+    """Write ``folder``: the record, and for the inception backbone the features of the uint8 reference
+    ``images`` and their statistics; returns the record."""
     arrays: dict[str, np.ndarray] = {}
     if backbone is not None:
-        images, _ = load_split(paths.prepared, cfg.reference)
         tensor = torch.from_numpy(images)
         features = extract_features(
-            backbone, (tensor[i : i + cfg.batch_size] for i in range(0, len(tensor), cfg.batch_size)), len(tensor),
-            f"reference ({cfg.reference})")
+            backbone, (tensor[i : i + batch_size] for i in range(0, len(tensor), batch_size)), len(tensor),
+            f"reference ({record['reference']})")
         mu, sigma = feature_statistics(features)
         arrays = {"features": features.astype(np.float32), "mu": mu, "sigma": sigma}
         record["num_reference"] = int(len(features))
         record["engine"] = backbone.extractor.engine
-    with atomic_dir(paths.reference) as tmp:
+    with atomic_dir(folder) as tmp:
         if arrays:
             np.save(tmp / FEATURES, arrays["features"], allow_pickle=False)
             np.savez(tmp / STATISTICS, mu=arrays["mu"], sigma=arrays["sigma"], count=np.int64(len(arrays["features"])))
         (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     log.info("reference statistics (%s): %s", record["backbone"],
-             f"{record.get('num_reference')} images of the {cfg.reference} split" if arrays else record["fallback_reason"])
+             f"{record.get('num_reference')} images of the {record['reference']} split" if arrays
+             else record["fallback_reason"])
     return record
 
 
-def load_reference(root: Path, expected: dict) -> ReferenceFeatures:
-    """The cached reference features, if they were computed exactly as ``expected`` says; else a clear error."""
-    folder = ProjectPaths(root).reference
+def load_reference(folder: Path, expected: dict) -> ReferenceFeatures:
+    """The cached reference features in ``folder``, if they were computed exactly as ``expected`` says;
+    else a clear error."""
     try:
         record = json.loads((folder / RECORD).read_text())
     except FileNotFoundError:

@@ -10,7 +10,6 @@ from safetensors.torch import load_file
 from ganops import GanopsError
 from ganops.models.dcgan import Discriminator, Generator
 from ganops.models.spec import DiscriminatorSpec, GeneratorSpec, SpecError
-from ganops.paths import ProjectPaths
 
 
 def build_generator(spec: GeneratorSpec) -> Generator:
@@ -21,17 +20,16 @@ def build_discriminator(spec: DiscriminatorSpec) -> Discriminator:
     return Discriminator(spec)
 
 
-def load_trained_generator(root: Path = Path("."), device: torch.device = torch.device("cpu")) -> Generator:
-    """The EMA generator from models/, rebuilt from its spec (never from params.yaml)."""
-    paths = ProjectPaths(root)
-    spec = GeneratorSpec.load(paths.generator_spec)
-    if not paths.generator_weights.exists():
-        raise GanopsError(f"{paths.generator_weights} is missing; train a generator first (`dvc repro train`)")
+def load_generator(weights: Path, spec_path: Path, device: torch.device = torch.device("cpu")) -> Generator:
+    """A trained generator from its safetensors weights, rebuilt from its spec file (never from params.yaml)."""
+    spec = GeneratorSpec.load(spec_path)
+    if not weights.exists():
+        raise GanopsError(f"{weights} is missing; train a generator first (`dvc repro train`)")
     generator = build_generator(spec)
     try:
-        generator.load_state_dict(load_file(paths.generator_weights))
+        generator.load_state_dict(load_file(weights))
     except Exception as error:
-        raise GanopsError(f"{paths.generator_weights} does not match {paths.generator_spec}: {error}") from None
+        raise GanopsError(f"{weights} does not match {spec_path}: {error}") from None
     return generator.to(device).eval()
 
 
@@ -43,5 +41,5 @@ __all__ = [
     "SpecError",
     "build_discriminator",
     "build_generator",
-    "load_trained_generator",
+    "load_generator",
 ]

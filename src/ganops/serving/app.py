@@ -28,7 +28,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ganops import GanopsError
 from ganops.config import MlflowParams, ServeParams
 from ganops.serving.locate import locate
-from ganops.serving.runtime import OnnxGenerator, to_uint8
+from ganops.pixels import to_uint8
+from ganops.serving.runtime import OnnxGenerator
 from ganops.visualize import grid_png
 
 log = logging.getLogger(__name__)

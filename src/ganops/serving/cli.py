@@ -10,26 +10,26 @@ from pathlib import Path
 from ganops import GanopsError
 from ganops.config import MlflowParams, ServeParams
 from ganops.io import atomic_dir, write_bytes_atomic
-from ganops.serving.runtime import OnnxGenerator
-from ganops.visualize import grid_png, image_png
+from ganops.serving.locate import open_generator
+from ganops.visualize import grid_png, image_png, sample_grid_png
 
 log = logging.getLogger(__name__)
 
 
 def generate_images(model: str, n: int, seed: int, label: int | None, out: Path,
                     mlflow_cfg: MlflowParams | None = None) -> Path:
-    generator = OnnxGenerator.from_uri(model, mlflow_cfg)
+    generator = open_generator(model, mlflow_cfg)
     try:
         images, labels = generator.sample(n, seed, label)
     except ValueError as error:
         raise GanopsError(str(error)) from None
     if out.suffix.lower() == ".png":
-        conditional_rows = generator.spec.conditional and label is None and n % generator.spec.num_classes == 0
-        rows = generator.spec.num_classes if conditional_rows else max(1, round(n**0.5))
-        if conditional_rows:  # one row per class, as in the training samples
-            order = labels.argsort(kind="stable")
-            images = images[order]
-        write_bytes_atomic(out, grid_png(images, rows))
+        spec = generator.spec
+        if spec.conditional and label is None and n % spec.num_classes == 0:  # one row per class, as in the reports
+            picture = sample_grid_png(images, labels, spec.num_classes, per_class=n // spec.num_classes)
+        else:
+            picture = grid_png(images, max(1, round(n**0.5)))
+        write_bytes_atomic(out, picture)
     else:
         with atomic_dir(out) as staging:
             for index, image in enumerate(images):
@@ -49,7 +49,7 @@ def serve_http(model: str | None, host: str | None, port: int | None, settings: 
     uri = model or settings.model
     host = host or settings.host
     check_exposure(host, settings, allow_public_without_key)
-    OnnxGenerator.from_uri(uri, mlflow_cfg)  # fail now, with a clear message, not in the server's startup
+    open_generator(uri, mlflow_cfg)  # fail now, with a clear message, not in the server's startup
     uvicorn.run(create_app(uri, settings, mlflow_cfg), host=host, port=port or settings.port,
                 log_level="info", timeout_graceful_shutdown=10)
 

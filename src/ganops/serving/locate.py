@@ -1,6 +1,7 @@
 """Where a model comes from: a local ONNX file, or an MLflow registry URI such as
 ``models:/ganops-generator@champion``. A locator tells when the model behind it changed (a new file,
-a moved alias) and fetches the current one as a local file."""
+a moved alias) and fetches the current one as a local file. (It builds on runtime; runtime knows
+nothing of where models come from.)"""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from ganops.config import MlflowParams
 from ganops.io import atomic_dir
-from ganops.serving.runtime import ModelError
+from ganops.serving.runtime import ModelError, OnnxGenerator
 
 log = logging.getLogger(__name__)
 REGISTRY_PREFIXES = ("models:/", "runs:/")
@@ -114,3 +115,9 @@ def locate(uri: str | Path, mlflow_cfg: MlflowParams | None = None, root: Path =
     if text.startswith(REGISTRY_PREFIXES):
         return RegistryLocator(text, mlflow_cfg, root)
     return FileLocator(Path(text))
+
+
+def open_generator(uri: str | Path, mlflow_cfg: MlflowParams | None = None, **session_options) -> OnnxGenerator:
+    """The generator at a local ONNX path or a registry URI such as models:/ganops-generator@champion."""
+    path, _ = locate(uri, mlflow_cfg).fetch()
+    return OnnxGenerator(path, **session_options)

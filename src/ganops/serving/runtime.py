@@ -14,6 +14,7 @@ import numpy as np
 
 from ganops import GanopsError
 from ganops.models.spec import GeneratorSpec
+from ganops.pixels import to_uint8
 
 SPEC_KEY = "ganops.generator_spec"
 
@@ -62,14 +63,6 @@ class OnnxGenerator:
         self.metadata = metadata
         self.spec = GeneratorSpec.model_validate(json.loads(metadata[SPEC_KEY]))
         self.input_names = [i.name for i in self.session.get_inputs()]
-
-    @classmethod
-    def from_uri(cls, uri: str | Path, mlflow_cfg=None, **session_options) -> OnnxGenerator:
-        """A local ONNX file, or a registry URI such as models:/ganops-generator@champion."""
-        from ganops.serving.locate import locate
-
-        path, _ = locate(uri, mlflow_cfg).fetch()
-        return cls(path, **session_options)
 
     @property
     def providers(self) -> list[str]:
@@ -141,6 +134,3 @@ class OnnxGenerator:
         images, label_array = self.generate(self.latents(n, seed), labels)
         return to_uint8(images), label_array
 
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    return np.rint((np.clip(images, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)

@@ -1,6 +1,2 @@
-"""MLflow run lifecycle, lineage, the model registry and promotion."""
-
-from ganops.tracking.registry import list_versions, promote, register, rollback
-from ganops.tracking.store import TrackingError
-
-__all__ = ["TrackingError", "list_versions", "promote", "register", "rollback"]
+"""MLflow for the stages: the store (store), the pipeline's run and its lineage (runs), the model
+registry and promotion (registry). Import the module you need; this package imports nothing."""

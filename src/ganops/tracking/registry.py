@@ -1,4 +1,5 @@
-"""The register stage and the model registry commands.
+"""The model registry: registering a generator version, the champion decision, and the `ganops
+models` commands (the register stage, ganops.stages.register, calls ``register_onnx``).
 
 Every pipeline run registers its ONNX generator as a new version of ``register.model_name``. The
 alias ``champion`` moves to it only when its primary metric (the standard FID, when the Inception
@@ -16,27 +17,28 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from ganops import GanopsError
-from ganops.config import Params
-from ganops.data import load_manifest
-from ganops.io import file_sha256, write_json_atomic
+from ganops.config import MlflowParams, RegisterParams
+from ganops.io import file_sha256
 from ganops.metrics.names import evaluation_summary, primary_metric
-from ganops.paths import ProjectPaths
-from ganops.tracking.store import ONNX_DIGEST_TAG, TrackingError, connect, http_settings, lock_path, pipeline_run_id, tracking_uri
+from ganops.tracking.store import ONNX_DIGEST_TAG, TrackingError, connect, http_settings, lock_path, tracking_uri
+
+if TYPE_CHECKING:  # the type only: the prepared data format is the stage's to read
+    from ganops.data.prepare import Manifest
 
 log = logging.getLogger(__name__)
 CHAMPION = "champion"
 HISTORY_TAG = "ganops.champion_history"  # JSON list of champion versions, oldest first
 
 
-def evaluation_signature(report: dict, manifest: dict, root: Path) -> str:
-    """Numbers are comparable only under the same protocol (metric, weights, sample count, reference) and data."""
+def evaluation_signature(report: dict, manifest: Manifest, evaluator: Path) -> str:
+    """Numbers are comparable only under the same protocol (metric, weights, sample count, reference) and
+    data; a domain metric also only under the same domain evaluator (its weights file)."""
     parts = {"metric": primary_metric(report), "backbone": report["backbone"], "num_samples": report["num_samples"],
              "reference": report["reference"], "fid_protocol": report.get("fid_protocol"),
-             "weights": report.get("weights_digest"), "data": manifest["files"][report["reference"]]["sha256"]}
-    evaluator = ProjectPaths(root).models / "evaluator.safetensors"
+             "weights": report.get("weights_digest"), "data": manifest.checksum(report["reference"])}
     if primary_metric(report).endswith(f"_domain_{report['reference']}") and evaluator.exists():
         parts["evaluator"] = file_sha256(evaluator)
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
@@ -57,7 +59,7 @@ def _signature_and_example(onnx_path: Path):
     return infer_signature(example, images), example, generator.spec
 
 
-def _decide(params: Params, new: dict, champion) -> tuple[bool, str]:
+def _decide(cfg: RegisterParams, new: dict, champion) -> tuple[bool, str]:
     if champion is None:
         return True, "first registered version: no champion yet"
     tags = champion.tags
@@ -66,20 +68,20 @@ def _decide(params: Params, new: dict, champion) -> tuple[bool, str]:
                        f"(signature {tags.get('eval_signature')}), this version by {new['metric']} "
                        f"(signature {new['eval_signature']}): another protocol, weights or data")
     old, value = float(tags["metric_value"]), new["metric_value"]
-    noise = params.register.noise_z * math.hypot(float(tags.get("metric_std", 0.0)), new["metric_std"])
-    needed = max(params.register.min_improvement, noise)
+    noise = cfg.noise_z * math.hypot(float(tags.get("metric_std", 0.0)), new["metric_std"])
+    needed = max(cfg.min_improvement, noise)
     gain = old - value
     verdict = (f"{new['metric']} {value:.4f} vs champion v{champion.version} {old:.4f}: improvement {gain:.4f} "
                f"{'>' if gain > needed else '<='} required {needed:.4f} (max of min_improvement "
-               f"{params.register.min_improvement:g} and {params.register.noise_z:g} x std of the difference)")
+               f"{cfg.min_improvement:g} and {cfg.noise_z:g} x std of the difference)")
     return gain > needed, verdict
 
 
-def _registry_lock(params: Params, root: Path):
+def _registry_lock(cfg: MlflowParams, root: Path):
     """One registry change at a time per store on this machine (read champion, decide, move alias)."""
     from filelock import FileLock
 
-    return FileLock(str(lock_path(tracking_uri(params.mlflow, root))), timeout=600)
+    return FileLock(str(lock_path(tracking_uri(cfg, root))), timeout=600)
 
 
 def _champion(client, name: str):
@@ -116,20 +118,12 @@ def _set_champion(client, name: str, version: str, history: list[str]) -> None:
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
 
 
-def register(params: Params, root: Path = Path(".")) -> dict:
-    """Log the ONNX generator to the pipeline's run, register it, and decide on promotion."""
-    paths = ProjectPaths(root)
-    onnx_path = paths.models / "generator.onnx"
-    eval_path = paths.reports / "eval.json"
-    for required, stage in ((onnx_path, "export"), (eval_path, "evaluate")):
-        if not required.exists():
-            raise GanopsError(f"{required} is missing; run the {stage} stage first (`dvc repro {stage}`)")
-    if not params.mlflow.enabled:
-        raise GanopsError("the register stage needs MLflow: set mlflow.enabled: true")
-    report = json.loads(eval_path.read_text())
-    manifest = load_manifest(paths.prepared)
-    run_id = pipeline_run_id(root)
-    client = connect(params.mlflow, root)
+def register_onnx(onnx_path: Path, report: dict, eval_signature: str, run_id: str, mlflow_cfg: MlflowParams,
+                  cfg: RegisterParams, root: Path) -> dict:
+    """Log the ONNX generator to the pipeline's run ``run_id``, register it as a new version, tag it
+    with its evaluation (``report``, judged under ``eval_signature``) and its sha256, and move
+    ``champion`` to it only on a real improvement. Returns the decision."""
+    client = connect(mlflow_cfg, root)
     import mlflow
     import mlflow.onnx
     import onnx
@@ -141,12 +135,12 @@ def register(params: Params, root: Path = Path(".")) -> dict:
         "metric_ci95_high": float(report.get(f"{metric}_ci95_high", report[metric])),
         "metric_std": float(report.get(f"{metric}_std", 0.0)),
         "backbone": report["backbone"], "num_samples": report["num_samples"], "reference": report["reference"],
-        "eval_signature": evaluation_signature(report, manifest, root),
+        "eval_signature": eval_signature,
     }
     signature, example, spec = _signature_and_example(onnx_path)
-    name = params.register.model_name
-    with _registry_lock(params, root):
-        with http_settings(params.mlflow), mlflow.start_run(run_id=run_id):
+    name = cfg.model_name
+    with _registry_lock(mlflow_cfg, root):
+        with http_settings(mlflow_cfg), mlflow.start_run(run_id=run_id):
             info = mlflow.onnx.log_model(
                 onnx.load(str(onnx_path)), name="generator", signature=signature, input_example=example,
                 registered_model_name=name, save_as_external_data=False, await_registration_for=120,
@@ -165,27 +159,25 @@ def register(params: Params, root: Path = Path(".")) -> dict:
             except Exception:
                 pass
             raise
-        promoted, reason = _decide(params, new, champion)
+        promoted, reason = _decide(cfg, new, champion)
         history = _history(client, name)
         if promoted:
             _set_champion(client, name, version, history + [version])
         client.set_model_version_tag(name, version, "promoted", str(promoted).lower())
         client.set_model_version_tag(name, version, "promotion_reason", reason)
-    result = {"model_name": name, "version": version, "promoted": promoted, "reason": reason,
-              "previous_champion": str(champion.version) if champion else None, "champion": version if promoted else
-              (str(champion.version) if champion else None), "metric": metric, "metric_value": new["metric_value"],
-              "run_id": run_id, "model_uri": f"models:/{name}/{version}"}
-    write_json_atomic(paths.reports / "register.json", result)
     log.info("registered %s v%s: %s — %s", name, version, "promoted to champion" if promoted else "not promoted", reason)
-    return result
+    return {"model_name": name, "version": version, "promoted": promoted, "reason": reason,
+            "previous_champion": str(champion.version) if champion else None, "champion": version if promoted else
+            (str(champion.version) if champion else None), "metric": metric, "metric_value": new["metric_value"],
+            "run_id": run_id, "model_uri": f"models:/{name}/{version}"}
 
 
 # --- the `ganops models` commands ------------------------------------------------------------------
 
 
-def list_versions(params: Params, root: Path = Path(".")) -> list[dict]:
-    client = connect(params.mlflow, root)
-    name = params.register.model_name
+def list_versions(mlflow_cfg: MlflowParams, cfg: RegisterParams, root: Path = Path(".")) -> list[dict]:
+    client = connect(mlflow_cfg, root)
+    name = cfg.model_name
     versions = client.search_model_versions(f"name = '{name}'")
     aliases: dict[str, list[str]] = {}
     if versions:
@@ -201,11 +193,11 @@ def list_versions(params: Params, root: Path = Path(".")) -> list[dict]:
     return rows
 
 
-def promote(params: Params, version: str, root: Path = Path(".")) -> dict:
+def promote(mlflow_cfg: MlflowParams, cfg: RegisterParams, version: str, root: Path = Path(".")) -> dict:
     """Make ``version`` the champion by hand (recorded in its tags and the champion history)."""
-    client = connect(params.mlflow, root)
-    name = params.register.model_name
-    with _registry_lock(params, root):
+    client = connect(mlflow_cfg, root)
+    name = cfg.model_name
+    with _registry_lock(mlflow_cfg, root):
         try:
             client.get_model_version(name, str(version))
         except Exception:
@@ -217,11 +209,11 @@ def promote(params: Params, version: str, root: Path = Path(".")) -> dict:
     return {"champion": str(version), "previous_champion": str(previous.version) if previous else None}
 
 
-def rollback(params: Params, root: Path = Path(".")) -> dict:
+def rollback(mlflow_cfg: MlflowParams, cfg: RegisterParams, root: Path = Path(".")) -> dict:
     """Move champion back to the version that held it before the current one."""
-    client = connect(params.mlflow, root)
-    name = params.register.model_name
-    with _registry_lock(params, root):
+    client = connect(mlflow_cfg, root)
+    name = cfg.model_name
+    with _registry_lock(mlflow_cfg, root):
         history = _history(client, name)
         if len(history) < 2:
             raise GanopsError(f"{name} has no earlier champion to roll back to (history: {history or 'empty'})")

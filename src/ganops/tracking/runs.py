@@ -9,11 +9,14 @@ import logging
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
-from ganops.config import Params
+from ganops.config import MlflowParams, Params
 from ganops.io import file_sha256, write_json_atomic
-from ganops.tracking.store import RUN_FILE, connect, experiment_id, pipeline_run_id, tracking_uri
+from ganops.tracking.store import connect, experiment_id, pipeline_run_id, tracking_uri
+
+if TYPE_CHECKING:  # the type only: the prepared data format is the stage's to read
+    from ganops.data.prepare import Manifest
 
 log = logging.getLogger(__name__)
 LOSS_CURVES = ("loss_d", "loss_g", "d_real", "d_fake", "penalty", "images_per_s")
@@ -79,14 +82,14 @@ def _resolve_dep(root: Path, dep: str) -> Path | None:
     return None
 
 
-def lineage_tags(root: Path, manifest: dict, params: Params) -> dict[str, str]:
+def lineage_tags(root: Path, manifest: Manifest, params: Params) -> dict[str, str]:
     """Where this run came from, as it was when it ran: the hashes of the train stage's own
     dependencies and params (read from dvc.yaml), git, and the data checksums. (Not dvc.lock: DVC
     writes this run's lock only after the stage ends, so during train it still describes the last run.)"""
     tags = {
-        "data.source": manifest["source"],
-        "data.source_checksum": manifest["source_checksum"],
-        "data.train_checksum": manifest["files"]["train"]["sha256"],
+        "data.source": manifest.source,
+        "data.source_checksum": manifest.source_checksum,
+        "data.train_checksum": manifest.checksum("train"),
     }
     commit = _git(root, "rev-parse", "HEAD")
     if commit:
@@ -116,21 +119,18 @@ def _log_metrics(client, run_id: str, metrics: list) -> None:
         client.log_batch(run_id, metrics=metrics[start : start + 1000])
 
 
-def disabled(root: Path) -> None:
-    write_json_atomic(Path(root) / RUN_FILE, {"enabled": False, "run_id": None})
-
-
-def preflight(params: Params, root: Path) -> None:
+def preflight(cfg: MlflowParams, root: Path) -> None:
     """Fail before hours of training, not after, when the tracking store is unreachable."""
-    if params.mlflow.enabled:
-        connect(params.mlflow, root)
+    if cfg.enabled:
+        connect(cfg, root)
 
 
-def log_training(params: Params, root: Path, manifest: dict, summary: dict, log_rows: list[dict],
+def log_training(params: Params, root: Path, run_file: Path, manifest: Manifest, summary: dict, log_rows: list[dict],
                  started_at: float, artifacts: list[Path]) -> str | None:
-    """Open the pipeline's run: params, loss curves with their steps, lineage, training artifacts."""
+    """Open the pipeline's run and record its id in ``run_file``: every param (the whole tree: a run
+    holds all of params.yaml), loss curves with their steps, lineage, training artifacts."""
     if not params.mlflow.enabled:
-        disabled(root)
+        write_json_atomic(run_file, {"enabled": False, "run_id": None})
         return None
     from mlflow.entities import Metric, Param
 
@@ -149,20 +149,21 @@ def log_training(params: Params, root: Path, manifest: dict, summary: dict, log_
     for artifact in artifacts:
         client.log_artifact(run_id, str(artifact), artifact_path="train")
     client.set_terminated(run_id, status="FINISHED")
-    write_json_atomic(Path(root) / RUN_FILE, {"enabled": True, "run_id": run_id, "experiment": params.mlflow.experiment,
+    write_json_atomic(run_file, {"enabled": True, "run_id": run_id, "experiment": params.mlflow.experiment,
                                               "tracking_uri": tracking_uri(params.mlflow, root)})
     log.info("MLflow run %s (experiment %s)", run_id, params.mlflow.experiment)
     return run_id
 
 
-def log_to_pipeline_run(params: Params, root: Path, prefix: str, metrics: dict, artifacts: list[Path] = ()) -> str | None:
-    """Add a later stage's numbers and files to the run that train opened."""
-    if not params.mlflow.enabled:
+def log_to_pipeline_run(cfg: MlflowParams, root: Path, run_file: Path, prefix: str, metrics: dict,
+                        artifacts: list[Path] = ()) -> str | None:
+    """Add a later stage's numbers and files to the run that train opened (its id in ``run_file``)."""
+    if not cfg.enabled:
         return None
-    run_id = pipeline_run_id(root)
+    run_id = pipeline_run_id(run_file)
     from mlflow.entities import Metric
 
-    client = connect(params.mlflow, root)
+    client = connect(cfg, root)
     now = int(time.time() * 1000)
     numbers = [Metric(f"{prefix}/{k}", float(v), now, 0) for k, v in metrics.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)]

@@ -13,7 +13,6 @@ from typing import Iterator
 from ganops import GanopsError
 from ganops.config import MlflowParams
 
-RUN_FILE = Path("reports") / "mlflow_run.json"
 ONNX_DIGEST_TAG = "onnx_sha256"  # on every registered version; every download of it is checked against it
 
 
@@ -116,18 +115,17 @@ def experiment_id(client, cfg: MlflowParams, root: Path) -> str:
         return experiment.experiment_id
 
 
-def read_run_file(root: Path) -> dict:
-    path = Path(root) / RUN_FILE
+def read_run_file(path: Path) -> dict:
     if not path.exists():
         raise TrackingError(f"{path} is missing; run the train stage first (`dvc repro train`)")
     return json.loads(path.read_text())
 
 
-def pipeline_run_id(root: Path) -> str:
-    """The id of the MLflow run that train opened for this pipeline execution."""
-    run_id = read_run_file(root).get("run_id")
+def pipeline_run_id(run_file: Path) -> str:
+    """The id of the MLflow run that train opened for this pipeline execution (recorded in ``run_file``)."""
+    run_id = read_run_file(run_file).get("run_id")
     if not run_id:
-        raise TrackingError(f"{Path(root) / RUN_FILE} has no run id: re-run train with mlflow.enabled: true")
+        raise TrackingError(f"{run_file} has no run id: re-run train with mlflow.enabled: true")
     return run_id
 
 

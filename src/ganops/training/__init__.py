@@ -1,5 +1,5 @@
-"""Losses, EMA, checkpoints and the training loop."""
+"""The training loop and its parts: the step, losses, EMA, checkpoints, DDP."""
 
-from ganops.training.loop import train
+from ganops.training.loop import FitResult, fit
 
-__all__ = ["train"]
+__all__ = ["FitResult", "fit"]

@@ -1,42 +1,39 @@
-"""The train stage: one loop, read top to bottom.
-
-Every output of a run lands in models/ and reports/; checkpoints in models/checkpoints/ (a DVC
-``persist`` output) let a killed run pick up where it stopped and end with the same weights.
+"""The training loop, read top to bottom: ``fit`` trains a generator and discriminator from their
+specs on uint8 images and returns the EMA generator with its log. Checkpoints in a folder of its own
+per setup let a killed run pick up where it stopped and end with the same weights. Files, params and
+MLflow are the train stage's (ganops.stages.train).
 """
 
 from __future__ import annotations
 
 import copy
-import csv
 import hashlib
-import io
 import json
 import logging
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TYPE_CHECKING
 
 import numpy as np
 import torch
-from safetensors.torch import save as safetensors_save
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from ganops import GanopsError
-from ganops.config import Params
-from ganops.data import load_manifest, load_split
+from ganops.config import ModelParams, TrainParams
 from ganops.device import resolve_device
-from ganops.io import write_bytes_atomic, write_json_atomic
 from ganops.models import DiscriminatorSpec, GeneratorSpec, build_discriminator, build_generator
-from ganops.paths import ProjectPaths
-from ganops.tracking.runs import log_training, preflight
 from ganops.training import distributed
 from ganops.training.checkpoint import (capture_rng_states, load_resumable, prune_stale, restore_rng_states, run_folder,
                                        save_checkpoint)
 from ganops.training.ema import ema_decay, update_ema
 from ganops.training.step import TrainStep
-from ganops.visualize import save_grid, to_uint8
+
+if TYPE_CHECKING:  # the type only: the prepared data format is the stage's to read
+    from ganops.data.prepare import Manifest
 
 log = logging.getLogger(__name__)
 LOG_FIELDS = ["step", "loss_d", "loss_g", "d_real", "d_fake", "penalty", "images_per_s", "wall_time_s"]
@@ -47,27 +44,27 @@ _NOT_IN_FINGERPRINT = {"steps", "checkpoint_every", "keep_checkpoints", "checkpo
                        "cuda_graphs"}
 
 
-def generator_spec(params: Params, manifest: dict) -> GeneratorSpec:
+def generator_spec(model: ModelParams, manifest: Manifest) -> GeneratorSpec:
     return GeneratorSpec(
-        latent_dim=params.model.latent_dim,
-        g_channels=params.model.g_channels,
-        max_channels=params.model.max_channels,
-        resolution=manifest["resolution"],
-        channels=manifest["channels"],
-        num_classes=manifest["num_classes"] if params.model.conditional else 0,
-        class_names=manifest["class_names"] if params.model.conditional else [],
-        data_checksum=manifest["files"]["train"]["sha256"],
+        latent_dim=model.latent_dim,
+        g_channels=model.g_channels,
+        max_channels=model.max_channels,
+        resolution=manifest.resolution,
+        channels=manifest.channels,
+        num_classes=manifest.num_classes if model.conditional else 0,
+        class_names=manifest.class_names if model.conditional else [],
+        data_checksum=manifest.checksum("train"),
     )
 
 
-def discriminator_spec(params: Params, manifest: dict) -> DiscriminatorSpec:
+def discriminator_spec(model: ModelParams, manifest: Manifest) -> DiscriminatorSpec:
     return DiscriminatorSpec(
-        d_channels=params.model.d_channels,
-        max_channels=params.model.max_channels,
-        spectral_norm=params.model.spectral_norm,
-        resolution=manifest["resolution"],
-        channels=manifest["channels"],
-        num_classes=manifest["num_classes"] if params.model.conditional else 0,
+        d_channels=model.d_channels,
+        max_channels=model.max_channels,
+        spectral_norm=model.spectral_norm,
+        resolution=manifest.resolution,
+        channels=manifest.channels,
+        num_classes=manifest.num_classes if model.conditional else 0,
     )
 
 
@@ -79,6 +76,7 @@ def _code_digest() -> str:
     for folder in ("models", "training"):
         for source in sorted((package / folder).glob("*.py")):
             digest.update(source.name.encode() + source.read_bytes())
+    digest.update(b"pixels.py" + (package / "pixels.py").read_bytes())  # the step's uint8 -> [-1, 1]
     return digest.hexdigest()
 
 
@@ -93,13 +91,13 @@ def _check_ranks_agree(ctx, step: int, *networks) -> None:
         log.info("step %d: all %d ranks hold identical weights (%s)", step, ctx.world_size, digests[0][:16])
 
 
-def _fingerprint(params: Params, manifest: dict, world_size: int) -> str:
+def _fingerprint(model: ModelParams, cfg: TrainParams, data_checksum: str, world_size: int) -> str:
     setup = {
         "code": _code_digest(),
         "world_size": world_size,
-        "data": manifest["files"]["train"]["sha256"],
-        "model": params.model.model_dump(),
-        "train": params.train.model_dump(exclude=_NOT_IN_FINGERPRINT),
+        "data": data_checksum,
+        "model": model.model_dump(),
+        "train": cfg.model_dump(exclude=_NOT_IN_FINGERPRINT),
     }
     return hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()
 
@@ -146,17 +144,26 @@ def _place_dataset(images_u8: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory()
 
 
-def train(params: Params, root: Path = Path(".")) -> dict:
-    """Train a GAN on data/prepared and write the EMA generator, its spec, reports and samples.
+@dataclass
+class FitResult:
+    """What ``fit`` returns on rank 0 (other ranks get None)."""
+
+    G_ema: torch.nn.Module
+    log_rows: list[dict]
+    summary: dict
+    device: torch.device
+    started_at: float  # time.time() when training began, for the MLflow run
+
+
+def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.ndarray, labels_all: np.ndarray,
+        checkpoint_root: Path, before_training: Callable[[], None] = lambda: None) -> FitResult | None:
+    """Train a GAN on uint8 images (N, C, H, W) with int labels and return the EMA generator and its log.
 
     Under torchrun every process runs this function: DDP keeps the networks in sync, each rank
-    draws its own share of every batch and its own noise, and only rank 0 writes anything.
+    draws its own share of every batch and its own noise, and only rank 0 writes checkpoints and
+    gets a result; ``before_training`` runs on rank 0 once the processes are up (the tracking check).
     """
-    paths = ProjectPaths(root)
-    cfg = params.train
-    manifest = load_manifest(paths.prepared)
-    images_u8, labels_all = load_split(paths.prepared, "train")
-    requested = resolve_device(cfg.device)
+    requested = resolve_device(cfg.device, "train.device")
     ctx = distributed.init(requested.type)
     on_cuda = requested.type == "cuda"
     device = torch.device("cuda", ctx.local_rank if ctx.enabled else torch.cuda.current_device()) if on_cuda else requested
@@ -167,14 +174,14 @@ def train(params: Params, root: Path = Path(".")) -> dict:
         raise GanopsError(f"train.batch_size={cfg.batch_size} must divide evenly over {ctx.world_size} processes")
     local_batch = cfg.batch_size // ctx.world_size
     if ctx.is_main:
-        preflight(params, root)
+        before_training()
     run_started_at = time.time()
 
     # --- networks, optimisers, state -------------------------------------------------------------
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    g_spec, d_spec = generator_spec(params, manifest), discriminator_spec(params, manifest)
+    g_spec, d_spec = generator_spec(model, manifest), discriminator_spec(model, manifest)
     memory_format = torch.channels_last  # the faster conv layout for both cuDNN and oneDNN (CPU)
     G_raw = build_generator(g_spec).to(device, memory_format=memory_format)
     D_raw = build_discriminator(d_spec).to(device, memory_format=memory_format)
@@ -190,13 +197,13 @@ def train(params: Params, root: Path = Path(".")) -> dict:
     labels = torch.from_numpy(labels_all).to(images.device)
     stream = BatchStream(len(labels_all), local_batch, cfg.seed, ctx.rank, ctx.world_size, device=images.device)
 
-    fingerprint = _fingerprint(params, manifest, ctx.world_size)
+    fingerprint = _fingerprint(model, cfg, manifest.checksum("train"), ctx.world_size)
     start_step, elapsed_before, log_rows = 0, 0.0, []
     window = torch.zeros(5, device=device)  # running sums of loss_d, loss_g, d_real, d_fake, penalty
     window_steps = 0
-    checkpoints = run_folder(paths.checkpoints, fingerprint)
+    checkpoints = run_folder(checkpoint_root, fingerprint)
     if ctx.is_main:
-        prune_stale(paths.checkpoints, checkpoints, cfg.checkpoint_retention_days)
+        prune_stale(checkpoint_root, checkpoints, cfg.checkpoint_retention_days)
     resumed = load_resumable(checkpoints, fingerprint, cfg.steps) if ctx.is_main else None
     resume_path = ctx.gather(str(resumed["path"]) if resumed else None)[0]
     if resume_path and not ctx.is_main:
@@ -293,14 +300,9 @@ def train(params: Params, root: Path = Path(".")) -> dict:
     if not ctx.is_main:
         ctx.barrier()
         distributed.shutdown()
-        return {}
+        return None
 
-    # --- outputs (rank 0) ----------------------------------------------------------------------------
-    weights = {name: tensor.detach().cpu().contiguous() for name, tensor in G_ema.state_dict().items()}
-    write_bytes_atomic(paths.generator_weights, safetensors_save(weights, metadata={"format": "pt"}))
-    g_spec.save(paths.generator_spec)
-    _write_log(paths.reports / "train_log.csv", log_rows)
-    _write_samples(G_ema, g_spec, paths.reports / "samples.png", device, cfg.seed)
+    # --- the result (rank 0) -------------------------------------------------------------------------
     final = log_rows[-1] if log_rows else {}
     summary = {
         "steps": cfg.steps,
@@ -311,33 +313,8 @@ def train(params: Params, root: Path = Path(".")) -> dict:
         "weights_sha256": digests[0][:16],
         **{key: final[key] for key in ("loss_d", "loss_g", "d_real", "d_fake") if key in final},
     }
-    write_json_atomic(paths.reports / "train.json", summary)
     log.info("trained %d steps in %.1f s on %s x %d; weights %s on every rank", cfg.steps, wall_time, device,
              ctx.world_size, digests[0][:16])
-    # Tracking comes last: if the store fails now, every output above is kept and a re-run resumes
-    # from the final checkpoint straight to this point.
-    try:
-        log_training(params, root, manifest, summary, log_rows, run_started_at,
-                     [paths.reports / "samples.png", paths.reports / "train_log.csv", paths.generator_spec])
-    finally:
-        ctx.barrier()
-        distributed.shutdown()
-    return summary
-
-
-def _write_log(path: Path, rows: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=LOG_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_bytes_atomic(path, buffer.getvalue().encode())
-
-
-@torch.no_grad()
-def _write_samples(G_ema: torch.nn.Module, spec: GeneratorSpec, path: Path, device: torch.device, seed: int) -> None:
-    """A fixed-noise grid: one row per class when conditional, else 8 x 8."""
-    rows, cols = (spec.num_classes, 8) if spec.conditional else (8, 8)
-    generator = torch.Generator().manual_seed(seed + 2)
-    z = torch.randn(rows * cols, spec.latent_dim, generator=generator).to(device)
-    y = torch.arange(rows).repeat_interleave(cols).to(device) if spec.conditional else None
-    save_grid(to_uint8(G_ema(z, y)), rows, path)
+    ctx.barrier()
+    distributed.shutdown()
+    return FitResult(G_ema=G_ema, log_rows=log_rows, summary=summary, device=device, started_at=run_started_at)

@@ -8,28 +8,53 @@ hinge: Lim & Ye 2017 / Miyato et al. 2018. wgan-gp: Gulrajani et al. 2017.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch.nn import functional as F
 
 
+@dataclass(frozen=True)
+class GANLoss:
+    """One objective: the discriminator's loss on (d_real, d_fake) logits, the generator's on d_fake,
+    and whether the step must draw interpolation weights for a gradient penalty between real and fake."""
+
+    discriminator: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    generator: Callable[[torch.Tensor], torch.Tensor]
+    penalty_on_interpolates: bool = False
+
+
+# A new loss is one entry here, and its name in TrainParams.loss (tests/test_losses.py checks they agree).
+LOSSES: dict[str, GANLoss] = {
+    "minimax": GANLoss(
+        discriminator=lambda d_real, d_fake: F.softplus(-d_real).mean() + F.softplus(d_fake).mean(),
+        generator=lambda d_fake: F.softplus(-d_fake).mean(),
+    ),
+    "hinge": GANLoss(
+        discriminator=lambda d_real, d_fake: F.relu(1.0 - d_real).mean() + F.relu(1.0 + d_fake).mean(),
+        generator=lambda d_fake: -d_fake.mean(),
+    ),
+    "wgan-gp": GANLoss(
+        discriminator=lambda d_real, d_fake: d_fake.mean() - d_real.mean(),
+        generator=lambda d_fake: -d_fake.mean(),
+        penalty_on_interpolates=True,
+    ),
+}
+
+
 def discriminator_loss(kind: str, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
-    if kind == "minimax":
-        return F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
-    if kind == "hinge":
-        return F.relu(1.0 - d_real).mean() + F.relu(1.0 + d_fake).mean()
-    if kind == "wgan-gp":
-        return d_fake.mean() - d_real.mean()
-    raise ValueError(f"unknown loss {kind!r}")
+    return _loss(kind).discriminator(d_real, d_fake)
 
 
 def generator_loss(kind: str, d_fake: torch.Tensor) -> torch.Tensor:
-    if kind == "minimax":
-        return F.softplus(-d_fake).mean()
-    if kind in ("hinge", "wgan-gp"):
-        return -d_fake.mean()
-    raise ValueError(f"unknown loss {kind!r}")
+    return _loss(kind).generator(d_fake)
+
+
+def _loss(kind: str) -> GANLoss:
+    if kind not in LOSSES:
+        raise ValueError(f"unknown loss {kind!r}; known: {', '.join(LOSSES)}")
+    return LOSSES[kind]
 
 
 def gradient_penalty(

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from ganops.config import TrainParams
-from ganops.training.losses import discriminator_loss, generator_loss, gradient_penalty, r1_penalty
+from ganops.pixels import from_uint8
+from ganops.training.losses import LOSSES, discriminator_loss, generator_loss, gradient_penalty, r1_penalty
 
 # Eager steps before capture: cuDNN picks its algorithms, the optimisers create their state and
 # autograd its gradient buffers, all outside the graph (as PyTorch's CUDA-graph notes require).
@@ -53,7 +54,7 @@ class TrainStep:
         self.real_u8 = [torch.empty((batch_size, *images.shape[1:]), dtype=torch.uint8, device=device) for _ in range(n)]
         self.y = [torch.zeros(batch_size, dtype=torch.long, device=device) for _ in range(n)] if labels is not None else None
         self.z = [torch.empty(batch_size, latent_dim, device=device) for _ in range(n)]
-        needs_alpha = cfg.loss == "wgan-gp" and cfg.gp_weight > 0
+        needs_alpha = LOSSES[cfg.loss].penalty_on_interpolates and cfg.gp_weight > 0
         self.alpha = [torch.empty(batch_size, 1, 1, 1, device=device) for _ in range(n)] if needs_alpha else None
         # Images kept in pinned host memory (too large for the GPU) are gathered into pinned staging
         # buffers and copied asynchronously; the event keeps a gather from overwriting a copy in flight.
@@ -128,7 +129,7 @@ class TrainStep:
         # keep their graph, so the generator step reuses them (as the DCGAN reference loop does).
         self.D_raw.requires_grad_(True)
         for d in range(cfg.d_steps):
-            real = self.real_u8[d].float().div_(127.5).sub_(1.0).contiguous(memory_format=self.memory_format)
+            real = from_uint8(self.real_u8[d]).contiguous(memory_format=self.memory_format)
             y = self.y[d] if self.y is not None else None
             with torch.set_grad_enabled(d == cfg.d_steps - 1), self.autocast():
                 fake = self.G(self.z[d], y).float()

@@ -1,7 +1,6 @@
-"""The export stage: the EMA generator as ONNX, checked and parity-tested. Its report holds only
-what the same inputs reproduce (parity, sizes); speed is measured in benchmarks/inference.py.
+"""Writing the ONNX generator that serving reads: export, metadata, checker, parity with torch, fp16.
 
-models/generator.onnx takes ``z`` (float32 [N, latent]) and, for conditional generators,
+The model takes ``z`` (float32 [N, latent]) and, for conditional generators,
 ``labels`` (int64 [N]); it returns ``images`` (float32 [N, C, H, W] in [-1, 1]). N is dynamic.
 Metadata properties carry the generator spec, the training data checksum and the training params.
 """
@@ -16,12 +15,9 @@ import numpy as np
 import torch
 
 from ganops import GanopsError, __version__
-from ganops.config import Params
-from ganops.io import file_sha256, atomic_dir, atomic_path, write_json_atomic
-from ganops.models import Generator, load_trained_generator
-from ganops.paths import ProjectPaths
+from ganops.config import ExportParams
+from ganops.models import Generator
 from ganops.serving.runtime import SPEC_KEY, OnnxGenerator
-from ganops.tracking.runs import log_to_pipeline_run
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +41,10 @@ def _example_inputs(generator: Generator, n: int, seed: int) -> tuple[torch.Tens
     return (z,)
 
 
-def write_onnx(generator: Generator, target: Path, params: Params, evaluation: dict | None = None) -> None:
-    """Export ``generator`` to ``target`` (dynamic batch), add the metadata (with its evaluation, when
-    known), and run the checker."""
+def write_onnx(generator: Generator, target: Path, cfg: ExportParams, training_params: dict,
+               evaluation: dict | None = None) -> None:
+    """Export ``generator`` to ``target`` (dynamic batch), add the metadata (the params it was trained
+    with, its evaluation when known), and run the checker."""
     import onnx
 
     inputs = _example_inputs(generator, 2, 0)
@@ -55,14 +52,14 @@ def write_onnx(generator: Generator, target: Path, params: Params, evaluation: d
     batch = torch.export.Dim("batch", min=1, max=65536)
     torch.onnx.export(
         _ExportWrapper(generator).eval(), inputs, str(target), input_names=input_names, output_names=["images"],
-        dynamic_shapes=tuple({0: batch} for _ in inputs), opset_version=params.export.opset, dynamo=True,
+        dynamic_shapes=tuple({0: batch} for _ in inputs), opset_version=cfg.opset, dynamo=True,
         external_data=False, optimize=True,
     )
     model = onnx.load(str(target))
     metadata = {
         SPEC_KEY: generator.spec.model_dump_json(),
         "ganops.data_checksum": generator.spec.data_checksum or "",
-        "ganops.training_params": json.dumps({"model": params.model.model_dump(), "train": params.train.model_dump()}),
+        "ganops.training_params": json.dumps(training_params),
         "ganops.output": json.dumps({"name": "images", "range": [-1.0, 1.0], "layout": "NCHW", "dtype": "float32"}),
         "ganops.version": __version__,
     }
@@ -76,7 +73,7 @@ def write_onnx(generator: Generator, target: Path, params: Params, evaluation: d
     onnx.save(model, str(target))
 
 
-def _to_fp16(source: Path, target: Path) -> None:
+def to_fp16(source: Path, target: Path) -> None:
     import onnx
     from onnxconverter_common import float16
 
@@ -85,8 +82,9 @@ def _to_fp16(source: Path, target: Path) -> None:
     onnx.save(model, str(target))
 
 
-def _max_error(generator: Generator, model_path: Path, params: Params, providers: list[str] | None = None) -> float:
-    inputs = _example_inputs(generator, params.export.parity_samples, 1)
+def max_error(generator: Generator, model_path: Path, cfg: ExportParams, providers: list[str] | None = None) -> float:
+    """max |onnxruntime - torch| over ``cfg.parity_samples`` seeded inputs."""
+    inputs = _example_inputs(generator, cfg.parity_samples, 1)
     with torch.no_grad():
         expected = generator(*inputs).numpy()
     session = OnnxGenerator(model_path, providers=providers)
@@ -94,13 +92,12 @@ def _max_error(generator: Generator, model_path: Path, params: Params, providers
     return float(np.abs(got - expected).max())
 
 
-def _write_fp16(generator: Generator, source: Path, target: Path, params: Params) -> dict:
+def write_fp16(generator: Generator, source: Path, target: Path, cfg: ExportParams) -> dict:
     """The fp16 model, written only once its parity with torch is measured and within tolerance (or, with
     the explicit opt-out export.fp16_unverified, written unmeasured and recorded as such)."""
-    cfg = params.export
-    _to_fp16(source, target)
+    to_fp16(source, target)
     try:
-        error = _max_error(generator, target, params)
+        error = max_error(generator, target, cfg)
     except GanopsError as failure:  # e.g. a CPU-only onnxruntime without fp16 kernels for an op
         if not cfg.fp16_unverified:
             target.unlink()
@@ -116,46 +113,3 @@ def _write_fp16(generator: Generator, source: Path, target: Path, params: Params
         raise GanopsError(f"fp16 parity failed: {error:.3g} > export.fp16_tolerance {cfg.fp16_tolerance:g}")
     return {"fp16_written": True, "fp16_verified": True, "fp16_parity_max_abs_error": error,
             "fp16_file_size_bytes": target.stat().st_size}
-
-
-def _evaluation_of_this_generator(paths: ProjectPaths) -> dict | None:
-    """reports/eval.json's summary, if it scored exactly the generator being exported (dvc.yaml runs
-    evaluate before export); otherwise the model ships without metrics rather than with someone else's."""
-    from ganops.metrics.names import evaluation_summary
-
-    report_path = paths.reports / "eval.json"
-    if not report_path.exists():
-        log.warning("no %s: the exported model carries no evaluation metrics", report_path)
-        return None
-    report = json.loads(report_path.read_text())
-    if report.get("generator_sha256") != file_sha256(paths.generator_weights):
-        log.warning("%s scored another generator: the exported model carries no evaluation metrics "
-                    "(run `dvc repro evaluate` first)", report_path)
-        return None
-    return evaluation_summary(report)
-
-
-def export(params: Params, root: Path = Path(".")) -> dict:
-    """Write models/generator.onnx (and models/fp16/ when export.fp16) and reports/export.json."""
-    cfg = params.export
-    paths = ProjectPaths(root)
-    generator = load_trained_generator(root, torch.device("cpu"))
-    onnx_path = paths.models / "generator.onnx"
-    report: dict = {"opset": cfg.opset, "inputs": ["z", "labels"] if generator.spec.conditional else ["z"],
-                    "output": "images", "output_range": [-1.0, 1.0], "layout": "NCHW"}
-    with atomic_path(onnx_path) as tmp:
-        write_onnx(generator, tmp, params, _evaluation_of_this_generator(paths))
-        error = _max_error(generator, tmp, params, providers=["CPUExecutionProvider"])
-        if error > cfg.parity_tolerance:
-            raise GanopsError(f"ONNX parity failed: max |onnxruntime - torch| = {error:.3g} > export.parity_tolerance "
-                              f"{cfg.parity_tolerance:g}; the previous {onnx_path.name} is kept")
-        report["parity_max_abs_error"] = error
-        report["file_size_bytes"] = tmp.stat().st_size
-
-    with atomic_dir(paths.models / "fp16") as staging:
-        if cfg.fp16:
-            report.update(_write_fp16(generator, onnx_path, staging / "generator.onnx", params))
-    write_json_atomic(paths.reports / "export.json", report)
-    log_to_pipeline_run(params, root, "export", report)
-    log.info("exported %s: parity %.2e, %d bytes", onnx_path, report["parity_max_abs_error"], report["file_size_bytes"])
-    return report

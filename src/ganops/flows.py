@@ -1,0 +1,178 @@
+"""Prefect flows over the DVC pipeline. DVC stays the source of truth for what is cached:
+each task reproduces one stage through `dvc repro`, so unchanged stages are skipped and dvc.lock
+stays true. No training logic lives here.
+
+    python -m pipelines.gan_pipeline                 # run the whole pipeline once (pipelines/ is the
+                                                     # Prefect entry point beside prefect.yaml)
+    ganops flow run | ganops flow serve --cron "0 2 * * *" | ganops flow sweep ...
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from ganops.config import FlowParams, load_params
+from ganops.metrics.names import primary_metric
+from ganops.paths import ProjectPaths
+from ganops.telemetry import disable_telemetry
+
+# ganops exits with 2 for errors that need a fix (bad params, bad data, missing inputs): retrying
+# can't help. Anything else (a service down: 75, a crash) is retried with backoff.
+NOT_RETRYABLE = {2}
+
+
+class StageFailed(RuntimeError):
+    def __init__(self, stage: str, exit_code: int | None, message: str) -> None:
+        super().__init__(f"stage '{stage}' failed: {message}")
+        self.stage, self.exit_code = stage, exit_code
+
+
+@dataclass
+class StageResult:
+    stage: str
+    ran: bool
+    seconds: float
+
+
+def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    bin_dir = Path(sys.executable).parent  # dvc and ganops live beside this interpreter
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "TQDM_DISABLE": "1"}
+    return subprocess.run([str(bin_dir / "dvc"), *args], cwd=repo, env=env, capture_output=True, text=True)
+
+
+def stage_names(repo: Path) -> list[str]:
+    """The stages of dvc.yaml, dependencies first (DVC's own graph), ties in declared order."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc_repo:
+        graph = dvc_repo.index.graph  # edges point from a stage to the stages it depends on
+        declared = [stage.name for stage in dvc_repo.index.stages]
+        names = {stage: stage.name for stage in graph.nodes}
+        order = nx.lexicographical_topological_sort(graph.reverse(), key=lambda stage: declared.index(names[stage]))
+        return [names[stage] for stage in order]
+
+
+def _retry_unless_input_error(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except StageFailed as failure:
+        return failure.exit_code not in NOT_RETRYABLE
+    except Exception:
+        return True
+    return False
+
+
+@task(task_run_name="dvc repro {stage}", retry_condition_fn=_retry_unless_input_error)
+def reproduce_stage(repo: str, stage: str) -> StageResult:
+    """`dvc repro --single-item <stage>`: DVC runs the stage only if its deps, params or outs changed."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    result = _dvc(Path(repo), "repro", "--single-item", stage)
+    output = result.stdout + result.stderr
+    if result.returncode != 0:
+        match = re.search(r"exited with (\d+)", output)
+        errors = [line.removeprefix("error: ") for line in output.splitlines() if line.startswith("error: ")]
+        message = errors[-1] if errors else output.strip().splitlines()[-1] if output.strip() else "no output"
+        raise StageFailed(stage, int(match.group(1)) if match else None, message)
+    ran = f"Running stage '{stage}'" in output
+    logger.info("stage %s: %s", stage, "ran" if ran else "unchanged, skipped (DVC cache)")
+    return StageResult(stage, ran, round(time.perf_counter() - started, 2))
+
+
+def _summary(repo: Path, results: list[StageResult]) -> str:
+    lines = ["# ganops pipeline run", "", "| stage | result | seconds |", "|---|---|---|"]
+    lines += [f"| {r.stage} | {'ran' if r.ran else 'skipped (cached)'} | {r.seconds} |" for r in results]
+    paths = ProjectPaths(repo)
+    facts = []
+    if paths.eval_report.exists():
+        report = json.loads(paths.eval_report.read_text())
+        metric = primary_metric(report)
+        facts.append(f"- {metric}: {report[metric]:.4f} (95% interval {report.get(metric + '_ci95_low', float('nan')):.4f}"
+                     f" .. {report.get(metric + '_ci95_high', float('nan')):.4f})")
+    if paths.train_report.exists():
+        train = json.loads(paths.train_report.read_text())
+        facts.append(f"- training: {train['steps']} steps, {train['images_per_s']} images/s")
+    if paths.mlflow_run.exists():
+        facts.append(f"- MLflow run: {json.loads(paths.mlflow_run.read_text()).get('run_id')}")
+    if paths.register_report.exists():
+        reg = json.loads(paths.register_report.read_text())
+        facts.append(f"- registry: {reg['model_name']} v{reg['version']}, "
+                     f"{'promoted to champion' if reg['promoted'] else 'not promoted'}: {reg['reason']}")
+    return "\n".join(lines + ([""] + facts if facts else [])) + "\n"
+
+
+@flow(name="gan-pipeline", log_prints=True)
+def gan_pipeline(repo: str = ".", retries: int | None = None, retry_delay_s: float | None = None) -> list[dict]:
+    """Reproduce every DVC stage in dependency order, each as a retried Prefect task."""
+    disable_telemetry()  # for this process and the dvc/ganops processes it starts
+    root = Path(repo).resolve()
+    cfg = load_params(root / "params.yaml").flow
+    retries = cfg.retries if retries is None else retries
+    delay = cfg.retry_delay_s if retry_delay_s is None else retry_delay_s
+    stage_task = reproduce_stage.with_options(retries=retries, retry_delay_seconds=[delay * 2**i for i in range(retries)] or 0)
+    results: list[StageResult] = []
+    for stage in stage_names(root):
+        results.append(stage_task(str(root), stage))
+    create_markdown_artifact(_summary(root, results), key="gan-pipeline-summary",
+                             description="stages run or skipped, key metrics, MLflow run")
+    return [asdict(r) for r in results]
+
+
+@flow(name="gan-sweep", log_prints=True)
+def sweep(overrides: list[dict[str, str | int | float | bool]], repo: str = ".", name_prefix: str = "sweep") -> list[dict]:
+    """Run each set of param overrides as a DVC experiment (`dvc exp run --set-param`), one after the
+    other in the workspace; each trains, evaluates and registers, and the register stage decides on
+    promotion. The workspace ends holding the last experiment (`dvc exp apply` picks another)."""
+    disable_telemetry()
+    logger = get_run_logger()
+    root = Path(repo).resolve()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    summary = []
+    for index, override in enumerate(overrides):
+        name = f"{name_prefix}-{stamp}-{index}"
+        args = ["exp", "run", "--name", name]
+        for key, value in override.items():
+            args += ["--set-param", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+        result = _dvc(root, *args)
+        if result.returncode != 0:
+            raise StageFailed(name, None, (result.stdout + result.stderr).strip().splitlines()[-1])
+        report = ProjectPaths(root).register_report
+        registered = json.loads(report.read_text()) if report.exists() else {}
+        logger.info("experiment %s %s: %s", name, override, registered.get("reason", "done"))
+        summary.append({"experiment": name, "overrides": override, "version": registered.get("version"),
+                        "promoted": registered.get("promoted"), "metric": registered.get("metric"),
+                        "value": registered.get("metric_value")})
+    table = ["# ganops sweep", "", "| experiment | overrides | version | promoted | metric |", "|---|---|---|---|---|"]
+    table += [f"| {s['experiment']} | {s['overrides']} | {s['version']} | {s['promoted']} | {s['metric']} {s['value']} |" for s in summary]
+    create_markdown_artifact("\n".join(table) + "\n", key="gan-sweep-summary", description="experiments of the sweep")
+    return summary
+
+
+def serve_deployment(repo: str = ".", cron: str | None = None, name: str | None = None, cfg: FlowParams | None = None) -> None:
+    """Serve the pipeline on a cron schedule (Prefect's `serve`): runs on this machine, no worker needed."""
+    disable_telemetry()
+    cfg = cfg or load_params(Path(repo) / "params.yaml").flow
+    from prefect.client.schemas.schedules import CronSchedule
+
+    gan_pipeline.serve(name=name or cfg.deployment, schedules=[CronSchedule(cron=cron or cfg.cron, timezone=cfg.timezone)],
+                       parameters={"repo": str(Path(repo).resolve())}, tags=["ganops"])
+
+
+def main() -> None:
+    disable_telemetry()
+    gan_pipeline()
+
+
+if __name__ == "__main__":
+    main()

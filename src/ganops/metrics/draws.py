@@ -1,0 +1,69 @@
+"""Generated images for evaluation: seeded draws from a generator, labels with the reference's class
+frequencies, and the draws' features."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from ganops import GanopsError
+from ganops.metrics.backbones import extract_features
+from ganops.models import Generator, GeneratorSpec
+from ganops.pixels import to_uint8
+
+if TYPE_CHECKING:  # the type only: the prepared data format is the stage's to read
+    from ganops.data.prepare import Manifest
+
+
+def check_compatible(spec: GeneratorSpec, manifest: Manifest) -> None:
+    made = (spec.resolution, spec.channels)
+    held = (manifest.resolution, manifest.channels)
+    if made != held:
+        raise GanopsError(
+            f"the generator makes {made[0]}x{made[0]} images with {made[1]} channel(s) but data/prepared holds "
+            f"{held[0]}x{held[0]} with {held[1]}; re-run `dvc repro train` after changing the data"
+        )
+    if spec.conditional and spec.num_classes != manifest.num_classes:
+        raise GanopsError(
+            f"the generator knows {spec.num_classes} classes but data/prepared has {manifest.num_classes}"
+        )
+
+
+def sample_labels(reference_labels: np.ndarray, count: int, num_classes: int, seed: int) -> torch.Tensor:
+    """Labels for generated images, drawn with the reference set's class frequencies."""
+    frequencies = np.bincount(reference_labels, minlength=num_classes).astype(np.float64)
+    return torch.from_numpy(np.random.default_rng(seed).choice(num_classes, size=count, p=frequencies / frequencies.sum()))
+
+
+def draw_seed(seed: int, draw: int) -> int:
+    """The noise seed of one draw: distinct for every (eval.seed, draw) pair."""
+    return int(np.random.SeedSequence([seed, draw]).generate_state(1)[0])
+
+
+def generated_draws(generator: Generator, labels: torch.Tensor | None, count: int, draws: int, batch_size: int,
+                    seed: int, device: torch.device) -> list[torch.Tensor]:
+    """``count`` uint8 images in ``draws`` seeded draws of (nearly) equal size; the noise is drawn on the
+    CPU so every device sees the same z."""
+    bounds = np.linspace(0, count, draws + 1).round().astype(int)
+    out = []
+    for draw, (first, last) in enumerate(zip(bounds[:-1], bounds[1:])):
+        noise = torch.Generator().manual_seed(draw_seed(seed, draw))
+        images = []
+        for start in range(first, last, batch_size):
+            n = min(batch_size, last - start)
+            z = torch.randn(n, generator.spec.latent_dim, generator=noise).to(device)
+            y = labels[start : start + n].to(device) if labels is not None else None
+            with torch.no_grad():
+                images.append(to_uint8(generator(z, y)).cpu())
+        out.append(torch.cat(images))
+    return out
+
+
+def features_of_draws(backbone, draws: list[torch.Tensor], batch_size: int) -> list[np.ndarray]:
+    total = sum(len(d) for d in draws)
+    flat = extract_features(backbone, (d[i : i + batch_size] for d in draws for i in range(0, len(d), batch_size)),
+                            total, "generated")
+    bounds = np.cumsum([0] + [len(d) for d in draws])
+    return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]

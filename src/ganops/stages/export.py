@@ -1,0 +1,67 @@
+"""Stage export: the trained generator -> models/generator.onnx (checked, parity-tested, carrying
+its evaluation when reports/eval.json scored exactly it), models/fp16/ when export.fp16, and
+reports/export.json (parity and sizes only: deterministic, so DVC can compare it across runs)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from ganops import GanopsError
+from ganops.config import Params
+from ganops.io import atomic_dir, atomic_path, file_sha256, write_json_atomic
+from ganops.metrics.names import evaluation_summary
+from ganops.models import load_generator
+from ganops.paths import ProjectPaths
+from ganops.serving.export import max_error, write_fp16, write_onnx
+from ganops.tracking.runs import log_to_pipeline_run
+
+log = logging.getLogger(__name__)
+FP16_MODEL = "generator.onnx"  # inside models/fp16/
+# The training recipe recorded in the ONNX metadata: what was trained, not how the run was executed or
+# logged (so a new train.log_every does not re-export; dvc.yaml lists exactly these keys).
+TRAIN_RECIPE = ("steps", "batch_size", "loss", "lr_g", "lr_d", "beta1", "beta2", "d_steps", "r1_gamma", "gp_weight",
+                "ema_decay", "ema_start", "seed")
+
+
+def export(params: Params, root: Path = Path(".")) -> dict:
+    """Write models/generator.onnx (and models/fp16/ when export.fp16) and reports/export.json."""
+    cfg = params.export
+    paths = ProjectPaths(root)
+    generator = load_generator(paths.generator_weights, paths.generator_spec, torch.device("cpu"))
+    report: dict = {"opset": cfg.opset, "inputs": ["z", "labels"] if generator.spec.conditional else ["z"],
+                    "output": "images", "output_range": [-1.0, 1.0], "layout": "NCHW"}
+    training_params = {"model": params.model.model_dump(), "train": {key: getattr(params.train, key) for key in TRAIN_RECIPE}}
+    with atomic_path(paths.onnx) as tmp:
+        write_onnx(generator, tmp, cfg, training_params, _evaluation_of_this_generator(paths))
+        error = max_error(generator, tmp, cfg, providers=["CPUExecutionProvider"])
+        if error > cfg.parity_tolerance:
+            raise GanopsError(f"ONNX parity failed: max |onnxruntime - torch| = {error:.3g} > export.parity_tolerance "
+                              f"{cfg.parity_tolerance:g}; the previous {paths.onnx.name} is kept")
+        report["parity_max_abs_error"] = error
+        report["file_size_bytes"] = tmp.stat().st_size
+
+    with atomic_dir(paths.fp16) as staging:
+        if cfg.fp16:
+            report.update(write_fp16(generator, paths.onnx, staging / FP16_MODEL, cfg))
+    write_json_atomic(paths.export_report, report)
+    log_to_pipeline_run(params.mlflow, root, paths.mlflow_run, "export", report)
+    log.info("exported %s: parity %.2e, %d bytes", paths.onnx, report["parity_max_abs_error"], report["file_size_bytes"])
+    return report
+
+
+def _evaluation_of_this_generator(paths: ProjectPaths) -> dict | None:
+    """reports/eval.json's summary, if it scored exactly the generator being exported (dvc.yaml runs
+    evaluate before export); otherwise the model ships without metrics rather than with someone else's."""
+    if not paths.eval_report.exists():
+        log.warning("no %s: the exported model carries no evaluation metrics", paths.eval_report)
+        return None
+    report = json.loads(paths.eval_report.read_text())
+    if report.get("generator_sha256") != file_sha256(paths.generator_weights):
+        log.warning("%s scored another generator: the exported model carries no evaluation metrics "
+                    "(run `dvc repro evaluate` first)", paths.eval_report)
+        return None
+    return evaluation_summary(report)

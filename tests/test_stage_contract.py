@@ -1,0 +1,183 @@
+"""dvc.yaml against the code: every stage's deps, outs and params are exactly what its module reads
+and writes, so DVC reruns a stage when and only when something it uses changed."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from conftest import REPO, TINY, merge
+from ganops.config import Params, validate_params
+from ganops.paths import ProjectPaths
+from ganops.stages import STAGES
+
+SRC = REPO / "src"
+DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def _entries(items) -> list[str]:
+    return [item if isinstance(item, str) else next(iter(item)) for item in items or []]
+
+
+def _module_file(name: str) -> Path | None:
+    base = SRC.joinpath(*name.split("."))
+    if (base / "__init__.py").exists():
+        return base / "__init__.py"
+    return base.with_suffix(".py") if base.with_suffix(".py").exists() else None
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """ganops modules a source file imports, at the top or inside functions."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):  # `if TYPE_CHECKING:` imports are for annotations only: they never run
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            node.body = []
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("ganops")}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            if base.startswith("ganops"):
+                found.add(base)
+                found |= {f"{base}.{alias.name}" for alias in node.names if _module_file(f"{base}.{alias.name}")}
+    return found
+
+
+def code_of(stage: str) -> set[str]:
+    """Every source file that importing the stage's module runs (packages' __init__ included)."""
+    seen: set[str] = set()
+    todo = [f"ganops.stages.{stage}"]
+    while todo:
+        parts = todo.pop().split(".")
+        for depth in range(1, len(parts) + 1):
+            name = ".".join(parts[:depth])
+            path = _module_file(name)
+            if name in seen or path is None:
+                continue
+            seen.add(name)
+            todo.extend(_imports(path, name))
+    return {_module_file(name).relative_to(REPO).as_posix() for name in seen}
+
+
+def test_every_stage_has_its_module_and_cli_command():
+    assert list(DVC) == list(STAGES)
+    for stage in STAGES:
+        module = __import__(f"ganops.stages.{stage}", fromlist=[stage])
+        assert callable(getattr(module, stage)), stage
+        assert DVC[stage]["cmd"] == f"ganops {stage.replace('_', '-')}"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_code_deps_are_exactly_what_the_stage_imports(stage):
+    used = code_of(stage)
+    declared = [dep for dep in _entries(DVC[stage]["deps"]) if dep.startswith("src/")]
+    covered = set()
+    for dep in declared:
+        path = REPO / dep
+        files = {p.relative_to(REPO).as_posix() for p in path.glob("*.py")} if path.is_dir() else {dep}
+        assert files, f"{stage}: dep {dep} names no source file"
+        unused = files - used
+        assert not unused, f"{stage}: dep {dep} covers {sorted(unused)}, which the stage never imports"
+        covered |= files
+    assert used - covered == set(), f"{stage} imports {sorted(used - covered)} but dvc.yaml does not list them"
+
+
+def test_data_deps_and_outs_are_the_project_paths():
+    named = {path.relative_to(ProjectPaths(Path(".")).root).as_posix() for path in ProjectPaths().stage_files().values()}
+    written, read = set(), set()
+    for stage in STAGES:
+        spec = DVC[stage]
+        for key in ("outs", "metrics", "plots"):
+            written |= set(_entries(spec.get(key)))
+        read |= {dep for dep in _entries(spec["deps"]) if not dep.startswith("src/")}
+    assert read <= written, f"deps no stage writes: {sorted(read - written)}"
+    assert written == named, (f"in dvc.yaml, not in ProjectPaths: {sorted(written - named)}; "
+                              f"in ProjectPaths, not in dvc.yaml: {sorted(named - written)}")
+
+
+# --- params: which keys each stage's code reads, recorded while it runs ----------------------------
+
+
+class _Recorder:
+    """Wraps a params (sub)tree and records every key read through it, except reads by the tracking
+    package: where results are tracked (and the params it logs to MLflow) are not inputs."""
+
+    def __init__(self, model: BaseModel, prefix: str, reads: set[str]) -> None:
+        object.__setattr__(self, "_model", model)
+        object.__setattr__(self, "_prefix", prefix)
+        object.__setattr__(self, "_reads", reads)
+
+    def __getattr__(self, name: str):
+        model, prefix, reads = self._model, self._prefix, self._reads
+        value = getattr(model, name)
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        if caller.startswith("ganops.tracking"):
+            return value
+        if name not in type(model).model_fields:  # model_dump and friends: the whole (sub)tree
+            reads.add(prefix or "*")
+            return value
+        key = f"{prefix}.{name}" if prefix else name
+        if isinstance(value, BaseModel):
+            return _Recorder(value, key, reads)
+        reads.add(key)
+        return value
+
+
+def _leaves(key: str, model: BaseModel = Params()) -> set[str]:
+    """A params key and everything under it, as leaf keys."""
+    if key == "*":
+        return set().union(*(_leaves(name) for name in type(model).model_fields))
+    node = model
+    for part in key.split("."):
+        node = getattr(node, part)
+    if isinstance(node, BaseModel):
+        return set().union(*(_leaves(f"{key}.{name}") for name in type(node).model_fields))
+    return {key}
+
+
+@pytest.fixture(scope="module")
+def params_read(tmp_path_factory) -> dict[str, set[str]]:
+    root = tmp_path_factory.mktemp("contract")
+    params = validate_params(merge(TINY, {"mlflow": {"enabled": True}}))
+    reads: dict[str, set[str]] = {}
+    for stage in STAGES:
+        module = __import__(f"ganops.stages.{stage}", fromlist=[stage])
+        reads[stage] = set()
+        getattr(module, stage)(_Recorder(params, "", reads[stage]), root)
+    return reads
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_params_are_exactly_what_the_stage_reads(params_read, stage):
+    read = set().union(*(_leaves(key) for key in params_read[stage]))
+    declared_entries = _entries(DVC[stage].get("params"))
+    declared = set().union(*(_leaves(key) for key in declared_entries))
+    tracking = _leaves("mlflow") if stage == "register" else set()  # register's input is the store itself
+    assert read - declared == set(), f"{stage} reads {sorted(read - declared)}, not listed in dvc.yaml"
+    assert declared - read - tracking == set(), f"dvc.yaml lists {sorted(declared - read - tracking)} for {stage}, never read"
+
+
+def test_the_architecture_map_matches_the_code():
+    """docs/ARCHITECTURE.md's stage table names each stage's module and library parts; the code must
+    agree (every part named is imported by that stage)."""
+    import re
+
+    rows = [line.split("|")[1:-1] for line in (REPO / "docs" / "ARCHITECTURE.md").read_text().splitlines()
+            if line.startswith("| ") and "`ganops.stages." in line]
+    assert [row[0].strip() for row in rows] == list(STAGES)
+    for stage, module, parts, _ in ((c.strip() for c in row) for row in rows):
+        assert module == f"`ganops.stages.{stage}`"
+        used = code_of(stage)
+        for part in re.findall(r"`(ganops\.[\w.]+)`", parts):
+            path = part.replace(".", "/")
+            assert any(f.startswith(f"src/{path}/") or f == f"src/{path}.py" for f in used), f"{stage} does not use {part}"
