@@ -106,7 +106,7 @@ def test_imagefolder_any_size_and_mode(tmp_path):
 
     gray = prepare(params(source="imagefolder", path=str(source), resolution=8, channels=1), tmp_path / "gray")
     images, _ = load_split(tmp_path / "gray" / "data" / "prepared", "train")
-    assert images.shape[1:] == (1, 8, 8) and gray["channels"] == 1
+    assert images.shape[1:] == (1, 8, 8) and gray.channels == 1
 
 
 @pytest.mark.parametrize(
@@ -269,7 +269,7 @@ def test_cifar10_folder_and_archive(tmp_path):
 
     gray = prepare(params(source="cifar10", path=str(source), channels=1, resolution=16), tmp_path / "c")
     images, _ = load_split(tmp_path / "c" / "data" / "prepared", "train")
-    assert images.shape == (40, 1, 16, 16) and gray["channels"] == 1
+    assert images.shape == (40, 1, 16, 16) and gray.channels == 1
 
 
 class _Exploit:
@@ -315,7 +315,7 @@ def test_fit_keeps_or_pads_or_resizes():
 def test_manifest_is_readable_json(tmp_path):
     prepare(params(source="digits", resolution=8), tmp_path)
     manifest = load_manifest(tmp_path / "data" / "prepared")
-    assert json.loads((tmp_path / "data" / "prepared" / "manifest.json").read_text()) == manifest
+    assert json.loads((tmp_path / "data" / "prepared" / "manifest.json").read_text()) == manifest.model_dump(mode="json")
     assert manifest.checksum("train").startswith("sha256:")
 
 
