@@ -111,3 +111,26 @@ def test_changing_train_params_retrains_without_preparing(dvc_project):
         assert "up to date" in sh("dvc", "status", cwd=root).stdout
     finally:
         (root / "params.yaml").write_text(original)
+
+
+@pytest.mark.parametrize("edited, stale", [
+    ("src/ganops/stages/export.py", {"export"}),
+    ("src/ganops/metrics/scores.py", {"evaluate"}),
+    ("src/ganops/serving/app.py", set()),  # the HTTP service is no stage's code
+    ("src/ganops/training/losses.py", {"train"}),
+    ("src/ganops/config.py", {"prepare", "train", "train_evaluator", "reference_stats", "evaluate", "export",
+                              "register"}),  # every stage validates its params with it
+])
+def test_editing_one_stages_code_marks_only_that_stage(dvc_project, edited, stale):
+    """`dvc status` after an edit: the stages whose code the file is, no others (their descendants
+    then rerun only if its outputs change)."""
+    import json
+
+    path = dvc_project / edited
+    original = path.read_text()
+    path.write_text(original + "\n# an edit\n")
+    try:
+        status = json.loads(sh("dvc", "status", "--json", cwd=dvc_project).stdout)
+        assert set(status) == stale
+    finally:
+        path.write_text(original)
