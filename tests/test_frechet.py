@@ -6,7 +6,7 @@ import scipy.linalg
 
 from ganops.config import EvalParams
 from ganops.metrics.frechet import feature_statistics, frechet_distance
-from ganops.metrics.names import EvalProtocol, primary_metric
+from ganops.metrics.names import EvalProtocol, EvaluationReport
 from ganops.metrics.reference import ReferenceFeatures
 from ganops.metrics.scores import fd, kid, precision_recall
 
@@ -115,4 +115,17 @@ def test_metric_names_carry_the_protocol():
     domain = EvalProtocol("domain", "domain", 1500, "train")
     assert domain.primary == "fd1500_domain_train"
     assert domain.name("precision") == "precision1500_domain_train"
-    assert primary_metric({"primary_metric": standard.primary}) == "fid2k_tf_train"
+
+
+def test_an_evaluation_report_reads_its_primary_metric_by_protocol():
+    report = EvaluationReport.model_validate({
+        "backbone": "inception", "num_samples": 2000, "draws": 10, "reference": "train", "num_reference": 4500,
+        "generator_sha256": "sha256:x", "primary_metric": "fid2k_tf_train", "interval_method": "half-sampling",
+        "fid_protocol": "tf", "weights_digest": "a008", "fid2k_tf_train": 20.7, "fid2k_tf_train_std": 0.5,
+        "fid2k_tf_train_ci95_low": 19.7, "fid2k_tf_train_ci95_high": 21.8, "fid_real_halves_tf_train": 5.4,
+        "kid2k_tf_train_mean": 0.01, "fd2k_domain_train": 0.4})
+    assert report.protocol == EvalProtocol("inception", "tf", 2000, "train")
+    assert (report.value, report.std, report.ci95) == (20.7, 0.5, (19.7, 21.8))
+    summary = report.summary()
+    assert summary["real_halves_floor"] == 5.4 and summary["kid_mean"] == 0.01 and summary["precision"] is None
+    assert summary["protocol"]["weights_digest"] == "a008" and summary["ci95"] == [19.7, 21.8]

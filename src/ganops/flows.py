@@ -22,8 +22,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from ganops.config import FlowParams, load_params
-from ganops.metrics.names import primary_metric
+from ganops.metrics.names import EvaluationReport
 from ganops.paths import ProjectPaths
+from ganops.tracking.registry import RegistryDecision
 from ganops.telemetry import disable_telemetry
 
 # ganops exits with 2 for errors that need a fix (bad params, bad data, missing inputs): retrying
@@ -96,19 +97,18 @@ def _summary(repo: Path, results: list[StageResult]) -> str:
     paths = ProjectPaths(repo)
     facts = []
     if paths.eval_report.exists():
-        report = json.loads(paths.eval_report.read_text())
-        metric = primary_metric(report)
-        facts.append(f"- {metric}: {report[metric]:.4f} (95% interval {report.get(metric + '_ci95_low', float('nan')):.4f}"
-                     f" .. {report.get(metric + '_ci95_high', float('nan')):.4f})")
+        report = EvaluationReport.load(paths.eval_report)
+        low, high = (float("nan") if bound is None else bound for bound in report.ci95)
+        facts.append(f"- {report.primary_metric}: {report.value:.4f} (95% interval {low:.4f} .. {high:.4f})")
     if paths.train_report.exists():
         train = json.loads(paths.train_report.read_text())
         facts.append(f"- training: {train['steps']} steps, {train['images_per_s']} images/s")
     if paths.mlflow_run.exists():
         facts.append(f"- MLflow run: {json.loads(paths.mlflow_run.read_text()).get('run_id')}")
     if paths.register_report.exists():
-        reg = json.loads(paths.register_report.read_text())
-        facts.append(f"- registry: {reg['model_name']} v{reg['version']}, "
-                     f"{'promoted to champion' if reg['promoted'] else 'not promoted'}: {reg['reason']}")
+        decision = RegistryDecision.load(paths.register_report)
+        facts.append(f"- registry: {decision.model_name} v{decision.version}, "
+                     f"{'promoted to champion' if decision.promoted else 'not promoted'}: {decision.reason}")
     return "\n".join(lines + ([""] + facts if facts else [])) + "\n"
 
 
@@ -148,7 +148,7 @@ def sweep(overrides: list[dict[str, str | int | float | bool]], repo: str = ".",
         if result.returncode != 0:
             raise StageFailed(name, None, (result.stdout + result.stderr).strip().splitlines()[-1])
         report = ProjectPaths(root).register_report
-        registered = json.loads(report.read_text()) if report.exists() else {}
+        registered = RegistryDecision.load(report).model_dump() if report.exists() else {}
         logger.info("experiment %s %s: %s", name, override, registered.get("reason", "done"))
         summary.append({"experiment": name, "overrides": override, "version": registered.get("version"),
                         "promoted": registered.get("promoted"), "metric": registered.get("metric"),

@@ -18,7 +18,7 @@ from ganops.metrics.backbones import DomainBackbone, extract_features
 from ganops.metrics.draws import check_compatible, features_of_draws, generated_draws, sample_labels
 from ganops.metrics.evaluator import classifier_accuracy, load_evaluator
 from ganops.metrics.frechet import feature_statistics
-from ganops.metrics.names import EvalProtocol
+from ganops.metrics.names import EvalProtocol, EvaluationReport
 from ganops.metrics.reference import ReferenceFeatures, load_reference, resolve_reference
 from ganops.metrics.scores import METRICS, compute_metrics, spread_method
 from ganops.models import load_generator
@@ -94,6 +94,7 @@ def evaluate(params: Params, root: Path = Path(".")) -> dict:
 
     write_bytes_atomic(paths.eval_samples, sample_grid_png(generated.numpy(), labels.numpy() if labels is not None
                                                            else None, spec.num_classes))
+    EvaluationReport.model_validate(report)  # the record later stages read back
     write_json_atomic(paths.eval_report, report)
     log_to_pipeline_run(params.mlflow, root, paths.mlflow_run, "eval", report, [paths.eval_samples, paths.eval_report])
     log.info("evaluation: %s = %s (95%% interval %s .. %s)", primary, report[primary],

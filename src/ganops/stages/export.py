@@ -4,7 +4,6 @@ reports/export.json (parity and sizes only: deterministic, so DVC can compare it
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch
 from ganops import GanopsError
 from ganops.config import Params
 from ganops.io import atomic_dir, atomic_path, file_sha256, write_json_atomic
-from ganops.metrics.names import evaluation_summary
+from ganops.metrics.names import EvaluationReport
 from ganops.models import load_generator
 from ganops.paths import ProjectPaths
 from ganops.serving.export import max_error, write_fp16, write_onnx
@@ -59,9 +58,9 @@ def _evaluation_of_this_generator(paths: ProjectPaths) -> dict | None:
     if not paths.eval_report.exists():
         log.warning("no %s: the exported model carries no evaluation metrics", paths.eval_report)
         return None
-    report = json.loads(paths.eval_report.read_text())
-    if report.get("generator_sha256") != file_sha256(paths.generator_weights):
+    report = EvaluationReport.load(paths.eval_report)
+    if report.generator_sha256 != file_sha256(paths.generator_weights):
         log.warning("%s scored another generator: the exported model carries no evaluation metrics "
                     "(run `dvc repro evaluate` first)", paths.eval_report)
         return None
-    return evaluation_summary(report)
+    return report.summary()

@@ -3,13 +3,13 @@ the pipeline's run; the alias ``champion`` moves only on a real improvement (rep
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ganops import GanopsError
 from ganops.config import Params
 from ganops.data import load_manifest
 from ganops.io import write_json_atomic
+from ganops.metrics.names import EvaluationReport
 from ganops.paths import ProjectPaths
 from ganops.tracking.registry import evaluation_signature, register_onnx
 from ganops.tracking.store import pipeline_run_id
@@ -23,8 +23,9 @@ def register(params: Params, root: Path = Path(".")) -> dict:
             raise GanopsError(f"{required} is missing; run the {stage} stage first (`dvc repro {stage}`)")
     if not params.mlflow.enabled:
         raise GanopsError("the register stage needs MLflow: set mlflow.enabled: true")
-    report = json.loads(paths.eval_report.read_text())
+    report = EvaluationReport.load(paths.eval_report)
     signature = evaluation_signature(report, load_manifest(paths.prepared), paths.evaluator_weights)
-    result = register_onnx(paths.onnx, report, signature, pipeline_run_id(paths.mlflow_run), params.mlflow, params.register, root)
-    write_json_atomic(paths.register_report, result)
-    return result
+    decision = register_onnx(paths.onnx, report, signature, pipeline_run_id(paths.mlflow_run), params.mlflow,
+                             params.register, root)
+    write_json_atomic(paths.register_report, decision.model_dump())
+    return decision.model_dump()

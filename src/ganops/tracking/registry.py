@@ -19,10 +19,12 @@ import time
 from pathlib import Path
 from typing import Any, TYPE_CHECKING
 
+from pydantic import BaseModel, ConfigDict
+
 from ganops import GanopsError
 from ganops.config import MlflowParams, RegisterParams
 from ganops.io import file_sha256
-from ganops.metrics.names import evaluation_summary, primary_metric
+from ganops.metrics.names import EvaluationReport
 from ganops.tracking.store import ONNX_DIGEST_TAG, TrackingError, connect, http_settings, lock_path, tracking_uri
 
 if TYPE_CHECKING:  # the type only: the prepared data format is the stage's to read
@@ -33,15 +35,36 @@ CHAMPION = "champion"
 HISTORY_TAG = "ganops.champion_history"  # JSON list of champion versions, oldest first
 
 
-def evaluation_signature(report: dict, manifest: Manifest, evaluator: Path) -> str:
+def evaluation_signature(report: EvaluationReport, manifest: Manifest, evaluator: Path) -> str:
     """Numbers are comparable only under the same protocol (metric, weights, sample count, reference) and
     data; a domain metric also only under the same domain evaluator (its weights file)."""
-    parts = {"metric": primary_metric(report), "backbone": report["backbone"], "num_samples": report["num_samples"],
-             "reference": report["reference"], "fid_protocol": report.get("fid_protocol"),
-             "weights": report.get("weights_digest"), "data": manifest.checksum(report["reference"])}
-    if primary_metric(report).endswith(f"_domain_{report['reference']}") and evaluator.exists():
+    parts = {"metric": report.primary_metric, "backbone": report.backbone, "num_samples": report.num_samples,
+             "reference": report.reference, "fid_protocol": report.fid_protocol,
+             "weights": report.weights_digest, "data": manifest.checksum(report.reference)}
+    if report.primary_metric.endswith(f"_domain_{report.reference}") and evaluator.exists():
         parts["evaluator"] = file_sha256(evaluator)
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class RegistryDecision(BaseModel):
+    """reports/register.json: the version registered and whether (and why) it became champion."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_name: str
+    version: str
+    promoted: bool
+    reason: str
+    previous_champion: str | None
+    champion: str | None
+    metric: str
+    metric_value: float
+    run_id: str
+    model_uri: str
+
+    @classmethod
+    def load(cls, path: Path) -> RegistryDecision:
+        return cls.model_validate_json(Path(path).read_text())
 
 
 def _signature_and_example(onnx_path: Path):
@@ -118,8 +141,8 @@ def _set_champion(client, name: str, version: str, history: list[str]) -> None:
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
 
 
-def register_onnx(onnx_path: Path, report: dict, eval_signature: str, run_id: str, mlflow_cfg: MlflowParams,
-                  cfg: RegisterParams, root: Path) -> dict:
+def register_onnx(onnx_path: Path, report: EvaluationReport, eval_signature: str, run_id: str, mlflow_cfg: MlflowParams,
+                  cfg: RegisterParams, root: Path) -> RegistryDecision:
     """Log the ONNX generator to the pipeline's run ``run_id``, register it as a new version, tag it
     with its evaluation (``report``, judged under ``eval_signature``) and its sha256, and move
     ``champion`` to it only on a real improvement. Returns the decision."""
@@ -128,13 +151,13 @@ def register_onnx(onnx_path: Path, report: dict, eval_signature: str, run_id: st
     import mlflow.onnx
     import onnx
 
-    metric = primary_metric(report)
+    metric, low, high = report.primary_metric, *report.ci95
     new = {
-        "metric": metric, "metric_value": float(report[metric]),
-        "metric_ci95_low": float(report.get(f"{metric}_ci95_low", report[metric])),
-        "metric_ci95_high": float(report.get(f"{metric}_ci95_high", report[metric])),
-        "metric_std": float(report.get(f"{metric}_std", 0.0)),
-        "backbone": report["backbone"], "num_samples": report["num_samples"], "reference": report["reference"],
+        "metric": metric, "metric_value": float(report.value),
+        "metric_ci95_low": float(report.value if low is None else low),
+        "metric_ci95_high": float(report.value if high is None else high),
+        "metric_std": float(report.std or 0.0),
+        "backbone": report.backbone, "num_samples": report.num_samples, "reference": report.reference,
         "eval_signature": eval_signature,
     }
     signature, example, spec = _signature_and_example(onnx_path)
@@ -147,7 +170,7 @@ def register_onnx(onnx_path: Path, report: dict, eval_signature: str, run_id: st
             )
         version = str(info.registered_model_version)
         for key, value in {**new, "run_id": run_id, "classes": len(spec.class_names),
-                           "evaluation": json.dumps(evaluation_summary(report)),
+                           "evaluation": json.dumps(report.summary()),
                            ONNX_DIGEST_TAG: file_sha256(onnx_path)}.items():
             client.set_model_version_tag(name, version, key, str(value))
         try:
@@ -166,10 +189,10 @@ def register_onnx(onnx_path: Path, report: dict, eval_signature: str, run_id: st
         client.set_model_version_tag(name, version, "promoted", str(promoted).lower())
         client.set_model_version_tag(name, version, "promotion_reason", reason)
     log.info("registered %s v%s: %s — %s", name, version, "promoted to champion" if promoted else "not promoted", reason)
-    return {"model_name": name, "version": version, "promoted": promoted, "reason": reason,
-            "previous_champion": str(champion.version) if champion else None, "champion": version if promoted else
-            (str(champion.version) if champion else None), "metric": metric, "metric_value": new["metric_value"],
-            "run_id": run_id, "model_uri": f"models:/{name}/{version}"}
+    previous = str(champion.version) if champion else None
+    return RegistryDecision(model_name=name, version=version, promoted=promoted, reason=reason,
+                            previous_champion=previous, champion=version if promoted else previous, metric=metric,
+                            metric_value=new["metric_value"], run_id=run_id, model_uri=f"models:/{name}/{version}")
 
 
 # --- the `ganops models` commands ------------------------------------------------------------------
