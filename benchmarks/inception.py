@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import print_environment, spread
+from _common import median, print_environment, spread
 from ganops.metrics.inception import (INPUT_SIZE, FIDInceptionV3, InceptionFeatureExtractor, default_weights_path,
                                       load_network)
 
@@ -112,13 +111,13 @@ def main() -> int:
         rates = [args.images / s for s in seconds[name]]
         diff = float((outputs[name].double() - reference).abs().max() / reference.abs().max())
         print(f"{name:36s} {spread(rates):>28s} "
-              f"{statistics.median(rates) * gflops / args.peak_gflops:8.1%} {diff:32.2e}")
+              f"{median(rates) * gflops / args.peak_gflops:8.1%} {diff:32.2e}")
     ratios = [b / a for a, b in zip(seconds["ganops (onnxruntime, tf protocol)"], seconds["torch-fidelity extractor"])]
     vs_pfid = [b / a for a, b in zip(seconds["ganops (onnxruntime, tf protocol)"], seconds["pytorch-fid InceptionV3"])]
     print(f"speedup per round vs torch-fidelity: {', '.join(f'{r:.2f}' for r in ratios)}; "
           f"vs pytorch-fid: {', '.join(f'{r:.2f}' for r in vs_pfid)}")
-    print(f"inception_speedup_vs_pytorch_fid={statistics.median(vs_pfid):.2f}")
-    print(f"inception_speedup_vs_torch_fidelity={statistics.median(ratios):.2f}")
+    print(f"inception_speedup_vs_pytorch_fid={median(vs_pfid):.2f}")
+    print(f"inception_speedup_vs_torch_fidelity={median(ratios):.2f}")
     return 0
 
 

@@ -19,7 +19,7 @@ from ganops.models import GeneratorSpec
 from ganops.paths import ProjectPaths
 from ganops.pixels import to_uint8
 from ganops.tracking.runs import log_training, preflight
-from ganops.training.loop import LOG_FIELDS, fit, generator_spec
+from ganops.training.loop import LOG_FIELDS, fit
 from ganops.visualize import sample_grid_png
 
 
@@ -33,7 +33,7 @@ def train(params: Params, root: Path = Path(".")) -> dict:
                  before_training=lambda: preflight(params.mlflow, root))
     if result is None:
         return {}
-    g_spec = generator_spec(params.model, manifest)
+    g_spec = result.spec
     weights = {name: tensor.detach().cpu().contiguous() for name, tensor in result.G_ema.state_dict().items()}
     write_bytes_atomic(paths.generator_weights, safetensors_save(weights, metadata={"format": "pt"}))
     g_spec.save(paths.generator_spec)

@@ -149,6 +149,7 @@ class FitResult:
     """What ``fit`` returns on rank 0 (other ranks get None)."""
 
     G_ema: torch.nn.Module
+    spec: GeneratorSpec  # the generator's, built from the model params and the manifest
     log_rows: list[dict]
     summary: dict
     device: torch.device
@@ -317,4 +318,4 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
              ctx.world_size, digests[0][:16])
     ctx.barrier()
     distributed.shutdown()
-    return FitResult(G_ema=G_ema, log_rows=log_rows, summary=summary, device=device, started_at=run_started_at)
+    return FitResult(G_ema=G_ema, spec=g_spec, log_rows=log_rows, summary=summary, device=device, started_at=run_started_at)
