@@ -311,7 +311,7 @@ def test_step_reads_its_inputs_from_fixed_buffers():
     step.fill(stream.next, noise)
     assert [b.data_ptr() for b in buffers] == addresses
     assert all(not torch.equal(a, b) for a, b in zip(first, buffers))  # new batches, labels, noise
-    assert stats.shape == (5,) and torch.isfinite(stats).all() and stats[4] > 0  # the gradient penalty ran
+    assert stats.shape == (6,) and torch.isfinite(stats).all() and stats[4] > 0  # the gradient penalty ran
     # the filled batch is exactly the images the stream picked, in its order
     replay = BatchStream(40, 8, seed=0)
     replay.next(), replay.next()

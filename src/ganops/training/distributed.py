@@ -37,6 +37,12 @@ class Dist:
         if self.enabled:
             dist.barrier()
 
+    def all_reduce_mean(self, tensor: torch.Tensor) -> None:
+        """In place: the mean of ``tensor`` over the ranks."""
+        if self.enabled:
+            dist.all_reduce(tensor)
+            tensor /= self.world_size
+
     def gather(self, value: object) -> list[object]:
         """Every rank's ``value``, in rank order, on every rank."""
         if not self.enabled:

@@ -27,6 +27,7 @@ from ganops.config import ModelParams, TrainParams
 from ganops.device import resolve_device
 from ganops.models import DiscriminatorSpec, GeneratorSpec, build_discriminator, build_generator
 from ganops.training import distributed
+from ganops.training.augment import AdaController
 from ganops.training.checkpoint import (capture_rng_states, load_resumable, prune_stale, restore_rng_states, run_folder,
                                        save_checkpoint)
 from ganops.training.ema import ema_decay, update_ema
@@ -36,7 +37,9 @@ if TYPE_CHECKING:  # the type only: the prepared data format is the stage's to r
     from ganops.data.prepare import Manifest
 
 log = logging.getLogger(__name__)
-LOG_FIELDS = ["step", "loss_d", "loss_g", "d_real", "d_fake", "penalty", "images_per_s", "wall_time_s"]
+# real_sign: E[sign(D(real))], ADA's overfitting heuristic; augment_p: the augmentation probability.
+LOG_FIELDS = ["step", "loss_d", "loss_g", "d_real", "d_fake", "penalty", "real_sign", "augment_p", "images_per_s",
+              "wall_time_s"]
 # Knobs that change how long or how visibly a run goes, not what it computes: a checkpoint written
 # under other values of these can still be resumed.
 _NOT_IN_FINGERPRINT = {"steps", "checkpoint_every", "keep_checkpoints", "checkpoint_retention_days", "log_every", "device",
@@ -200,7 +203,10 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
 
     fingerprint = _fingerprint(model, cfg, manifest.checksum("train"), ctx.world_size)
     start_step, elapsed_before, log_rows = 0, 0.0, []
-    window = torch.zeros(5, device=device)  # running sums of loss_d, loss_g, d_real, d_fake, penalty
+    window = torch.zeros(6, device=device)  # running sums of loss_d, loss_g, d_real, d_fake, penalty, real_sign
+    # Augmentation's probability p, on the device: fixed at 1 for DiffAugment, steered by ADA.
+    ada = AdaController(cfg.ada_target, cfg.ada_kimg, cfg.ada_interval, cfg.batch_size, device) if cfg.augment == "ada" else None
+    augment_p = ada.p if ada else torch.ones((), device=device) if cfg.augment == "diffaugment" else None
     window_steps = 0
     checkpoints = run_folder(checkpoint_root, fingerprint)
     if ctx.is_main:
@@ -222,6 +228,8 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
                              device=images.device)
         start_step, elapsed_before, log_rows = resumed["step"], resumed["elapsed_s"], resumed["log"]
         window, window_steps = resumed["window"].to(device), resumed["window_steps"]
+        if ada:
+            ada.load_state_dict(resumed["ada"])
         if ctx.is_main:
             log.info("resuming from checkpoint at step %d", start_step)
 
@@ -240,7 +248,7 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
     training_step = TrainStep(cfg=cfg, G=G, D=D, D_raw=D_raw, D_frozen=D_frozen, opt_g=opt_g, opt_d=opt_d,
                               images=images, labels=labels if g_spec.conditional else None, batch_size=local_batch,
                               latent_dim=g_spec.latent_dim, device=device, memory_format=memory_format,
-                              cuda_graph=cuda_graph)
+                              cuda_graph=cuda_graph, augment_p=augment_p)
     if ctx.is_main:
         log.info("training on %s x %d%s", device, ctx.world_size, ", one CUDA graph per step" if cuda_graph else "")
 
@@ -250,7 +258,7 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
             "generator": G_raw.state_dict(), "discriminator": D_raw.state_dict(), "generator_ema": G_ema.state_dict(),
             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "rng": capture_rng_states(),
             "noise_per_rank": noise_states, "stream": stream.state(), "window": window.cpu(),
-            "window_steps": window_steps, "world_size": ctx.world_size,
+            "window_steps": window_steps, "world_size": ctx.world_size, "ada": ada.state_dict() if ada else {},
         }
 
     # --- the loop ----------------------------------------------------------------------------------
@@ -265,18 +273,19 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
         stats = training_step.run()
         distributed.average_buffers(ctx, G_raw, D_raw)  # batch-norm statistics from every rank's share
         update_ema(G_raw, G_ema, ema_decay(cfg.ema_decay, step - cfg.ema_start))
+        done = step + 1
+        if ada:
+            ada.observe(stats[5], done, ctx.all_reduce_mean)
 
         # Bookkeeping stays on the device; it is read (a host sync) only every log_every steps.
         window += stats
         window_steps += 1
-        done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
-            if ctx.enabled:  # the logged losses are averages over all ranks
-                torch.distributed.all_reduce(window)
-                window /= ctx.world_size
+            ctx.all_reduce_mean(window)  # the logged losses are averages over all ranks
             now = time.perf_counter()
             means = (window / window_steps).tolist()
-            row = dict(zip(LOG_FIELDS[1:6], (round(v, 6) for v in means)))
+            row = dict(zip(LOG_FIELDS[1:7], (round(v, 6) for v in means)))
+            row["augment_p"] = round(augment_p.item(), 6) if augment_p is not None else 0.0
             row.update(step=done, images_per_s=round((done - last_log_step) * cfg.batch_size / (now - last_log_time), 2),
                        wall_time_s=round(elapsed_before + now - started, 3))
             log_rows.append(row)
@@ -312,6 +321,8 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
         "resumed_from_step": start_step,
         "world_size": ctx.world_size,
         "weights_sha256": digests[0][:16],
+        "augment": cfg.augment,
+        "augment_p": round(augment_p.item(), 6) if augment_p is not None else 0.0,
         **{key: final[key] for key in ("loss_d", "loss_g", "d_real", "d_fake") if key in final},
     }
     log.info("trained %d steps in %.1f s on %s x %d; weights %s on every rank", cfg.steps, wall_time, device,

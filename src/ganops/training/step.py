@@ -20,6 +20,7 @@ from torch import nn
 
 from ganops.config import TrainParams
 from ganops.pixels import from_uint8
+from ganops.training.augment import DRAWS_PER_IMAGE, augment
 from ganops.training.losses import LOSSES, discriminator_loss, generator_loss, gradient_penalty, r1_penalty
 
 # Eager steps before capture: cuDNN picks its algorithms, the optimisers create their state and
@@ -45,6 +46,7 @@ class TrainStep:
         device: torch.device,
         memory_format: torch.memory_format,
         cuda_graph: bool,
+        augment_p: torch.Tensor | None = None,
     ) -> None:
         self.cfg, self.G, self.D, self.D_raw, self.D_frozen = cfg, G, D, D_raw, D_frozen
         self.opt_g, self.opt_d = opt_g, opt_d
@@ -56,6 +58,13 @@ class TrainStep:
         self.z = [torch.empty(batch_size, latent_dim, device=device) for _ in range(n)]
         needs_alpha = LOSSES[cfg.loss].penalty_on_interpolates and cfg.gp_weight > 0
         self.alpha = [torch.empty(batch_size, 1, 1, 1, device=device) for _ in range(n)] if needs_alpha else None
+        # Augmentation (train.augment): the probability p lives on the device (ADA moves it between
+        # replays); the uniforms for real + fake images of each D update, and for the G update, are
+        # drawn by fill like the noise.
+        self.augment_p = augment_p
+        if augment_p is not None:
+            self.augment_draws = [torch.empty(2 * batch_size, DRAWS_PER_IMAGE, device=device) for _ in range(n)]
+            self.augment_draws_g = torch.empty(batch_size, DRAWS_PER_IMAGE, device=device)
         # Images kept in pinned host memory (too large for the GPU) are gathered into pinned staging
         # buffers and copied asynchronously; the event keeps a gather from overwriting a copy in flight.
         self.from_host = images.device != device
@@ -90,12 +99,16 @@ class TrainStep:
             torch.randn(self.z[d].shape, generator=noise, device=self.device, out=self.z[d])
             if self.alpha is not None:
                 torch.rand(self.alpha[d].shape, generator=noise, device=self.device, out=self.alpha[d])
+            if self.augment_p is not None:
+                torch.rand(self.augment_draws[d].shape, generator=noise, device=self.device, out=self.augment_draws[d])
+        if self.augment_p is not None:
+            torch.rand(self.augment_draws_g.shape, generator=noise, device=self.device, out=self.augment_draws_g)
         if self.from_host:
             self.copied.record()
 
     def run(self) -> torch.Tensor:
-        """One step on the filled inputs. Returns [loss_d, loss_g, D(real), D(fake), penalty] on the
-        device; under a CUDA graph the same tensor every step, so read or add it before the next."""
+        """One step on the filled inputs. Returns [loss_d, loss_g, D(real), D(fake), penalty,
+        E[sign(D(real))]] of the last D update on the device; under a CUDA graph the same tensor every step, so read or add it before the next."""
         if not self.cuda_graph:
             return self._step()
         if self.graph is None:
@@ -133,26 +146,34 @@ class TrainStep:
             y = self.y[d] if self.y is not None else None
             with torch.set_grad_enabled(d == cfg.d_steps - 1), self.autocast():
                 fake = self.G(self.z[d], y).float()
+            seen = torch.cat([real, fake.detach()])
+            if self.augment_p is not None:  # what D sees, real and fake alike
+                seen = augment(seen, self.augment_draws[d], self.augment_p).contiguous(memory_format=self.memory_format)
             with self.autocast():
-                both = self.D(torch.cat([real, fake.detach()]), torch.cat([y, y]) if y is not None else None).float()
+                both = self.D(seen, torch.cat([y, y]) if y is not None else None).float()
             d_real, d_fake = both[:batch], both[batch:]
             loss_d = discriminator_loss(cfg.loss, d_real, d_fake)
             penalty = torch.zeros((), device=self.device)
             if self.alpha is not None:
                 critic = lambda x: self.D_raw(x, y).float()  # noqa: E731
-                penalty = penalty + cfg.gp_weight * gradient_penalty(critic, real, fake.detach(), self.alpha[d])
-            if cfg.r1_gamma > 0:
+                penalty = penalty + cfg.gp_weight * gradient_penalty(critic, seen[:batch], seen[batch:], self.alpha[d])
+            if cfg.r1_gamma > 0:  # the gradient at the real images, through their augmentation (as ADA does)
                 real_r1 = real.detach().requires_grad_(True)
-                penalty = penalty + 0.5 * cfg.r1_gamma * r1_penalty(self.D_raw(real_r1, y).float(), real_r1)
+                seen_r1 = real_r1 if self.augment_p is None else augment(
+                    real_r1, self.augment_draws[d][:batch], self.augment_p).contiguous(memory_format=self.memory_format)
+                penalty = penalty + 0.5 * cfg.r1_gamma * r1_penalty(self.D_raw(seen_r1, y).float(), real_r1)
             self.opt_d.zero_grad(set_to_none=True)
             (loss_d + penalty).backward()
             self.opt_d.step()
 
         # Generator: the non-saturating / hinge / Wasserstein step through a frozen D.
         self.D_raw.requires_grad_(False)
+        if self.augment_p is not None:  # G is judged on augmented images too, the gradient passing through
+            fake = augment(fake, self.augment_draws_g, self.augment_p).contiguous(memory_format=self.memory_format)
         with self.autocast():
             loss_g = generator_loss(cfg.loss, self.D_frozen(fake, y).float())
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
-        return torch.stack([loss_d.detach(), loss_g.detach(), d_real.detach().mean(), d_fake.detach().mean(), penalty.detach()])
+        return torch.stack([loss_d.detach(), loss_g.detach(), d_real.detach().mean(), d_fake.detach().mean(), penalty.detach(),
+                            d_real.detach().sign().mean()])
