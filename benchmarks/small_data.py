@@ -110,7 +110,6 @@ def main() -> None:
                                     eval_cfg.seed, device)
             metrics = compute_metrics(reference, features_of_draws(backbone, draws, eval_cfg.batch_size), eval_cfg,
                                       protocol, ("fd",))
-            print(sorted(metrics)) if round_index == 0 and side == args.sides[0] else None
             fid = metrics[protocol.primary]
             low, high = metrics[f"{protocol.primary}_ci95_low"], metrics[f"{protocol.primary}_ci95_high"]
             row = {"side": side, "seed": seed, "fid": fid, "ci95": [low, high], "augment_p": result.summary["augment_p"],
