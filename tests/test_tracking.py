@@ -75,6 +75,9 @@ def test_one_run_holds_params_curves_metrics_artifacts_and_lineage(project):
     assert run.data.params["train.steps"] == "20" and run.data.params["data.source"] == "digits"
     history = client.get_metric_history(run_id, "train/loss_d")
     assert [m.step for m in history] == [5, 10, 15, 20]
+    # the augmentation probability and ADA's heuristic are curves too (no augmentation here: p is 0)
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "train/augment_p")] == [(s, 0.0) for s in (5, 10, 15, 20)]
+    assert len(client.get_metric_history(run_id, "train/real_sign")) == 4
     assert "train/images_per_s" in run.data.metrics
     assert "eval/fd200_domain_train" in run.data.metrics and "eval/fd200_domain_train_ci95_high" in run.data.metrics
     assert "export/parity_max_abs_error" in run.data.metrics

@@ -23,7 +23,8 @@ FP16_MODEL = "generator.onnx"  # inside models/fp16/
 # The training recipe recorded in the ONNX metadata: what was trained, not how the run was executed or
 # logged (so a new train.log_every does not re-export; dvc.yaml lists exactly these keys).
 TRAIN_RECIPE = ("steps", "batch_size", "loss", "lr_g", "lr_d", "beta1", "beta2", "d_steps", "r1_gamma", "gp_weight",
-                "ema_decay", "ema_start", "seed", "augment", "ada_target", "ada_kimg", "ada_interval")
+                "ema_decay", "ema_start", "seed", "augment", "augment_auto_below", "ada_target", "ada_kimg",
+                "ada_interval")
 
 
 def export(params: Params, root: Path = Path(".")) -> dict:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # the type only: the prepared data format is the stage's to r
     from ganops.data.prepare import Manifest
 
 log = logging.getLogger(__name__)
-LOSS_CURVES = ("loss_d", "loss_g", "d_real", "d_fake", "penalty", "images_per_s")
+TRAINING_CURVES = ("loss_d", "loss_g", "d_real", "d_fake", "penalty", "real_sign", "augment_p", "images_per_s")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -142,8 +142,8 @@ def log_training(params: Params, root: Path, run_file: Path, manifest: Manifest,
     for start in range(0, len(flat), 100):
         client.log_batch(run_id, params=flat[start : start + 100])
     now = int(time.time() * 1000)
-    metrics = [Metric(f"train/{key}", float(row[key]), now, int(row["step"])) for row in log_rows for key in LOSS_CURVES if key in row]
-    metrics += [Metric(f"train/{key}_final" if key in LOSS_CURVES else f"train/{key}", float(value), now, params.train.steps)
+    metrics = [Metric(f"train/{key}", float(row[key]), now, int(row["step"])) for row in log_rows for key in TRAINING_CURVES if key in row]
+    metrics += [Metric(f"train/{key}_final" if key in TRAINING_CURVES else f"train/{key}", float(value), now, params.train.steps)
                 for key, value in summary.items() if isinstance(value, (int, float))]
     _log_metrics(client, run_id, metrics)
     for artifact in artifacts:

@@ -31,6 +31,18 @@ OPERATIONS = ("brightness", "saturation", "contrast", "translation", "cutout")
 DRAWS_PER_IMAGE = len(OPERATIONS) + 7
 TRANSLATION_RATIO = 0.125
 CUTOUT_RATIO = 0.5
+# train.augment: auto picks this for a user's own image folder with fewer training images than
+# train.augment_auto_below (the choice and the threshold come from benchmarks/small_data.py; RESULTS.md).
+AUTO_CHOICE = "ada"
+
+
+def resolve_augment(requested: str, source: str, num_train: int, auto_below: int) -> str:
+    """The augmentation a run uses: ``requested``, or for ``auto`` AUTO_CHOICE on an imagefolder with
+    fewer than ``auto_below`` training images and none otherwise (the built-in data sets are recipes
+    tuned without it)."""
+    if requested != "auto":
+        return requested
+    return AUTO_CHOICE if source == "imagefolder" and num_train < auto_below else "none"
 
 
 def augment(images: torch.Tensor, draws: torch.Tensor, p: torch.Tensor) -> torch.Tensor:

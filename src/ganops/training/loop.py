@@ -27,7 +27,7 @@ from ganops.config import ModelParams, TrainParams
 from ganops.device import resolve_device
 from ganops.models import DiscriminatorSpec, GeneratorSpec, build_discriminator, build_generator
 from ganops.training import distributed
-from ganops.training.augment import AdaController
+from ganops.training.augment import AdaController, resolve_augment
 from ganops.training.checkpoint import (capture_rng_states, load_resumable, prune_stale, restore_rng_states, run_folder,
                                        save_checkpoint)
 from ganops.training.ema import ema_decay, update_ema
@@ -205,8 +205,9 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
     start_step, elapsed_before, log_rows = 0, 0.0, []
     window = torch.zeros(6, device=device)  # running sums of loss_d, loss_g, d_real, d_fake, penalty, real_sign
     # Augmentation's probability p, on the device: fixed at 1 for DiffAugment, steered by ADA.
-    ada = AdaController(cfg.ada_target, cfg.ada_kimg, cfg.ada_interval, cfg.batch_size, device) if cfg.augment == "ada" else None
-    augment_p = ada.p if ada else torch.ones((), device=device) if cfg.augment == "diffaugment" else None
+    augmentation = resolve_augment(cfg.augment, manifest.source, len(labels_all), cfg.augment_auto_below)
+    ada = AdaController(cfg.ada_target, cfg.ada_kimg, cfg.ada_interval, cfg.batch_size, device) if augmentation == "ada" else None
+    augment_p = ada.p if ada else torch.ones((), device=device) if augmentation == "diffaugment" else None
     window_steps = 0
     checkpoints = run_folder(checkpoint_root, fingerprint)
     if ctx.is_main:
@@ -250,7 +251,9 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
                               latent_dim=g_spec.latent_dim, device=device, memory_format=memory_format,
                               cuda_graph=cuda_graph, augment_p=augment_p)
     if ctx.is_main:
-        log.info("training on %s x %d%s", device, ctx.world_size, ", one CUDA graph per step" if cuda_graph else "")
+        log.info("training on %s x %d%s%s", device, ctx.world_size, ", one CUDA graph per step" if cuda_graph else "",
+                 f", augmentation {augmentation}" + (" (train.augment: auto)" if cfg.augment == "auto" else "")
+                 if augmentation != "none" else "")
 
     def checkpoint_state(step: int, elapsed: float, noise_states: list) -> dict:
         return {
@@ -321,7 +324,7 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
         "resumed_from_step": start_step,
         "world_size": ctx.world_size,
         "weights_sha256": digests[0][:16],
-        "augment": cfg.augment,
+        "augment": augmentation,
         "augment_p": round(augment_p.item(), 6) if augment_p is not None else 0.0,
         **{key: final[key] for key in ("loss_d", "loss_g", "d_real", "d_fake") if key in final},
     }
