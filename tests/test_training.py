@@ -252,8 +252,10 @@ def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 def test_ddp_on_two_cpu_processes_keeps_ranks_identical_and_resumes(tmp_path, prepared_digits):
     """`ganops train` with train.nproc: 2 relaunches itself under torchrun (gloo); both ranks end with
-    the same weights, and a DDP run extended from its checkpoint equals one trained straight through."""
-    ddp = {"train": {"batch_size": 32, "checkpoint_every": 20, "log_every": 10, "nproc": 2}}
+    the same weights, and a DDP run extended from its checkpoint equals one trained straight through.
+    With ADA on, so that its p (steered by E[sign(D(real))] over both ranks) is resumed too."""
+    ddp = {"train": {"batch_size": 32, "checkpoint_every": 20, "log_every": 10, "nproc": 2, "augment": "ada",
+                     "ada_kimg": 0.2}}
     straight = project_with_data(tmp_path / "straight", prepared_digits)
     write_params(straight / "params.yaml", merge(ddp, {"train": {"steps": 60}}))
     result = _run([str(Path(sys.executable).parent / "ganops"), "train"], straight)
@@ -263,6 +265,7 @@ def test_ddp_on_two_cpu_processes_keeps_ranks_identical_and_resumes(tmp_path, pr
     # the ranks are compared at every checkpoint, not only at the end
     checked = [int(step) for step in re.findall(r"step (\d+): all 2 ranks hold identical weights", result.stderr)]
     assert checked == [20, 40, 60]
+    assert report["augment"] == "ada" and report["augment_p"] > 0
 
     resumed = project_with_data(tmp_path / "resumed", prepared_digits)
     write_params(resumed / "params.yaml", merge(ddp, {"train": {"steps": 40}}))
@@ -272,7 +275,7 @@ def test_ddp_on_two_cpu_processes_keeps_ranks_identical_and_resumes(tmp_path, pr
     _run(torchrun, resumed)  # the documented command, straight through torchrun
     extended = json.loads((resumed / "reports" / "train.json").read_text())
     assert extended["resumed_from_step"] == 40 and extended["world_size"] == 2
-    assert extended["weights_sha256"] == report["weights_sha256"]
+    assert extended["weights_sha256"] == report["weights_sha256"] and extended["augment_p"] == report["augment_p"]
     assert (resumed / "models" / "generator.safetensors").read_bytes() == (straight / "models" / "generator.safetensors").read_bytes()
 
 
