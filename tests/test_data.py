@@ -27,7 +27,7 @@ def params(**data):
 
 def prepared_files(root: Path) -> dict[str, bytes]:
     folder = root / "data" / "prepared"
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 # --- bundled sets -------------------------------------------------------------------------------
@@ -67,7 +67,7 @@ def test_prepare_is_deterministic_for_a_seed(tmp_path):
     prepare(params(source="digits", resolution=16), tmp_path / "b")
     prepare(params(source="digits", resolution=16, seed=1), tmp_path / "c")
     assert prepared_files(tmp_path / "a") == prepared_files(tmp_path / "b")
-    assert prepared_files(tmp_path / "a")["train.npz"] != prepared_files(tmp_path / "c")["train.npz"]
+    assert prepared_files(tmp_path / "a")["train/images-00000.npy"] != prepared_files(tmp_path / "c")["train/images-00000.npy"]
 
 
 # --- image folders ------------------------------------------------------------------------------
@@ -265,7 +265,7 @@ def test_cifar10_folder_and_archive(tmp_path):
     from_archive = prepare(params(source="cifar10", path=str(archive), channels=3), tmp_path / "b")
     assert from_archive.source_checksum == manifest.source_checksum
     a, b = prepared_files(tmp_path / "a"), prepared_files(tmp_path / "b")
-    assert a["train.npz"] == b["train.npz"] and a["test.npz"] == b["test.npz"]
+    assert a.keys() == b.keys() and all(a[name] == b[name] for name in a if name != "manifest.json")
 
     gray = prepare(params(source="cifar10", path=str(source), channels=1, resolution=16), tmp_path / "c")
     images, _ = load_split(tmp_path / "c" / "data" / "prepared", "train")

@@ -40,6 +40,7 @@ class DataParams(_Section):
     test_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="held-out share for sources without a split")
     seed: int = Field(0, ge=0)
     skip_invalid: bool = False
+    shard_size: int = Field(8192, ge=1, description="images per shard of data/prepared/ (the last one of a split holds the rest)")
 
     @field_validator("resolution")
     @classmethod

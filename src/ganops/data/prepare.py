@@ -1,12 +1,12 @@
-"""The prepared data format: validated uint8 train/test arrays and a manifest, in one folder
-(written by the prepare stage, ganops.stages.prepare; read by every later stage)."""
+"""The prepared data format: validated uint8 train/test images in fixed-size shards, and a manifest
+that indexes them, in one folder (written by the prepare stage, ganops.stages.prepare; read by every
+later stage). The shards' layout is ganops.data.shards'."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +14,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ganops.config import DataParams
+from ganops.data.shards import PreparedSplit, ShardWriter, SplitIndex
 from ganops.data.sources import SOURCES, DataError, SourceData
 from ganops.io import atomic_dir
 
 log = logging.getLogger(__name__)
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: shards (1 was one .npz per split)
 MANIFEST = "manifest.json"
 
 
@@ -44,32 +45,6 @@ def _counts(labels: np.ndarray, class_names: list[str]) -> dict[str, int]:
     return {name: int(count) for name, count in zip(class_names, counts)}
 
 
-def _save_split(path: Path, images: np.ndarray, labels: np.ndarray) -> str:
-    """An .npz that np.load reads, written byte-for-byte reproducibly (np.savez stamps the time)."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
-        for name, array in (("images", images), ("labels", labels)):
-            entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            with archive.open(entry, "w", force_zip64=True) as handle:
-                np.lib.format.write_array(handle, np.ascontiguousarray(array), allow_pickle=False)
-    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def load_split(prepared_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read one prepared split: uint8 images (N, C, H, W) and int64 labels (N,). No pickles."""
-    path = Path(prepared_dir) / f"{split}.npz"
-    if not path.exists():
-        raise DataError(f"{path} is missing; run `ganops prepare` (or `dvc repro prepare`) first")
-    with np.load(path, allow_pickle=False) as arrays:
-        return arrays["images"], arrays["labels"]
-
-
-class SplitFile(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    path: str
-    sha256: str
-
-
 class Manifest(BaseModel):
     """manifest.json: what the prepared folder holds and where it came from."""
 
@@ -88,10 +63,10 @@ class Manifest(BaseModel):
     num_test: int = 0
     counts: dict[str, dict[str, int]] = {}
     skipped: dict[str, Any] = {"count": 0, "files": []}
-    files: dict[str, SplitFile]
+    files: dict[str, SplitIndex]
 
     def checksum(self, split: str) -> str:
-        """The sha256 of a split's .npz: what generator specs, references and evaluations record."""
+        """One digest over a split's shards: what generator specs, references and evaluations record."""
         return self.files[split].sha256
 
 
@@ -99,6 +74,13 @@ def load_manifest(prepared_dir: Path) -> Manifest:
     path = Path(prepared_dir) / MANIFEST
     if not path.exists():
         raise DataError(f"{path} is missing; run `ganops prepare` (or `dvc repro prepare`) first")
+    try:
+        version = json.loads(path.read_text()).get("version")
+    except (ValueError, AttributeError):
+        version = None
+    if isinstance(version, int) and version != MANIFEST_VERSION:
+        raise DataError(f"{path} is prepared data format {version}; this ganops reads format {MANIFEST_VERSION}: "
+                        "run `dvc repro -f prepare`")
     try:
         return Manifest.model_validate_json(path.read_text())
     except ValidationError as error:
@@ -134,11 +116,31 @@ def write_prepared(data_params: DataParams, out_dir: Path) -> Manifest:
         "skipped": {"count": len(data.skipped), "files": data.skipped},
         "files": {},
     }
+    shape = data.images.shape[1:]
     with atomic_dir(out_dir) as staging:
         for split, indices in (("train", train_idx), ("test", test_idx)):
-            digest = _save_split(staging / f"{split}.npz", data.images[indices], data.labels[indices])
-            record["files"][split] = {"path": f"{split}.npz", "sha256": digest}
+            writer = ShardWriter(staging, split, data_params.shard_size, shape)
+            for start in range(0, len(indices), data_params.shard_size):
+                chunk = indices[start : start + data_params.shard_size]
+                writer.add(data.images[chunk], data.labels[chunk])
+            record["files"][split] = writer.close()
         manifest = Manifest.model_validate(record)
         (staging / MANIFEST).write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
     log.info("prepared %d train / %d test images into %s", len(train_idx), len(test_idx), out_dir)
     return manifest
+
+
+def open_split(prepared_dir: Path, split: str) -> PreparedSplit:
+    """One prepared split, read from its shards on demand."""
+    manifest = load_manifest(prepared_dir)
+    if split not in manifest.files:
+        raise DataError(f"{prepared_dir}: no {split!r} split (has {', '.join(manifest.files)})")
+    return PreparedSplit(prepared_dir, manifest.files[split])
+
+
+def load_split(prepared_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """One prepared split in memory: uint8 images (N, C, H, W) and int64 labels (N,). No pickles."""
+    try:
+        return open_split(prepared_dir, split).load()
+    except (OSError, ValueError) as error:
+        raise DataError(f"{prepared_dir}: the {split} shards can't be read ({error}); run `dvc repro -f prepare`") from None

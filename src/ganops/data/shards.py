@@ -1,0 +1,200 @@
+"""The prepared format's storage: each split is a sequence of fixed-size shards, each shard a pair of
+plain ``.npy`` files (uint8 images (n, C, H, W), int64 labels (n,)), written atomically one by one.
+
+Why .npy shards (and not WebDataset tars or MosaicML streaming): a prepared split must support
+random access by global index -- the training order is a seeded permutation of all images, split
+over DDP ranks by torch's DistributedSampler, and a run killed mid-epoch resumes at the exact image
+it stopped at. A .npy file has a fixed header and then the array, so image i of a shard is
+``count * image_bytes`` further on: one positioned read, no decoding, no index to build, and
+nothing read that the rank does not use. DVC versions the folder file by file, so a shard whose
+images did not change is neither re-stored nor re-pushed, and teammates ``dvc pull`` only the
+shards they lack; on a cluster the shards sit on shared storage or are pulled per node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from ganops.io import atomic_path
+
+
+class Shard(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    images: str  # relative to the prepared folder
+    labels: str
+    count: int
+    sha256: str  # over the images file's bytes, then the labels file's
+    sources: str | None = None  # digest of what it was made from (for reuse by an incremental prepare)
+
+
+class SplitIndex(BaseModel):
+    """Where one split's images are: its shards in order, and one digest over all of them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    count: int
+    shard_size: int
+    shape: list[int]  # (C, H, W)
+    shards: list[Shard]
+    sha256: str
+
+
+def _digest_files(*paths: Path) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def split_digest(shards: list[Shard]) -> str:
+    digest = hashlib.sha256()
+    for shard in shards:
+        digest.update(f"{shard.count}:{shard.sha256}\n".encode())
+    return "sha256:" + digest.hexdigest()
+
+
+def write_shard(folder: Path, split: str, number: int, images: np.ndarray, labels: np.ndarray,
+                sources: str | None = None) -> Shard:
+    """Write shard ``number`` of ``split`` under ``folder``, each file atomically."""
+    names = (f"{split}/images-{number:05d}.npy", f"{split}/labels-{number:05d}.npy")
+    for name, array in zip(names, (images, labels)):
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp, open(tmp, "wb") as handle:
+            np.lib.format.write_array(handle, np.ascontiguousarray(array), allow_pickle=False)
+    return Shard(images=names[0], labels=names[1], count=len(labels), sha256=_digest_files(*(folder / n for n in names)),
+                 sources=sources)
+
+
+class ShardWriter:
+    """Accumulates images in order and writes a shard each time ``shard_size`` of them are in."""
+
+    def __init__(self, folder: Path, split: str, shard_size: int, shape: tuple[int, int, int]) -> None:
+        self.folder, self.split, self.shard_size, self.shape = Path(folder), split, shard_size, tuple(shape)
+        self.images = np.empty((shard_size, *shape), dtype=np.uint8)
+        self.labels = np.empty(shard_size, dtype=np.int64)
+        self.filled, self.shards = 0, []
+
+    def add(self, images: np.ndarray, labels: np.ndarray) -> None:
+        start = 0
+        while start < len(labels):
+            take = min(self.shard_size - self.filled, len(labels) - start)
+            self.images[self.filled : self.filled + take] = images[start : start + take]
+            self.labels[self.filled : self.filled + take] = labels[start : start + take]
+            self.filled += take
+            start += take
+            if self.filled == self.shard_size:
+                self._flush()
+
+    def _flush(self) -> None:
+        self.shards.append(write_shard(self.folder, self.split, len(self.shards), self.images[: self.filled],
+                                       self.labels[: self.filled]))
+        self.filled = 0
+
+    def close(self) -> SplitIndex:
+        if self.filled:
+            self._flush()
+        return SplitIndex(count=sum(s.count for s in self.shards), shard_size=self.shard_size, shape=list(self.shape),
+                          shards=self.shards, sha256=split_digest(self.shards))
+
+
+def _header_offset(path: Path) -> tuple[int, tuple[int, ...]]:
+    """Where a .npy file's data starts, and the array's shape (dtype and order checked by the caller)."""
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(handle)
+        if fortran:
+            raise ValueError(f"{path}: Fortran-ordered array")
+        return handle.tell(), shape, dtype
+
+
+class PreparedSplit:
+    """One split of a prepared folder: its labels in memory (8 bytes an image), its images read from
+    the shards on demand -- a range, or any indices -- so memory does not grow with the data set."""
+
+    def __init__(self, folder: Path, index: SplitIndex) -> None:
+        self.folder, self.index = Path(folder), index
+        self.shape = tuple(index.shape)
+        self.image_bytes = int(np.prod(self.shape))
+        self.starts = np.cumsum([0] + [s.count for s in index.shards])
+        self._offsets: dict[int, int] = {}
+        self._labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.index.count
+
+    @property
+    def nbytes(self) -> int:
+        return self.index.count * self.image_bytes
+
+    @property
+    def labels(self) -> np.ndarray:
+        if self._labels is None:
+            parts = [np.load(self.folder / s.labels, allow_pickle=False) for s in self.index.shards]
+            self._labels = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+        return self._labels
+
+    def _offset(self, shard: int) -> int:
+        if shard not in self._offsets:
+            path = self.folder / self.index.shards[shard].images
+            offset, shape, dtype = _header_offset(path)
+            expected = (self.index.shards[shard].count, *self.shape)
+            if tuple(shape) != expected or dtype != np.uint8:
+                raise ValueError(f"{path}: holds {dtype} {tuple(shape)}, the manifest says uint8 {expected}")
+            self._offsets[shard] = offset
+        return self._offsets[shard]
+
+    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Images ``start`` to ``stop`` (a contiguous range), shard reads of whole runs."""
+        stop = min(stop, len(self))
+        out = np.empty((stop - start, *self.shape), dtype=np.uint8) if out is None else out
+        position = start
+        while position < stop:
+            shard = int(np.searchsorted(self.starts, position, side="right") - 1)
+            end = min(stop, int(self.starts[shard + 1]))
+            first = position - int(self.starts[shard])
+            with open(self.folder / self.index.shards[shard].images, "rb") as handle:
+                handle.seek(self._offset(shard) + first * self.image_bytes)
+                view = out[position - start : end - start].reshape(-1)
+                if handle.readinto(memoryview(view)) != view.nbytes:
+                    raise ValueError(f"{self.index.shards[shard].images}: shorter than its header says")
+            position = end
+        return out
+
+    def gather(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Images at any ``indices`` (in that order): one positioned read per image."""
+        out = np.empty((len(indices), *self.shape), dtype=np.uint8) if out is None else out
+        shards = np.searchsorted(self.starts, indices, side="right") - 1
+        flat = out.reshape(len(indices), -1)
+        handles: dict[int, int] = {}
+        try:
+            for row, (index, shard) in enumerate(zip(indices.tolist(), shards.tolist())):
+                if shard not in handles:
+                    handles[shard] = os.open(self.folder / self.index.shards[shard].images, os.O_RDONLY)
+                position = self._offset(shard) + (index - int(self.starts[shard])) * self.image_bytes
+                if os.preadv(handles[shard], [memoryview(flat[row])], position) != self.image_bytes:
+                    raise ValueError(f"{self.index.shards[shard].images}: shorter than its header says")
+        finally:
+            for handle in handles.values():
+                os.close(handle)
+        return out
+
+    def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(images, labels) in order, ``batch_size`` at a time."""
+        for start in range(0, len(self), batch_size):
+            stop = min(start + batch_size, len(self))
+            yield self.read(start, stop), self.labels[start:stop]
+
+    def load(self) -> tuple[np.ndarray, np.ndarray]:
+        """The whole split in memory (small data sets)."""
+        return self.read(0, len(self)), self.labels
