@@ -41,6 +41,7 @@ class DataParams(_Section):
     seed: int = Field(0, ge=0)
     skip_invalid: bool = False
     shard_size: int = Field(8192, ge=1, description="images per shard of data/prepared/ (the last one of a split holds the rest)")
+    workers: int = Field(0, ge=0, le=1024, description="processes decoding image files in prepare; 0: one per CPU core")
 
     @field_validator("resolution")
     @classmethod

@@ -4,34 +4,40 @@ later stage). The shards' layout is ganops.data.shards'."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ganops.config import DataParams
-from ganops.data.shards import PreparedSplit, ShardWriter, SplitIndex
-from ganops.data.sources import SOURCES, DataError, SourceData
+from ganops.data.shards import PreparedSplit, SplitIndex, split_index, write_shard
+from ganops.data.sources import SOURCES, DataError, FileListing, SourceData, _invalid, decode_file, files_checksum
 from ganops.io import atomic_dir
 
 log = logging.getLogger(__name__)
 MANIFEST_VERSION = 2  # 2: shards (1 was one .npz per split)
 MANIFEST = "manifest.json"
+MIN_FILES_FOR_WORKERS = 512  # below this, starting worker processes costs more than it saves
 
 
-def _split(data: SourceData, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _split(labels: np.ndarray, is_test: np.ndarray | None, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices of train and test: the format's own split, else a seeded split stratified by class."""
     rng = np.random.default_rng(seed)
-    if data.is_test is not None:
-        train, test = np.flatnonzero(~data.is_test), np.flatnonzero(data.is_test)
+    if is_test is not None:
+        train, test = np.flatnonzero(~is_test), np.flatnonzero(is_test)
     else:
         train_parts, test_parts = [], []
-        for label in np.unique(data.labels):
-            members = rng.permutation(np.flatnonzero(data.labels == label))
+        for label in np.unique(labels):
+            members = rng.permutation(np.flatnonzero(labels == label))
             n_test = int(round(len(members) * test_fraction)) if len(members) > 1 else 0
             test_parts.append(members[:n_test])
             train_parts.append(members[n_test:])
@@ -89,45 +95,98 @@ def load_manifest(prepared_dir: Path) -> Manifest:
 
 
 def write_prepared(data_params: DataParams, out_dir: Path) -> Manifest:
-    """Read ``data_params.source``, split it, and write ``out_dir`` in one atomic step; returns the manifest."""
-    data = SOURCES[data_params.source].load(data_params)
+    """Read ``data_params.source``, split it, and write ``out_dir`` in one atomic step, a shard at a
+    time; returns the manifest. Shard k of a split holds the split's images k * shard_size onwards."""
+    source = SOURCES[data_params.source]
+    with atomic_dir(out_dir) as staging:
+        if source.files is not None:
+            record = _write_files(data_params, source.files(data_params), staging)
+        else:
+            record = _write_arrays(data_params, source.load(data_params), staging)
+        manifest = Manifest.model_validate(record)
+        (staging / MANIFEST).write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+    log.info("prepared %d train / %d test images into %s", manifest.num_train, manifest.num_test, out_dir)
+    return manifest
+
+
+def _record(data_params: DataParams, checksum: str, class_names: list[str], skipped: list[str],
+            splits: dict[str, tuple[SplitIndex, np.ndarray]]) -> dict:
+    return {
+        "version": MANIFEST_VERSION,
+        "source": data_params.source,
+        "source_path": data_params.path,
+        "source_checksum": checksum,
+        "resolution": data_params.resolution,
+        "channels": data_params.channels,
+        "seed": data_params.seed,
+        "num_classes": len(class_names),
+        "class_names": class_names,
+        "num_train": splits["train"][0].count,
+        "num_test": splits["test"][0].count,
+        "counts": {split: _counts(labels, class_names) for split, (_, labels) in splits.items()},
+        "skipped": {"count": len(skipped), "files": skipped},
+        "files": {split: index for split, (index, _) in splits.items()},
+    }
+
+
+def _write_arrays(data_params: DataParams, data: SourceData, staging: Path) -> dict:
     if len(data.labels) != len(data.images):
         raise DataError(f"{data_params.source}: {len(data.images)} images but {len(data.labels)} labels")
     if len(data.images) < 2:
         raise DataError(f"{data_params.source}: only {len(data.images)} usable image(s); need at least 2")
-    train_idx, test_idx = _split(data, data_params.test_fraction, data_params.seed)
+    size = data_params.shard_size
+    splits = {}
+    for split, order in zip(("train", "test"), _split(data.labels, data.is_test, data_params.test_fraction, data_params.seed)):
+        shards = [write_shard(staging, split, k, data.images[order[start : start + size]], data.labels[order[start : start + size]])
+                  for k, start in enumerate(range(0, len(order), size))]
+        splits[split] = (split_index(shards, size, data.images.shape[1:]), data.labels[order])
+    return _record(data_params, data.checksum, data.class_names, data.skipped, splits)
 
-    record = {
-        "version": MANIFEST_VERSION,
-        "source": data_params.source,
-        "source_path": data_params.path,
-        "source_checksum": data.checksum,
-        "resolution": data_params.resolution,
-        "channels": data_params.channels,
-        "seed": data_params.seed,
-        "num_classes": len(data.class_names),
-        "class_names": data.class_names,
-        "num_train": int(len(train_idx)),
-        "num_test": int(len(test_idx)),
-        "counts": {
-            "train": _counts(data.labels[train_idx], data.class_names),
-            "test": _counts(data.labels[test_idx], data.class_names),
-        },
-        "skipped": {"count": len(data.skipped), "files": data.skipped},
-        "files": {},
-    }
-    shape = data.images.shape[1:]
-    with atomic_dir(out_dir) as staging:
-        for split, indices in (("train", train_idx), ("test", test_idx)):
-            writer = ShardWriter(staging, split, data_params.shard_size, shape)
-            for start in range(0, len(indices), data_params.shard_size):
-                chunk = indices[start : start + data_params.shard_size]
-                writer.add(data.images[chunk], data.labels[chunk])
-            record["files"][split] = writer.close()
-        manifest = Manifest.model_validate(record)
-        (staging / MANIFEST).write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
-    log.info("prepared %d train / %d test images into %s", len(train_idx), len(test_idx), out_dir)
-    return manifest
+
+def _write_files(data_params: DataParams, listing: FileListing, staging: Path) -> dict:
+    """Decode the listed files over data.workers processes, one shard's worth at a time, in the
+    split's order; each shard is written as soon as its images are decoded."""
+    size, shape = data_params.shard_size, (data_params.channels, data_params.resolution, data_params.resolution)
+    digests: list[bytes] = [b""] * len(listing.files)
+    skipped = list(listing.skipped)
+    splits = {}
+    with _decoder(data_params, len(listing.files)) as decode:
+        for split, order in zip(("train", "test"), _split(listing.labels, None, data_params.test_fraction, data_params.seed)):
+            shards, kept_labels = [], []
+            for k, start in enumerate(range(0, len(order), size)):
+                chunk = order[start : start + size]
+                images, labels = [], []
+                for i, (image, problem, digest) in zip(chunk, decode([str(listing.files[i]) for i in chunk])):
+                    digests[i] = digest
+                    if problem is not None:
+                        _invalid(data_params, skipped, str(listing.files[i]), problem)
+                        continue
+                    images.append(image)
+                    labels.append(listing.labels[i])
+                shard_images = np.stack(images) if images else np.empty((0, *shape), dtype=np.uint8)
+                shards.append(write_shard(staging, split, k, shard_images, np.asarray(labels, dtype=np.int64)))
+                kept_labels.append(np.asarray(labels, dtype=np.int64))
+            splits[split] = (split_index(shards, size, shape), np.concatenate(kept_labels) if kept_labels else np.empty(0, np.int64))
+    kept = np.bincount(np.concatenate([labels for _, labels in splits.values()]), minlength=len(listing.class_names))
+    if kept.sum() < 2:
+        raise DataError(f"data.path {listing.root} holds {int(kept.sum())} readable PNG, JPEG or WebP image(s); need at least 2")
+    empty = [name for name, count in zip(listing.class_names, kept) if count == 0]
+    if empty:
+        raise DataError(f"class folder(s) with no readable images under {listing.root}: {', '.join(empty)}")
+    return _record(data_params, files_checksum(listing, digests), listing.class_names, skipped, splits)
+
+
+@contextmanager
+def _decoder(data_params: DataParams, count: int) -> Iterator[Callable[[list[str]], Iterable]]:
+    """A function decoding a list of files in order: in this process for one worker or a few files,
+    else in a pool of data.workers processes (spawned: no state forked from the caller)."""
+    decode = functools.partial(decode_file, resolution=data_params.resolution, channels=data_params.channels)
+    workers = data_params.workers or os.cpu_count() or 1
+    if workers == 1 or count < MIN_FILES_FOR_WORKERS:
+        yield lambda paths: map(decode, paths)
+        return
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield lambda paths: pool.map(decode, paths, chunksize=max(1, min(64, len(paths) // (4 * workers))))
 
 
 def open_split(prepared_dir: Path, split: str) -> PreparedSplit:

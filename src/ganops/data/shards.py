@@ -75,36 +75,9 @@ def write_shard(folder: Path, split: str, number: int, images: np.ndarray, label
                  sources=sources)
 
 
-class ShardWriter:
-    """Accumulates images in order and writes a shard each time ``shard_size`` of them are in."""
-
-    def __init__(self, folder: Path, split: str, shard_size: int, shape: tuple[int, int, int]) -> None:
-        self.folder, self.split, self.shard_size, self.shape = Path(folder), split, shard_size, tuple(shape)
-        self.images = np.empty((shard_size, *shape), dtype=np.uint8)
-        self.labels = np.empty(shard_size, dtype=np.int64)
-        self.filled, self.shards = 0, []
-
-    def add(self, images: np.ndarray, labels: np.ndarray) -> None:
-        start = 0
-        while start < len(labels):
-            take = min(self.shard_size - self.filled, len(labels) - start)
-            self.images[self.filled : self.filled + take] = images[start : start + take]
-            self.labels[self.filled : self.filled + take] = labels[start : start + take]
-            self.filled += take
-            start += take
-            if self.filled == self.shard_size:
-                self._flush()
-
-    def _flush(self) -> None:
-        self.shards.append(write_shard(self.folder, self.split, len(self.shards), self.images[: self.filled],
-                                       self.labels[: self.filled]))
-        self.filled = 0
-
-    def close(self) -> SplitIndex:
-        if self.filled:
-            self._flush()
-        return SplitIndex(count=sum(s.count for s in self.shards), shard_size=self.shard_size, shape=list(self.shape),
-                          shards=self.shards, sha256=split_digest(self.shards))
+def split_index(shards: list[Shard], shard_size: int, shape: tuple[int, ...]) -> SplitIndex:
+    return SplitIndex(count=sum(s.count for s in shards), shard_size=shard_size, shape=list(shape), shards=shards,
+                      sha256=split_digest(shards))
 
 
 def _header_offset(path: Path) -> tuple[int, tuple[int, ...]]:

@@ -114,7 +114,19 @@ def _decode_image(data: bytes) -> Image.Image:
     return image
 
 
-def load_imagefolder(params: DataParams) -> SourceData:
+@dataclass
+class FileListing:
+    """A source of one image file per example, listed but not read: prepare decodes the files in
+    parallel, a shard at a time, so memory does not grow with their number."""
+
+    root: Path
+    files: list[Path]  # candidate image files, by class then path
+    labels: np.ndarray  # int64 (N,)
+    class_names: list[str]
+    skipped: list[str] = field(default_factory=list)  # files that are not images (data.skip_invalid)
+
+
+def list_imagefolder(params: DataParams) -> FileListing:
     root = _require_dir(params)
     if not root.is_dir():
         raise DataError(f"data.path {root} is not a folder (imagefolder expects one sub-folder per class)")
@@ -127,42 +139,42 @@ def load_imagefolder(params: DataParams) -> SourceData:
     class_dirs = entries
     if not class_dirs:
         raise DataError(f"data.path {root} has no class sub-folders")
-
-    checksum = _Checksum()
-    images: list[np.ndarray] = []
+    files: list[Path] = []
     labels: list[int] = []
     skipped: list[str] = []
     for label, class_dir in enumerate(class_dirs):
-        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
-        for file in files:
-            name = str(file)
-            data = file.read_bytes()
-            checksum.add(file.relative_to(root).as_posix(), data)
+        for file in sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
             if file.suffix.lower() not in IMAGE_SUFFIXES:
-                _invalid(params, skipped, name, f"not an image file (expected {', '.join(sorted(IMAGE_SUFFIXES))})")
+                _invalid(params, skipped, str(file), f"not an image file (expected {', '.join(sorted(IMAGE_SUFFIXES))})")
                 continue
-            try:
-                image = _decode_image(data)
-            except DataError as error:
-                _invalid(params, skipped, name, str(error))
-                continue
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-                _invalid(params, skipped, name, f"corrupt or truncated image ({error})")
-                continue
-            images.append(fit_pil(image, params.resolution, params.channels))
+            files.append(file)
             labels.append(label)
-    if not images:
+    if not files:
         raise DataError(f"data.path {root} holds no readable PNG, JPEG or WebP images")
-    empty = [d.name for d, count in zip(class_dirs, np.bincount(labels, minlength=len(class_dirs))) if count == 0]
-    if empty:
-        raise DataError(f"class folder(s) with no readable images under {root}: {', '.join(empty)}")
-    return SourceData(
-        images=np.stack(images),
-        labels=np.asarray(labels, dtype=np.int64),
-        class_names=[d.name for d in class_dirs],
-        checksum=checksum.hexdigest(),
-        skipped=skipped,
-    )
+    return FileListing(root=root, files=files, labels=np.asarray(labels, dtype=np.int64),
+                       class_names=[d.name for d in class_dirs], skipped=skipped)
+
+
+def decode_file(path: str, resolution: int, channels: int) -> tuple[np.ndarray | None, str | None, bytes]:
+    """One image file -> (uint8 (C, H, W) at the configured size, None, sha256 of its bytes), or
+    (None, why it can't be used, sha256). Runs in prepare's worker processes."""
+    data = Path(path).read_bytes()
+    digest = hashlib.sha256(data).digest()
+    try:
+        image = _decode_image(data)
+    except DataError as error:
+        return None, str(error), digest
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        return None, f"corrupt or truncated image ({error})", digest
+    return fit_pil(image, resolution, channels), None, digest
+
+
+def files_checksum(listing: FileListing, digests: list[bytes]) -> str:
+    """sha256 over the files' relative paths and their bytes' sha256, in listing order."""
+    checksum = hashlib.sha256()
+    for file, digest in zip(listing.files, digests):
+        checksum.update(file.relative_to(listing.root).as_posix().encode() + b"\0" + digest)
+    return "sha256:" + checksum.hexdigest()
 
 
 # --- files that ship their own split --------------------------------------------------------------
@@ -358,17 +370,19 @@ def load_cifar10(params: DataParams) -> SourceData:
 
 @dataclass(frozen=True)
 class Source:
-    """One input format: its reader, and whether it reads data.path."""
+    """One input format and whether it reads data.path. Its reader either loads every image at once
+    (``load``: fixed-size bundled and archive formats) or lists one file per image (``files``)."""
 
-    load: Callable[[DataParams], SourceData]
     needs_path: bool
+    load: Callable[[DataParams], SourceData] | None = None
+    files: Callable[[DataParams], FileListing] | None = None
 
 
 # A new source is one entry here, and its name in DataParams.source (tests/test_data.py checks they agree).
 SOURCES: dict[str, Source] = {
-    "mnist5k": Source(load_mnist5k, needs_path=False),
-    "digits": Source(load_digits, needs_path=False),
-    "imagefolder": Source(load_imagefolder, needs_path=True),
-    "mnist-idx": Source(load_mnist_idx, needs_path=True),
-    "cifar10": Source(load_cifar10, needs_path=True),
+    "mnist5k": Source(needs_path=False, load=load_mnist5k),
+    "digits": Source(needs_path=False, load=load_digits),
+    "imagefolder": Source(needs_path=True, files=list_imagefolder),
+    "mnist-idx": Source(needs_path=True, load=load_mnist_idx),
+    "cifar10": Source(needs_path=True, load=load_cifar10),
 }
