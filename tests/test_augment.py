@@ -4,6 +4,7 @@ controller, determinism and resume, and that generated images do not inherit the
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -191,10 +192,7 @@ def test_augmented_training_is_deterministic_resumes_with_its_p_and_differs_from
 
 def test_train_stage_logs_p_and_records_the_augmentation(tmp_path, digits16):
     root = tmp_path
-    target = root / "data" / "prepared"
-    target.mkdir(parents=True)
-    for file in digits16.iterdir():
-        (target / file.name).write_bytes(file.read_bytes())
+    shutil.copytree(digits16, root / "data" / "prepared")
     summary = train(validate_params(merge(TINY, {"data": {"resolution": 16}, "train": {"augment": "ada", "ada_kimg": 0.1}})),
                     root)
     assert summary["augment"] == "ada"

@@ -76,7 +76,7 @@ def test_metrics_and_outputs_ignored_by_git(dvc_project):
 
 def test_misspelt_key_fails_and_keeps_prepared_data(dvc_project):
     root = dvc_project
-    prepared = {p.name: p.read_bytes() for p in (root / "data" / "prepared").iterdir()}
+    prepared = {p.relative_to(root).as_posix(): p.read_bytes() for p in (root / "data" / "prepared").rglob("*") if p.is_file()}
     params = yaml.safe_load((root / "params.yaml").read_text())
     original = (root / "params.yaml").read_text()
     params["data"]["resolutoin"] = params["data"].pop("resolution")
@@ -85,7 +85,8 @@ def test_misspelt_key_fails_and_keeps_prepared_data(dvc_project):
         result = sh("dvc", "repro", cwd=root, check=False)
         assert result.returncode != 0
         assert "data.resolutoin: unknown key" in result.stdout + result.stderr
-        assert {p.name: p.read_bytes() for p in (root / "data" / "prepared").iterdir()} == prepared
+        assert {p.relative_to(root).as_posix(): p.read_bytes() for p in (root / "data" / "prepared").rglob("*")
+                if p.is_file()} == prepared
     finally:
         (root / "params.yaml").write_text(original)
     assert "up to date" in sh("dvc", "status", cwd=root).stdout

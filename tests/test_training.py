@@ -6,6 +6,7 @@ import csv
 import re
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,10 +49,7 @@ def prepared_digits(tmp_path_factory) -> Path:
 
 
 def project_with_data(tmp_path: Path, prepared: Path) -> Path:
-    target = tmp_path / "data" / "prepared"
-    target.mkdir(parents=True)
-    for file in prepared.iterdir():
-        (target / file.name).write_bytes(file.read_bytes())
+    shutil.copytree(prepared, tmp_path / "data" / "prepared")
     return tmp_path
 
 
@@ -291,7 +289,7 @@ def test_step_reads_its_inputs_from_fixed_buffers():
     """What CUDA-graph replay relies on: every step's inputs land in the same tensors, refilled in
     place, and the step reads nothing else that changes (checked here on CPU, where it runs eagerly)."""
     from ganops.models import DiscriminatorSpec, build_discriminator
-    from ganops.training.loop import BatchStream
+    from ganops.training.loop import BatchStream, HeldImages
     from ganops.training.step import TrainStep
 
     cfg = tiny({"train": {"loss": "wgan-gp", "d_steps": 2}}).train
@@ -302,7 +300,7 @@ def test_step_reads_its_inputs_from_fixed_buffers():
     images = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8)
     labels = torch.arange(40) % 3
     step = TrainStep(cfg=cfg, G=G, D=D, D_raw=D, D_frozen=D, opt_g=torch.optim.Adam(G.parameters()),
-                     opt_d=torch.optim.Adam(D.parameters()), images=images, labels=labels, batch_size=8, latent_dim=8,
+                     opt_d=torch.optim.Adam(D.parameters()), images=HeldImages(images.numpy(), torch.device("cpu")), labels=labels, batch_size=8, latent_dim=8,
                      device=torch.device("cpu"), memory_format=torch.channels_last, cuda_graph=True)
     assert not step.cuda_graph  # no graphs without CUDA
     buffers = [*step.real_u8, *step.y, *step.z, *step.alpha]

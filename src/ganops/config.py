@@ -92,6 +92,8 @@ class TrainParams(_Section):
     checkpoint_retention_days: float = Field(
         14.0, ge=0.0, description="other setups' checkpoint folders untouched this long are removed; 0 keeps all")
     log_every: int = Field(25, ge=1)
+    in_memory_max_mb: float = Field(2048.0, ge=0.0, description="a training split up to this size is held in memory "
+                                    "(on the GPU when it fits there); a larger one is read from its shards batch by batch")
     augment: Literal["auto", "none", "diffaugment", "ada"] = Field(
         "auto", description="what the discriminator sees, real and generated alike: none | diffaugment (colour, "
         "translation, cutout on every image) | ada (the same, each with a probability p adapted during training) | "

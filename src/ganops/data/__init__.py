@@ -1,6 +1,6 @@
 """Data sources, validation and the prepared data format."""
 
-from ganops.data.prepare import load_manifest, load_split, write_prepared
+from ganops.data.prepare import load_manifest, load_split, open_split, write_prepared
 from ganops.data.sources import DataError
 
-__all__ = ["DataError", "load_manifest", "load_split", "write_prepared"]
+__all__ = ["DataError", "load_manifest", "load_split", "open_split", "write_prepared"]

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save as safetensors_save
 
 from ganops.config import Params
-from ganops.data import load_manifest, load_split
+from ganops.data import load_manifest, open_split
 from ganops.io import write_bytes_atomic, write_json_atomic
 from ganops.models import GeneratorSpec
 from ganops.paths import ProjectPaths
@@ -28,8 +28,8 @@ def train(params: Params, root: Path = Path(".")) -> dict:
     content (an empty dict on the ranks other than 0 under torchrun)."""
     paths = ProjectPaths(root)
     manifest = load_manifest(paths.prepared)
-    images_u8, labels = load_split(paths.prepared, "train")
-    result = fit(params.model, params.train, manifest, images_u8, labels, paths.checkpoints,
+    images = open_split(paths.prepared, "train")  # held in memory or streamed from its shards: fit decides
+    result = fit(params.model, params.train, manifest, images, images.labels, paths.checkpoints,
                  before_training=lambda: preflight(params.mlflow, root))
     if result is None:
         return {}

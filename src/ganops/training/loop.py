@@ -14,7 +14,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TYPE_CHECKING
+from typing import Callable, Protocol, TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -43,8 +43,7 @@ LOG_FIELDS = ["step", "loss_d", "loss_g", "d_real", "d_fake", "penalty", "real_s
 # Knobs that change how long or how visibly a run goes, not what it computes: a checkpoint written
 # under other values of these can still be resumed.
 _NOT_IN_FINGERPRINT = {"steps", "checkpoint_every", "keep_checkpoints", "checkpoint_retention_days", "log_every", "device",
-                       "nproc", "compile",
-                       "cuda_graphs"}
+                       "nproc", "compile", "cuda_graphs", "in_memory_max_mb"}
 
 
 def generator_spec(model: ModelParams, manifest: Manifest) -> GeneratorSpec:
@@ -136,15 +135,49 @@ class BatchStream:
         return {"epoch": self.epoch, "position": self.position}
 
 
-def _place_dataset(images_u8: np.ndarray, device: torch.device) -> torch.Tensor:
-    """The uint8 images on the GPU when they fit comfortably, otherwise in pinned host memory."""
-    tensor = torch.from_numpy(images_u8)
-    if device.type != "cuda":
-        return tensor
-    free, _ = torch.cuda.mem_get_info(device)
-    if tensor.numel() < 0.25 * free:
-        return tensor.to(device)
-    return tensor.pin_memory()
+class ImageReader(Protocol):
+    """A split of uint8 images read on demand (ganops.data.shards.PreparedSplit)."""
+
+    nbytes: int
+
+    def load(self) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def gather(self, indices: np.ndarray, out: np.ndarray) -> np.ndarray: ...
+
+
+class HeldImages:
+    """The training images in memory: on the GPU when they fit comfortably, else in (pinned) host memory."""
+
+    def __init__(self, images_u8: np.ndarray, device: torch.device) -> None:
+        tensor = torch.from_numpy(images_u8)
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            tensor = tensor.to(device) if tensor.numel() < 0.25 * free else tensor.pin_memory()
+        self.tensor, self.device, self.shape = tensor, tensor.device, tuple(tensor.shape[1:])
+
+    def gather(self, index: torch.Tensor, out: torch.Tensor) -> None:
+        torch.index_select(self.tensor, 0, index, out=out)
+
+
+class StreamedImages:
+    """The training images left in their shards: each batch read from disk into a host buffer."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, reader: ImageReader, shape: tuple[int, ...]) -> None:
+        self.reader, self.shape = reader, shape
+
+    def gather(self, index: torch.Tensor, out: torch.Tensor) -> None:
+        self.reader.gather(index.numpy(), out=out.numpy())
+
+
+def _hold_or_stream(images: np.ndarray | ImageReader, shape: tuple[int, ...], max_bytes: float,
+                    device: torch.device) -> HeldImages | StreamedImages:
+    if isinstance(images, np.ndarray):
+        return HeldImages(images, device)
+    if images.nbytes <= max_bytes:
+        return HeldImages(images.load()[0], device)
+    return StreamedImages(images, shape)
 
 
 @dataclass
@@ -159,9 +192,12 @@ class FitResult:
     started_at: float  # time.time() when training began, for the MLflow run
 
 
-def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.ndarray, labels_all: np.ndarray,
-        checkpoint_root: Path, before_training: Callable[[], None] = lambda: None) -> FitResult | None:
+def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.ndarray | ImageReader,
+        labels_all: np.ndarray, checkpoint_root: Path, before_training: Callable[[], None] = lambda: None
+        ) -> FitResult | None:
     """Train a GAN on uint8 images (N, C, H, W) with int labels and return the EMA generator and its log.
+    The images are an array, or a reader of a prepared split: held in memory up to
+    train.in_memory_max_mb, read from the shards a batch at a time beyond (the same batches either way).
 
     Under torchrun every process runs this function: DDP keeps the networks in sync, each rank
     draws its own share of every batch and its own noise, and only rank 0 writes checkpoints and
@@ -197,7 +233,8 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
     opt_g = torch.optim.Adam(G_raw.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2), **adam)
     opt_d = torch.optim.Adam(D_raw.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2), **adam)
     noise = torch.Generator(device=device).manual_seed(cfg.seed + 1 + 7919 * ctx.rank)  # per-rank noise
-    images = _place_dataset(images_u8, device)  # uint8; scaled per batch
+    shape = (manifest.channels, manifest.resolution, manifest.resolution)
+    images = _hold_or_stream(images_u8, shape, cfg.in_memory_max_mb * 2**20, device)  # uint8; scaled per batch
     labels = torch.from_numpy(labels_all).to(images.device)
     stream = BatchStream(len(labels_all), local_batch, cfg.seed, ctx.rank, ctx.world_size, device=images.device)
 

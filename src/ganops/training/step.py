@@ -39,7 +39,7 @@ class TrainStep:
         D_frozen: Callable,
         opt_g: torch.optim.Optimizer,
         opt_d: torch.optim.Optimizer,
-        images: torch.Tensor,
+        images,  # loop.HeldImages or loop.StreamedImages: .gather(index, out), .device, .shape
         labels: torch.Tensor | None,
         batch_size: int,
         latent_dim: int,
@@ -53,7 +53,7 @@ class TrainStep:
         self.images, self.labels, self.batch_size = images, labels, batch_size
         self.device, self.memory_format = device, memory_format
         n = cfg.d_steps
-        self.real_u8 = [torch.empty((batch_size, *images.shape[1:]), dtype=torch.uint8, device=device) for _ in range(n)]
+        self.real_u8 = [torch.empty((batch_size, *images.shape), dtype=torch.uint8, device=device) for _ in range(n)]
         self.y = [torch.zeros(batch_size, dtype=torch.long, device=device) for _ in range(n)] if labels is not None else None
         self.z = [torch.empty(batch_size, latent_dim, device=device) for _ in range(n)]
         needs_alpha = LOSSES[cfg.loss].penalty_on_interpolates and cfg.gp_weight > 0
@@ -65,8 +65,9 @@ class TrainStep:
         if augment_p is not None:
             self.augment_draws = [torch.empty(2 * batch_size, DRAWS_PER_IMAGE, device=device) for _ in range(n)]
             self.augment_draws_g = torch.empty(batch_size, DRAWS_PER_IMAGE, device=device)
-        # Images kept in pinned host memory (too large for the GPU) are gathered into pinned staging
-        # buffers and copied asynchronously; the event keeps a gather from overwriting a copy in flight.
+        # Images kept on the host (in pinned memory or in their shards) for a GPU run are gathered
+        # into pinned staging buffers and copied asynchronously -- while the GPU still runs the previous
+        # step; the event keeps a gather from overwriting a copy in flight.
         self.from_host = images.device != device
         if self.from_host:
             self.staging = [torch.empty(b.shape, dtype=b.dtype).pin_memory() for b in self.real_u8]
@@ -88,10 +89,10 @@ class TrainStep:
         for d in range(self.cfg.d_steps):
             index = next_index()
             if self.from_host:
-                torch.index_select(self.images, 0, index, out=self.staging[d])
+                self.images.gather(index, out=self.staging[d])
                 self.real_u8[d].copy_(self.staging[d], non_blocking=True)
             else:
-                torch.index_select(self.images, 0, index, out=self.real_u8[d])
+                self.images.gather(index, out=self.real_u8[d])
             if self.y is not None and self.from_host:
                 self.y[d].copy_(self.labels[index])
             elif self.y is not None:
