@@ -201,5 +201,5 @@ def load_split(prepared_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """One prepared split in memory: uint8 images (N, C, H, W) and int64 labels (N,). No pickles."""
     try:
         return open_split(prepared_dir, split).load()
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError) as error:  # a labels file missing or damaged (images files raise DataError)
         raise DataError(f"{prepared_dir}: the {split} shards can't be read ({error}); run `dvc repro -f prepare`") from None

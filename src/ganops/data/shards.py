@@ -21,6 +21,7 @@ from typing import Iterator
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from ganops.data.sources import DataError
 from ganops.io import atomic_path
 
 
@@ -120,10 +121,14 @@ class PreparedSplit:
     def _offset(self, shard: int) -> int:
         if shard not in self._offsets:
             path = self.folder / self.index.shards[shard].images
-            offset, shape, dtype = _header_offset(path)
+            try:
+                offset, shape, dtype = _header_offset(path)
+            except (OSError, ValueError) as error:
+                raise DataError(f"{path}: not a readable shard ({error}); run `dvc repro -f prepare`") from None
             expected = (self.index.shards[shard].count, *self.shape)
             if tuple(shape) != expected or dtype != np.uint8:
-                raise ValueError(f"{path}: holds {dtype} {tuple(shape)}, the manifest says uint8 {expected}")
+                raise DataError(f"{path}: holds {dtype} {tuple(shape)}, the manifest says uint8 {expected}; "
+                                "run `dvc repro -f prepare`")
             self._offsets[shard] = offset
         return self._offsets[shard]
 
@@ -140,7 +145,7 @@ class PreparedSplit:
                 handle.seek(self._offset(shard) + first * self.image_bytes)
                 view = out[position - start : end - start].reshape(-1)
                 if handle.readinto(memoryview(view)) != view.nbytes:
-                    raise ValueError(f"{self.index.shards[shard].images}: shorter than its header says")
+                    raise DataError(f"{self.index.shards[shard].images}: shorter than its header says; run `dvc repro -f prepare`")
             position = end
         return out
 
@@ -156,7 +161,7 @@ class PreparedSplit:
                     handles[shard] = os.open(self.folder / self.index.shards[shard].images, os.O_RDONLY)
                 position = self._offset(shard) + (index - int(self.starts[shard])) * self.image_bytes
                 if os.preadv(handles[shard], [memoryview(flat[row])], position) != self.image_bytes:
-                    raise ValueError(f"{self.index.shards[shard].images}: shorter than its header says")
+                    raise DataError(f"{self.index.shards[shard].images}: shorter than its header says; run `dvc repro -f prepare`")
         finally:
             for handle in handles.values():
                 os.close(handle)

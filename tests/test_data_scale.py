@@ -1,0 +1,128 @@
+"""Data at scale: the sharded prepared format, parallel prepare, and training that streams from the
+shards with exactly the batches (and so the weights) of training from memory."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TINY, merge
+from ganops import GanopsError
+from ganops.config import validate_params
+from ganops.data import DataError, load_manifest, load_split, open_split
+from ganops.stages.prepare import prepare
+from ganops.stages.train import train
+from ganops.training.loop import BatchStream
+
+
+def tiny(data: dict | None = None, train: dict | None = None):
+    return validate_params(merge(TINY, {"data": data or {}, "train": train or {}}))
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_shards_hold_the_split_in_order_whatever_their_size(tmp_path):
+    one = prepare(tiny(), tmp_path / "one")
+    many = prepare(tiny({"shard_size": 100}), tmp_path / "many")
+    assert len(one.files["train"].shards) == 1
+    assert [s.count for s in many.files["train"].shards] == [100] * 16 + [many.num_train - 1600]
+    prepared = tmp_path / "many" / "data" / "prepared"
+    images, labels = load_split(prepared, "train")
+    expected_images, expected_labels = load_split(tmp_path / "one" / "data" / "prepared", "train")
+    assert np.array_equal(images, expected_images) and np.array_equal(labels, expected_labels)
+    split = open_split(prepared, "train")
+    assert np.array_equal(split.read(95, 305), images[95:305])  # across three shards
+    picks = np.random.default_rng(0).integers(0, len(split), 300)
+    assert np.array_equal(split.gather(picks), images[picks])
+    batches = list(split.batches(250))
+    assert np.array_equal(np.concatenate([b for b, _ in batches]), images)
+    # the split's digest is over its shards: equal content in other shards is another digest
+    assert one.checksum("train") != many.checksum("train")
+    assert many.checksum("train") == prepare(tiny({"shard_size": 100}), tmp_path / "again").checksum("train")
+
+
+def test_a_damaged_shard_is_a_clear_error(tmp_path):
+    prepare(tiny({"shard_size": 500}), tmp_path)
+    prepared = tmp_path / "data" / "prepared"
+    shard = prepared / "train" / "images-00001.npy"
+    whole = shard.read_bytes()
+    shard.write_bytes(whole[:-64])
+    with pytest.raises(DataError, match="images-00001.npy: shorter than its header says"):
+        load_split(prepared, "train")
+    with pytest.raises(DataError, match="images-00001.npy: shorter than its header says"):
+        open_split(prepared, "train").gather(np.array([999]))  # the last image of shard 1, as training reads it
+    shard.write_bytes(whole)
+    (prepared / "train" / "images-00002.npy").unlink()
+    with pytest.raises(DataError, match="images-00002.npy"):
+        load_split(prepared, "train")
+
+
+def test_a_manifest_of_the_earlier_format_asks_for_a_new_prepare(tmp_path):
+    prepare(tiny(), tmp_path)
+    manifest = tmp_path / "data" / "prepared" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"version": 2', '"version": 1'))
+    with pytest.raises(DataError, match="format 1; this ganops reads format 2: run `dvc repro -f prepare`"):
+        load_manifest(tmp_path / "data" / "prepared")
+
+
+def _digit_folder(root: Path, count: int) -> Path:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for i in range(count):
+        folder = root / f"class{digits.target[i % len(digits.target)]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        image = (digits.images[i % len(digits.images)] * 15).astype(np.uint8)
+        Image.fromarray(np.roll(image, i // len(digits.images), axis=1)).save(folder / f"{i:05d}.png")
+    return root
+
+
+def test_parallel_prepare_writes_what_one_process_writes(tmp_path):
+    raw = _digit_folder(tmp_path / "raw", 700)  # above the count where workers start
+    data = {"source": "imagefolder", "path": str(raw), "shard_size": 128}
+    serial = prepare(tiny({**data, "workers": 1}), tmp_path / "serial")
+    parallel = prepare(tiny({**data, "workers": 2}), tmp_path / "parallel")
+    assert serial.num_train + serial.num_test == 700 and len(serial.files["train"].shards) == 5
+    assert tree(tmp_path / "serial" / "data" / "prepared") == tree(tmp_path / "parallel" / "data" / "prepared")
+    assert parallel.source_checksum == serial.source_checksum
+
+    # a corrupt file stops a parallel prepare with its name, and the previous output stays
+    bad = raw / "class0" / "00000.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(DataError, match="00000.png: corrupt or truncated image"):
+        prepare(tiny({**data, "workers": 2}), tmp_path / "parallel")
+    assert load_manifest(tmp_path / "parallel" / "data" / "prepared") == parallel
+    skipped = prepare(tiny({**data, "workers": 2, "skip_invalid": True}), tmp_path / "parallel")
+    assert skipped.skipped["count"] == 1 and skipped.num_train + skipped.num_test == 699
+
+
+def test_ranks_read_disjoint_shares_of_every_epoch():
+    for epoch in range(3):
+        seen = []
+        for rank in range(2):
+            stream = BatchStream(100, 10, seed=0, rank=rank, world_size=2, epoch=epoch)
+            seen.append({int(i) for _ in range(5) for i in stream.next()})
+        assert not seen[0] & seen[1] and len(seen[0]) == len(seen[1]) == 50
+
+
+def test_training_from_the_shards_gives_the_weights_of_training_from_memory(tmp_path):
+    prepare(tiny({"shard_size": 300}), tmp_path / "data-root")
+    weights = {}
+    for name, limit in (("held", 2048.0), ("streamed", 0.0)):
+        root = tmp_path / name
+        shutil.copytree(tmp_path / "data-root" / "data", root / "data")
+        weights[name] = train(tiny({"shard_size": 300}, {"in_memory_max_mb": limit}), root)["weights_sha256"]
+        assert (root / "models" / "generator.safetensors").exists()
+    assert weights["held"] == weights["streamed"]
+
+
+def test_batch_larger_than_a_streamed_split_is_a_clear_error(tmp_path):
+    prepare(tiny(), tmp_path)
+    with pytest.raises(GanopsError, match="larger than the"):
+        train(tiny(train={"batch_size": 4096, "in_memory_max_mb": 0.0}), tmp_path)
