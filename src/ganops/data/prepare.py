@@ -5,7 +5,6 @@ later stage). The shards' layout is ganops.data.shards'."""
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import multiprocessing

@@ -11,8 +11,9 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator, Protocol
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file
@@ -94,37 +95,58 @@ def save_evaluator(model: DomainClassifier, weights_path: Path, spec_path: Path)
     write_json_atomic(spec_path, model.spec.model_dump(mode="json"))
 
 
-def fit_evaluator(cfg: EvaluatorParams, manifest: Manifest, train: tuple[torch.Tensor, torch.Tensor],
-                  test: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> tuple[DomainClassifier, dict]:
-    """Train the domain classifier on uint8 ``train`` images and labels; report its accuracy on ``test``."""
+class SplitReader(Protocol):
+    """A prepared split read on demand (ganops.data.shards.PreparedSplit)."""
+
+    labels: np.ndarray
+
+    def __len__(self) -> int: ...
+
+    def gather(self, indices: np.ndarray) -> np.ndarray: ...
+
+    def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
+
+
+def _split_accuracy(model: DomainClassifier, split: SplitReader, batch_size: int) -> float | None:
+    if not len(split):
+        return None
+    correct = sum(classifier_accuracy(model, torch.from_numpy(images), torch.from_numpy(labels), batch_size) * len(labels)
+                  for images, labels in split.batches(batch_size))
+    return round(correct / len(split), 5)
+
+
+def fit_evaluator(cfg: EvaluatorParams, manifest: Manifest, train: SplitReader, test: SplitReader,
+                  device: torch.device) -> tuple[DomainClassifier, dict]:
+    """Train the domain classifier on the ``train`` split, a batch read at a time; report its accuracy
+    on ``test``."""
     if manifest.num_classes < 2:
         raise GanopsError("the domain evaluator needs at least 2 classes; use eval.backbone: inception")
-    (train_x, train_y), (test_x, test_y) = train, test
     torch.manual_seed(cfg.seed)
     spec = EvaluatorSpec(resolution=manifest.resolution, channels=manifest.channels,
                          num_classes=manifest.num_classes, width=cfg.width, class_names=manifest.class_names,
                          data_checksum=manifest.checksum("train"))
     model = DomainClassifier(spec).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    steps_per_epoch = max(1, len(train_x) // cfg.batch_size)
+    steps_per_epoch = max(1, len(train) // cfg.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
     order_rng = torch.Generator().manual_seed(cfg.seed)
-    train_x, train_y, test_x, test_y = (t.to(device) for t in (train_x, train_y, test_x, test_y))
+    train_labels = torch.from_numpy(train.labels)
     started = time.perf_counter()
     for epoch in tqdm(range(cfg.epochs), desc="train_evaluator", unit="epoch"):
         model.train()
-        order = torch.randperm(len(train_x), generator=order_rng).to(device)
+        order = torch.randperm(len(train), generator=order_rng)
         for step in range(steps_per_epoch):
             index = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            loss = nn.functional.cross_entropy(model(from_uint8(train_x[index])), train_y[index])
+            images = torch.from_numpy(train.gather(index.numpy())).to(device)
+            loss = nn.functional.cross_entropy(model(from_uint8(images)), train_labels[index].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
     report = {
-        "test_accuracy": round(classifier_accuracy(model, test_x, test_y, 512), 5) if len(test_x) else None,
-        "train_accuracy": round(classifier_accuracy(model, train_x, train_y, 512), 5),
-        "num_test": int(len(test_x)),
+        "test_accuracy": _split_accuracy(model, test, 512),
+        "train_accuracy": _split_accuracy(model, train, 512),
+        "num_test": int(len(test)),
         "epochs": cfg.epochs,
         "feature_dim": spec.feature_dim,
         "wall_time_s": round(time.perf_counter() - started, 3),

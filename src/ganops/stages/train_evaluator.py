@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
 from ganops.config import Params
-from ganops.data import load_manifest, load_split
+from ganops.data import load_manifest, open_split
 from ganops.device import resolve_device
 from ganops.io import write_json_atomic
 from ganops.metrics.evaluator import fit_evaluator, save_evaluator
@@ -19,8 +18,7 @@ def train_evaluator(params: Params, root: Path = Path(".")) -> dict:
     """Train the domain classifier on the train split, score it on the test split, write it."""
     paths = ProjectPaths(root)
     manifest = load_manifest(paths.prepared)
-    train, test = ((torch.from_numpy(images), torch.from_numpy(labels))
-                   for images, labels in (load_split(paths.prepared, "train"), load_split(paths.prepared, "test")))
+    train, test = open_split(paths.prepared, "train"), open_split(paths.prepared, "test")
     device = resolve_device(params.eval.device, "eval.device")
     model, report = fit_evaluator(params.eval.evaluator, manifest, train, test, device)
     save_evaluator(model, paths.evaluator_weights, paths.evaluator_spec)
