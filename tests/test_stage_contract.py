@@ -149,6 +149,7 @@ def _leaves(key: str, model: BaseModel = Params()) -> set[str]:
 # Keys read only on a path the tiny project does not take; listed with the reason.
 CONDITIONAL_READS = {
     "data.skip_invalid": "read only when a source meets a file it rejects",
+    "data.workers": "read only when an image folder holds enough files to start worker processes",
     "export.fp16_unverified": "read only when the fp16 model's parity can't be measured",
     "register.min_improvement": "read only when there is a champion to beat",
     "register.noise_z": "read only when there is a champion to beat",

@@ -127,6 +127,9 @@ class EvalParams(_Section):
     num_samples: int = Field(2000, ge=4, description="generated images compared with the reference split")
     draws: int = Field(10, ge=2, description="the generated images come in this many draws, each with its own seed")
     reference: Literal["train", "test"] = "train"
+    reference_max_features: int = Field(
+        10000, ge=10, description="the reference's mean and covariance are over all its images; beyond this many, "
+        "the features kept for KID, precision/recall and the half-sample spreads are a seeded subset of this size")
     batch_size: int = Field(250, ge=1)
     seed: int = Field(0, ge=0)
     spread_rounds: int = Field(10, ge=0, description="half-samples per side for the Fréchet distance's std and "

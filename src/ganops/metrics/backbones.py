@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Iterable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -70,11 +70,14 @@ def resolve_backbone(requested: str, inception_weights: str | None) -> tuple[str
     return ("inception" if requested == "auto" else requested), weights, None
 
 
-def extract_features(backbone: Backbone, batches: Iterable[torch.Tensor], total: int, desc: str) -> np.ndarray:
-    """Run uint8 batches through the backbone, with a progress bar; float64 (N, D) on the CPU."""
-    features = []
+def iter_features(backbone: Backbone, batches: Iterable[torch.Tensor], total: int, desc: str) -> Iterator[np.ndarray]:
+    """Run uint8 batches through the backbone, with a progress bar; float64 (n, D) per batch, on the CPU."""
     with tqdm(total=total, desc=f"{desc} [{backbone.features}]", unit="img", mininterval=1.0) as progress:
         for batch in batches:
-            features.append(backbone(batch).double().cpu().numpy())
+            yield backbone(batch).double().cpu().numpy()
             progress.update(len(batch))
-    return np.concatenate(features)
+
+
+def extract_features(backbone: Backbone, batches: Iterable[torch.Tensor], total: int, desc: str) -> np.ndarray:
+    """All the features of uint8 batches: float64 (N, D) on the CPU."""
+    return np.concatenate(list(iter_features(backbone, batches, total, desc)))

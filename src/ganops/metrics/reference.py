@@ -12,14 +12,14 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator, Protocol
 
 import numpy as np
 import torch
 
 from ganops import GanopsError
 from ganops.io import atomic_dir
-from ganops.metrics.backbones import InceptionBackbone, extract_features, resolve_backbone
+from ganops.metrics.backbones import Backbone, InceptionBackbone, iter_features, resolve_backbone
 from ganops.metrics.frechet import feature_statistics
 
 if TYPE_CHECKING:  # the type only: the prepared data format is the stage's to read
@@ -40,11 +40,12 @@ class ReferenceFeatures:
 
 
 def resolve_reference(backbone_name: str, inception_weights: str | None, fid_protocol: str, reference: str,
-                      device: torch.device, manifest: Manifest) -> tuple[dict, InceptionBackbone | None]:
+                      device: torch.device, manifest: Manifest, max_features: int) -> tuple[dict, InceptionBackbone | None]:
     """What the reference statistics depend on (and what evaluate checks before reusing them), and for
     the inception backbone the network itself: loaded once, its weights digest read off it."""
     name, weights, fallback = resolve_backbone(backbone_name, inception_weights)
-    record = {"backbone": name, "reference": reference, "data_sha256": manifest.checksum(reference)}
+    record = {"backbone": name, "reference": reference, "data_sha256": manifest.checksum(reference),
+              "max_features": max_features}
     if name != "inception":
         record["fallback_reason"] = fallback
         return record, None
@@ -54,27 +55,62 @@ def resolve_reference(backbone_name: str, inception_weights: str | None, fid_pro
     return record, backbone
 
 
-def write_reference(folder: Path, record: dict, backbone: InceptionBackbone | None, images: np.ndarray,
-                    batch_size: int) -> dict:
-    """Write ``folder``: the record, and for the inception backbone the features of the uint8 reference
-    ``images`` and their statistics; returns the record."""
-    arrays: dict[str, np.ndarray] = {}
-    if backbone is not None:
-        tensor = torch.from_numpy(images)
-        features = extract_features(
-            backbone, (tensor[i : i + batch_size] for i in range(0, len(tensor), batch_size)), len(tensor),
-            f"reference ({record['reference']})")
+class SplitReader(Protocol):
+    """A prepared split read on demand (ganops.data.shards.PreparedSplit)."""
+
+    def __len__(self) -> int: ...
+
+    def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
+
+
+def split_features(backbone: Backbone, split: SplitReader, batch_size: int, max_features: int, seed: int,
+                   desc: str) -> ReferenceFeatures:
+    """The backbone's features of a split, read a batch at a time, in memory that does not grow with
+    the split. Up to ``max_features`` images every feature is kept, with their exact mean and
+    covariance; beyond, the mean and covariance are accumulated over every image (float64 sums,
+    shifted by the first batch's mean) and the features of a seeded subset of ``max_features``
+    images are kept for what needs features (KID, precision/recall, the half-sample spreads)."""
+    count = len(split)
+    subsample = count > max_features
+    keep = np.zeros(count, dtype=bool)
+    keep[np.random.default_rng(seed).choice(count, max_features, replace=False) if subsample else slice(None)] = True
+    kept, shift, total, outer, start = [], None, None, None, 0
+    batches = (torch.from_numpy(images) for images, _ in split.batches(batch_size))
+    for features in iter_features(backbone, batches, count, desc):
+        kept.append(features[keep[start : start + len(features)]])
+        start += len(features)
+        if subsample:
+            shift = features.mean(axis=0) if shift is None else shift
+            centred = features - shift
+            total = centred.sum(axis=0) if total is None else total + centred.sum(axis=0)
+            outer = centred.T @ centred if outer is None else outer + centred.T @ centred
+    features = np.concatenate(kept)
+    if not subsample:
         mu, sigma = feature_statistics(features)
-        arrays = {"features": features.astype(np.float32), "mu": mu, "sigma": sigma}
-        record["num_reference"] = int(len(features))
+    else:
+        mean = total / count
+        mu, sigma = shift + mean, (outer - count * np.outer(mean, mean)) / (count - 1)
+    record = {"num_reference": count, "num_reference_features": int(len(features))}
+    return ReferenceFeatures(features, mu, sigma, record)
+
+
+def write_reference(folder: Path, record: dict, backbone: InceptionBackbone | None, split: SplitReader | None,
+                    batch_size: int, max_features: int, seed: int) -> dict:
+    """Write ``folder``: the record, and for the inception backbone the features of the reference
+    ``split`` (all of them, or a seeded subset of ``max_features``) and their statistics (over all of
+    them); returns the record."""
+    reference = None
+    if backbone is not None:
+        reference = split_features(backbone, split, batch_size, max_features, seed, f"reference ({record['reference']})")
+        record.update(reference.record)
         record["engine"] = backbone.extractor.engine
     with atomic_dir(folder) as tmp:
-        if arrays:
-            np.save(tmp / FEATURES, arrays["features"], allow_pickle=False)
-            np.savez(tmp / STATISTICS, mu=arrays["mu"], sigma=arrays["sigma"], count=np.int64(len(arrays["features"])))
+        if reference is not None:
+            np.save(tmp / FEATURES, reference.features.astype(np.float32), allow_pickle=False)
+            np.savez(tmp / STATISTICS, mu=reference.mu, sigma=reference.sigma, count=np.int64(len(reference.features)))
         (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     log.info("reference statistics (%s): %s", record["backbone"],
-             f"{record.get('num_reference')} images of the {record['reference']} split" if arrays
+             f"{record.get('num_reference')} images of the {record['reference']} split" if reference is not None
              else record["fallback_reason"])
     return record
 

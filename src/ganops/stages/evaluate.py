@@ -11,15 +11,14 @@ import torch
 
 from ganops import GanopsError
 from ganops.config import Params
-from ganops.data import load_manifest, load_split
+from ganops.data import load_manifest, open_split
 from ganops.device import resolve_device
 from ganops.io import file_sha256, write_bytes_atomic, write_json_atomic
-from ganops.metrics.backbones import DomainBackbone, extract_features
+from ganops.metrics.backbones import DomainBackbone
 from ganops.metrics.draws import check_compatible, features_of_draws, generated_draws, sample_labels
 from ganops.metrics.evaluator import classifier_accuracy, load_evaluator
-from ganops.metrics.frechet import feature_statistics
 from ganops.metrics.names import EvalProtocol, EvaluationReport
-from ganops.metrics.reference import ReferenceFeatures, load_reference, resolve_reference
+from ganops.metrics.reference import load_reference, resolve_reference, split_features
 from ganops.metrics.scores import METRICS, compute_metrics, spread_method
 from ganops.models import load_generator
 from ganops.paths import ProjectPaths
@@ -39,15 +38,16 @@ def evaluate(params: Params, root: Path = Path(".")) -> dict:
     generator = load_generator(paths.generator_weights, paths.generator_spec, device)
     spec = generator.spec
     check_compatible(spec, manifest)
-    real_u8, real_labels = load_split(paths.prepared, cfg.reference)
-    if len(real_u8) < MIN_REFERENCE:
-        raise GanopsError(f"the {cfg.reference} split holds {len(real_u8)} images; evaluation needs at least "
+    real = open_split(paths.prepared, cfg.reference)  # read a batch at a time
+    real_labels = real.labels
+    if len(real) < MIN_REFERENCE:
+        raise GanopsError(f"the {cfg.reference} split holds {len(real)} images; evaluation needs at least "
                           f"{MIN_REFERENCE} (set eval.reference or data.test_fraction)")
-    if cfg.num_samples <= cfg.prc_neighborhood or len(real_u8) <= cfg.prc_neighborhood:
-        raise GanopsError(f"eval.num_samples={cfg.num_samples} and the {len(real_u8)} reference images must both "
+    if cfg.num_samples <= cfg.prc_neighborhood or len(real) <= cfg.prc_neighborhood:
+        raise GanopsError(f"eval.num_samples={cfg.num_samples} and the {len(real)} reference images must both "
                           f"exceed eval.prc_neighborhood={cfg.prc_neighborhood}")
     expected, inception_backbone = resolve_reference(cfg.backbone, cfg.inception_weights, cfg.fid_protocol,
-                                                     cfg.reference, device, manifest)
+                                                     cfg.reference, device, manifest, cfg.reference_max_features)
     inception = inception_backbone is not None
     reference = load_reference(paths.reference, expected) if inception else None
     has_evaluator = paths.evaluator_weights.exists()
@@ -58,7 +58,7 @@ def evaluate(params: Params, root: Path = Path(".")) -> dict:
     generated = torch.cat(draws)
 
     report: dict = {"backbone": expected["backbone"], "num_samples": cfg.num_samples, "draws": cfg.draws,
-                    "reference": cfg.reference, "num_reference": int(len(real_u8)),
+                    "reference": cfg.reference, "num_reference": int(len(real)),
                     "generator_sha256": file_sha256(paths.generator_weights)}
     metrics: dict[str, float] = {}
     if inception:
@@ -72,10 +72,8 @@ def evaluate(params: Params, root: Path = Path(".")) -> dict:
     if has_evaluator:
         domain = EvalProtocol("domain", "domain", cfg.num_samples, cfg.reference)
         backbone = DomainBackbone(load_evaluator(paths.evaluator_weights, paths.evaluator_spec, device))
-        real_features = extract_features(backbone, (torch.from_numpy(real_u8[i : i + cfg.batch_size])
-                                                    for i in range(0, len(real_u8), cfg.batch_size)),
-                                         len(real_u8), f"real ({cfg.reference})")
-        domain_reference = ReferenceFeatures(real_features, *feature_statistics(real_features), {})
+        domain_reference = split_features(backbone, real, cfg.batch_size, cfg.reference_max_features, cfg.seed,
+                                          f"real ({cfg.reference})")
         # Beside the standard FID the domain Fréchet distance is a second opinion; alone, it gets every metric.
         chosen = ("fd",) if inception else tuple(METRICS)
         metrics.update(compute_metrics(domain_reference, features_of_draws(backbone, draws, cfg.batch_size), cfg,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ganops.config import Params
-from ganops.data import load_manifest, load_split
+from ganops.data import load_manifest, open_split
 from ganops.device import resolve_device
 from ganops.metrics.reference import resolve_reference, write_reference
 from ganops.paths import ProjectPaths
@@ -17,6 +17,7 @@ def reference_stats(params: Params, root: Path = Path(".")) -> dict:
     cfg = params.eval
     paths = ProjectPaths(root)
     record, backbone = resolve_reference(cfg.backbone, cfg.inception_weights, cfg.fid_protocol, cfg.reference,
-                                         resolve_device(cfg.device, "eval.device"), load_manifest(paths.prepared))
-    images = load_split(paths.prepared, cfg.reference)[0] if backbone is not None else None
-    return write_reference(paths.reference, record, backbone, images, cfg.batch_size)
+                                         resolve_device(cfg.device, "eval.device"), load_manifest(paths.prepared),
+                                         cfg.reference_max_features)
+    split = open_split(paths.prepared, cfg.reference) if backbone is not None else None
+    return write_reference(paths.reference, record, backbone, split, cfg.batch_size, cfg.reference_max_features, cfg.seed)
