@@ -126,3 +126,33 @@ def test_batch_larger_than_a_streamed_split_is_a_clear_error(tmp_path):
     prepare(tiny(), tmp_path)
     with pytest.raises(GanopsError, match="larger than the"):
         train(tiny(train={"batch_size": 4096, "in_memory_max_mb": 0.0}), tmp_path)
+
+
+class PixelFeatures:
+    """A backbone whose features are the first 24 pixels: enough to check the arithmetic exactly."""
+
+    name = features = "pixels"
+
+    def __call__(self, images_u8):
+        return images_u8.flatten(1)[:, :24].double() / 255
+
+
+def test_reference_statistics_over_all_images_with_a_bounded_subset_of_features(tmp_path):
+    from ganops.metrics.frechet import feature_statistics
+    from ganops.metrics.reference import split_features
+
+    prepare(tiny({"shard_size": 256, "resolution": 8}), tmp_path)
+    split = open_split(tmp_path / "data" / "prepared", "train")
+    everything = PixelFeatures()(__import__("torch").from_numpy(split.load()[0])).numpy()
+    mu, sigma = feature_statistics(everything)
+
+    whole = split_features(PixelFeatures(), split, 100, max_features=len(split), desc="all")
+    assert np.array_equal(whole.features, everything) and np.array_equal(whole.mu, mu) and np.array_equal(whole.sigma, sigma)
+
+    bounded = split_features(PixelFeatures(), split, 100, max_features=300, desc="subset")
+    assert bounded.features.shape == (300, 24) and bounded.record == {"num_reference": len(split), "num_reference_features": 300}
+    assert np.allclose(bounded.mu, mu, rtol=0, atol=1e-12) and np.allclose(bounded.sigma, sigma, rtol=0, atol=1e-12)
+    rows = {row.tobytes() for row in everything}
+    assert all(row.tobytes() in rows for row in bounded.features)  # kept features are real rows, seeded
+    again = split_features(PixelFeatures(), split, 64, max_features=300, desc="subset")
+    assert np.array_equal(again.features, bounded.features)

@@ -63,7 +63,7 @@ class SplitReader(Protocol):
     def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
 
 
-def split_features(backbone: Backbone, split: SplitReader, batch_size: int, max_features: int, seed: int,
+def split_features(backbone: Backbone, split: SplitReader, batch_size: int, max_features: int,
                    desc: str) -> ReferenceFeatures:
     """The backbone's features of a split, read a batch at a time, in memory that does not grow with
     the split. Up to ``max_features`` images every feature is kept, with their exact mean and
@@ -73,7 +73,8 @@ def split_features(backbone: Backbone, split: SplitReader, batch_size: int, max_
     count = len(split)
     subsample = count > max_features
     keep = np.zeros(count, dtype=bool)
-    keep[np.random.default_rng(seed).choice(count, max_features, replace=False) if subsample else slice(None)] = True
+    # which images' features are kept is a property of the data, not of an evaluation: a fixed seed
+    keep[np.random.default_rng(0).choice(count, max_features, replace=False) if subsample else slice(None)] = True
     kept, shift, total, outer, start = [], None, None, None, 0
     batches = (torch.from_numpy(images) for images, _ in split.batches(batch_size))
     for features in iter_features(backbone, batches, count, desc):
@@ -95,13 +96,13 @@ def split_features(backbone: Backbone, split: SplitReader, batch_size: int, max_
 
 
 def write_reference(folder: Path, record: dict, backbone: InceptionBackbone | None, split: SplitReader | None,
-                    batch_size: int, max_features: int, seed: int) -> dict:
+                    batch_size: int, max_features: int) -> dict:
     """Write ``folder``: the record, and for the inception backbone the features of the reference
     ``split`` (all of them, or a seeded subset of ``max_features``) and their statistics (over all of
     them); returns the record."""
     reference = None
     if backbone is not None:
-        reference = split_features(backbone, split, batch_size, max_features, seed, f"reference ({record['reference']})")
+        reference = split_features(backbone, split, batch_size, max_features, f"reference ({record['reference']})")
         record.update(reference.record)
         record["engine"] = backbone.extractor.engine
     with atomic_dir(folder) as tmp:

@@ -72,7 +72,7 @@ def evaluate(params: Params, root: Path = Path(".")) -> dict:
     if has_evaluator:
         domain = EvalProtocol("domain", "domain", cfg.num_samples, cfg.reference)
         backbone = DomainBackbone(load_evaluator(paths.evaluator_weights, paths.evaluator_spec, device))
-        domain_reference = split_features(backbone, real, cfg.batch_size, cfg.reference_max_features, cfg.seed,
+        domain_reference = split_features(backbone, real, cfg.batch_size, cfg.reference_max_features,
                                           f"real ({cfg.reference})")
         # Beside the standard FID the domain Fréchet distance is a second opinion; alone, it gets every metric.
         chosen = ("fd",) if inception else tuple(METRICS)

@@ -20,4 +20,4 @@ def reference_stats(params: Params, root: Path = Path(".")) -> dict:
                                          resolve_device(cfg.device, "eval.device"), load_manifest(paths.prepared),
                                          cfg.reference_max_features)
     split = open_split(paths.prepared, cfg.reference) if backbone is not None else None
-    return write_reference(paths.reference, record, backbone, split, cfg.batch_size, cfg.reference_max_features, cfg.seed)
+    return write_reference(paths.reference, record, backbone, split, cfg.batch_size, cfg.reference_max_features)
