@@ -22,7 +22,8 @@ disable_telemetry()  # the suite, and every server and CLI it starts, calls no o
 
 # Small enough to train in a second or two on 2 cores, big enough to exercise every code path.
 TINY = {
-    "data": {"source": "digits", "resolution": 8, "channels": 1, "test_fraction": 0.1, "seed": 0},
+    # shard_size 500: the train split spans 3 shards, so streamed reads cross shard boundaries
+    "data": {"source": "digits", "resolution": 8, "channels": 1, "test_fraction": 0.1, "seed": 0, "shard_size": 500},
     "model": {"latent_dim": 8, "g_channels": 8, "d_channels": 8, "max_channels": 32,
               "conditional": True, "spectral_norm": True},
     "train": {"steps": 20, "batch_size": 16, "checkpoint_every": 10, "log_every": 5, "device": "cpu"},

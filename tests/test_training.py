@@ -196,12 +196,14 @@ def _weights(root: Path) -> dict[str, torch.Tensor]:
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, prepared_digits):
-    """Kill a real training process with SIGKILL after a checkpoint, re-run, compare with a clean run."""
+    """Kill a real training process with SIGKILL after a checkpoint, re-run, compare with a clean run.
+    The killed run reads its batches from the shards (train.in_memory_max_mb: 0), the clean run holds
+    the split in memory: the same weights prove the streamed path resumes mid-epoch exactly."""
     overrides = {"train": {"steps": 600, "checkpoint_every": 50, "log_every": 20}}
     killed = project_with_data(tmp_path / "killed", prepared_digits)
     clean = project_with_data(tmp_path / "clean", prepared_digits)
-    for root in (killed, clean):
-        write_params(root / "params.yaml", overrides)
+    write_params(killed / "params.yaml", merge(overrides, {"train": {"in_memory_max_mb": 0}}))
+    write_params(clean / "params.yaml", overrides)
     env = {**os.environ, "TQDM_DISABLE": "1"}
     command = [sys.executable, "-m", "ganops.cli", "train"]
 
@@ -251,11 +253,14 @@ def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def test_ddp_on_two_cpu_processes_keeps_ranks_identical_and_resumes(tmp_path, prepared_digits):
     """`ganops train` with train.nproc: 2 relaunches itself under torchrun (gloo); both ranks end with
     the same weights, and a DDP run extended from its checkpoint equals one trained straight through.
-    With ADA on, so that its p (steered by E[sign(D(real))] over both ranks) is resumed too."""
+    With ADA on, so that its p (steered by E[sign(D(real))] over both ranks) is resumed too. The
+    straight run and the extension read each rank's share from the shards (train.in_memory_max_mb: 0);
+    the first 40 steps of the resumed run hold the split in memory: all end with the same weights."""
     ddp = {"train": {"batch_size": 32, "checkpoint_every": 20, "log_every": 10, "nproc": 2, "augment": "ada",
                      "ada_kimg": 0.2}}
+    streamed = {"train": {"in_memory_max_mb": 0}}
     straight = project_with_data(tmp_path / "straight", prepared_digits)
-    write_params(straight / "params.yaml", merge(ddp, {"train": {"steps": 60}}))
+    write_params(straight / "params.yaml", merge(ddp, {"train": {"steps": 60, **streamed["train"]}}))
     result = _run([str(Path(sys.executable).parent / "ganops"), "train"], straight)
     digests = re.findall(r"weights ([0-9a-f]{16}) on every rank", result.stderr)
     report = json.loads((straight / "reports" / "train.json").read_text())
@@ -268,7 +273,7 @@ def test_ddp_on_two_cpu_processes_keeps_ranks_identical_and_resumes(tmp_path, pr
     resumed = project_with_data(tmp_path / "resumed", prepared_digits)
     write_params(resumed / "params.yaml", merge(ddp, {"train": {"steps": 40}}))
     _run([str(Path(sys.executable).parent / "ganops"), "train"], resumed)
-    write_params(resumed / "params.yaml", merge(ddp, {"train": {"steps": 60}}))
+    write_params(resumed / "params.yaml", merge(ddp, {"train": {"steps": 60, **streamed["train"]}}))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ganops.cli", "train"]
     _run(torchrun, resumed)  # the documented command, straight through torchrun
     extended = json.loads((resumed / "reports" / "train.json").read_text())
