@@ -4,7 +4,6 @@ architecture with seeded random weights (speed does not depend on the weights)."
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,8 @@ import numpy as np
 import torch
 
 from ganops.config import Params
+from ganops.data.prepare import Manifest
+from ganops.data.shards import split_index, write_shard
 from ganops.models import Generator, build_generator, load_generator
 from ganops.models.spec import GeneratorSpec
 
@@ -28,17 +29,14 @@ def benchmark_generator(params: Params) -> tuple[Generator, str]:
 
 def write_random_prepared(root: Path, images: np.ndarray, num_classes: int = 1) -> None:
     """A prepared data set of the given uint8 images (labels cycle through the classes), in the
-    layout the prepare stage writes, for benchmarks that need no real data."""
+    layout the prepare stage writes (one shard per split), for benchmarks that need no real data."""
     folder = root / "data" / "prepared"
     folder.mkdir(parents=True)
     labels = np.arange(len(images), dtype=np.int64) % num_classes
-    for split in ("train", "test"):
-        with zipfile.ZipFile(folder / f"{split}.npz", "w") as archive:
-            for name, array in (("images", images), ("labels", labels)):
-                with archive.open(f"{name}.npy", "w") as handle:
-                    np.lib.format.write_array(handle, array)
     names = [str(i) for i in range(num_classes)]
-    manifest = {"source": "random", "source_checksum": "-", "resolution": images.shape[2], "channels": images.shape[1],
-                "num_classes": num_classes, "class_names": names,
-                "files": {"train": {"path": "train.npz", "sha256": "random"}, "test": {"path": "test.npz", "sha256": "random"}}}
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    files = {split: split_index([write_shard(folder, split, 0, images, labels)], len(images), images.shape[1:])
+             for split in ("train", "test")}
+    manifest = Manifest(source="random", source_checksum="-", resolution=images.shape[2], channels=images.shape[1],
+                        num_classes=num_classes, class_names=names, num_train=len(images), num_test=len(images),
+                        files=files)
+    (folder / "manifest.json").write_text(json.dumps(manifest.model_dump(mode="json"), indent=2))

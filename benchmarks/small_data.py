@@ -38,7 +38,8 @@ from _common import print_environment, round_order, spread
 
 from ganops.config import load_params
 from ganops.data import load_split
-from ganops.data.prepare import SplitFile, write_prepared
+from ganops.data.prepare import write_prepared
+from ganops.data.shards import SplitIndex
 from ganops.device import resolve_device
 from ganops.metrics.backbones import InceptionBackbone, extract_features
 from ganops.metrics.draws import features_of_draws, generated_draws, sample_labels
@@ -79,7 +80,8 @@ def main() -> None:
     subset_images, subset_labels = np.ascontiguousarray(images[chosen]), labels[chosen]
     subset_digest = hashlib.sha256(subset_images.tobytes() + subset_labels.tobytes()).hexdigest()
     subset_manifest = manifest.model_copy(update={
-        "num_train": args.images, "files": {**manifest.files, "train": SplitFile(path="subset", sha256=subset_digest)}})
+        "num_train": args.images, "files": {**manifest.files, "train": SplitIndex(
+            count=args.images, shard_size=args.images, shape=list(images.shape[1:]), shards=[], sha256=subset_digest)}})
     print(f"data: {args.images} of the {len(images)} training images of {params.data.source} "
           f"({params.data.resolution}x{params.data.resolution}, {manifest.num_classes} classes; subset sha256 "
           f"{subset_digest[:16]}); reference: all {len(images)}")

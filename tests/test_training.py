@@ -222,7 +222,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, prepared_digit
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from checkpoint" in resumed.stderr
     report = json.loads((killed / "reports" / "train.json").read_text())
-    assert report["resumed_from_step"] >= step_at_kill
+    assert report["resumed_from_step"] >= step_at_kill and report["images_from"] == "shards"
 
     subprocess.run(command, cwd=clean, env=env, check=True, capture_output=True, timeout=300)
     a, b = _weights(killed), _weights(clean)
