@@ -3,6 +3,7 @@ shards with exactly the batches (and so the weights) of training from memory."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def tree(folder: Path) -> dict[str, bytes]:
 
 
 def test_shards_hold_the_split_in_order_whatever_their_size(tmp_path):
-    one = prepare(tiny(), tmp_path / "one")
+    one = prepare(tiny({"shard_size": 8192}), tmp_path / "one")
     many = prepare(tiny({"shard_size": 100}), tmp_path / "many")
     assert len(one.files["train"].shards) == 1
     assert [s.count for s in many.files["train"].shards] == [100] * 16 + [many.num_train - 1600]
@@ -44,6 +45,10 @@ def test_shards_hold_the_split_in_order_whatever_their_size(tmp_path):
     assert np.array_equal(np.concatenate([b for b, _ in batches]), images)
     # the split's digest is over its shards: equal content in other shards is another digest
     assert one.checksum("train") != many.checksum("train")
+    # each shard's sha256 (computed while writing) is that of its two files' bytes, read back
+    for shard in many.files["train"].shards:
+        read_back = hashlib.sha256((prepared / shard.images).read_bytes() + (prepared / shard.labels).read_bytes())
+        assert shard.sha256 == "sha256:" + read_back.hexdigest()
     assert many.checksum("train") == prepare(tiny({"shard_size": 100}), tmp_path / "again").checksum("train")
 
 
@@ -156,3 +161,24 @@ def test_reference_statistics_over_all_images_with_a_bounded_subset_of_features(
     assert all(row.tobytes() in rows for row in bounded.features)  # kept features are real rows, seeded
     again = split_features(PixelFeatures(), split, 64, max_features=300, desc="subset")
     assert np.array_equal(again.features, bounded.features)
+
+
+def test_the_listing_keeps_the_order_of_sorted_paths(tmp_path):
+    """The listing walks with os.walk and keeps relative strings (memory at a million files), in
+    exactly the order sorted pathlib Paths had, so a folder prepared before splits the same way."""
+    from ganops.data.sources import list_imagefolder
+
+    names = ["b.png", "a-b/y.png", "a/x.png", "a/sub/z.png", "a.b/w.png", "B.png", "a/.hidden.png", "a b/v.png",
+             ".dot/u.png", "z/deep/er/t.png", "notes.txt"]
+    for label in ("cat", "dog"):
+        for name in names:
+            path = tmp_path / "raw" / label / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"")
+    listing = list_imagefolder(tiny({"source": "imagefolder", "path": str(tmp_path / "raw"), "skip_invalid": True}).data)
+    expected = [p.relative_to(tmp_path / "raw").as_posix()
+                for label in ("cat", "dog")
+                for p in sorted(p for p in (tmp_path / "raw" / label).rglob("*") if p.is_file() and not p.name.startswith("."))
+                if p.suffix == ".png"]
+    assert listing.files == expected and len(expected) == 18
+    assert listing.labels.tolist() == [0] * 9 + [1] * 9

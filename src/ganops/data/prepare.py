@@ -144,27 +144,33 @@ def _write_arrays(data_params: DataParams, data: SourceData, staging: Path) -> d
 
 def _write_files(data_params: DataParams, listing: FileListing, staging: Path) -> dict:
     """Decode the listed files over data.workers processes, one shard's worth at a time, in the
-    split's order; each shard is written as soon as its images are decoded."""
+    split's order; each shard is written as soon as its images are decoded, while the workers
+    already decode the next one (so memory holds at most two shards' images)."""
     size, shape = data_params.shard_size, (data_params.channels, data_params.resolution, data_params.resolution)
+    root = str(listing.root)
     digests: list[bytes] = [b""] * len(listing.files)
     skipped = list(listing.skipped)
     splits = {}
     with _decoder(data_params, len(listing.files)) as decode:
         for split, order in zip(("train", "test"), _split(listing.labels, None, data_params.test_fraction, data_params.seed)):
+            chunks = [order[start : start + size] for start in range(0, len(order), size)]
+            pending = decode([f"{root}/{listing.files[i]}" for i in chunks[0]]) if chunks else iter(())
             shards, kept_labels = [], []
-            for k, start in enumerate(range(0, len(order), size)):
-                chunk = order[start : start + size]
-                images, labels = [], []
-                for i, (image, problem, digest) in zip(chunk, decode([str(listing.files[i]) for i in chunk])):
+            for k, chunk in enumerate(chunks):
+                images = np.empty((len(chunk), *shape), dtype=np.uint8)
+                labels = np.empty(len(chunk), dtype=np.int64)
+                kept = 0
+                for i, (image, problem, digest) in zip(chunk, pending):
                     digests[i] = digest
                     if problem is not None:
-                        _invalid(data_params, skipped, str(listing.files[i]), problem)
+                        _invalid(data_params, skipped, f"{root}/{listing.files[i]}", problem)
                         continue
-                    images.append(image)
-                    labels.append(listing.labels[i])
-                shard_images = np.stack(images) if images else np.empty((0, *shape), dtype=np.uint8)
-                shards.append(write_shard(staging, split, k, shard_images, np.asarray(labels, dtype=np.int64)))
-                kept_labels.append(np.asarray(labels, dtype=np.int64))
+                    images[kept], labels[kept] = image, listing.labels[i]
+                    kept += 1
+                if k + 1 < len(chunks):  # the workers start on the next shard before this one is written
+                    pending = decode([f"{root}/{listing.files[i]}" for i in chunks[k + 1]])
+                shards.append(write_shard(staging, split, k, images[:kept], labels[:kept]))
+                kept_labels.append(labels[:kept])
             splits[split] = (split_index(shards, size, shape), np.concatenate(kept_labels) if kept_labels else np.empty(0, np.int64))
     kept = np.bincount(np.concatenate([labels for _, labels in splits.values()]), minlength=len(listing.class_names))
     if kept.sum() < 2:

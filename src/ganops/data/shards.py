@@ -32,7 +32,6 @@ class Shard(BaseModel):
     labels: str
     count: int
     sha256: str  # over the images file's bytes, then the labels file's
-    sources: str | None = None  # digest of what it was made from (for reuse by an incremental prepare)
 
 
 class SplitIndex(BaseModel):
@@ -47,15 +46,6 @@ class SplitIndex(BaseModel):
     sha256: str
 
 
-def _digest_files(*paths: Path) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return "sha256:" + digest.hexdigest()
-
-
 def split_digest(shards: list[Shard]) -> str:
     digest = hashlib.sha256()
     for shard in shards:
@@ -63,17 +53,27 @@ def split_digest(shards: list[Shard]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def write_shard(folder: Path, split: str, number: int, images: np.ndarray, labels: np.ndarray,
-                sources: str | None = None) -> Shard:
+def write_shard(folder: Path, split: str, number: int, images: np.ndarray, labels: np.ndarray) -> Shard:
     """Write shard ``number`` of ``split`` under ``folder``, each file atomically."""
     names = (f"{split}/images-{number:05d}.npy", f"{split}/labels-{number:05d}.npy")
+    digest = hashlib.sha256()  # over the bytes as they are written, not read back
     for name, array in zip(names, (images, labels)):
         target = folder / name
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(target) as tmp, open(tmp, "wb") as handle:
-            np.lib.format.write_array(handle, np.ascontiguousarray(array), allow_pickle=False)
-    return Shard(images=names[0], labels=names[1], count=len(labels), sha256=_digest_files(*(folder / n for n in names)),
-                 sources=sources)
+            np.lib.format.write_array(_HashingWriter(handle, digest), np.ascontiguousarray(array), allow_pickle=False)
+    return Shard(images=names[0], labels=names[1], count=len(labels), sha256="sha256:" + digest.hexdigest())
+
+
+class _HashingWriter:
+    """A file that also feeds every byte written to a hash."""
+
+    def __init__(self, handle, digest) -> None:
+        self.handle, self.digest = handle, digest
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return self.handle.write(data)
 
 
 def split_index(shards: list[Shard], shard_size: int, shape: tuple[int, ...]) -> SplitIndex:
