@@ -249,7 +249,7 @@ def test_generated_images_do_not_inherit_translation_or_cutout(tmp_path, digits1
 
 
 def test_auto_augments_a_small_image_folder_only(tmp_path, digits16):
-    """train.augment: auto (the default) is ada for a user's own folder below augment_auto_below
+    """train.augment: auto (the default) is diffaugment for a user's own folder below augment_auto_below
     training images, and none for a larger folder and for the built-in data sets."""
     from PIL import Image
 
@@ -259,7 +259,7 @@ def test_auto_augments_a_small_image_folder_only(tmp_path, digits16):
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(real[i, 0]).save(folder / f"{i}.png")
     folder_data = {"data": {"source": "imagefolder", "path": str(tmp_path / "raw"), "resolution": 16}}
-    for below, expected in ((5000, "ada"), (50, "none")):
+    for below, expected in ((1000, "diffaugment"), (50, "none")):
         root = tmp_path / f"below{below}"
         params = validate_params(merge(TINY, {**folder_data, "train": {"augment_auto_below": below}}))
         assert params.train.augment == "auto"
@@ -267,5 +267,6 @@ def test_auto_augments_a_small_image_folder_only(tmp_path, digits16):
         assert 50 < load_manifest(root / "data" / "prepared").num_train < 60
         assert train(params, root)["augment"] == expected
     builtin = tmp_path / "builtin"  # digits: 1,617 training images, below 5000, but not a folder of the user's
-    prepare(validate_params(merge(TINY, {"data": {"resolution": 16}})), builtin)
-    assert train(validate_params(merge(TINY, {"data": {"resolution": 16}})), builtin)["augment"] == "none"
+    digits = validate_params(merge(TINY, {"data": {"resolution": 16}, "train": {"augment_auto_below": 5000}}))
+    prepare(digits, builtin)
+    assert train(digits, builtin)["augment"] == "none"

@@ -97,8 +97,8 @@ class TrainParams(_Section):
     augment: Literal["auto", "none", "diffaugment", "ada"] = Field(
         "auto", description="what the discriminator sees, real and generated alike: none | diffaugment (colour, "
         "translation, cutout on every image) | ada (the same, each with a probability p adapted during training) | "
-        "auto (ada for an imagefolder with fewer than augment_auto_below training images, else none)")
-    augment_auto_below: int = Field(5000, ge=0, description="auto: the training-image count below which an "
+        "auto (diffaugment for an imagefolder with fewer than augment_auto_below training images, else none)")
+    augment_auto_below: int = Field(1000, ge=0, description="auto: the training-image count below which an "
                                     "imagefolder is augmented")
     ada_target: float = Field(0.6, gt=0.0, lt=1.0, description="ada: the E[sign(D(real))] that p is steered to")
     ada_kimg: float = Field(100.0, gt=0.0, description="ada: thousands of real images over which p can go from 0 to 1")
