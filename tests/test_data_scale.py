@@ -182,3 +182,46 @@ def test_the_listing_keeps_the_order_of_sorted_paths(tmp_path):
                 if p.suffix == ".png"]
     assert listing.files == expected and len(expected) == 18
     assert listing.labels.tolist() == [0] * 9 + [1] * 9
+
+
+def _png(image: "Image.Image", **options) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", **options)
+    return buffer.getvalue()
+
+
+def test_fast_png_decoding_gives_pil_pixels_and_pil_errors(tmp_path, monkeypatch):
+    """prepare decodes 8-bit gray and RGB PNGs with libspng (pyspng): for every kind of PNG, size and
+    target, decode_file returns exactly what the PIL path returns, and a damaged file the same error."""
+    from ganops.data import sources
+
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
+    alpha = Image.fromarray(rng.integers(0, 256, (40, 56, 4), dtype=np.uint8), "RGBA")
+    kinds = {
+        "rgb": _png(rgb), "gray": _png(rgb.convert("L")), "rgb-square": _png(rgb.crop((0, 0, 32, 32))),
+        "gray-square": _png(rgb.convert("L").crop((0, 0, 32, 32))), "gray-28": _png(rgb.convert("L").crop((0, 0, 28, 28))),
+        "rgb-transparent-key": _png(rgb, transparency=(1, 2, 3)), "palette": _png(rgb.convert("P")),
+        "rgba": _png(alpha), "gray-alpha": _png(alpha.convert("LA")), "gray-16": _png(rgb.convert("I;16")),
+        "optimized": _png(rgb, optimize=True, compress_level=9),
+    }
+    full = kinds["rgb-square"]
+    kinds.update({f"cut-{n}": full[:n] for n in (20, 40, 60, len(full) // 2, len(full) - 13, len(full) - 1)})
+    paths = {}
+    for name, data in kinds.items():
+        paths[name] = tmp_path / f"{name}.png"
+        paths[name].write_bytes(data)
+    assert sources._decode_png_fast(kinds["rgb"]) is not None and sources._decode_png_fast(kinds["gray"]) is not None
+    assert sources._decode_png_fast(kinds["palette"]) is None and sources._decode_png_fast(kinds["gray-16"]) is None
+    for resolution, channels in ((32, 3), (32, 1), (16, 3), (64, 1)):
+        fast = {name: sources.decode_file(str(path), resolution, channels) for name, path in paths.items()}
+        with monkeypatch.context() as patch:
+            patch.setattr(sources, "_decode_png_fast", lambda data: None)
+            slow = {name: sources.decode_file(str(path), resolution, channels) for name, path in paths.items()}
+        for name in kinds:
+            (a, a_problem, a_digest), (b, b_problem, b_digest) = fast[name], slow[name]
+            assert a_problem == b_problem and a_digest == b_digest, name
+            assert (a is None and b is None) or np.array_equal(a, b), (name, resolution, channels)
+    assert fast["cut-40"][1].startswith("corrupt or truncated image")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pyspng
 from PIL import Image, UnidentifiedImageError
 
 from ganops import GanopsError
@@ -162,16 +163,44 @@ def list_imagefolder(params: DataParams) -> FileListing:
                        class_names=[d.name for d in class_dirs], skipped=skipped)
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_FAST_MODES = {0: "L", 2: "RGB"}  # PNG colour types libspng decodes to exactly PIL's pixels
+
+
+def _decode_png_fast(data: bytes) -> np.ndarray | None:
+    """An 8-bit grayscale or RGB PNG decoded by libspng (pyspng, as stylegan2-ada-pytorch's dataset
+    tool does): the same pixels as PIL, at a third of the time. None for every other file (PIL
+    decodes those, and names what is wrong with a damaged one)."""
+    if len(data) < 33 or data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR":
+        return None
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[24] != 8 or data[25] not in PNG_FAST_MODES or width * height > (Image.MAX_IMAGE_PIXELS or 1 << 62):
+        return None
+    try:
+        array = pyspng.load(data)
+    except Exception:  # noqa: BLE001 -- damaged: PIL decodes it again and says why
+        return None
+    expected = (height, width) if data[25] == 0 else (height, width, 3)
+    return array if array.shape == expected and array.dtype == np.uint8 else None
+
+
 def decode_file(path: str, resolution: int, channels: int) -> tuple[np.ndarray | None, str | None, bytes]:
     """One image file -> (uint8 (C, H, W) at the configured size, None, sha256 of its bytes), or
     (None, why it can't be used, sha256). Runs in prepare's worker processes."""
     data = Path(path).read_bytes()
     digest = hashlib.sha256(data).digest()
+    pixels = _decode_png_fast(data)
+    if pixels is not None:
+        if pixels.shape[:2] == (resolution, resolution) and (pixels.ndim == 2) == (channels == 1):
+            return np.ascontiguousarray(pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)), None, digest
+        return fit_pil(Image.fromarray(pixels, "L" if pixels.ndim == 2 else "RGB"), resolution, channels), None, digest
     try:
         image = _decode_image(data)
     except DataError as error:
         return None, str(error), digest
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except UnidentifiedImageError:  # its message would name an in-memory buffer, not the file
+        return None, "corrupt or truncated image (no PNG, JPEG or WebP header PIL can read)", digest
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         return None, f"corrupt or truncated image ({error})", digest
     return fit_pil(image, resolution, channels), None, digest
 
