@@ -225,3 +225,40 @@ def test_fast_png_decoding_gives_pil_pixels_and_pil_errors(tmp_path, monkeypatch
             assert a_problem == b_problem and a_digest == b_digest, name
             assert (a is None and b is None) or np.array_equal(a, b), (name, resolution, channels)
     assert fast["cut-40"][1].startswith("corrupt or truncated image")
+
+
+def test_a_file_changed_in_place_reprepares_only_its_shard(tmp_path, monkeypatch):
+    """prepare again after one file changed: only that file's shard is decoded again, the others are
+    taken from the previous data/prepared/, and the result is byte for byte a fresh prepare's."""
+    from ganops.data import prepare as prepare_module
+
+    raw = _digit_folder(tmp_path / "raw", 700)
+    data = {"source": "imagefolder", "path": str(raw), "shard_size": 128, "workers": 1}
+    first = prepare(tiny(data), tmp_path / "project")
+    decoded = []
+    real_decode = prepare_module.decode_file
+    monkeypatch.setattr(prepare_module, "decode_file", lambda path, **kw: decoded.append(path) or real_decode(path, **kw))
+    prepare(tiny(data), tmp_path / "project")
+    assert decoded == []  # nothing changed: every shard reused
+
+    changed = raw / "class3" / "00003.png"
+    Image.fromarray(np.full((8, 8), 200, dtype=np.uint8)).save(changed)
+    second = prepare(tiny(data), tmp_path / "project")
+    assert str(changed) in decoded and 0 < len(decoded) <= 128
+    differing = [a.images for split in ("train", "test")
+                 for a, b in zip(first.files[split].shards, second.files[split].shards) if a.sha256 != b.sha256]
+    assert len(differing) == 1 and second.source_checksum != first.source_checksum
+
+    fresh = prepare(tiny(data), tmp_path / "fresh")
+    assert second == fresh
+    assert tree(tmp_path / "project" / "data" / "prepared") == tree(tmp_path / "fresh" / "data" / "prepared")
+
+    # a skipped file is skipped (and listed) again when its shard is reused; without skip_invalid it stops prepare
+    (raw / "class5" / "00005.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    skipping = tiny({**data, "skip_invalid": True})
+    with_skip = prepare(skipping, tmp_path / "project")
+    decoded.clear()
+    assert prepare(skipping, tmp_path / "project") == with_skip and decoded == []
+    assert with_skip.skipped["count"] == 1 and "00005.png: corrupt or truncated image" in with_skip.skipped["files"][0]
+    with pytest.raises(DataError, match="00005.png: corrupt or truncated image"):
+        prepare(tiny(data), tmp_path / "project")

@@ -5,6 +5,7 @@ later stage). The shards' layout is ganops.data.shards'."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -18,8 +19,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ganops.config import DataParams
-from ganops.data.shards import PreparedSplit, SplitIndex, split_index, write_shard
-from ganops.data.sources import SOURCES, DataError, FileListing, SourceData, _invalid, decode_file, files_checksum
+from ganops.data.shards import PreparedSplit, Shard, SplitIndex, link_shard, split_index, write_shard
+from ganops.data.sources import SOURCES, DataError, FileListing, SourceData, _invalid, decode_file, files_checksum, hash_file
 from ganops.io import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def write_prepared(data_params: DataParams, out_dir: Path) -> Manifest:
     source = SOURCES[data_params.source]
     with atomic_dir(out_dir) as staging:
         if source.files is not None:
-            record = _write_files(data_params, source.files(data_params), staging)
+            record = _write_files(data_params, source.files(data_params), staging, previous=out_dir)
         else:
             record = _write_arrays(data_params, source.load(data_params), staging)
         manifest = Manifest.model_validate(record)
@@ -142,36 +143,92 @@ def _write_arrays(data_params: DataParams, data: SourceData, staging: Path) -> d
     return _record(data_params, data.checksum, data.class_names, data.skipped, splits)
 
 
-def _write_files(data_params: DataParams, listing: FileListing, staging: Path) -> dict:
+def _sources_digest(data_params: DataParams, names: list[str], digests: list[bytes]) -> str:
+    """What a shard of an image folder is made from: the decode settings, each file's path and bytes."""
+    digest = hashlib.sha256(f"{data_params.resolution}x{data_params.channels}\n".encode())
+    for name, file_digest in zip(names, digests):
+        digest.update(name.encode() + b"\0" + file_digest)
+    return "sha256:" + digest.hexdigest()
+
+
+def _reusable_shards(previous: Path, data_params: DataParams) -> dict[str, tuple[Path, Shard]]:
+    """The previous prepare's image-folder shards, by what they were made from (empty if none)."""
+    try:
+        manifest = load_manifest(previous)
+    except DataError:
+        return {}
+    if (manifest.source, manifest.resolution, manifest.channels) != ("imagefolder", data_params.resolution, data_params.channels):
+        return {}
+    return {shard.sources: (previous, shard) for index in manifest.files.values() for shard in index.shards
+            if shard.sources and all((previous / name).is_file() for name in (shard.images, shard.labels))}
+
+
+def _write_files(data_params: DataParams, listing: FileListing, staging: Path, previous: Path) -> dict:
     """Decode the listed files over data.workers processes, one shard's worth at a time, in the
     split's order; each shard is written as soon as its images are decoded, while the workers
-    already decode the next one (so memory holds at most two shards' images)."""
+    already decode the next one (so memory holds at most two shards' images).
+
+    Incremental: a shard whose files (paths and bytes) are those of a shard of the previous
+    ``previous`` folder is taken from there instead of decoded again -- its files are only read
+    and hashed. The split is a seeded permutation of the whole listing, so this spares the work
+    when files were changed in place; a file added or removed moves images across every shard."""
     size, shape = data_params.shard_size, (data_params.channels, data_params.resolution, data_params.resolution)
     root = str(listing.root)
     digests: list[bytes] = [b""] * len(listing.files)
     skipped = list(listing.skipped)
-    splits = {}
-    with _decoder(data_params, len(listing.files)) as decode:
+    reusable = _reusable_shards(previous, data_params)
+    splits, reused, total = {}, 0, 0
+    with _decoder(data_params, len(listing.files)) as (decode, hash_files):
+
+        def start(chunk: np.ndarray):
+            """Shard work begun: a previous shard to link, or the decoding of the chunk's files."""
+            paths = [f"{root}/{listing.files[i]}" for i in chunk]
+            if reusable:
+                file_digests = list(hash_files(paths))
+                match = reusable.get(_sources_digest(data_params, [listing.files[i] for i in chunk], file_digests))
+                if match is not None:
+                    return match, file_digests
+            return None, decode(paths)
+
         for split, order in zip(("train", "test"), _split(listing.labels, None, data_params.test_fraction, data_params.seed)):
-            chunks = [order[start : start + size] for start in range(0, len(order), size)]
-            pending = decode([f"{root}/{listing.files[i]}" for i in chunks[0]]) if chunks else iter(())
+            chunks = [order[begin : begin + size] for begin in range(0, len(order), size)]
+            pending = start(chunks[0]) if chunks else None
             shards, kept_labels = [], []
             for k, chunk in enumerate(chunks):
+                match, work = pending
+                names = [listing.files[i] for i in chunk]
+                if match is not None:  # unchanged since the previous prepare
+                    for i, file_digest in zip(chunk, work):
+                        digests[i] = file_digest
+                    for name, problem in match[1].skipped.items():
+                        _invalid(data_params, skipped, f"{root}/{name}", problem)
+                    labels = np.asarray([listing.labels[i] for i, name in zip(chunk, names) if name not in match[1].skipped],
+                                        dtype=np.int64)
+                    pending = start(chunks[k + 1]) if k + 1 < len(chunks) else None
+                    shards.append(link_shard(match[0], match[1], staging, split, k))
+                    kept_labels.append(labels)
+                    reused += 1
+                    continue
                 images = np.empty((len(chunk), *shape), dtype=np.uint8)
                 labels = np.empty(len(chunk), dtype=np.int64)
-                kept = 0
-                for i, (image, problem, digest) in zip(chunk, pending):
+                kept, problems = 0, {}
+                for i, name, (image, problem, digest) in zip(chunk, names, work):
                     digests[i] = digest
                     if problem is not None:
-                        _invalid(data_params, skipped, f"{root}/{listing.files[i]}", problem)
+                        _invalid(data_params, skipped, f"{root}/{name}", problem)
+                        problems[name] = problem
                         continue
                     images[kept], labels[kept] = image, listing.labels[i]
                     kept += 1
-                if k + 1 < len(chunks):  # the workers start on the next shard before this one is written
-                    pending = decode([f"{root}/{listing.files[i]}" for i in chunks[k + 1]])
-                shards.append(write_shard(staging, split, k, images[:kept], labels[:kept]))
+                # the workers start on the next shard before this one is written
+                pending = start(chunks[k + 1]) if k + 1 < len(chunks) else None
+                sources = _sources_digest(data_params, names, [digests[i] for i in chunk])
+                shards.append(write_shard(staging, split, k, images[:kept], labels[:kept], sources=sources, skipped=problems))
                 kept_labels.append(labels[:kept])
+            total += len(chunks)
             splits[split] = (split_index(shards, size, shape), np.concatenate(kept_labels) if kept_labels else np.empty(0, np.int64))
+    if reused:
+        log.info("%d of %d shards unchanged since the previous prepare: reused, not decoded again", reused, total)
     kept = np.bincount(np.concatenate([labels for _, labels in splits.values()]), minlength=len(listing.class_names))
     if kept.sum() < 2:
         raise DataError(f"data.path {listing.root} holds {int(kept.sum())} readable PNG, JPEG or WebP image(s); need at least 2")
@@ -182,16 +239,21 @@ def _write_files(data_params: DataParams, listing: FileListing, staging: Path) -
 
 
 @contextmanager
-def _decoder(data_params: DataParams, count: int) -> Iterator[Callable[[list[str]], Iterable]]:
-    """A function decoding a list of files in order: in this process for one worker or a few files,
-    else in a pool of data.workers processes (spawned: no state forked from the caller)."""
+def _decoder(data_params: DataParams, count: int) -> Iterator[tuple[Callable[[list[str]], Iterable], ...]]:
+    """Two functions over a list of files, in order: decoding them, and hashing them; in this
+    process for one worker or a few files, else in a pool of data.workers processes (spawned: no
+    state forked from the caller)."""
     decode = functools.partial(decode_file, resolution=data_params.resolution, channels=data_params.channels)
     workers = data_params.workers or os.cpu_count() or 1
     if workers == 1 or count < MIN_FILES_FOR_WORKERS:
-        yield lambda paths: map(decode, paths)
+        yield (lambda paths: map(decode, paths)), (lambda paths: map(hash_file, paths))
         return
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield lambda paths: pool.map(decode, paths, chunksize=max(1, min(64, len(paths) // (4 * workers))))
+        def chunks(paths: list[str]) -> int:
+            return max(1, min(64, len(paths) // (4 * workers)))
+
+        yield ((lambda paths: pool.map(decode, paths, chunksize=chunks(paths))),
+               (lambda paths: pool.map(hash_file, paths, chunksize=chunks(paths))))
 
 
 def open_split(prepared_dir: Path, split: str) -> PreparedSplit:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -32,6 +33,10 @@ class Shard(BaseModel):
     labels: str
     count: int
     sha256: str  # over the images file's bytes, then the labels file's
+    # What an image folder's shard was made from (the decode settings, each file's path and sha256),
+    # and the files of it that were skipped: a later prepare reuses the shard when these match.
+    sources: str | None = None
+    skipped: dict[str, str] = {}
 
 
 class SplitIndex(BaseModel):
@@ -53,7 +58,7 @@ def split_digest(shards: list[Shard]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def write_shard(folder: Path, split: str, number: int, images: np.ndarray, labels: np.ndarray) -> Shard:
+def write_shard(folder: Path, split: str, number: int, images: np.ndarray, labels: np.ndarray, **record) -> Shard:
     """Write shard ``number`` of ``split`` under ``folder``, each file atomically."""
     names = (f"{split}/images-{number:05d}.npy", f"{split}/labels-{number:05d}.npy")
     digest = hashlib.sha256()  # over the bytes as they are written, not read back
@@ -62,7 +67,21 @@ def write_shard(folder: Path, split: str, number: int, images: np.ndarray, label
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(target) as tmp, open(tmp, "wb") as handle:
             np.lib.format.write_array(_HashingWriter(handle, digest), np.ascontiguousarray(array), allow_pickle=False)
-    return Shard(images=names[0], labels=names[1], count=len(labels), sha256="sha256:" + digest.hexdigest())
+    return Shard(images=names[0], labels=names[1], count=len(labels), sha256="sha256:" + digest.hexdigest(), **record)
+
+
+def link_shard(old_folder: Path, shard: Shard, folder: Path, split: str, number: int) -> Shard:
+    """Shard ``shard`` of ``old_folder``, unchanged, as shard ``number`` of ``split`` under ``folder``
+    (a hard link where the file system allows it, else a copy)."""
+    names = (f"{split}/images-{number:05d}.npy", f"{split}/labels-{number:05d}.npy")
+    for old, new in zip((shard.images, shard.labels), names):
+        source, target = Path(old_folder) / old, folder / new
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copyfile(source, target)
+    return shard.model_copy(update={"images": names[0], "labels": names[1]})
 
 
 class _HashingWriter:

@@ -184,6 +184,11 @@ def _decode_png_fast(data: bytes) -> np.ndarray | None:
     return array if array.shape == expected and array.dtype == np.uint8 else None
 
 
+def hash_file(path: str) -> bytes:
+    """sha256 of a file's bytes (the digest decode_file returns), without decoding it."""
+    return hashlib.sha256(Path(path).read_bytes()).digest()
+
+
 def decode_file(path: str, resolution: int, channels: int) -> tuple[np.ndarray | None, str | None, bytes]:
     """One image file -> (uint8 (C, H, W) at the configured size, None, sha256 of its bytes), or
     (None, why it can't be used, sha256). Runs in prepare's worker processes."""
