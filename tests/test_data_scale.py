@@ -240,6 +240,13 @@ def test_a_file_changed_in_place_reprepares_only_its_shard(tmp_path, monkeypatch
     monkeypatch.setattr(prepare_module, "decode_file", lambda path, **kw: decoded.append(path) or real_decode(path, **kw))
     prepare(tiny(data), tmp_path / "project")
     assert decoded == []  # nothing changed: every shard reused
+    monkeypatch.setattr(prepare_module, "decoder_digest", lambda: "another version of the decoding code")
+    prepare(tiny(data), tmp_path / "project")
+    assert len(decoded) == 700  # other decoding code: nothing reused
+    monkeypatch.undo()
+    monkeypatch.setattr(prepare_module, "decode_file", lambda path, **kw: decoded.append(path) or real_decode(path, **kw))
+    prepare(tiny(data), tmp_path / "project")
+    decoded.clear()
 
     changed = raw / "class3" / "00003.png"
     Image.fromarray(np.full((8, 8), 200, dtype=np.uint8)).save(changed)

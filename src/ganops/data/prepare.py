@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
+import PIL
+import pyspng
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ganops.config import DataParams
@@ -143,9 +145,22 @@ def _write_arrays(data_params: DataParams, data: SourceData, staging: Path) -> d
     return _record(data_params, data.checksum, data.class_names, data.skipped, splits)
 
 
+@functools.cache
+def decoder_digest() -> str:
+    """The code and library versions that turn a file into pixels: a shard decoded by other code is
+    not reused (any edit of these modules counts, to err on the safe side)."""
+    from ganops.data import images, sources
+
+    digest = hashlib.sha256(f"Pillow {PIL.__version__} pyspng {pyspng.__version__}\n".encode())
+    for module in (images, sources):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()
+
+
 def _sources_digest(data_params: DataParams, names: list[str], digests: list[bytes]) -> str:
-    """What a shard of an image folder is made from: the decode settings, each file's path and bytes."""
-    digest = hashlib.sha256(f"{data_params.resolution}x{data_params.channels}\n".encode())
+    """What a shard of an image folder is made from: the decoder, the decode settings, each file's
+    path and bytes."""
+    digest = hashlib.sha256(f"{decoder_digest()}\n{data_params.resolution}x{data_params.channels}\n".encode())
     for name, file_digest in zip(names, digests):
         digest.update(name.encode() + b"\0" + file_digest)
     return "sha256:" + digest.hexdigest()
