@@ -258,9 +258,9 @@ def test_ddp_on_two_cpu_processes_keeps_ranks_identical_and_resumes(tmp_path, pr
     the first 40 steps of the resumed run hold the split in memory: all end with the same weights."""
     ddp = {"train": {"batch_size": 32, "checkpoint_every": 20, "log_every": 10, "nproc": 2, "augment": "ada",
                      "ada_kimg": 0.2}}
-    streamed = {"train": {"in_memory_max_mb": 0}}
+    streamed = {"in_memory_max_mb": 0}
     straight = project_with_data(tmp_path / "straight", prepared_digits)
-    write_params(straight / "params.yaml", merge(ddp, {"train": {"steps": 60, **streamed["train"]}}))
+    write_params(straight / "params.yaml", merge(ddp, {"train": {"steps": 60, **streamed}}))
     result = _run([str(Path(sys.executable).parent / "ganops"), "train"], straight)
     digests = re.findall(r"weights ([0-9a-f]{16}) on every rank", result.stderr)
     report = json.loads((straight / "reports" / "train.json").read_text())
@@ -273,7 +273,7 @@ def test_ddp_on_two_cpu_processes_keeps_ranks_identical_and_resumes(tmp_path, pr
     resumed = project_with_data(tmp_path / "resumed", prepared_digits)
     write_params(resumed / "params.yaml", merge(ddp, {"train": {"steps": 40}}))
     _run([str(Path(sys.executable).parent / "ganops"), "train"], resumed)
-    write_params(resumed / "params.yaml", merge(ddp, {"train": {"steps": 60, **streamed["train"]}}))
+    write_params(resumed / "params.yaml", merge(ddp, {"train": {"steps": 60, **streamed}}))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ganops.cli", "train"]
     _run(torchrun, resumed)  # the documented command, straight through torchrun
     extended = json.loads((resumed / "reports" / "train.json").read_text())

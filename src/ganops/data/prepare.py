@@ -212,34 +212,36 @@ def _write_files(data_params: DataParams, listing: FileListing, staging: Path, p
             for k, chunk in enumerate(chunks):
                 match, work = pending
                 names = [listing.files[i] for i in chunk]
-                if match is not None:  # unchanged since the previous prepare
+                if match is not None:  # unchanged since the previous prepare: its files were only hashed
                     for i, file_digest in zip(chunk, work):
                         digests[i] = file_digest
-                    for name, problem in match[1].skipped.items():
+                    problems = match[1].skipped
+                    for name, problem in problems.items():
                         _invalid(data_params, skipped, f"{root}/{name}", problem)
-                    labels = np.asarray([listing.labels[i] for i, name in zip(chunk, names) if name not in match[1].skipped],
+                    labels = np.asarray([listing.labels[i] for i, name in zip(chunk, names) if name not in problems],
                                         dtype=np.int64)
-                    pending = start(chunks[k + 1]) if k + 1 < len(chunks) else None
-                    shards.append(link_shard(match[0], match[1], staging, split, k))
-                    kept_labels.append(labels)
-                    reused += 1
-                    continue
-                images = np.empty((len(chunk), *shape), dtype=np.uint8)
-                labels = np.empty(len(chunk), dtype=np.int64)
-                kept, problems = 0, {}
-                for i, name, (image, problem, digest) in zip(chunk, names, work):
-                    digests[i] = digest
-                    if problem is not None:
-                        _invalid(data_params, skipped, f"{root}/{name}", problem)
-                        problems[name] = problem
-                        continue
-                    images[kept], labels[kept] = image, listing.labels[i]
-                    kept += 1
+                else:
+                    images = np.empty((len(chunk), *shape), dtype=np.uint8)
+                    labels = np.empty(len(chunk), dtype=np.int64)
+                    kept, problems = 0, {}
+                    for i, name, (image, problem, digest) in zip(chunk, names, work):
+                        digests[i] = digest
+                        if problem is not None:
+                            _invalid(data_params, skipped, f"{root}/{name}", problem)
+                            problems[name] = problem
+                            continue
+                        images[kept], labels[kept] = image, listing.labels[i]
+                        kept += 1
+                    images, labels = images[:kept], labels[:kept]
                 # the workers start on the next shard before this one is written
                 pending = start(chunks[k + 1]) if k + 1 < len(chunks) else None
-                sources = _sources_digest(data_params, names, [digests[i] for i in chunk])
-                shards.append(write_shard(staging, split, k, images[:kept], labels[:kept], sources=sources, skipped=problems))
-                kept_labels.append(labels[:kept])
+                if match is not None:
+                    shards.append(link_shard(*match, staging, split, k))
+                    reused += 1
+                else:
+                    sources = _sources_digest(data_params, names, [digests[i] for i in chunk])
+                    shards.append(write_shard(staging, split, k, images, labels, sources=sources, skipped=problems))
+                kept_labels.append(labels)
             total += len(chunks)
             splits[split] = (split_index(shards, size, shape), np.concatenate(kept_labels) if kept_labels else np.empty(0, np.int64))
     if reused:

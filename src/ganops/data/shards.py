@@ -58,9 +58,14 @@ def split_digest(shards: list[Shard]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+def _shard_names(split: str, number: int) -> tuple[str, str]:
+    """Shard ``number`` of ``split``: its images and labels files, relative to the prepared folder."""
+    return f"{split}/images-{number:05d}.npy", f"{split}/labels-{number:05d}.npy"
+
+
 def write_shard(folder: Path, split: str, number: int, images: np.ndarray, labels: np.ndarray, **record) -> Shard:
     """Write shard ``number`` of ``split`` under ``folder``, each file atomically."""
-    names = (f"{split}/images-{number:05d}.npy", f"{split}/labels-{number:05d}.npy")
+    names = _shard_names(split, number)
     digest = hashlib.sha256()  # over the bytes as they are written, not read back
     for name, array in zip(names, (images, labels)):
         target = folder / name
@@ -73,7 +78,7 @@ def write_shard(folder: Path, split: str, number: int, images: np.ndarray, label
 def link_shard(old_folder: Path, shard: Shard, folder: Path, split: str, number: int) -> Shard:
     """Shard ``shard`` of ``old_folder``, unchanged, as shard ``number`` of ``split`` under ``folder``
     (a hard link where the file system allows it, else a copy)."""
-    names = (f"{split}/images-{number:05d}.npy", f"{split}/labels-{number:05d}.npy")
+    names = _shard_names(split, number)
     for old, new in zip((shard.images, shard.labels), names):
         source, target = Path(old_folder) / old, folder / new
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -287,9 +287,10 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
                               images=images, labels=labels if g_spec.conditional else None, batch_size=local_batch,
                               latent_dim=g_spec.latent_dim, device=device, memory_format=memory_format,
                               cuda_graph=cuda_graph, augment_p=augment_p)
+    images_from = "shards" if isinstance(images, StreamedImages) else "memory"
     if ctx.is_main:
         log.info("training on %s x %d, images %s%s%s", device, ctx.world_size,
-                 "read from their shards per batch" if isinstance(images, StreamedImages) else f"held in {images.device.type} memory",
+                 "read from their shards per batch" if images_from == "shards" else f"held in {images.device.type} memory",
                  ", one CUDA graph per step" if cuda_graph else "",
                  f", augmentation {augmentation}" + (" (train.augment: auto)" if cfg.augment == "auto" else "")
                  if augmentation != "none" else "")
@@ -363,7 +364,7 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
         "resumed_from_step": start_step,
         "world_size": ctx.world_size,
         "weights_sha256": digests[0][:16],
-        "images_from": "shards" if isinstance(images, StreamedImages) else "memory",
+        "images_from": images_from,
         "augment": augmentation,
         "augment_p": round(augment_p.item(), 6) if augment_p is not None else 0.0,
         **{key: final[key] for key in ("loss_d", "loss_g", "d_real", "d_fake") if key in final},
