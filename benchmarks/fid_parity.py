@@ -30,8 +30,9 @@ from PIL import Image
 from _common import print_environment
 from ganops.data import load_split
 from ganops.metrics.frechet import frechet_distance_of_features
-from ganops.metrics.inception import (TORCHSCRIPT_MEMBER, WHEEL_FILE, InceptionFeatureExtractor, cache_dir,
-                                      default_weights_path, load_network)
+from ganops.metrics.fid_weights import TORCHSCRIPT_MEMBER, WHEEL_FILE
+from ganops.metrics.inception import InceptionFeatureExtractor, default_weights_path, load_network
+from ganops.paths import cache_dir
 
 
 def write_pngs(images: np.ndarray, folder: Path) -> str:

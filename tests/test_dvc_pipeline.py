@@ -118,6 +118,8 @@ def test_changing_train_params_retrains_without_preparing(dvc_project):
     ("src/ganops/stages/export.py", {"export"}),
     ("src/ganops/metrics/scores.py", {"evaluate"}),
     ("src/ganops/serving/app.py", set()),  # the HTTP service is no stage's code
+    ("src/ganops/serving/runtime.py", {"export", "register"}),  # not the FID reference statistics, not evaluate
+    ("src/ganops/metrics/fid_weights.py", set()),  # installing the FID weights is no stage's code
     ("src/ganops/training/losses.py", {"train"}),
     ("src/ganops/config.py", {"prepare", "train", "train_evaluator", "reference_stats", "evaluate", "export",
                               "register"}),  # every stage validates its params with it

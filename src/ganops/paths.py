@@ -1,13 +1,24 @@
 """Every file and folder a stage reads or writes, named once: the file contract between the stages of
-dvc.yaml. tests/test_dvc_pipeline.py checks that the data deps and outs of dvc.yaml are exactly these
-paths, so a new output is added here, in dvc.yaml and in its stage module, and nowhere else. What lies
-inside an output folder is the format of the package that writes it.
+dvc.yaml, and the one cache folder outside projects.
+
+tests/test_stage_contract.py checks that the data deps and outs of dvc.yaml are exactly these paths, so
+a new output is added here, in dvc.yaml and in its stage module, and nowhere else. What lies inside an
+output folder is the format of the package that writes it.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """Where ganops keeps files outside any project (the FID Inception weights, registry downloads,
+    register locks): $GANOPS_CACHE, else $XDG_CACHE_HOME/ganops, else ~/.cache/ganops."""
+    if os.environ.get("GANOPS_CACHE"):
+        return Path(os.environ["GANOPS_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "ganops"
 
 
 @dataclass(frozen=True)

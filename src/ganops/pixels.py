@@ -1,5 +1,7 @@
-"""The one conversion between generator outputs in [-1, 1] and 8-bit pixels, for torch tensors and
-numpy arrays alike (the serving path has no tensors, training has no arrays)."""
+"""The one conversion between generator outputs in [-1, 1] and 8-bit pixels.
+
+It works on torch tensors and numpy arrays alike: the serving path has no tensors, training has no
+arrays."""
 
 from __future__ import annotations
 

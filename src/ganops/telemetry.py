@@ -5,8 +5,8 @@ API server it starts) and DVC (usage analytics) each report home unless told not
 entry point — the CLI (and so every DVC stage, ``ganops serve`` and ``ganops flow``), the Prefect
 flows run as modules, and the test suite — calls :func:`disable_telemetry` first. It only fills in
 variables the user has not set, so an explicit setting wins; ``GANOPS_ALLOW_TELEMETRY=1`` opts in
-to the libraries' own defaults. (This repository's ``.dvc/config`` also sets ``core.analytics =
-false`` for a bare ``dvc`` command.)
+to the libraries' own defaults. This repository's ``.dvc/config`` also sets ``core.analytics =
+false`` for a bare ``dvc`` command.
 """
 
 from __future__ import annotations

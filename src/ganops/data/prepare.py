@@ -1,6 +1,8 @@
 """The prepared data format: validated uint8 train/test images in fixed-size shards, and a manifest
-that indexes them, in one folder (written by the prepare stage, ganops.stages.prepare; read by every
-later stage). The shards' layout is ganops.data.shards'."""
+that indexes them, in one folder.
+
+The prepare stage writes the folder and every later stage reads it. How a shard is laid out is
+ganops.data.shards' business."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""The prepared format's storage: each split is a sequence of fixed-size shards, each shard a pair of
-plain ``.npy`` files (uint8 images (n, C, H, W), int64 labels (n,)), written atomically one by one.
+"""The prepared format's storage: each split is a sequence of fixed-size shards.
+
+A shard is a pair of plain ``.npy`` files: uint8 images of shape (n, C, H, W) and int64 labels of
+shape (n,). Shards are written atomically, one by one.
 
 Why .npy shards (and not WebDataset tars or MosaicML streaming): a prepared split must support
 random access by global index -- the training order is a seeded permutation of all images, split

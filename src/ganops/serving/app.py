@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ganops import GanopsError
 from ganops.config import MlflowParams, ServeParams
-from ganops.serving.locate import locate
+from ganops.serving.locate import parse_models_uri
 from ganops.pixels import to_uint8
 from ganops.serving.runtime import OnnxGenerator
 from ganops.visualize import grid_png
@@ -155,19 +155,17 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
 
-def create_app(model: str | Path, settings: ServeParams | None = None, mlflow_cfg: MlflowParams | None = None) -> FastAPI:
-    """The service for ``model``: an ONNX file path or a registry URI (models:/name@champion)."""
+def create_app(source: ModelSource, settings: ServeParams | None = None) -> FastAPI:
+    """The service for the model behind ``source`` (its locator: an ONNX file path or a registry URI
+    such as models:/name@champion), reloaded every serve.reload_interval_s."""
     settings = settings or ServeParams()
-    source_holder: dict[str, ModelSource] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        source_holder["source"] = ModelSource(locate(model, mlflow_cfg), settings.intra_op_threads)
-
         async def watch() -> None:
             while True:
                 await asyncio.sleep(settings.reload_interval_s)
-                await asyncio.to_thread(source_holder["source"].refresh)
+                await asyncio.to_thread(source.refresh)
 
         watcher = asyncio.create_task(watch())
         yield
@@ -183,9 +181,9 @@ def create_app(model: str | Path, settings: ServeParams | None = None, mlflow_cf
         return JSONResponse({"detail": _json_safe(jsonable_encoder(error.errors()))}, status_code=422)
 
     def current() -> OnnxGenerator:
-        generator = source_holder["source"].generator
+        generator = source.generator
         if generator is None:
-            raise HTTPException(503, detail=f"no model loaded: {source_holder['source'].last_error or 'file missing'}")
+            raise HTTPException(503, detail=f"no model loaded: {source.last_error or 'file missing'}")
         return generator
 
     def require_key(x_api_key: Annotated[str | None, Header()] = None) -> None:
@@ -201,7 +199,6 @@ def create_app(model: str | Path, settings: ServeParams | None = None, mlflow_cf
 
     @app.get("/readyz")
     def readyz() -> JSONResponse:
-        source = source_holder["source"]
         if source.generator is None:
             return JSONResponse({"status": "not ready", "error": source.last_error}, status_code=503)
         return JSONResponse({"status": "ready", "version": source.version})
@@ -209,7 +206,6 @@ def create_app(model: str | Path, settings: ServeParams | None = None, mlflow_cf
     @app.get("/v1/model", dependencies=[Depends(require_key)])
     def model_info() -> dict:
         generator = current()
-        source = source_holder["source"]
         spec = generator.spec
         metadata = generator.metadata
         inputs = {"z": {"dtype": "float32", "shape": ["n", spec.latent_dim]}}
@@ -278,9 +274,8 @@ def _json_safe(value):
 
 
 def _model_name(uri: str) -> str:
-    if uri.startswith("models:/"):
-        return uri.removeprefix("models:/").split("@")[0].split("/")[0]
-    return Path(uri).stem
+    ref = parse_models_uri(uri)
+    return ref.name if ref is not None else Path(uri).stem
 
 
 def _json_or_empty(text: str | None) -> dict:

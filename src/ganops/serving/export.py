@@ -18,6 +18,7 @@ from ganops import GanopsError, __version__
 from ganops.config import ExportParams
 from ganops.models import Generator
 from ganops.serving.runtime import SPEC_KEY, OnnxGenerator
+from ganops.tracking.registry import ModelInterface
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,21 @@ def write_onnx(generator: Generator, target: Path, cfg: ExportParams, training_p
     model.doc_string = "ganops generator: z [N, latent] float32 (+ labels [N] int64) -> images [N, C, H, W] in [-1, 1]"
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(target))
+
+
+def model_interface(model_path: Path) -> ModelInterface:
+    """How the exported model is called, for the registry: MLflow's signature, inferred from a real
+    run of the model on two seeded inputs, which are also its input example."""
+    from mlflow.models import infer_signature
+
+    generator = OnnxGenerator(model_path, providers=["CPUExecutionProvider"])
+    z = generator.latents(2, 0)
+    example: dict[str, np.ndarray] = {"z": z}
+    labels = generator.labels_for(2, None)
+    if labels is not None:
+        example["labels"] = labels
+    images = generator.run(z, labels)
+    return ModelInterface(infer_signature(example, images), example, generator.spec.num_classes)
 
 
 def to_fp16(source: Path, target: Path) -> None:

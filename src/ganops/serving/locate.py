@@ -1,20 +1,47 @@
 """Where a model comes from: a local ONNX file, or an MLflow registry URI such as
-``models:/ganops-generator@champion``. A locator tells when the model behind it changed (a new file,
-a moved alias) and fetches the current one as a local file. (It builds on runtime; runtime knows
-nothing of where models come from.)"""
+``models:/ganops-generator@champion``.
+
+A locator tells when the model behind it changed, a new file or a moved alias, and fetches the
+current one as a local file. It builds on runtime, which knows nothing of where models come from.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from ganops.config import MlflowParams
 from ganops.io import atomic_dir
+from ganops.paths import cache_dir
 from ganops.serving.runtime import ModelError, OnnxGenerator
 
 log = logging.getLogger(__name__)
 REGISTRY_PREFIXES = ("models:/", "runs:/")
+
+
+@dataclass(frozen=True)
+class RegisteredModelRef:
+    """A ``models:/`` URI, parsed: a registered model's name and an alias or a version."""
+
+    name: str
+    alias: str | None = None
+    version: str | None = None
+
+
+def parse_models_uri(uri: str) -> RegisteredModelRef | None:
+    """``models:/<name>@<alias>`` or ``models:/<name>/<version>``; None for any other URI."""
+    if not uri.startswith("models:/"):
+        return None
+    target = uri.removeprefix("models:/")
+    if "@" in target:
+        name, alias = target.split("@", 1)
+        return RegisteredModelRef(name, alias=alias)
+    name, _, version = target.rpartition("/")
+    if not name or not version:
+        raise ModelError(f"{uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
+    return RegisteredModelRef(name, version=version)
 
 
 class FileLocator:
@@ -47,19 +74,17 @@ class RegistryLocator:
         cfg = self.cfg = mlflow_cfg or MlflowParams()
         self.client = connect(cfg, root)
         self.store = tracking_uri(cfg, root)
-        self.cache = Path.home() / ".cache" / "ganops" / "models"
+        self.cache = cache_dir() / "models"
         self.details: dict | None = None  # registry name, version and evaluation of the last fetch
 
     def _version(self):
-        if not self.uri.startswith("models:/"):
+        ref = parse_models_uri(self.uri)
+        if ref is None:
             return None
-        target = self.uri.removeprefix("models:/")
         try:
-            if "@" in target:
-                name, alias = target.split("@", 1)
-                return self.client.get_model_version_by_alias(name, alias)
-            name, version = target.rsplit("/", 1)
-            return self.client.get_model_version(name, version)
+            if ref.alias is not None:
+                return self.client.get_model_version_by_alias(ref.name, ref.alias)
+            return self.client.get_model_version(ref.name, ref.version)
         except Exception as error:
             raise ModelError(f"{self.uri}: not found in the registry ({str(error)[:200]})") from None
 

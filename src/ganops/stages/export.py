@@ -1,6 +1,9 @@
-"""Stage export: the trained generator -> models/generator.onnx (checked, parity-tested, carrying
-its evaluation when reports/eval.json scored exactly it), models/fp16/ when export.fp16, and
-reports/export.json (parity and sizes only: deterministic, so DVC can compare it across runs)."""
+"""Stage export: the trained generator -> models/generator.onnx, models/fp16/ and reports/export.json.
+
+The ONNX model is checked and tested for parity with torch. It carries its evaluation only when
+reports/eval.json scored exactly this generator. models/fp16/ holds a model only when export.fp16.
+reports/export.json holds parity and sizes only, which are deterministic, so DVC can compare runs.
+"""
 
 from __future__ import annotations
 

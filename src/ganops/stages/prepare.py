@@ -1,4 +1,5 @@
-"""Stage prepare: raw images (data.source) -> data/prepared/ (uint8 train/test arrays + manifest)."""
+"""Stage prepare: the raw images of data.source -> data/prepared/, uint8 train/test shards and
+their manifest."""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""Stage register: models/generator.onnx and its evaluation -> a new MLflow model version, logged to
-the pipeline's run; the alias ``champion`` moves only on a real improvement (reports/register.json)."""
+"""Stage register: models/generator.onnx and its evaluation -> a new MLflow model version.
+
+The version is logged to the pipeline's run. The alias ``champion`` moves to it only on a real
+improvement; reports/register.json says which happened and why.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from ganops.data import load_manifest
 from ganops.io import write_json_atomic
 from ganops.metrics.names import EvaluationReport
 from ganops.paths import ProjectPaths
+from ganops.serving.export import model_interface
 from ganops.tracking.registry import evaluation_signature, register_onnx
 from ganops.tracking.store import pipeline_run_id
 
@@ -24,8 +28,8 @@ def register(params: Params, root: Path = Path(".")) -> dict:
     if not params.mlflow.enabled:
         raise GanopsError("the register stage needs MLflow: set mlflow.enabled: true")
     report = EvaluationReport.load(paths.eval_report)
-    signature = evaluation_signature(report, load_manifest(paths.prepared), paths.evaluator_weights)
-    decision = register_onnx(paths.onnx, report, signature, pipeline_run_id(paths.mlflow_run), params.mlflow,
-                             params.register, root)
+    eval_signature = evaluation_signature(report, load_manifest(paths.prepared), paths.evaluator_weights)
+    decision = register_onnx(paths.onnx, model_interface(paths.onnx), report, eval_signature,
+                             pipeline_run_id(paths.mlflow_run), params.mlflow, params.register, root)
     write_json_atomic(paths.register_report, decision.model_dump())
     return decision.model_dump()

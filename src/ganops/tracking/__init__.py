@@ -1,2 +1,3 @@
-"""MLflow for the stages: the store (store), the pipeline's run and its lineage (runs), the model
-registry and promotion (registry). Import the module you need; this package imports nothing."""
+"""MLflow for the stages: ``store`` connects to the tracking store, ``runs`` opens the pipeline's run
+and records its lineage, ``registry`` registers models and decides promotion. Import the module you
+need; this package imports nothing."""

@@ -1,12 +1,12 @@
 """The model registry: registering a generator version, the champion decision, and the `ganops
-models` commands (the register stage, ganops.stages.register, calls ``register_onnx``).
+models` commands. The register stage calls ``register_onnx``.
 
 Every pipeline run registers its ONNX generator as a new version of ``register.model_name``. The
 alias ``champion`` moves to it only when its primary metric (the standard FID, when the Inception
 weights are installed) beats the champion's by more than the noise: more than
-``register.min_improvement`` and more than ``register.noise_z`` standard deviations of the difference
-(from both versions' half-sampling spreads). Versions evaluated under different protocols (metric
-name, FID protocol, weights, sample count, reference split or data) are never compared.
+``register.min_improvement`` and more than ``register.noise_z`` standard deviations of the
+difference, from both versions' half-sampling spreads. Versions measured differently are never
+compared: another metric name, FID protocol, weights, sample count, reference split or data.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TYPE_CHECKING
 
@@ -46,6 +47,16 @@ def evaluation_signature(report: EvaluationReport, manifest: Manifest, evaluator
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class ModelInterface:
+    """What the registry records of how a model is called, computed where the model is written
+    (ganops.serving.export.model_interface): MLflow's signature, an input example, the class count."""
+
+    signature: Any  # mlflow.models.ModelSignature
+    input_example: dict[str, Any]
+    num_classes: int
+
+
 class RegistryDecision(BaseModel):
     """reports/register.json: the version registered and whether (and why) it became champion."""
 
@@ -65,21 +76,6 @@ class RegistryDecision(BaseModel):
     @classmethod
     def load(cls, path: Path) -> RegistryDecision:
         return cls.model_validate_json(Path(path).read_text())
-
-
-def _signature_and_example(onnx_path: Path):
-    from mlflow.models import infer_signature
-
-    from ganops.serving.runtime import OnnxGenerator
-
-    generator = OnnxGenerator(onnx_path, providers=["CPUExecutionProvider"])
-    z = generator.latents(2, 0)
-    example: dict[str, Any] = {"z": z}
-    labels = generator.labels_for(2, None)
-    if labels is not None:
-        example["labels"] = labels
-    images = generator.run(z, labels)
-    return infer_signature(example, images), example, generator.spec
 
 
 def _decide(cfg: RegisterParams, new: dict, champion) -> tuple[bool, str]:
@@ -141,11 +137,11 @@ def _set_champion(client, name: str, version: str, history: list[str]) -> None:
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
 
 
-def register_onnx(onnx_path: Path, report: EvaluationReport, eval_signature: str, run_id: str, mlflow_cfg: MlflowParams,
-                  cfg: RegisterParams, root: Path) -> RegistryDecision:
-    """Log the ONNX generator to the pipeline's run ``run_id``, register it as a new version, tag it
-    with its evaluation (``report``, judged under ``eval_signature``) and its sha256, and move
-    ``champion`` to it only on a real improvement. Returns the decision."""
+def register_onnx(onnx_path: Path, interface: ModelInterface, report: EvaluationReport, eval_signature: str, run_id: str,
+                  mlflow_cfg: MlflowParams, cfg: RegisterParams, root: Path) -> RegistryDecision:
+    """Log the ONNX generator (called as ``interface`` says) to the pipeline's run ``run_id``, register it
+    as a new version, tag it with its evaluation (``report``, judged under ``eval_signature``) and its
+    sha256, and move ``champion`` to it only on a real improvement. Returns the decision."""
     client = connect(mlflow_cfg, root)
     import mlflow
     import mlflow.onnx
@@ -160,16 +156,16 @@ def register_onnx(onnx_path: Path, report: EvaluationReport, eval_signature: str
         "backbone": report.backbone, "num_samples": report.num_samples, "reference": report.reference,
         "eval_signature": eval_signature,
     }
-    signature, example, spec = _signature_and_example(onnx_path)
     name = cfg.model_name
     with _registry_lock(mlflow_cfg, root):
         with http_settings(mlflow_cfg), mlflow.start_run(run_id=run_id):
             info = mlflow.onnx.log_model(
-                onnx.load(str(onnx_path)), name="generator", signature=signature, input_example=example,
+                onnx.load(str(onnx_path)), name="generator", signature=interface.signature,
+                input_example=interface.input_example,
                 registered_model_name=name, save_as_external_data=False, await_registration_for=120,
             )
         version = str(info.registered_model_version)
-        for key, value in {**new, "run_id": run_id, "classes": len(spec.class_names),
+        for key, value in {**new, "run_id": run_id, "classes": interface.num_classes,
                            "evaluation": json.dumps(report.summary()),
                            ONNX_DIGEST_TAG: file_sha256(onnx_path)}.items():
             client.set_model_version_tag(name, version, key, str(value))

@@ -12,6 +12,7 @@ from typing import Iterator
 
 from ganops import GanopsError
 from ganops.config import MlflowParams
+from ganops.paths import cache_dir
 
 ONNX_DIGEST_TAG = "onnx_sha256"  # on every registered version; every download of it is checked against it
 
@@ -134,6 +135,6 @@ def lock_path(uri: str) -> Path:
     if uri.startswith("sqlite:///"):
         return Path(uri.removeprefix("sqlite:///") + ".register.lock")
     digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
-    folder = Path.home() / ".cache" / "ganops"
+    folder = cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
     return folder / f"register-{digest}.lock"

@@ -1,4 +1,4 @@
-"""What `ganops generate` and `ganops serve` do, behind the typer shells in ganops.cli."""
+"""What `ganops generate` and `ganops serve` do, behind the typer commands in ganops.cli."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from ganops import GanopsError
 from ganops.config import MlflowParams, ServeParams
 from ganops.io import atomic_dir, write_bytes_atomic
-from ganops.serving.locate import open_generator
+from ganops.serving.locate import locate, open_generator
 from ganops.visualize import grid_png, image_png, sample_grid_png
 
 log = logging.getLogger(__name__)
@@ -43,15 +43,17 @@ def serve_http(model: str | None, host: str | None, port: int | None, settings: 
                mlflow_cfg: MlflowParams | None = None, allow_public_without_key: bool = False) -> None:
     import uvicorn
 
-    from ganops.serving.app import create_app
+    from ganops.serving.app import ModelSource, create_app
 
     settings = settings or ServeParams()
     uri = model or settings.model
     host = host or settings.host
     check_exposure(host, settings, allow_public_without_key)
-    open_generator(uri, mlflow_cfg)  # fail now, with a clear message, not in the server's startup
-    uvicorn.run(create_app(uri, settings, mlflow_cfg), host=host, port=port or settings.port,
-                log_level="info", timeout_graceful_shutdown=10)
+    source = ModelSource(locate(uri, mlflow_cfg), settings.intra_op_threads)  # the model, opened once
+    if source.generator is None:  # fail now, with a clear message, not in the server's startup
+        raise GanopsError(source.last_error or f"model file not found: {uri}")
+    uvicorn.run(create_app(source, settings), host=host, port=port or settings.port, log_level="info",
+                timeout_graceful_shutdown=10)
 
 
 def is_loopback(host: str) -> bool:
