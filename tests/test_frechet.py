@@ -6,7 +6,8 @@ import scipy.linalg
 
 from ganops.config import EvalParams
 from ganops.metrics.frechet import feature_statistics, frechet_distance
-from ganops.metrics.names import EvalProtocol, EvaluationReport
+from ganops.metrics.names import EvalProtocol
+from ganops.metrics.report import EvaluationReport
 from ganops.metrics.reference import ReferenceFeatures
 from ganops.metrics.scores import fd, kid, precision_recall
 

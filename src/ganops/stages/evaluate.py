@@ -17,7 +17,8 @@ from ganops.io import file_sha256, write_bytes_atomic, write_json_atomic
 from ganops.metrics.backbones import DomainBackbone
 from ganops.metrics.draws import check_compatible, features_of_draws, generated_draws, sample_labels
 from ganops.metrics.evaluator import classifier_accuracy, load_evaluator
-from ganops.metrics.names import EvalProtocol, EvaluationReport
+from ganops.metrics.names import EvalProtocol
+from ganops.metrics.report import EvaluationReport
 from ganops.metrics.reference import load_reference, resolve_reference, split_features
 from ganops.metrics.scores import METRICS, compute_metrics, spread_method
 from ganops.models import load_generator

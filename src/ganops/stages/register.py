@@ -9,7 +9,7 @@ from ganops import GanopsError
 from ganops.config import Params
 from ganops.data import load_manifest
 from ganops.io import write_json_atomic
-from ganops.metrics.names import EvaluationReport
+from ganops.metrics.report import EvaluationReport
 from ganops.paths import ProjectPaths
 from ganops.tracking.registry import evaluation_signature, register_onnx
 from ganops.tracking.store import pipeline_run_id
