@@ -1,11 +1,11 @@
-"""Metric names carry their protocol, defined here once (in the spirit of StyleGAN2-ADA's ``fid50k_full``).
+"""Metric names say how they were measured, defined here once (in the spirit of StyleGAN2-ADA's ``fid50k_full``).
 
-A name says what features it was computed on (``tf``, ``pytorch-fid`` or ``clean``: the FID Inception
-network under that protocol's resize and scaling; ``domain``: the domain classifier), how many images
-were generated and which split was the reference: ``fid2k_tf_train`` is the standard FID of 2,000
-generated images against the whole training split, under torch-fidelity's (the original TF code's)
-protocol. Numbers under different names are never compared: evaluate, register, the registry
-listing and the Prefect summary all build and read names through this module.
+A name says which feature space it was computed in (``tf``, ``pytorch-fid`` or ``clean``: the FID
+Inception network under that FID protocol's resize and scaling; ``domain``: the domain classifier),
+how many images were generated and which split was the reference. ``fid2k_tf_train`` is the standard
+FID of 2,000 generated images against the whole training split, under torch-fidelity's (the original
+TF code's) protocol. Numbers under different names are never compared: evaluate, register, the
+registry listing and the Prefect summary all build and read names through this module.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class EvalProtocol:
-    """How one set of numbers was measured."""
+class Measurement:
+    """How one set of numbers was measured: what every metric name spells out."""
 
     backbone: str             # "inception" or "domain"
-    features: str             # "tf" | "pytorch-fid" | "clean" (inception) or "domain"
+    feature_space: str        # the backbone's label: "tf" | "pytorch-fid" | "clean" (inception) or "domain"
     num_samples: int          # generated images
     reference: str            # "train" or "test": the whole split is the reference
 
@@ -30,12 +30,12 @@ class EvalProtocol:
     def name(self, metric: str, suffix: str = "") -> str:
         """``fid`` -> fid2k_tf_train; ``kid`` with suffix ``mean`` -> kid2k_tf_train_mean."""
         metric = self.distance if metric == "fd" else metric
-        base = f"{metric}{count_label(self.num_samples)}_{self.features}_{self.reference}"
+        base = f"{metric}{count_label(self.num_samples)}_{self.feature_space}_{self.reference}"
         return f"{base}_{suffix}" if suffix else base
 
     def floor_name(self) -> str:
         """The distance between two halves of the reference split (no generated images involved)."""
-        return f"{self.distance}_real_halves_{self.features}_{self.reference}"
+        return f"{self.distance}_real_halves_{self.feature_space}_{self.reference}"
 
     @property
     def primary(self) -> str:

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from ganops.metrics.names import EvalProtocol
+from ganops.metrics.names import Measurement
 
 
 class EvaluationReport(BaseModel):
-    """reports/eval.json, read back: the protocol fields by name, every metric as an extra field
-    named by its protocol (``fid2k_tf_train``, ``fid2k_tf_train_ci95_low``, ...)."""
+    """reports/eval.json, read back: the measurement's fields by name, every metric as an extra field
+    named by its measurement (``fid2k_tf_train``, ``fid2k_tf_train_ci95_low``, ...)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
@@ -34,14 +34,14 @@ class EvaluationReport(BaseModel):
         return cls.model_validate_json(Path(path).read_text())
 
     def metric(self, name: str) -> float | None:
-        """A metric by its protocol name, as eval.json holds it (None when absent)."""
+        """A metric by its name, as eval.json holds it (None when absent)."""
         return (self.model_extra or {}).get(name)
 
     @property
-    def protocol(self) -> EvalProtocol:
-        """The protocol the primary metric was measured under."""
-        features = self.fid_protocol if self.backbone == "inception" else "domain"
-        return EvalProtocol(self.backbone, features, self.num_samples, self.reference)
+    def measurement(self) -> Measurement:
+        """How the primary metric was measured."""
+        feature_space = self.fid_protocol if self.backbone == "inception" else "domain"
+        return Measurement(self.backbone, feature_space, self.num_samples, self.reference)
 
     @property
     def value(self) -> float:
@@ -58,13 +58,14 @@ class EvaluationReport(BaseModel):
 
     def summary(self) -> dict:
         """What a shipped model carries about its evaluation (ONNX metadata, registry tag, GET /v1/model):
-        the primary metric with its interval and floor, KID and precision/recall, and the protocol."""
-        protocol = self.protocol
+        the primary metric with its interval and floor, KID and precision/recall, and the measurement
+        (under the key ``protocol``, which shipped models already carry)."""
+        measurement = self.measurement
         return {
             "primary_metric": self.primary_metric, "value": self.value, "std": self.std, "ci95": list(self.ci95),
-            "real_halves_floor": self.metric(protocol.floor_name()),
-            "kid_mean": self.metric(protocol.name("kid", "mean")), "precision": self.metric(protocol.name("precision")),
-            "recall": self.metric(protocol.name("recall")),
+            "real_halves_floor": self.metric(measurement.floor_name()),
+            "kid_mean": self.metric(measurement.name("kid", "mean")),
+            "precision": self.metric(measurement.name("precision")), "recall": self.metric(measurement.name("recall")),
             "protocol": {"backbone": self.backbone, "fid_protocol": self.fid_protocol, "num_samples": self.num_samples,
                          "reference": self.reference, "num_reference": self.num_reference,
                          "weights_digest": self.weights_digest},

@@ -2,7 +2,7 @@
 
 Each takes the reference features, the generated features as a list of seeded draws (float64,
 (n_i, D) each) and the eval params, and returns numbers keyed by (metric, suffix); the caller names
-them by protocol (:mod:`ganops.metrics.names`). KID and precision/recall are torch-fidelity's own
+them by their measurement (:mod:`ganops.metrics.names`). KID and precision/recall are torch-fidelity's own
 implementations, fed our features; the Fréchet distance is ours (:mod:`ganops.metrics.frechet`).
 """
 
@@ -16,7 +16,7 @@ import torch
 
 from ganops.config import EvalParams
 from ganops.metrics.frechet import feature_statistics, frechet_distance
-from ganops.metrics.names import EvalProtocol
+from ganops.metrics.names import Measurement
 
 if TYPE_CHECKING:
     from ganops.metrics.reference import ReferenceFeatures
@@ -85,13 +85,13 @@ def precision_recall(reference: ReferenceFeatures, draws: list[np.ndarray], cfg:
 METRICS: dict[str, MetricFn] = {"fd": fd, "kid": kid, "prc": precision_recall}
 
 
-def compute_metrics(reference: ReferenceFeatures, draws: list[np.ndarray], cfg: EvalParams, protocol: EvalProtocol,
+def compute_metrics(reference: ReferenceFeatures, draws: list[np.ndarray], cfg: EvalParams, measurement: Measurement,
                     metrics: tuple[str, ...] = tuple(METRICS)) -> dict[str, float]:
-    """Every metric in ``metrics``, named by ``protocol``, rounded for the report."""
+    """Every metric in ``metrics``, named by ``measurement``, rounded for the report."""
     results: dict[str, float] = {}
     for key in metrics:
         for (metric, suffix), value in METRICS[key](reference, draws, cfg).items():
-            name = protocol.floor_name() if metric == "floor" else protocol.name(metric, suffix)
+            name = measurement.floor_name() if metric == "floor" else measurement.name(metric, suffix)
             results[name] = round(float(value), 6)
     return results
 

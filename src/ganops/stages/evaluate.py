@@ -17,7 +17,7 @@ from ganops.io import file_sha256, write_bytes_atomic, write_json_atomic
 from ganops.metrics.backbones import DomainBackbone
 from ganops.metrics.draws import check_compatible, features_of_draws, generated_draws, sample_labels
 from ganops.metrics.evaluator import classifier_accuracy, load_evaluator
-from ganops.metrics.names import EvalProtocol
+from ganops.metrics.names import Measurement
 from ganops.metrics.report import EvaluationReport
 from ganops.metrics.reference import load_reference, resolve_reference, split_features
 from ganops.metrics.scores import METRICS, compute_metrics, spread_method
@@ -63,15 +63,15 @@ def evaluate(params: Params, root: Path = Path(".")) -> dict:
                     "generator_sha256": file_sha256(paths.generator_weights)}
     metrics: dict[str, float] = {}
     if inception:
-        protocol = EvalProtocol("inception", cfg.fid_protocol, cfg.num_samples, cfg.reference)
+        measurement = Measurement("inception", cfg.fid_protocol, cfg.num_samples, cfg.reference)
         report.update({"fid_protocol": cfg.fid_protocol, "weights_digest": expected["weights_digest"]})
         metrics.update(compute_metrics(reference, features_of_draws(inception_backbone, draws, cfg.batch_size), cfg,
-                                       protocol))
-        primary = protocol.primary
+                                       measurement))
+        primary = measurement.primary
     else:
         report["backbone_fallback"] = expected["fallback_reason"]
     if has_evaluator:
-        domain = EvalProtocol("domain", "domain", cfg.num_samples, cfg.reference)
+        domain = Measurement("domain", "domain", cfg.num_samples, cfg.reference)
         backbone = DomainBackbone(load_evaluator(paths.evaluator_weights, paths.evaluator_spec, device))
         domain_reference = split_features(backbone, real, cfg.batch_size, cfg.reference_max_features,
                                           f"real ({cfg.reference})")
