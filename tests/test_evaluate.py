@@ -1,4 +1,4 @@
-"""The evaluation stages on tiny params: domain evaluator, backbones, metrics, errors."""
+"""The evaluation stages on tiny params: domain classifier, backbones, metrics, errors."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from ganops.stages.prepare import prepare
 from ganops.stages.evaluate import evaluate
 from ganops.stages.reference_stats import reference_stats
 from ganops.stages.train_evaluator import train_evaluator
-from ganops.metrics.backbones import DomainBackbone, extract_features, resolve_backbone
+from ganops.metrics.backbones import DomainClassifierBackbone, extract_features, resolve_backbone
 from ganops.metrics.inception import default_weights_path
-from ganops.metrics.evaluator import load_evaluator
+from ganops.metrics.domain_classifier import load_domain_classifier
 from ganops.metrics.frechet import frechet_distance_of_features
 from ganops.paths import ProjectPaths
 from ganops.stages.train import train
@@ -36,13 +36,13 @@ TRAINED = {"train": {"steps": 300, "batch_size": 32, "lr_g": 1e-3, "lr_d": 1e-3,
 
 @pytest.fixture(scope="module")
 def trained_project(tmp_path_factory) -> Path:
-    """digits at 8x8: prepared, a generator trained for a few hundred steps, the domain evaluator."""
+    """digits at 8x8: prepared, a generator trained for a few hundred steps, the domain classifier."""
     root = tmp_path_factory.mktemp("evaluated")
     params = tiny(TRAINED)
     prepare(params, root)
     train(params, root)
     train_evaluator(tiny({"eval": {"evaluator": {"epochs": 4}}}), root)
-    reference_stats(params, root)  # TINY evaluates on the domain backbone: the record says so
+    reference_stats(params, root)  # TINY evaluates on the domain classifier: the record says so
     return root
 
 
@@ -51,7 +51,7 @@ def copy_project(source: Path, target: Path) -> Path:
     return target
 
 
-def test_domain_evaluator_report(trained_project):
+def test_domain_classifier_report(trained_project):
     report = json.loads((trained_project / "reports" / "evaluator.json").read_text())
     assert report["test_accuracy"] >= 0.8  # 8x8 digits, a tiny network, 4 epochs
     assert report["feature_dim"] == 32
@@ -82,8 +82,8 @@ def test_sanity_real_halves_below_generator_below_noise(trained_project, tmp_pat
     root = copy_project(trained_project, tmp_path / "p")
     report = evaluate(tiny(merge(TRAINED, {"eval": {"num_samples": 400}})), root)
     real, _ = load_split(root / "data" / "prepared", "train")
-    backbone = DomainBackbone(load_evaluator(ProjectPaths(root).evaluator_weights, ProjectPaths(root).evaluator_spec,
-                                         torch.device("cpu")))
+    backbone = DomainClassifierBackbone(load_domain_classifier(ProjectPaths(root).evaluator_weights,
+                                                                ProjectPaths(root).evaluator_spec, torch.device("cpu")))
     real_features = extract_features(backbone, [torch.from_numpy(real)], len(real), "real")
     noise = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (400, *real.shape[1:]), dtype=np.uint8))
     noise_features = extract_features(backbone, [noise], len(noise), "noise")
@@ -106,10 +106,10 @@ def test_sanity_real_halves_below_generator_below_noise(trained_project, tmp_pat
 
 
 def test_class_consistency_scores_images_against_their_labels(trained_project):
-    from ganops.metrics.evaluator import classifier_accuracy
+    from ganops.metrics.domain_classifier import classifier_accuracy
 
-    model = load_evaluator(ProjectPaths(trained_project).evaluator_weights, ProjectPaths(trained_project).evaluator_spec,
-                           torch.device("cpu"))
+    model = load_domain_classifier(ProjectPaths(trained_project).evaluator_weights,
+                                   ProjectPaths(trained_project).evaluator_spec, torch.device("cpu"))
     images, labels = (torch.from_numpy(a) for a in load_split(trained_project / "data" / "prepared", "test"))
     accuracy = json.loads((trained_project / "reports" / "evaluator.json").read_text())["test_accuracy"]
     # real test images with their true labels score the classifier's test accuracy ...

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ganops.metrics.evaluator import DomainClassifier
+from ganops.metrics.domain_classifier import DomainClassifier
 from ganops.pixels import from_uint8
 from ganops.metrics.inception import InceptionFeatureExtractor, InceptionWeightsError, default_weights_path
 
@@ -42,7 +42,9 @@ class InceptionBackbone:
         return self.extractor(images_u8)
 
 
-class DomainBackbone:
+class DomainClassifierBackbone:
+    """The domain classifier's penultimate features: the backbone ``domain``."""
+
     name = "domain"
     feature_space = "domain"
 
@@ -56,7 +58,7 @@ class DomainBackbone:
 
 
 def resolve_backbone(requested: str, inception_weights: str | None) -> tuple[str, Path, str | None]:
-    """(backbone, weights path, why the domain backbone stands in) — ``auto`` is inception when the
+    """(backbone, weights path, why the domain classifier stands in) — ``auto`` is inception when the
     weights file exists; otherwise domain, with the reason, for the log and the report."""
     weights = Path(inception_weights).expanduser() if inception_weights else default_weights_path()
     if requested == "inception" and not weights.is_file():

@@ -14,9 +14,9 @@ from ganops.config import Params
 from ganops.data import load_manifest, open_split
 from ganops.device import resolve_device
 from ganops.io import file_sha256, write_bytes_atomic, write_json_atomic
-from ganops.metrics.backbones import DomainBackbone
+from ganops.metrics.backbones import DomainClassifierBackbone
 from ganops.metrics.draws import check_compatible, features_of_draws, generated_draws, sample_labels
-from ganops.metrics.evaluator import classifier_accuracy, load_evaluator
+from ganops.metrics.domain_classifier import classifier_accuracy, load_domain_classifier
 from ganops.metrics.names import Measurement
 from ganops.metrics.report import EvaluationReport
 from ganops.metrics.reference import load_reference, resolve_reference, split_features
@@ -53,7 +53,7 @@ def evaluate(params: Params, root: Path = Path(".")) -> dict:
     reference = load_reference(paths.reference, expected) if inception else None
     has_evaluator = paths.evaluator_weights.exists()
     if not inception and not has_evaluator:
-        raise GanopsError("the domain evaluator (models/evaluator.safetensors) is missing: run `dvc repro train_evaluator`")
+        raise GanopsError("the domain classifier (models/evaluator.safetensors) is missing: run `dvc repro train_evaluator`")
     labels = sample_labels(real_labels, cfg.num_samples, spec.num_classes, cfg.seed) if spec.conditional else None
     draws = generated_draws(generator, labels, cfg.num_samples, cfg.draws, cfg.batch_size, cfg.seed, device)
     generated = torch.cat(draws)
@@ -72,7 +72,7 @@ def evaluate(params: Params, root: Path = Path(".")) -> dict:
         report["backbone_fallback"] = expected["fallback_reason"]
     if has_evaluator:
         domain = Measurement("domain", "domain", cfg.num_samples, cfg.reference)
-        backbone = DomainBackbone(load_evaluator(paths.evaluator_weights, paths.evaluator_spec, device))
+        backbone = DomainClassifierBackbone(load_domain_classifier(paths.evaluator_weights, paths.evaluator_spec, device))
         domain_reference = split_features(backbone, real, cfg.batch_size, cfg.reference_max_features,
                                           f"real ({cfg.reference})")
         # Beside the standard FID the domain Fréchet distance is a second opinion; alone, it gets every metric.
