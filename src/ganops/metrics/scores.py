@@ -118,7 +118,8 @@ def score_draws(draws: list[torch.Tensor], labels: torch.Tensor | None, backbone
     The first backbone is primary and gets every metric in METRICS; each other backbone is a second
     opinion and gets the Fréchet distance only. Each name is built from the backbone that computed
     the features. Conditional draws also get class consistency when the domain classifier is among
-    the backbones. Reads only its arguments: cheap to call again with the same backbones."""
+    the backbones. Reads only its arguments and loads nothing: the caller builds the backbones and
+    their reference features once and hands them to every call."""
     if not backbones:
         raise ValueError("score_draws needs at least one backbone")
     count = sum(len(draw) for draw in draws)
