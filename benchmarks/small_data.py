@@ -45,7 +45,7 @@ from ganops.metrics.backbones import InceptionBackbone, extract_features
 from ganops.metrics.draws import features_of_draws, generated_draws, sample_labels
 from ganops.metrics.frechet import feature_statistics
 from ganops.metrics.inception import default_weights_path
-from ganops.metrics.names import EvalProtocol
+from ganops.metrics.names import Measurement
 from ganops.metrics.reference import ReferenceFeatures
 from ganops.metrics.scores import compute_metrics, spread_method
 from ganops.training.loop import fit
@@ -89,13 +89,13 @@ def main() -> None:
           f"epochs of the subset), loss {train_cfg.loss}, lr {train_cfg.lr_g}/{train_cfg.lr_d}, ada target "
           f"{train_cfg.ada_target}, kimg {train_cfg.ada_kimg}, interval {train_cfg.ada_interval}; on {device}")
 
-    protocol = EvalProtocol("inception", eval_cfg.fid_protocol, eval_cfg.num_samples, "train")
+    measurement = Measurement("inception", eval_cfg.fid_protocol, eval_cfg.num_samples, "train")
     backbone = InceptionBackbone(weights, eval_cfg.fid_protocol, device)
     real_features = extract_features(backbone, (torch.from_numpy(images[i : i + eval_cfg.batch_size])
                                                 for i in range(0, len(images), eval_cfg.batch_size)),
                                      len(images), "reference")
     reference = ReferenceFeatures(real_features, *feature_statistics(real_features), {})
-    print(f"metric: {protocol.primary}, 95% interval: {spread_method(eval_cfg, eval_cfg.draws)}")
+    print(f"metric: {measurement.primary}, 95% interval: {spread_method(eval_cfg, eval_cfg.draws)}")
 
     results: list[dict] = []
     for round_index, seed in enumerate(args.seeds):
@@ -111,20 +111,20 @@ def main() -> None:
             draws = generated_draws(generator, sampled, eval_cfg.num_samples, eval_cfg.draws, eval_cfg.batch_size,
                                     eval_cfg.seed, device)
             metrics = compute_metrics(reference, features_of_draws(backbone, draws, eval_cfg.batch_size), eval_cfg,
-                                      protocol, ("fd",))
-            fid = metrics[protocol.primary]
-            low, high = metrics[f"{protocol.primary}_ci95_low"], metrics[f"{protocol.primary}_ci95_high"]
+                                      measurement, ("fd",))
+            fid = metrics[measurement.primary]
+            low, high = metrics[f"{measurement.primary}_ci95_low"], metrics[f"{measurement.primary}_ci95_high"]
             row = {"side": side, "seed": seed, "fid": fid, "ci95": [low, high], "augment_p": result.summary["augment_p"],
                    "real_sign": result.log_rows[-1]["real_sign"], "train_s": round(train_s, 1)}
             results.append(row)
-            print(f"round {round_index + 1} seed {seed} {side:>11}: {protocol.primary} {fid:.2f} [{low:.2f}, {high:.2f}]"
+            print(f"round {round_index + 1} seed {seed} {side:>11}: {measurement.primary} {fid:.2f} [{low:.2f}, {high:.2f}]"
                   f"  final p {row['augment_p']:.3f}  E[sign D(real)] {row['real_sign']:.3f}  train {train_s:.0f} s",
                   flush=True)
 
     print()
     by_side = {side: [r for r in results if r["side"] == side] for side in args.sides}
     for side, rows in by_side.items():
-        print(f"{side:>11}: {protocol.primary} {spread([r['fid'] for r in rows])} over seeds {[r['seed'] for r in rows]}")
+        print(f"{side:>11}: {measurement.primary} {spread([r['fid'] for r in rows])} over seeds {[r['seed'] for r in rows]}")
     if args.json:
         args.json.write_text(json.dumps({"images": args.images, "steps": train_cfg.steps, "results": results}, indent=1))
     for side, rows in by_side.items():

@@ -1,4 +1,4 @@
-"""The evaluation stages on tiny params: domain evaluator, backbones, metrics, errors."""
+"""The evaluation stages on tiny params: domain classifier, backbones, metrics, errors."""
 
 from __future__ import annotations
 
@@ -12,16 +12,19 @@ import torch
 
 from conftest import TINY, merge
 from ganops import GanopsError
-from ganops.config import validate_params
+from ganops.config import EvalParams, validate_params
 from ganops.data import load_split
 from ganops.stages.prepare import prepare
 from ganops.stages.evaluate import evaluate
 from ganops.stages.reference_stats import reference_stats
 from ganops.stages.train_evaluator import train_evaluator
-from ganops.metrics.backbones import DomainBackbone, extract_features, resolve_backbone
+from ganops.metrics.backbones import DomainClassifierBackbone, extract_features, resolve_backbone
 from ganops.metrics.inception import default_weights_path
-from ganops.metrics.evaluator import load_evaluator
-from ganops.metrics.frechet import frechet_distance_of_features
+from ganops.metrics.domain_classifier import (DomainClassifier, DomainClassifierSpec, classifier_accuracy,
+                                              load_domain_classifier)
+from ganops.metrics.frechet import feature_statistics, frechet_distance_of_features
+from ganops.metrics.reference import ReferencedBackbone, ReferenceFeatures
+from ganops.metrics.scores import score_draws
 from ganops.paths import ProjectPaths
 from ganops.stages.train import train
 
@@ -36,13 +39,13 @@ TRAINED = {"train": {"steps": 300, "batch_size": 32, "lr_g": 1e-3, "lr_d": 1e-3,
 
 @pytest.fixture(scope="module")
 def trained_project(tmp_path_factory) -> Path:
-    """digits at 8x8: prepared, a generator trained for a few hundred steps, the domain evaluator."""
+    """digits at 8x8: prepared, a generator trained for a few hundred steps, the domain classifier."""
     root = tmp_path_factory.mktemp("evaluated")
     params = tiny(TRAINED)
     prepare(params, root)
     train(params, root)
     train_evaluator(tiny({"eval": {"evaluator": {"epochs": 4}}}), root)
-    reference_stats(params, root)  # TINY evaluates on the domain backbone: the record says so
+    reference_stats(params, root)  # TINY evaluates on the domain classifier: the record says so
     return root
 
 
@@ -51,14 +54,79 @@ def copy_project(source: Path, target: Path) -> Path:
     return target
 
 
-def test_domain_evaluator_report(trained_project):
+class PixelBackbone:
+    """Mean pixel per row as features: a cheap stand-in backbone with the names of a real one."""
+
+    def __init__(self, name: str, feature_space: str) -> None:
+        self.name, self.feature_space = name, feature_space
+
+    def __call__(self, images_u8: torch.Tensor) -> torch.Tensor:
+        return images_u8.double().mean(dim=(1, 3))
+
+
+def draws_and_reference(backbone) -> tuple[list[torch.Tensor], ReferenceFeatures]:
+    rng = np.random.default_rng(0)
+    draws = [torch.from_numpy(rng.integers(0, 256, (30, 1, 8, 8), dtype=np.uint8)) for _ in range(4)]
+    real = backbone(torch.from_numpy(rng.integers(0, 200, (100, 1, 8, 8), dtype=np.uint8))).numpy()
+    return draws, ReferenceFeatures(real, *feature_statistics(real), {})
+
+
+def test_score_draws_names_each_metric_by_its_backbone_and_the_first_is_primary():
+    # fid_protocol "clean" in the config: the names still say the backbone's own feature space, "tf"
+    cfg = EvalParams(num_samples=120, draws=4, spread_rounds=3, kid_subsets=5, kid_subset_size=20, fid_protocol="clean")
+    inception, other = PixelBackbone("inception", "tf"), PixelBackbone("domain", "domain")
+    draws, reference = draws_and_reference(inception)
+    scores = score_draws(draws, None, [ReferencedBackbone(inception, reference), ReferencedBackbone(other, reference)], cfg)
+    assert scores.primary == "fid120_tf_train"
+    primary_names = {"fid120_tf_train", "fid120_tf_train_std", "fid120_tf_train_std_generated",
+                     "fid120_tf_train_std_reference", "fid120_tf_train_ci95_low", "fid120_tf_train_ci95_high",
+                     "fid_real_halves_tf_train", "kid120_tf_train_mean", "kid120_tf_train_std", "precision120_tf_train",
+                     "recall120_tf_train"}
+    second_opinion = {name.replace("fid", "fd").replace("_tf_", "_domain_") for name in primary_names
+                      if not name.startswith(("kid", "precision", "recall"))}
+    assert list(scores.metrics)[: len(primary_names)] == [n for n in scores.metrics if n in primary_names]
+    assert set(scores.metrics) == primary_names | second_opinion
+    # the same features under both names: the same Fréchet distance; seeded, so the same numbers again
+    assert scores.metrics["fid120_tf_train"] == scores.metrics["fd120_domain_train"]
+    assert score_draws(draws, None, [ReferencedBackbone(inception, reference), ReferencedBackbone(other, reference)],
+                       cfg) == scores
+    # alone, the domain classifier is primary and gets every metric
+    alone = score_draws(draws, None, [ReferencedBackbone(other, reference)], cfg)
+    assert alone.primary == "fd120_domain_train" and "kid120_domain_train_mean" in alone.metrics
+    with pytest.raises(ValueError, match="at least one backbone"):
+        score_draws(draws, None, [], cfg)
+
+
+def test_score_draws_adds_class_consistency_for_labelled_draws_with_the_domain_classifier():
+    torch.manual_seed(0)
+    spec = DomainClassifierSpec(resolution=8, channels=1, num_classes=3, width=2, class_names=["a", "b", "c"],
+                                data_checksum="x")
+    domain = DomainClassifierBackbone(DomainClassifier(spec).eval())
+    draws, reference = draws_and_reference(domain)
+    cfg = EvalParams(num_samples=120, draws=4, spread_rounds=0, kid_subsets=5, kid_subset_size=20)
+    labels = torch.from_numpy(np.random.default_rng(1).integers(0, 3, 120))
+    scored = score_draws(draws, labels, [ReferencedBackbone(PixelBackbone("inception", "tf"),
+                                                            draws_and_reference(PixelBackbone("inception", "tf"))[1]),
+                                         ReferencedBackbone(domain, reference)], cfg)
+    expected = classifier_accuracy(domain.model, torch.cat(draws), labels, 64)
+    assert list(scored.metrics)[-1] == "class_consistency120_domain_train"
+    assert scored.metrics["class_consistency120_domain_train"] == round(expected, 6)
+    assert "class_consistency120_domain_train" not in score_draws(draws, None, [ReferencedBackbone(domain, reference)],
+                                                                  cfg).metrics
+    # no domain classifier among the backbones: no class consistency either
+    pixels = PixelBackbone("domain", "domain")
+    assert not any(name.startswith("class") for name in
+                   score_draws(draws, labels, [ReferencedBackbone(pixels, draws_and_reference(pixels)[1])], cfg).metrics)
+
+
+def test_domain_classifier_report(trained_project):
     report = json.loads((trained_project / "reports" / "evaluator.json").read_text())
     assert report["test_accuracy"] >= 0.8  # 8x8 digits, a tiny network, 4 epochs
     assert report["feature_dim"] == 32
     assert (trained_project / "models" / "evaluator.safetensors").is_file()
 
 
-def test_evaluate_writes_protocol_named_metrics(trained_project, tmp_path):
+def test_evaluate_writes_measurement_named_metrics(trained_project, tmp_path):
     root = copy_project(trained_project, tmp_path / "p")
     report = evaluate(tiny(TRAINED), root)
     assert report == json.loads((root / "reports" / "eval.json").read_text())
@@ -82,8 +150,8 @@ def test_sanity_real_halves_below_generator_below_noise(trained_project, tmp_pat
     root = copy_project(trained_project, tmp_path / "p")
     report = evaluate(tiny(merge(TRAINED, {"eval": {"num_samples": 400}})), root)
     real, _ = load_split(root / "data" / "prepared", "train")
-    backbone = DomainBackbone(load_evaluator(ProjectPaths(root).evaluator_weights, ProjectPaths(root).evaluator_spec,
-                                         torch.device("cpu")))
+    backbone = DomainClassifierBackbone(load_domain_classifier(ProjectPaths(root).evaluator_weights,
+                                                                ProjectPaths(root).evaluator_spec, torch.device("cpu")))
     real_features = extract_features(backbone, [torch.from_numpy(real)], len(real), "real")
     noise = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (400, *real.shape[1:]), dtype=np.uint8))
     noise_features = extract_features(backbone, [noise], len(noise), "noise")
@@ -106,10 +174,8 @@ def test_sanity_real_halves_below_generator_below_noise(trained_project, tmp_pat
 
 
 def test_class_consistency_scores_images_against_their_labels(trained_project):
-    from ganops.metrics.evaluator import classifier_accuracy
-
-    model = load_evaluator(ProjectPaths(trained_project).evaluator_weights, ProjectPaths(trained_project).evaluator_spec,
-                           torch.device("cpu"))
+    model = load_domain_classifier(ProjectPaths(trained_project).evaluator_weights,
+                                   ProjectPaths(trained_project).evaluator_spec, torch.device("cpu"))
     images, labels = (torch.from_numpy(a) for a in load_split(trained_project / "data" / "prepared", "test"))
     accuracy = json.loads((trained_project / "reports" / "evaluator.json").read_text())["test_accuracy"]
     # real test images with their true labels score the classifier's test accuracy ...
@@ -143,7 +209,7 @@ def test_errors_leave_earlier_outputs_intact(trained_project, tmp_path):
 
 
 def test_inception_stage_reports_standard_fid_with_reference_stats(trained_project, tmp_path):
-    """The real FID Inception network (installed by ./setup.sh): reference statistics once, FID named by protocol."""
+    """The real FID Inception network (installed by ./setup.sh): reference statistics once, FID named by its measurement."""
     root = copy_project(trained_project, tmp_path / "p")
     overrides = merge(TRAINED, {"eval": {"backbone": "inception", "reference": "test", "num_samples": 40, "draws": 4,
                                          "kid_subset_size": 20, "spread_rounds": 4}})

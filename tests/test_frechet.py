@@ -6,7 +6,8 @@ import scipy.linalg
 
 from ganops.config import EvalParams
 from ganops.metrics.frechet import feature_statistics, frechet_distance
-from ganops.metrics.names import EvalProtocol, EvaluationReport
+from ganops.metrics.names import Measurement
+from ganops.metrics.report import EvaluationReport
 from ganops.metrics.reference import ReferenceFeatures
 from ganops.metrics.scores import fd, kid, precision_recall
 
@@ -105,26 +106,26 @@ def test_fd_interval_contains_the_estimate_and_its_std_matches_fresh_samples():
     assert abs(np.mean([out[("fd", "")] for out in estimates]) - np.mean(fresh)) < 2 * true_std
 
 
-def test_metric_names_carry_the_protocol():
-    standard = EvalProtocol("inception", "tf", 2000, "train")
+def test_metric_names_carry_the_measurement():
+    standard = Measurement("inception", "tf", 2000, "train")
     assert standard.primary == "fid2k_tf_train"
     assert standard.name("fd", "ci95_low") == "fid2k_tf_train_ci95_low"
     assert standard.name("kid", "mean") == "kid2k_tf_train_mean"
     assert standard.floor_name() == "fid_real_halves_tf_train"
-    assert EvalProtocol("inception", "clean", 50000, "test").primary == "fid50k_clean_test"
-    domain = EvalProtocol("domain", "domain", 1500, "train")
+    assert Measurement("inception", "clean", 50000, "test").primary == "fid50k_clean_test"
+    domain = Measurement("domain", "domain", 1500, "train")
     assert domain.primary == "fd1500_domain_train"
     assert domain.name("precision") == "precision1500_domain_train"
 
 
-def test_an_evaluation_report_reads_its_primary_metric_by_protocol():
+def test_an_evaluation_report_reads_its_primary_metric_by_name():
     report = EvaluationReport.model_validate({
         "backbone": "inception", "num_samples": 2000, "draws": 10, "reference": "train", "num_reference": 4500,
         "generator_sha256": "sha256:x", "primary_metric": "fid2k_tf_train", "interval_method": "half-sampling",
         "fid_protocol": "tf", "weights_digest": "a008", "fid2k_tf_train": 20.7, "fid2k_tf_train_std": 0.5,
         "fid2k_tf_train_ci95_low": 19.7, "fid2k_tf_train_ci95_high": 21.8, "fid_real_halves_tf_train": 5.4,
         "kid2k_tf_train_mean": 0.01, "fd2k_domain_train": 0.4})
-    assert report.protocol == EvalProtocol("inception", "tf", 2000, "train")
+    assert report.measurement == Measurement("inception", "tf", 2000, "train")
     assert (report.value, report.std, report.ci95) == (20.7, 0.5, (19.7, 21.8))
     summary = report.summary()
     assert summary["real_halves_floor"] == 5.4 and summary["kid_mean"] == 0.01 and summary["precision"] is None

@@ -22,7 +22,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from ganops.config import FlowParams, load_params
-from ganops.metrics.names import EvaluationReport
+from ganops.metrics.report import EvaluationReport
 from ganops.paths import ProjectPaths
 from ganops.tracking.registry import RegistryDecision
 from ganops.telemetry import disable_telemetry

@@ -1,8 +1,9 @@
 """Feature backbones: uint8 images in, one feature vector per image out.
 
-``inception`` is the standard FID network (:mod:`ganops.metrics.inception`) under a named protocol;
-``domain`` is the classifier that the train_evaluator stage trains on the prepared data. Every metric
-is named after the features that produced it (:mod:`ganops.metrics.names`).
+``inception`` is the standard FID network (:mod:`ganops.metrics.inception`) under a named FID
+protocol; ``domain`` is the domain classifier that the train_evaluator stage trains on the prepared
+data. Every metric is named after the feature space of the backbone that computed it
+(:mod:`ganops.metrics.names`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ganops.metrics.evaluator import DomainClassifier
+from ganops.metrics.domain_classifier import DomainClassifier
 from ganops.pixels import from_uint8
 from ganops.metrics.inception import InceptionFeatureExtractor, InceptionWeightsError, default_weights_path
 
@@ -23,8 +24,8 @@ log = logging.getLogger(__name__)
 
 
 class Backbone(Protocol):
-    name: str       # "inception" | "domain"
-    features: str   # what metric names say: the FID protocol, or "domain"
+    name: str            # "inception" | "domain"
+    feature_space: str   # what metric names say: the FID protocol, or "domain"
 
     def __call__(self, images_u8: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) -> float features (N, D)."""
@@ -34,16 +35,18 @@ class InceptionBackbone:
     name = "inception"
 
     def __init__(self, weights: Path, protocol: str, device: torch.device) -> None:
-        self.features = protocol
+        self.feature_space = protocol
         self.extractor = InceptionFeatureExtractor(weights, protocol, device)
 
     def __call__(self, images_u8: torch.Tensor) -> torch.Tensor:
         return self.extractor(images_u8)
 
 
-class DomainBackbone:
+class DomainClassifierBackbone:
+    """The domain classifier's penultimate features: the backbone ``domain``."""
+
     name = "domain"
-    features = "domain"
+    feature_space = "domain"
 
     def __init__(self, model: DomainClassifier) -> None:
         self.model = model
@@ -55,7 +58,7 @@ class DomainBackbone:
 
 
 def resolve_backbone(requested: str, inception_weights: str | None) -> tuple[str, Path, str | None]:
-    """(backbone, weights path, why the domain backbone stands in) — ``auto`` is inception when the
+    """(backbone, weights path, why the domain classifier stands in) — ``auto`` is inception when the
     weights file exists; otherwise domain, with the reason, for the log and the report."""
     weights = Path(inception_weights).expanduser() if inception_weights else default_weights_path()
     if requested == "inception" and not weights.is_file():
@@ -72,7 +75,7 @@ def resolve_backbone(requested: str, inception_weights: str | None) -> tuple[str
 
 def iter_features(backbone: Backbone, batches: Iterable[torch.Tensor], total: int, desc: str) -> Iterator[np.ndarray]:
     """Run uint8 batches through the backbone, with a progress bar; float64 (n, D) per batch, on the CPU."""
-    with tqdm(total=total, desc=f"{desc} [{backbone.features}]", unit="img", mininterval=1.0) as progress:
+    with tqdm(total=total, desc=f"{desc} [{backbone.feature_space}]", unit="img", mininterval=1.0) as progress:
         for batch in batches:
             yield backbone(batch).double().cpu().numpy()
             progress.update(len(batch))

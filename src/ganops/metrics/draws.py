@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ganops import GanopsError
-from ganops.metrics.backbones import extract_features
+from ganops.metrics.backbones import Backbone, extract_features
 from ganops.models import Generator, GeneratorSpec
 from ganops.pixels import to_uint8
 
@@ -61,7 +61,8 @@ def generated_draws(generator: Generator, labels: torch.Tensor | None, count: in
     return out
 
 
-def features_of_draws(backbone, draws: list[torch.Tensor], batch_size: int) -> list[np.ndarray]:
+def features_of_draws(backbone: Backbone, draws: list[torch.Tensor], batch_size: int) -> list[np.ndarray]:
+    """The backbone's features of each draw: float64 (n_i, D) each, run in batches of ``batch_size``."""
     total = sum(len(d) for d in draws)
     flat = extract_features(backbone, (d[i : i + batch_size] for d in draws for i in range(0, len(d), batch_size)),
                             total, "generated")

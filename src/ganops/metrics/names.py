@@ -1,27 +1,24 @@
-"""Metric names carry their protocol, defined here once (in the spirit of StyleGAN2-ADA's ``fid50k_full``).
+"""Metric names say how they were measured, defined here once (in the spirit of StyleGAN2-ADA's ``fid50k_full``).
 
-A name says what features it was computed on (``tf``, ``pytorch-fid`` or ``clean``: the FID Inception
-network under that protocol's resize and scaling; ``domain``: the domain classifier), how many images
-were generated and which split was the reference: ``fid2k_tf_train`` is the standard FID of 2,000
-generated images against the whole training split, under torch-fidelity's (the original TF code's)
-protocol. Numbers under different names are never compared: evaluate, register, the registry
-listing and the Prefect summary all build and read names through this module.
+A name says which feature space it was computed in (``tf``, ``pytorch-fid`` or ``clean``: the FID
+Inception network under that FID protocol's resize and scaling; ``domain``: the domain classifier),
+how many images were generated and which split was the reference. ``fid2k_tf_train`` is the standard
+FID of 2,000 generated images against the whole training split, under torch-fidelity's (the original
+TF code's) protocol. Numbers under different names are never compared: evaluate, register, the
+registry listing and the Prefect summary all build and read names through this module.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-
-from pydantic import BaseModel, ConfigDict
 
 
 @dataclass(frozen=True)
-class EvalProtocol:
-    """How one set of numbers was measured."""
+class Measurement:
+    """How one set of numbers was measured: what every metric name spells out."""
 
     backbone: str             # "inception" or "domain"
-    features: str             # "tf" | "pytorch-fid" | "clean" (inception) or "domain"
+    feature_space: str        # the backbone's label: "tf" | "pytorch-fid" | "clean" (inception) or "domain"
     num_samples: int          # generated images
     reference: str            # "train" or "test": the whole split is the reference
 
@@ -33,12 +30,12 @@ class EvalProtocol:
     def name(self, metric: str, suffix: str = "") -> str:
         """``fid`` -> fid2k_tf_train; ``kid`` with suffix ``mean`` -> kid2k_tf_train_mean."""
         metric = self.distance if metric == "fd" else metric
-        base = f"{metric}{count_label(self.num_samples)}_{self.features}_{self.reference}"
+        base = f"{metric}{count_label(self.num_samples)}_{self.feature_space}_{self.reference}"
         return f"{base}_{suffix}" if suffix else base
 
     def floor_name(self) -> str:
         """The distance between two halves of the reference split (no generated images involved)."""
-        return f"{self.distance}_real_halves_{self.features}_{self.reference}"
+        return f"{self.distance}_real_halves_{self.feature_space}_{self.reference}"
 
     @property
     def primary(self) -> str:
@@ -47,66 +44,3 @@ class EvalProtocol:
 
 def count_label(count: int) -> str:
     return f"{count // 1000}k" if count >= 1000 and count % 1000 == 0 else str(count)
-
-
-class EvaluationReport(BaseModel):
-    """reports/eval.json, read back: the protocol fields by name, every metric as an extra field
-    named by its protocol (``fid2k_tf_train``, ``fid2k_tf_train_ci95_low``, ...)."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    backbone: str
-    num_samples: int
-    draws: int
-    reference: str
-    num_reference: int
-    generator_sha256: str
-    primary_metric: str
-    interval_method: str
-    fid_protocol: str | None = None
-    weights_digest: str | None = None
-    backbone_fallback: str | None = None
-    evaluator_test_accuracy_domain: float | None = None
-
-    @classmethod
-    def load(cls, path: Path) -> EvaluationReport:
-        return cls.model_validate_json(Path(path).read_text())
-
-    def metric(self, name: str) -> float | None:
-        """A metric by its protocol name, as eval.json holds it (None when absent)."""
-        return (self.model_extra or {}).get(name)
-
-    @property
-    def protocol(self) -> EvalProtocol:
-        """The protocol the primary metric was measured under."""
-        features = self.fid_protocol if self.backbone == "inception" else "domain"
-        return EvalProtocol(self.backbone, features, self.num_samples, self.reference)
-
-    @property
-    def value(self) -> float:
-        """The primary metric's value: what the registry judges a generator by."""
-        return self.metric(self.primary_metric)
-
-    @property
-    def std(self) -> float | None:
-        return self.metric(f"{self.primary_metric}_std")
-
-    @property
-    def ci95(self) -> tuple[float | None, float | None]:
-        return self.metric(f"{self.primary_metric}_ci95_low"), self.metric(f"{self.primary_metric}_ci95_high")
-
-    def summary(self) -> dict:
-        """What a shipped model carries about its evaluation (ONNX metadata, registry tag, GET /v1/model):
-        the primary metric with its interval and floor, KID and precision/recall, and the protocol."""
-        protocol = self.protocol
-        return {
-            "primary_metric": self.primary_metric, "value": self.value, "std": self.std, "ci95": list(self.ci95),
-            "real_halves_floor": self.metric(protocol.floor_name()),
-            "kid_mean": self.metric(protocol.name("kid", "mean")), "precision": self.metric(protocol.name("precision")),
-            "recall": self.metric(protocol.name("recall")),
-            "protocol": {"backbone": self.backbone, "fid_protocol": self.fid_protocol, "num_samples": self.num_samples,
-                         "reference": self.reference, "num_reference": self.num_reference,
-                         "weights_digest": self.weights_digest},
-            "interval_method": self.interval_method,
-            "generator_sha256": self.generator_sha256,
-        }

@@ -1,9 +1,10 @@
 """The reference statistics: the reference split's FID Inception features and their mean and
 covariance, in one folder (written by the reference_stats stage, read by evaluate).
 
-Computed once per dataset, protocol and weights, and reused by every evaluation. The record beside
+Computed once per dataset, FID protocol and weights, and reused by every evaluation. The record beside
 the arrays says exactly what they were computed from, and evaluate refuses statistics that do not
-match what it would compute itself.
+match what it would compute itself. ``referenced_backbones`` pairs each backbone an evaluation
+scores with to its reference features, primary first.
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Protocol
+from typing import TYPE_CHECKING, Iterator, NamedTuple, Protocol
 
 import numpy as np
 import torch
 
 from ganops import GanopsError
 from ganops.io import atomic_dir
-from ganops.metrics.backbones import Backbone, InceptionBackbone, iter_features, resolve_backbone
+from ganops.metrics.backbones import (Backbone, DomainClassifierBackbone, InceptionBackbone, iter_features,
+                                      resolve_backbone)
+from ganops.metrics.domain_classifier import DomainClassifier
 from ganops.metrics.frechet import feature_statistics
 
 if TYPE_CHECKING:  # the type only: the prepared data format is the stage's to read
@@ -37,6 +40,13 @@ class ReferenceFeatures:
     mu: np.ndarray
     sigma: np.ndarray
     record: dict
+
+
+class ReferencedBackbone(NamedTuple):
+    """A backbone and the reference split's features through it: computed once, scored against many times."""
+
+    backbone: Backbone
+    reference: ReferenceFeatures
 
 
 def resolve_reference(backbone_name: str, inception_weights: str | None, fid_protocol: str, reference: str,
@@ -114,6 +124,19 @@ def write_reference(folder: Path, record: dict, backbone: InceptionBackbone | No
              f"{record.get('num_reference')} images of the {record['reference']} split" if reference is not None
              else record["fallback_reason"])
     return record
+
+
+def referenced_backbones(inception: ReferencedBackbone | None, classifier: DomainClassifier | None,
+                         split: SplitReader, split_name: str, batch_size: int, max_features: int) -> list[ReferencedBackbone]:
+    """The backbones an evaluation scores with, primary first: the FID Inception network with its
+    cached reference when its weights are installed; the domain classifier beside it as a second
+    opinion, or alone, with its features of the reference ``split`` computed here."""
+    backbones = [inception] if inception is not None else []
+    if classifier is not None:
+        domain = DomainClassifierBackbone(classifier)
+        reference = split_features(domain, split, batch_size, max_features, f"real ({split_name})")
+        backbones.append(ReferencedBackbone(domain, reference))
+    return backbones
 
 
 def load_reference(folder: Path, expected: dict) -> ReferenceFeatures:

@@ -1,27 +1,31 @@
-"""Metrics on features, as small functions in a registry (the stylegan2-ada way).
+"""Metrics on features, as small functions in a registry (the stylegan2-ada way), and
+``score_draws``, the one entry point that scores generated images with them.
 
-Each takes the reference features, the generated features as a list of seeded draws (float64,
-(n_i, D) each) and the eval params, and returns numbers keyed by (metric, suffix); the caller names
-them by protocol (:mod:`ganops.metrics.names`). KID and precision/recall are torch-fidelity's own
-implementations, fed our features; the Fréchet distance is ours (:mod:`ganops.metrics.frechet`).
+Each metric takes the reference features, the generated features as a list of seeded draws
+(float64, (n_i, D) each) and the eval params, and returns numbers keyed by (metric, suffix);
+``compute_metrics`` names them by their measurement (:mod:`ganops.metrics.names`). KID and
+precision/recall are torch-fidelity's own implementations, fed our features. The Fréchet distance is
+ours (:mod:`ganops.metrics.frechet`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from ganops.config import EvalParams
+from ganops.metrics.backbones import DomainClassifierBackbone
+from ganops.metrics.domain_classifier import classifier_accuracy
+from ganops.metrics.draws import features_of_draws
 from ganops.metrics.frechet import feature_statistics, frechet_distance
-from ganops.metrics.names import EvalProtocol
+from ganops.metrics.names import Measurement
+from ganops.metrics.reference import ReferencedBackbone, ReferenceFeatures
 
-if TYPE_CHECKING:
-    from ganops.metrics.reference import ReferenceFeatures
-
-MetricFn = Callable[["ReferenceFeatures", list[np.ndarray], EvalParams], dict[tuple[str, str], float]]
+MetricFn = Callable[[ReferenceFeatures, list[np.ndarray], EvalParams], dict[tuple[str, str], float]]
 Z95 = 1.959963984540054
 
 SPREAD_METHOD = (
@@ -85,16 +89,49 @@ def precision_recall(reference: ReferenceFeatures, draws: list[np.ndarray], cfg:
 METRICS: dict[str, MetricFn] = {"fd": fd, "kid": kid, "prc": precision_recall}
 
 
-def compute_metrics(reference: ReferenceFeatures, draws: list[np.ndarray], cfg: EvalParams, protocol: EvalProtocol,
+def compute_metrics(reference: ReferenceFeatures, draws: list[np.ndarray], cfg: EvalParams, measurement: Measurement,
                     metrics: tuple[str, ...] = tuple(METRICS)) -> dict[str, float]:
-    """Every metric in ``metrics``, named by ``protocol``, rounded for the report."""
+    """Every metric in ``metrics``, named by ``measurement``, rounded for the report."""
     results: dict[str, float] = {}
     for key in metrics:
         for (metric, suffix), value in METRICS[key](reference, draws, cfg).items():
-            name = protocol.floor_name() if metric == "floor" else protocol.name(metric, suffix)
+            name = measurement.floor_name() if metric == "floor" else measurement.name(metric, suffix)
             results[name] = round(float(value), 6)
     return results
 
 
 def spread_method(cfg: EvalParams, num_draws: int) -> str:
     return SPREAD_METHOD.format(rounds=cfg.spread_rounds, draws=num_draws, per_draw=cfg.num_samples // num_draws, z=Z95)
+
+
+@dataclass(frozen=True)
+class Scores:
+    metrics: dict[str, float]  # named by measurement, in the order eval.json lists them
+    primary: str               # the primary metric's name
+
+
+def score_draws(draws: list[torch.Tensor], labels: torch.Tensor | None, backbones: Sequence[ReferencedBackbone],
+                cfg: EvalParams) -> Scores:
+    """The one scoring entry point: every metric of generated uint8 ``draws`` (as ``generated_draws``
+    returns them, with their ``labels`` when the generator is conditional).
+
+    The first backbone is primary and gets every metric in METRICS; each other backbone is a second
+    opinion and gets the Fréchet distance only. Each name is built from the backbone that computed
+    the features. Conditional draws also get class consistency when the domain classifier is among
+    the backbones. Reads only its arguments and loads nothing: the caller builds the backbones and
+    their reference features once and hands them to every call."""
+    if not backbones:
+        raise ValueError("score_draws needs at least one backbone")
+    count = sum(len(draw) for draw in draws)
+    measurements = [Measurement(b.backbone.name, b.backbone.feature_space, count, cfg.reference) for b in backbones]
+    metrics: dict[str, float] = {}
+    for index, ((backbone, reference), measurement) in enumerate(zip(backbones, measurements)):
+        chosen = tuple(METRICS) if index == 0 else ("fd",)
+        metrics.update(compute_metrics(reference, features_of_draws(backbone, draws, cfg.batch_size), cfg,
+                                       measurement, chosen))
+    for (backbone, _), measurement in zip(backbones, measurements):
+        if labels is not None and isinstance(backbone, DomainClassifierBackbone):
+            # the share of images the domain classifier assigns to the label they were generated for
+            metrics[measurement.name("class_consistency")] = round(
+                classifier_accuracy(backbone.model, torch.cat(draws), labels, cfg.batch_size), 6)
+    return Scores(metrics, measurements[0].primary)

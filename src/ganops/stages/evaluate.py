@@ -1,5 +1,6 @@
 """Stage evaluate: the trained generator vs the reference split -> reports/eval.json (metrics named
-by protocol, the primary one the standard FID) and reports/eval_samples.png."""
+by their measurement, the primary one the standard FID) and reports/eval_samples.png. What is scored
+how is :func:`ganops.metrics.scores.score_draws`'s; this module loads, calls it, writes and logs."""
 
 from __future__ import annotations
 
@@ -10,16 +11,17 @@ from pathlib import Path
 import torch
 
 from ganops import GanopsError
-from ganops.config import Params
+from ganops.config import EvalParams, Params
 from ganops.data import load_manifest, open_split
+from ganops.data.shards import PreparedSplit
 from ganops.device import resolve_device
 from ganops.io import file_sha256, write_bytes_atomic, write_json_atomic
-from ganops.metrics.backbones import DomainBackbone
-from ganops.metrics.draws import check_compatible, features_of_draws, generated_draws, sample_labels
-from ganops.metrics.evaluator import classifier_accuracy, load_evaluator
-from ganops.metrics.names import EvalProtocol, EvaluationReport
-from ganops.metrics.reference import load_reference, resolve_reference, split_features
-from ganops.metrics.scores import METRICS, compute_metrics, spread_method
+from ganops.metrics.domain_classifier import load_domain_classifier
+from ganops.metrics.draws import check_compatible, generated_draws, sample_labels
+from ganops.metrics.backbones import InceptionBackbone
+from ganops.metrics.reference import ReferencedBackbone, load_reference, referenced_backbones, resolve_reference
+from ganops.metrics.report import EvaluationReport
+from ganops.metrics.scores import score_draws, spread_method
 from ganops.models import load_generator
 from ganops.paths import ProjectPaths
 from ganops.tracking.runs import log_to_pipeline_run
@@ -30,7 +32,7 @@ MIN_REFERENCE = 10
 
 
 def evaluate(params: Params, root: Path = Path(".")) -> dict:
-    """Write reports/eval.json (metrics named by protocol) and reports/eval_samples.png."""
+    """Write reports/eval.json (metrics named by their measurement) and reports/eval_samples.png."""
     cfg = params.eval
     paths = ProjectPaths(root)
     manifest = load_manifest(paths.prepared)
@@ -39,62 +41,60 @@ def evaluate(params: Params, root: Path = Path(".")) -> dict:
     spec = generator.spec
     check_compatible(spec, manifest)
     real = open_split(paths.prepared, cfg.reference)  # read a batch at a time
-    real_labels = real.labels
-    if len(real) < MIN_REFERENCE:
-        raise GanopsError(f"the {cfg.reference} split holds {len(real)} images; evaluation needs at least "
-                          f"{MIN_REFERENCE} (set eval.reference or data.test_fraction)")
-    if cfg.num_samples <= cfg.prc_neighborhood or len(real) <= cfg.prc_neighborhood:
-        raise GanopsError(f"eval.num_samples={cfg.num_samples} and the {len(real)} reference images must both "
-                          f"exceed eval.prc_neighborhood={cfg.prc_neighborhood}")
-    expected, inception_backbone = resolve_reference(cfg.backbone, cfg.inception_weights, cfg.fid_protocol,
-                                                     cfg.reference, device, manifest, cfg.reference_max_features)
-    inception = inception_backbone is not None
-    reference = load_reference(paths.reference, expected) if inception else None
-    has_evaluator = paths.evaluator_weights.exists()
-    if not inception and not has_evaluator:
-        raise GanopsError("the domain evaluator (models/evaluator.safetensors) is missing: run `dvc repro train_evaluator`")
-    labels = sample_labels(real_labels, cfg.num_samples, spec.num_classes, cfg.seed) if spec.conditional else None
+    _check_sizes(cfg, len(real))
+    expected, inception = resolve_reference(cfg.backbone, cfg.inception_weights, cfg.fid_protocol, cfg.reference,
+                                            device, manifest, cfg.reference_max_features)
+    backbones = _backbones(cfg, paths, expected, inception, real, device)
+
+    labels = sample_labels(real.labels, cfg.num_samples, spec.num_classes, cfg.seed) if spec.conditional else None
     draws = generated_draws(generator, labels, cfg.num_samples, cfg.draws, cfg.batch_size, cfg.seed, device)
+    scores = score_draws(draws, labels, backbones, cfg)
+
+    report = _report(cfg, paths, expected, len(real), scores.primary, scores.metrics)
     generated = torch.cat(draws)
-
-    report: dict = {"backbone": expected["backbone"], "num_samples": cfg.num_samples, "draws": cfg.draws,
-                    "reference": cfg.reference, "num_reference": int(len(real)),
-                    "generator_sha256": file_sha256(paths.generator_weights)}
-    metrics: dict[str, float] = {}
-    if inception:
-        protocol = EvalProtocol("inception", cfg.fid_protocol, cfg.num_samples, cfg.reference)
-        report.update({"fid_protocol": cfg.fid_protocol, "weights_digest": expected["weights_digest"]})
-        metrics.update(compute_metrics(reference, features_of_draws(inception_backbone, draws, cfg.batch_size), cfg,
-                                       protocol))
-        primary = protocol.primary
-    else:
-        report["backbone_fallback"] = expected["fallback_reason"]
-    if has_evaluator:
-        domain = EvalProtocol("domain", "domain", cfg.num_samples, cfg.reference)
-        backbone = DomainBackbone(load_evaluator(paths.evaluator_weights, paths.evaluator_spec, device))
-        domain_reference = split_features(backbone, real, cfg.batch_size, cfg.reference_max_features,
-                                          f"real ({cfg.reference})")
-        # Beside the standard FID the domain Fréchet distance is a second opinion; alone, it gets every metric.
-        chosen = ("fd",) if inception else tuple(METRICS)
-        metrics.update(compute_metrics(domain_reference, features_of_draws(backbone, draws, cfg.batch_size), cfg,
-                                       domain, chosen))
-        if not inception:
-            primary = domain.primary
-        if spec.conditional:
-            # the share of images the domain classifier assigns to the label they were generated for
-            metrics[domain.name("class_consistency")] = round(
-                classifier_accuracy(backbone.model, generated, labels, cfg.batch_size), 6)
-    report["primary_metric"] = primary
-    report["interval_method"] = spread_method(cfg, cfg.draws) if cfg.spread_rounds else "none (eval.spread_rounds: 0)"
-    report.update(metrics)
-    if has_evaluator and paths.evaluator_report.exists():
-        report["evaluator_test_accuracy_domain"] = json.loads(paths.evaluator_report.read_text()).get("test_accuracy")
-
     write_bytes_atomic(paths.eval_samples, sample_grid_png(generated.numpy(), labels.numpy() if labels is not None
                                                            else None, spec.num_classes))
     EvaluationReport.model_validate(report)  # the record later stages read back
     write_json_atomic(paths.eval_report, report)
     log_to_pipeline_run(params.mlflow, root, paths.mlflow_run, "eval", report, [paths.eval_samples, paths.eval_report])
-    log.info("evaluation: %s = %s (95%% interval %s .. %s)", primary, report[primary],
-             report.get(f"{primary}_ci95_low"), report.get(f"{primary}_ci95_high"))
+    log.info("evaluation: %s = %s (95%% interval %s .. %s)", scores.primary, report[scores.primary],
+             report.get(f"{scores.primary}_ci95_low"), report.get(f"{scores.primary}_ci95_high"))
+    return report
+
+
+def _check_sizes(cfg: EvalParams, num_reference: int) -> None:
+    if num_reference < MIN_REFERENCE:
+        raise GanopsError(f"the {cfg.reference} split holds {num_reference} images; evaluation needs at least "
+                          f"{MIN_REFERENCE} (set eval.reference or data.test_fraction)")
+    if cfg.num_samples <= cfg.prc_neighborhood or num_reference <= cfg.prc_neighborhood:
+        raise GanopsError(f"eval.num_samples={cfg.num_samples} and the {num_reference} reference images must both "
+                          f"exceed eval.prc_neighborhood={cfg.prc_neighborhood}")
+
+
+def _backbones(cfg: EvalParams, paths: ProjectPaths, expected: dict, inception: InceptionBackbone | None,
+               real: PreparedSplit, device: torch.device) -> list[ReferencedBackbone]:
+    """The FID Inception network with its cached reference, and the domain classifier when trained."""
+    has_classifier = paths.evaluator_weights.exists()
+    if inception is None and not has_classifier:
+        raise GanopsError("the domain classifier (models/evaluator.safetensors) is missing: run `dvc repro train_evaluator`")
+    cached = ReferencedBackbone(inception, load_reference(paths.reference, expected)) if inception is not None else None
+    classifier = load_domain_classifier(paths.evaluator_weights, paths.evaluator_spec, device) if has_classifier else None
+    return referenced_backbones(cached, classifier, real, cfg.reference, cfg.batch_size, cfg.reference_max_features)
+
+
+def _report(cfg: EvalParams, paths: ProjectPaths, expected: dict, num_reference: int, primary: str,
+            metrics: dict[str, float]) -> dict:
+    """eval.json's fields in their order: what was measured, how, the metrics, the classifier's accuracy."""
+    report: dict = {"backbone": expected["backbone"], "num_samples": cfg.num_samples, "draws": cfg.draws,
+                    "reference": cfg.reference, "num_reference": int(num_reference),
+                    "generator_sha256": file_sha256(paths.generator_weights)}
+    if expected["backbone"] == "inception":
+        report.update({"fid_protocol": cfg.fid_protocol, "weights_digest": expected["weights_digest"]})
+    else:
+        report["backbone_fallback"] = expected["fallback_reason"]
+    report["primary_metric"] = primary
+    report["interval_method"] = spread_method(cfg, cfg.draws) if cfg.spread_rounds else "none (eval.spread_rounds: 0)"
+    report.update(metrics)
+    if paths.evaluator_weights.exists() and paths.evaluator_report.exists():
+        report["evaluator_test_accuracy_domain"] = json.loads(paths.evaluator_report.read_text()).get("test_accuracy")
     return report

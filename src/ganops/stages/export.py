@@ -15,7 +15,7 @@ import torch
 from ganops import GanopsError
 from ganops.config import Params
 from ganops.io import atomic_dir, atomic_path, file_sha256, write_json_atomic
-from ganops.metrics.names import EvaluationReport
+from ganops.metrics.report import EvaluationReport
 from ganops.models import load_generator
 from ganops.paths import ProjectPaths
 from ganops.serving.export import max_error, write_fp16, write_onnx

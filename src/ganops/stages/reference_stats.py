@@ -1,5 +1,5 @@
 """Stage reference_stats: the reference split of data/prepared/ -> data/reference/ (its FID Inception
-features and statistics, once per data, protocol and weights; every evaluation reuses them)."""
+features and statistics, once per data, FID protocol and weights; every evaluation reuses them)."""
 
 from __future__ import annotations
 

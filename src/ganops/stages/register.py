@@ -12,7 +12,7 @@ from ganops import GanopsError
 from ganops.config import Params
 from ganops.data import load_manifest
 from ganops.io import write_json_atomic
-from ganops.metrics.names import EvaluationReport
+from ganops.metrics.report import EvaluationReport
 from ganops.paths import ProjectPaths
 from ganops.serving.export import model_interface
 from ganops.tracking.registry import evaluation_signature, register_onnx

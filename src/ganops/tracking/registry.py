@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 from ganops import GanopsError
 from ganops.config import MlflowParams, RegisterParams
 from ganops.io import file_sha256
-from ganops.metrics.names import EvaluationReport
+from ganops.metrics.report import EvaluationReport
 from ganops.tracking.store import ONNX_DIGEST_TAG, TrackingError, connect, http_settings, lock_path, tracking_uri
 
 if TYPE_CHECKING:  # the type only: the prepared data format is the stage's to read

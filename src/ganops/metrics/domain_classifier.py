@@ -1,8 +1,13 @@
-"""The domain backbone: a small CNN classifier trained on the prepared training split.
+"""The domain classifier: a small CNN trained on the prepared training split.
 
 Offline there are no Inception weights, so evaluation can use this network's penultimate features
-instead (metric names then say ``domain``). Its classifier head also scores class consistency: how
-often a conditional generator's images are classified as the label they were generated for.
+instead (the backbone and metric names then say ``domain``). Its classifier head also scores class
+consistency: how often a conditional generator's images are classified as the label they were
+generated for.
+
+"evaluator" in user-visible names means this network: the train_evaluator stage trains it, into
+models/evaluator.safetensors and models/evaluator.json (its spec), with reports/evaluator.json (its
+accuracy), under the params eval.evaluator. Those names stay; in code it is the domain classifier.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ if TYPE_CHECKING:  # the type only: the prepared data format is the stage's to r
     from ganops.data.prepare import Manifest
 
 
-class EvaluatorSpec(BaseModel):
+class DomainClassifierSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     resolution: int
@@ -48,7 +53,7 @@ class EvaluatorSpec(BaseModel):
 class DomainClassifier(nn.Module):
     """Three conv blocks and global average pooling: any resolution, features of 4 x width."""
 
-    def __init__(self, spec: EvaluatorSpec) -> None:
+    def __init__(self, spec: DomainClassifierSpec) -> None:
         super().__init__()
         self.spec = spec
         widths = [spec.channels, spec.width, 2 * spec.width, 4 * spec.width]
@@ -68,10 +73,10 @@ class DomainClassifier(nn.Module):
         return self.head(self.features(images))
 
 
-def load_evaluator(weights: Path, spec_path: Path, device: torch.device) -> DomainClassifier:
+def load_domain_classifier(weights: Path, spec_path: Path, device: torch.device) -> DomainClassifier:
     if not weights.exists() or not spec_path.exists():
-        raise GanopsError(f"{weights} is missing; train the domain evaluator first (`dvc repro train_evaluator`)")
-    spec = EvaluatorSpec.model_validate(json.loads(spec_path.read_text()))
+        raise GanopsError(f"{weights} is missing; train the domain classifier first (`dvc repro train_evaluator`)")
+    spec = DomainClassifierSpec.model_validate(json.loads(spec_path.read_text()))
     model = DomainClassifier(spec)
     model.load_state_dict(load_file(weights))
     return model.to(device).eval()
@@ -89,7 +94,7 @@ def classifier_accuracy(model: DomainClassifier, images: torch.Tensor, labels: t
     return correct / max(1, len(images))
 
 
-def save_evaluator(model: DomainClassifier, weights_path: Path, spec_path: Path) -> None:
+def save_domain_classifier(model: DomainClassifier, weights_path: Path, spec_path: Path) -> None:
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     write_bytes_atomic(weights_path, safetensors_save(weights))
     write_json_atomic(spec_path, model.spec.model_dump(mode="json"))
@@ -115,14 +120,14 @@ def _split_accuracy(model: DomainClassifier, split: SplitReader, batch_size: int
     return round(correct / len(split), 5)
 
 
-def fit_evaluator(cfg: EvaluatorParams, manifest: Manifest, train: SplitReader, test: SplitReader,
+def fit_domain_classifier(cfg: EvaluatorParams, manifest: Manifest, train: SplitReader, test: SplitReader,
                   device: torch.device) -> tuple[DomainClassifier, dict]:
     """Train the domain classifier on the ``train`` split, a batch read at a time; report its accuracy
     on ``test``."""
     if manifest.num_classes < 2:
-        raise GanopsError("the domain evaluator needs at least 2 classes; use eval.backbone: inception")
+        raise GanopsError("the domain classifier needs at least 2 classes; use eval.backbone: inception")
     torch.manual_seed(cfg.seed)
-    spec = EvaluatorSpec(resolution=manifest.resolution, channels=manifest.channels,
+    spec = DomainClassifierSpec(resolution=manifest.resolution, channels=manifest.channels,
                          num_classes=manifest.num_classes, width=cfg.width, class_names=manifest.class_names,
                          data_checksum=manifest.checksum("train"))
     model = DomainClassifier(spec).to(device)
@@ -151,5 +156,5 @@ def fit_evaluator(cfg: EvaluatorParams, manifest: Manifest, train: SplitReader, 
         "feature_dim": spec.feature_dim,
         "wall_time_s": round(time.perf_counter() - started, 3),
     }
-    logging.getLogger(__name__).info("domain evaluator: test accuracy %s", report["test_accuracy"])
+    logging.getLogger(__name__).info("domain classifier: test accuracy %s", report["test_accuracy"])
     return model, report

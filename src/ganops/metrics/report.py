@@ -1,0 +1,74 @@
+"""reports/eval.json read back: the record that export, register, the registry and the Prefect summary
+read an evaluation through."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from ganops.metrics.names import Measurement
+
+
+class EvaluationReport(BaseModel):
+    """reports/eval.json, read back: the measurement's fields by name, every metric as an extra field
+    named by its measurement (``fid2k_tf_train``, ``fid2k_tf_train_ci95_low``, ...)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    backbone: str
+    num_samples: int
+    draws: int
+    reference: str
+    num_reference: int
+    generator_sha256: str
+    primary_metric: str
+    interval_method: str
+    fid_protocol: str | None = None
+    weights_digest: str | None = None
+    backbone_fallback: str | None = None
+    evaluator_test_accuracy_domain: float | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> EvaluationReport:
+        return cls.model_validate_json(Path(path).read_text())
+
+    def metric(self, name: str) -> float | None:
+        """A metric by its name, as eval.json holds it (None when absent)."""
+        return (self.model_extra or {}).get(name)
+
+    @property
+    def measurement(self) -> Measurement:
+        """How the primary metric was measured."""
+        feature_space = self.fid_protocol if self.backbone == "inception" else "domain"
+        return Measurement(self.backbone, feature_space, self.num_samples, self.reference)
+
+    @property
+    def value(self) -> float:
+        """The primary metric's value: what the registry judges a generator by."""
+        return self.metric(self.primary_metric)
+
+    @property
+    def std(self) -> float | None:
+        return self.metric(f"{self.primary_metric}_std")
+
+    @property
+    def ci95(self) -> tuple[float | None, float | None]:
+        return self.metric(f"{self.primary_metric}_ci95_low"), self.metric(f"{self.primary_metric}_ci95_high")
+
+    def summary(self) -> dict:
+        """What a shipped model carries about its evaluation (ONNX metadata, registry tag, GET /v1/model):
+        the primary metric with its interval and floor, KID and precision/recall, and the measurement
+        (under the key ``protocol``, which shipped models already carry)."""
+        measurement = self.measurement
+        return {
+            "primary_metric": self.primary_metric, "value": self.value, "std": self.std, "ci95": list(self.ci95),
+            "real_halves_floor": self.metric(measurement.floor_name()),
+            "kid_mean": self.metric(measurement.name("kid", "mean")),
+            "precision": self.metric(measurement.name("precision")), "recall": self.metric(measurement.name("recall")),
+            "protocol": {"backbone": self.backbone, "fid_protocol": self.fid_protocol, "num_samples": self.num_samples,
+                         "reference": self.reference, "num_reference": self.num_reference,
+                         "weights_digest": self.weights_digest},
+            "interval_method": self.interval_method,
+            "generator_sha256": self.generator_sha256,
+        }
