@@ -86,7 +86,7 @@ def _check_ranks_agree(ctx, step: int, *networks) -> None:
     """Every checkpoint: all ranks must hold identical weights, or the run stops there, loudly."""
     if ctx.world_size == 1:
         return
-    digests = ctx.gather(distributed.state_digest(*networks))
+    digests = ctx.all_gather(distributed.weights_digest(*networks))
     if len(set(digests)) != 1:
         raise GanopsError(f"ranks diverged by step {step}: weight digests {digests}")
     if ctx.is_main:
@@ -250,7 +250,7 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
     if ctx.is_main:
         prune_stale(checkpoint_root, checkpoints, cfg.checkpoint_retention_days)
     resumed = load_resumable(checkpoints, fingerprint, cfg.steps) if ctx.is_main else None
-    resume_path = ctx.gather(str(resumed["path"]) if resumed else None)[0]
+    resume_path = ctx.all_gather(str(resumed["path"]) if resumed else None)[0]
     if resume_path and not ctx.is_main:
         resumed = torch.load(resume_path, map_location="cpu", weights_only=True)
     if resumed is not None:
@@ -336,7 +336,7 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
             window.zero_()
             window_steps, last_log_time, last_log_step = 0, now, done
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            noise_states = ctx.gather(noise.get_state().cpu())
+            noise_states = ctx.all_gather(noise.get_state().cpu())
             _check_ranks_agree(ctx, done, G_raw, D_raw, G_ema)
             if ctx.is_main:
                 save_checkpoint(checkpoints, done, checkpoint_state(done, elapsed_before + time.perf_counter() - started,
@@ -347,7 +347,7 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
     wall_time = elapsed_before + time.perf_counter() - started
 
     # --- every rank must hold the same networks ------------------------------------------------------
-    digests = ctx.gather(distributed.state_digest(G_raw, D_raw, G_ema))
+    digests = ctx.all_gather(distributed.weights_digest(G_raw, D_raw, G_ema))
     if len(set(digests)) != 1:
         raise GanopsError(f"ranks diverged: weight digests {digests}")
     if not ctx.is_main:
