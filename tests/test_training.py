@@ -64,6 +64,8 @@ def test_outputs_and_reports(tmp_path, prepared_digits):
     report = json.loads((root / "reports" / "train.json").read_text())
     assert report == summary and report["steps"] == 20 and report["images_per_s"] > 0
     rows = list(csv.DictReader((root / "reports" / "train_log.csv").open()))
+    assert list(rows[0]) == ["step", "loss_d", "loss_g", "d_real", "d_fake", "penalty", "real_sign", "augment_p",
+                             "images_per_s", "wall_time_s"]
     assert [int(r["step"]) for r in rows] == [5, 10, 15, 20]
     assert all(float(r["loss_d"]) > 0 for r in rows)
     grid = Image.open(root / "reports" / "samples.png")
@@ -295,7 +297,7 @@ def test_step_reads_its_inputs_from_fixed_buffers():
     place, and the step reads nothing else that changes (checked here on CPU, where it runs eagerly)."""
     from ganops.models import DiscriminatorSpec, build_discriminator
     from ganops.training.loop import BatchStream, HeldImages
-    from ganops.training.step import TrainStep
+    from ganops.training.step import STEP_STATS, TrainStep
 
     cfg = tiny({"train": {"loss": "wgan-gp", "d_steps": 2}}).train
     torch.manual_seed(0)
@@ -317,7 +319,9 @@ def test_step_reads_its_inputs_from_fixed_buffers():
     step.fill(stream.next, noise)
     assert [b.data_ptr() for b in buffers] == addresses
     assert all(not torch.equal(a, b) for a, b in zip(first, buffers))  # new batches, labels, noise
-    assert stats.shape == (6,) and torch.isfinite(stats).all() and stats[4] > 0  # the gradient penalty ran
+    named = dict(zip(STEP_STATS, stats.tolist()))
+    assert stats.shape == (6,) and torch.isfinite(stats).all() and named["penalty"] > 0  # the gradient penalty ran
+    assert -1 <= named["real_sign"] <= 1
     # the filled batch is exactly the images the stream picked, in its order
     replay = BatchStream(40, 8, seed=0)
     replay.next(), replay.next()

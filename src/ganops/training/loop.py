@@ -31,15 +31,15 @@ from ganops.training.augment import AdaController, resolve_augment
 from ganops.training.checkpoint import (capture_rng_states, load_resumable, prune_stale, restore_rng_states, run_folder,
                                        save_checkpoint)
 from ganops.training.ema import ema_decay, update_ema
-from ganops.training.step import TrainStep
+from ganops.training.step import REAL_SIGN, STEP_STATS, TrainStep
 
 if TYPE_CHECKING:  # the type only: the prepared data format is the stage's to read
     from ganops.data.prepare import Manifest
 
 log = logging.getLogger(__name__)
-# real_sign: E[sign(D(real))], ADA's overfitting heuristic; augment_p: the augmentation probability.
-LOG_FIELDS = ["step", "loss_d", "loss_g", "d_real", "d_fake", "penalty", "real_sign", "augment_p", "images_per_s",
-              "wall_time_s"]
+# The columns of reports/train_log.csv: each row's step, the means of the step stats since the last
+# row, the augmentation probability, the speed and the wall time.
+LOG_FIELDS = ("step", *STEP_STATS, "augment_p", "images_per_s", "wall_time_s")
 # Knobs that change how long or how visibly a run goes, not what it computes: a checkpoint written
 # under other values of these can still be resumed.
 _NOT_IN_FINGERPRINT = {"steps", "checkpoint_every", "keep_checkpoints", "checkpoint_retention_days", "log_every", "device",
@@ -82,15 +82,12 @@ def _code_digest() -> str:
     return digest.hexdigest()
 
 
-def _check_ranks_agree(ctx, step: int, *networks) -> None:
-    """Every checkpoint: all ranks must hold identical weights, or the run stops there, loudly."""
-    if ctx.world_size == 1:
-        return
+def _check_ranks_agree(ctx, step: int, *networks) -> str:
+    """All ranks must hold identical weights, or the run stops there, loudly. Returns their weights_digest."""
     digests = ctx.all_gather(distributed.weights_digest(*networks))
     if len(set(digests)) != 1:
         raise GanopsError(f"ranks diverged by step {step}: weight digests {digests}")
-    if ctx.is_main:
-        log.info("step %d: all %d ranks hold identical weights (%s)", step, ctx.world_size, digests[0][:16])
+    return digests[0]
 
 
 def _fingerprint(model: ModelParams, cfg: TrainParams, data_checksum: str, world_size: int) -> str:
@@ -240,7 +237,7 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
 
     fingerprint = _fingerprint(model, cfg, manifest.checksum("train"), ctx.world_size)
     start_step, elapsed_before, log_rows = 0, 0.0, []
-    window = torch.zeros(6, device=device)  # running sums of loss_d, loss_g, d_real, d_fake, penalty, real_sign
+    window = torch.zeros(len(STEP_STATS), device=device)  # running sums of the step stats since the last log row
     # Augmentation's probability p, on the device: fixed at 1 for DiffAugment, steered by ADA.
     augmentation = resolve_augment(cfg.augment, manifest.source, len(labels_all), cfg.augment_auto_below)
     ada = AdaController(cfg.ada_target, cfg.ada_kimg, cfg.ada_interval, cfg.batch_size, device) if augmentation == "ada" else None
@@ -318,7 +315,7 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
         update_ema(G_raw, G_ema, ema_decay(cfg.ema_decay, step - cfg.ema_start))
         done = step + 1
         if ada:
-            ada.observe(stats[5], done, ctx.all_reduce_mean)
+            ada.observe(stats[REAL_SIGN], done, ctx.all_reduce_mean)
 
         # Bookkeeping stays on the device; it is read (a host sync) only every log_every steps.
         window += stats
@@ -327,7 +324,7 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
             ctx.all_reduce_mean(window)  # the logged losses are averages over all ranks
             now = time.perf_counter()
             means = (window / window_steps).tolist()
-            row = dict(zip(LOG_FIELDS[1:7], (round(v, 6) for v in means)))
+            row = dict(zip(STEP_STATS, (round(v, 6) for v in means)))
             row["augment_p"] = round(augment_p.item(), 6) if augment_p is not None else 0.0
             row.update(step=done, images_per_s=round((done - last_log_step) * cfg.batch_size / (now - last_log_time), 2),
                        wall_time_s=round(elapsed_before + now - started, 3))
@@ -337,7 +334,10 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
             window_steps, last_log_time, last_log_step = 0, now, done
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             noise_states = ctx.all_gather(noise.get_state().cpu())
-            _check_ranks_agree(ctx, done, G_raw, D_raw, G_ema)
+            if ctx.enabled:  # at every checkpoint (one process agrees with itself)
+                digest = _check_ranks_agree(ctx, done, G_raw, D_raw, G_ema)
+                if ctx.is_main:
+                    log.info("step %d: all %d ranks hold identical weights (%s)", done, ctx.world_size, digest[:16])
             if ctx.is_main:
                 save_checkpoint(checkpoints, done, checkpoint_state(done, elapsed_before + time.perf_counter() - started,
                                                                           noise_states), cfg.keep_checkpoints)
@@ -347,9 +347,7 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
     wall_time = elapsed_before + time.perf_counter() - started
 
     # --- every rank must hold the same networks ------------------------------------------------------
-    digests = ctx.all_gather(distributed.weights_digest(G_raw, D_raw, G_ema))
-    if len(set(digests)) != 1:
-        raise GanopsError(f"ranks diverged: weight digests {digests}")
+    digest = _check_ranks_agree(ctx, cfg.steps, G_raw, D_raw, G_ema)
     if not ctx.is_main:
         ctx.barrier()
         distributed.shutdown()
@@ -363,14 +361,14 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
         "images_per_s": round(cfg.steps * cfg.batch_size / wall_time, 2) if wall_time > 0 else 0.0,
         "resumed_from_step": start_step,
         "world_size": ctx.world_size,
-        "weights_sha256": digests[0][:16],
+        "weights_sha256": digest[:16],
         "images_from": images_from,
         "augment": augmentation,
         "augment_p": round(augment_p.item(), 6) if augment_p is not None else 0.0,
         **{key: final[key] for key in ("loss_d", "loss_g", "d_real", "d_fake") if key in final},
     }
     log.info("trained %d steps in %.1f s on %s x %d; weights %s on every rank", cfg.steps, wall_time, device,
-             ctx.world_size, digests[0][:16])
+             ctx.world_size, digest[:16])
     ctx.barrier()
     distributed.shutdown()
     return FitResult(G_ema=G_ema, spec=g_spec, log_rows=log_rows, summary=summary, device=device, started_at=run_started_at)
