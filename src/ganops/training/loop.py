@@ -28,8 +28,7 @@ from ganops.device import resolve_device
 from ganops.models import DiscriminatorSpec, GeneratorSpec, build_discriminator, build_generator
 from ganops.training import distributed
 from ganops.training.augment import AdaController, resolve_augment
-from ganops.training.checkpoint import (capture_rng_states, load_resumable, prune_stale, restore_rng_states, run_folder,
-                                       save_checkpoint)
+from ganops.training.checkpoint import TrainingState, load_resumable, prune_stale, run_folder, save_checkpoint
 from ganops.training.ema import ema_decay, update_ema
 from ganops.training.step import REAL_SIGN, STEP_STATS, TrainStep
 
@@ -101,18 +100,27 @@ def _fingerprint(model: ModelParams, cfg: TrainParams, data_checksum: str, world
     return hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()
 
 
+def _resumable(ctx, checkpoints: Path, fingerprint: str, steps: int) -> dict | None:
+    """The checkpoint to resume, on every rank: rank 0 picks it, the others load the same file."""
+    resumed = load_resumable(checkpoints, fingerprint, steps) if ctx.is_main else None
+    path = ctx.all_gather(str(resumed["path"]) if resumed else None)[0]
+    if path and not ctx.is_main:
+        resumed = torch.load(path, map_location="cpu", weights_only=True)
+    return resumed
+
+
 class BatchStream:
     """Endless shuffled batches for one rank. Each epoch is ordered by torch's DistributedSampler
     (seeded by train.seed and the epoch, each rank its own disjoint share), so the stream's whole
     state is two integers and a resumed run sees the same batches."""
 
     def __init__(self, num_items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 epoch: int = 0, position: int = 0, device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu") -> None:
         if num_items // world_size < batch_size:
             raise GanopsError(f"train.batch_size={batch_size * world_size} is larger than the {num_items} training images")
         self.sampler = DistributedSampler(range(num_items), num_replicas=world_size, rank=rank, shuffle=True,
                                           seed=seed, drop_last=True)
-        self.batch_size, self.epoch, self.position, self.device = batch_size, epoch, position, device
+        self.batch_size, self.epoch, self.position, self.device = batch_size, 0, 0, device
         self._order = self._epoch_order()
 
     def _epoch_order(self) -> torch.Tensor:
@@ -128,8 +136,12 @@ class BatchStream:
         self.position += self.batch_size
         return batch
 
-    def state(self) -> dict[str, int]:
+    def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+        self._order = self._epoch_order()
 
 
 class ImageReader(Protocol):
@@ -236,37 +248,21 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
     stream = BatchStream(len(labels_all), local_batch, cfg.seed, ctx.rank, ctx.world_size, device=images.device)
 
     fingerprint = _fingerprint(model, cfg, manifest.checksum("train"), ctx.world_size)
-    start_step, elapsed_before, log_rows = 0, 0.0, []
-    window = torch.zeros(len(STEP_STATS), device=device)  # running sums of the step stats since the last log row
     # Augmentation's probability p, on the device: fixed at 1 for DiffAugment, steered by ADA.
     augmentation = resolve_augment(cfg.augment, manifest.source, len(labels_all), cfg.augment_auto_below)
     ada = AdaController(cfg.ada_target, cfg.ada_kimg, cfg.ada_interval, cfg.batch_size, device) if augmentation == "ada" else None
     augment_p = ada.p if ada else torch.ones((), device=device) if augmentation == "diffaugment" else None
-    window_steps = 0
+    state = TrainingState(generator=G_raw, discriminator=D_raw, generator_ema=G_ema, opt_g=opt_g, opt_d=opt_d,
+                          stream=stream, window=torch.zeros(len(STEP_STATS), device=device), ada=ada, noise=noise)
     checkpoints = run_folder(checkpoint_root, fingerprint)
     if ctx.is_main:
         prune_stale(checkpoint_root, checkpoints, cfg.checkpoint_retention_days)
-    resumed = load_resumable(checkpoints, fingerprint, cfg.steps) if ctx.is_main else None
-    resume_path = ctx.all_gather(str(resumed["path"]) if resumed else None)[0]
-    if resume_path and not ctx.is_main:
-        resumed = torch.load(resume_path, map_location="cpu", weights_only=True)
+    resumed = _resumable(ctx, checkpoints, fingerprint, cfg.steps)
     if resumed is not None:
-        G_raw.load_state_dict(resumed["generator"])
-        D_raw.load_state_dict(resumed["discriminator"])
-        G_ema.load_state_dict(resumed["generator_ema"])
-        opt_g.load_state_dict(resumed["opt_g"])
-        opt_d.load_state_dict(resumed["opt_d"])
-        for group in (*opt_g.param_groups, *opt_d.param_groups):  # as this run needs, not as the saver ran
-            group["capturable"] = cuda_graph
-        restore_rng_states(resumed["rng"], noise, resumed["noise_per_rank"][ctx.rank])
-        stream = BatchStream(len(labels_all), local_batch, cfg.seed, ctx.rank, ctx.world_size, **resumed["stream"],
-                             device=images.device)
-        start_step, elapsed_before, log_rows = resumed["step"], resumed["elapsed_s"], resumed["log"]
-        window, window_steps = resumed["window"].to(device), resumed["window_steps"]
-        if ada:
-            ada.load_state_dict(resumed["ada"])
+        state.restore(resumed, ctx.rank)
         if ctx.is_main:
-            log.info("resuming from checkpoint at step %d", start_step)
+            log.info("resuming from checkpoint at step %d", state.step)
+    start_step, elapsed_before = state.step, state.elapsed_s
 
     # DDP wraps the networks for the steps whose gradients must be averaged over ranks; the raw
     # modules serve the passes that need no sync (penalties, the generator step through a frozen D).
@@ -292,15 +288,6 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
                  f", augmentation {augmentation}" + (" (train.augment: auto)" if cfg.augment == "auto" else "")
                  if augmentation != "none" else "")
 
-    def checkpoint_state(step: int, elapsed: float, noise_states: list) -> dict:
-        return {
-            "step": step, "fingerprint": fingerprint, "elapsed_s": elapsed, "log": log_rows,
-            "generator": G_raw.state_dict(), "discriminator": D_raw.state_dict(), "generator_ema": G_ema.state_dict(),
-            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "rng": capture_rng_states(),
-            "noise_per_rank": noise_states, "stream": stream.state(), "window": window.cpu(),
-            "window_steps": window_steps, "world_size": ctx.world_size, "ada": ada.state_dict() if ada else {},
-        }
-
     # --- the loop ----------------------------------------------------------------------------------
     started = time.perf_counter()
     last_log_time, last_log_step = started, start_step
@@ -318,29 +305,30 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
             ada.observe(stats[REAL_SIGN], done, ctx.all_reduce_mean)
 
         # Bookkeeping stays on the device; it is read (a host sync) only every log_every steps.
-        window += stats
-        window_steps += 1
+        state.step = done
+        state.window += stats
+        state.window_steps += 1
         if done % cfg.log_every == 0 or done == cfg.steps:
-            ctx.all_reduce_mean(window)  # the logged losses are averages over all ranks
+            ctx.all_reduce_mean(state.window)  # the logged losses are averages over all ranks
             now = time.perf_counter()
-            means = (window / window_steps).tolist()
+            means = (state.window / state.window_steps).tolist()
             row = dict(zip(STEP_STATS, (round(v, 6) for v in means)))
             row["augment_p"] = round(augment_p.item(), 6) if augment_p is not None else 0.0
             row.update(step=done, images_per_s=round((done - last_log_step) * cfg.batch_size / (now - last_log_time), 2),
                        wall_time_s=round(elapsed_before + now - started, 3))
-            log_rows.append(row)
+            state.log.append(row)
             progress.set_postfix(loss_d=f"{row['loss_d']:.3f}", loss_g=f"{row['loss_g']:.3f}", img_s=f"{row['images_per_s']:.0f}")
-            window.zero_()
-            window_steps, last_log_time, last_log_step = 0, now, done
+            state.window.zero_()
+            state.window_steps, last_log_time, last_log_step = 0, now, done
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            noise_states = ctx.all_gather(noise.get_state().cpu())
+            noise_per_rank = ctx.all_gather(noise.get_state().cpu())
             if ctx.enabled:  # at every checkpoint (one process agrees with itself)
                 digest = _check_ranks_agree(ctx, done, G_raw, D_raw, G_ema)
                 if ctx.is_main:
                     log.info("step %d: all %d ranks hold identical weights (%s)", done, ctx.world_size, digest[:16])
             if ctx.is_main:
-                save_checkpoint(checkpoints, done, checkpoint_state(done, elapsed_before + time.perf_counter() - started,
-                                                                          noise_states), cfg.keep_checkpoints)
+                state.elapsed_s = elapsed_before + time.perf_counter() - started
+                save_checkpoint(checkpoints, done, state.capture(fingerprint, noise_per_rank), cfg.keep_checkpoints)
             ctx.barrier()
         progress.update(1)
     progress.close()
@@ -354,7 +342,7 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
         return None
 
     # --- the result (rank 0) -------------------------------------------------------------------------
-    final = log_rows[-1] if log_rows else {}
+    final = state.log[-1] if state.log else {}
     summary = {
         "steps": cfg.steps,
         "wall_time_s": round(wall_time, 3),
@@ -371,4 +359,4 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
              ctx.world_size, digest[:16])
     ctx.barrier()
     distributed.shutdown()
-    return FitResult(G_ema=G_ema, spec=g_spec, log_rows=log_rows, summary=summary, device=device, started_at=run_started_at)
+    return FitResult(G_ema=G_ema, spec=g_spec, log_rows=state.log, summary=summary, device=device, started_at=run_started_at)
