@@ -155,6 +155,39 @@ def test_checkpoints_of_other_params_are_not_resumed(tmp_path, prepared_digits):
     assert longer["resumed_from_step"] == 20
 
 
+def test_fingerprint_follows_what_is_computed_not_how_the_run_goes():
+    """Every recipe key but steps, both specs (the data checksum with them), the resolved augmentation
+    and the world size change the checkpoint fingerprint; the run knobs and steps do not."""
+    from typing import get_args
+
+    from ganops.config import TRAIN_RECIPE, TRAIN_RUN_KNOBS, TrainParams
+    from ganops.models import DiscriminatorSpec
+    from ganops.training.loop import _fingerprint
+
+    g = GeneratorSpec(latent_dim=8, g_channels=8, resolution=8, channels=1, num_classes=3, data_checksum="a")
+    d = DiscriminatorSpec(d_channels=8, resolution=8, channels=1, num_classes=3)
+    cfg = TrainParams()
+    base = _fingerprint(g, d, cfg, "none", 1)
+
+    def with_other(name: str) -> str:
+        value = getattr(cfg, name)
+        if isinstance(value, bool):
+            other = not value
+        elif isinstance(value, (int, float)):
+            other = value + 1
+        else:
+            other = next(v for v in get_args(TrainParams.model_fields[name].annotation) if v != value)
+        return _fingerprint(g, d, cfg.model_copy(update={name: other}), "none", 1)
+
+    assert {name for name in TrainParams.model_fields if with_other(name) == base} == {*TRAIN_RUN_KNOBS, "steps"}
+    assert {name for name in TRAIN_RECIPE if with_other(name) != base} == set(TRAIN_RECIPE) - {"steps"}
+    assert _fingerprint(g.model_copy(update={"data_checksum": "b"}), d, cfg, "none", 1) != base
+    assert _fingerprint(g.model_copy(update={"latent_dim": 9}), d, cfg, "none", 1) != base
+    assert _fingerprint(g, d.model_copy(update={"spectral_norm": False}), cfg, "none", 1) != base
+    assert _fingerprint(g, d, cfg, "diffaugment", 1) != base
+    assert _fingerprint(g, d, cfg, "none", 2) != base
+
+
 def test_experiments_keep_each_others_checkpoints(tmp_path, prepared_digits):
     """A sweep of two settings in one workspace: neither wipes the other's resumable state."""
     root = project_with_data(tmp_path, prepared_digits)

@@ -14,7 +14,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, TYPE_CHECKING
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -23,50 +23,21 @@ from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from ganops import GanopsError
-from ganops.config import ModelParams, TrainParams
+from ganops.config import TRAIN_RECIPE, TrainParams
 from ganops.device import resolve_device
 from ganops.models import DiscriminatorSpec, GeneratorSpec, build_discriminator, build_generator
 from ganops.training import distributed
-from ganops.training.augment import AdaController, resolve_augment
+from ganops.training.augment import AdaController
 from ganops.training.checkpoint import TrainingState, load_resumable, prune_stale, run_folder, save_checkpoint
 from ganops.training.ema import ema_decay, update_ema
 from ganops.training.step import REAL_SIGN, STEP_STATS, TrainStep
-
-if TYPE_CHECKING:  # the type only: the prepared data format is the stage's to read
-    from ganops.data.prepare import Manifest
 
 log = logging.getLogger(__name__)
 # The columns of reports/train_log.csv: each row's step, the means of the step stats since the last
 # row, the augmentation probability, the speed and the wall time.
 LOG_FIELDS = ("step", *STEP_STATS, "augment_p", "images_per_s", "wall_time_s")
-# Knobs that change how long or how visibly a run goes, not what it computes: a checkpoint written
-# under other values of these can still be resumed.
-_NOT_IN_FINGERPRINT = {"steps", "checkpoint_every", "keep_checkpoints", "checkpoint_retention_days", "log_every", "device",
-                       "nproc", "compile", "cuda_graphs", "in_memory_max_mb"}
-
-
-def generator_spec(model: ModelParams, manifest: Manifest) -> GeneratorSpec:
-    return GeneratorSpec(
-        latent_dim=model.latent_dim,
-        g_channels=model.g_channels,
-        max_channels=model.max_channels,
-        resolution=manifest.resolution,
-        channels=manifest.channels,
-        num_classes=manifest.num_classes if model.conditional else 0,
-        class_names=manifest.class_names if model.conditional else [],
-        data_checksum=manifest.checksum("train"),
-    )
-
-
-def discriminator_spec(model: ModelParams, manifest: Manifest) -> DiscriminatorSpec:
-    return DiscriminatorSpec(
-        d_channels=model.d_channels,
-        max_channels=model.max_channels,
-        spectral_norm=model.spectral_norm,
-        resolution=manifest.resolution,
-        channels=manifest.channels,
-        num_classes=manifest.num_classes if model.conditional else 0,
-    )
+# The recipe but its length: a longer run of the same recipe resumes a shorter one's checkpoints.
+_FINGERPRINTED = tuple(key for key in TRAIN_RECIPE if key != "steps")
 
 
 def _code_digest() -> str:
@@ -89,13 +60,16 @@ def _check_ranks_agree(ctx, step: int, *networks) -> str:
     return digests[0]
 
 
-def _fingerprint(model: ModelParams, cfg: TrainParams, data_checksum: str, world_size: int) -> str:
+def _fingerprint(g_spec: GeneratorSpec, d_spec: DiscriminatorSpec, cfg: TrainParams, augmentation: str,
+                 world_size: int) -> str:
+    """What a run computes: a checkpoint is resumed only by a run of the same fingerprint."""
     setup = {
         "code": _code_digest(),
         "world_size": world_size,
-        "data": data_checksum,
-        "model": model.model_dump(),
-        "train": cfg.model_dump(exclude=_NOT_IN_FINGERPRINT),
+        "generator": g_spec.model_dump(mode="json"),  # with the training data's checksum
+        "discriminator": d_spec.model_dump(mode="json"),
+        "train": cfg.model_dump(include=set(_FINGERPRINTED)),
+        "augmentation": augmentation,
     }
     return hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()
 
@@ -194,19 +168,20 @@ class FitResult:
     """What ``fit`` returns on rank 0 (other ranks get None)."""
 
     G_ema: torch.nn.Module
-    spec: GeneratorSpec  # the generator's, built from the model params and the manifest
+    spec: GeneratorSpec  # the generator's, as fit was given it
     log_rows: list[dict]
     summary: dict
     device: torch.device
     started_at: float  # time.time() when training began, for the MLflow run
 
 
-def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.ndarray | ImageReader,
-        labels_all: np.ndarray, checkpoint_root: Path, before_training: Callable[[], None] = lambda: None
-        ) -> FitResult | None:
-    """Train a GAN on uint8 images (N, C, H, W) with int labels and return the EMA generator and its log.
-    The images are an array, or a reader of a prepared split: held in memory up to
-    train.in_memory_max_mb, read from the shards a batch at a time beyond (the same batches either way).
+def fit(g_spec: GeneratorSpec, d_spec: DiscriminatorSpec, cfg: TrainParams, augmentation: str,
+        images_u8: np.ndarray | ImageReader, labels_all: np.ndarray, checkpoint_root: Path,
+        before_training: Callable[[], None] = lambda: None) -> FitResult | None:
+    """Train the networks of ``g_spec`` and ``d_spec`` on uint8 images (N, C, H, W) with int labels and
+    return the EMA generator and its log. ``augmentation`` is train.augment resolved (none,
+    diffaugment or ada). The images are an array, or a reader of a prepared split: held in memory up
+    to train.in_memory_max_mb, read from the shards a batch at a time beyond (the same batches either way).
 
     Under torchrun every process runs this function: DDP keeps the networks in sync, each rank
     draws its own share of every batch and its own noise, and only rank 0 writes checkpoints and
@@ -230,7 +205,6 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    g_spec, d_spec = generator_spec(model, manifest), discriminator_spec(model, manifest)
     memory_format = torch.channels_last  # the faster conv layout for both cuDNN and oneDNN (CPU)
     G_raw = build_generator(g_spec).to(device, memory_format=memory_format)
     D_raw = build_discriminator(d_spec).to(device, memory_format=memory_format)
@@ -242,14 +216,13 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
     opt_g = torch.optim.Adam(G_raw.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2), **adam)
     opt_d = torch.optim.Adam(D_raw.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2), **adam)
     noise = torch.Generator(device=device).manual_seed(cfg.seed + 1 + 7919 * ctx.rank)  # per-rank noise
-    shape = (manifest.channels, manifest.resolution, manifest.resolution)
+    shape = (g_spec.channels, g_spec.resolution, g_spec.resolution)
     images = _hold_or_stream(images_u8, shape, cfg.in_memory_max_mb * 2**20, device)  # uint8; scaled per batch
     labels = torch.from_numpy(labels_all).to(images.device)
     stream = BatchStream(len(labels_all), local_batch, cfg.seed, ctx.rank, ctx.world_size, device=images.device)
 
-    fingerprint = _fingerprint(model, cfg, manifest.checksum("train"), ctx.world_size)
+    fingerprint = _fingerprint(g_spec, d_spec, cfg, augmentation, ctx.world_size)
     # Augmentation's probability p, on the device: fixed at 1 for DiffAugment, steered by ADA.
-    augmentation = resolve_augment(cfg.augment, manifest.source, len(labels_all), cfg.augment_auto_below)
     ada = AdaController(cfg.ada_target, cfg.ada_kimg, cfg.ada_interval, cfg.batch_size, device) if augmentation == "ada" else None
     augment_p = ada.p if ada else torch.ones((), device=device) if augmentation == "diffaugment" else None
     state = TrainingState(generator=G_raw, discriminator=D_raw, generator_ema=G_ema, opt_g=opt_g, opt_d=opt_d,
