@@ -278,6 +278,28 @@ def test_checkpoints_of_other_code_are_not_resumed(tmp_path, prepared_digits, mo
     assert train(tiny({"train": {"steps": 30}}), root)["resumed_from_step"] == 0
 
 
+def test_training_code_is_hashed_by_checkpoints_and_tracked_by_dvc(monkeypatch):
+    """TRAINING_CODE: the files the checkpoint's code digest reads are exactly its .py files, and the
+    train stage's deps in dvc.yaml (and the tracking fallback without dvc.yaml) name every part."""
+    import yaml
+
+    from ganops.paths import TRAINING_CODE
+    from ganops.tracking.runs import _TRAIN_DEPS
+    from ganops.training import loop
+
+    package = Path(loop.__file__).resolve().parents[1]
+    expected = {source for part in TRAINING_CODE
+                for source in ((package / part).glob("*.py") if (package / part).is_dir() else [package / part])}
+    read = set()
+    original = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: read.add(self) or original(self))
+    loop._code_digest()
+    assert read == expected and package / "pixels.py" in read and package / "training" / "loop.py" in read
+    deps = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"]["train"]["deps"]
+    parts = {f"src/ganops/{part}" for part in TRAINING_CODE}
+    assert parts <= set(deps) and parts <= set(_TRAIN_DEPS)
+
+
 def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)

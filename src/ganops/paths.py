@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+# The code that decides what training computes, inside the ganops package: the train stage's deps
+# in dvc.yaml include it, and a checkpoint written by other code is not resumed.
+TRAINING_CODE = ("models", "training", "pixels.py")
+
 
 @dataclass(frozen=True)
 class ProjectPaths:

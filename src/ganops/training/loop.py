@@ -26,6 +26,7 @@ from ganops import GanopsError
 from ganops.config import TRAIN_RECIPE, TrainParams
 from ganops.device import resolve_device
 from ganops.models import DiscriminatorSpec, GeneratorSpec, build_discriminator, build_generator
+from ganops.paths import TRAINING_CODE
 from ganops.training import distributed
 from ganops.training.augment import AdaController
 from ganops.training.checkpoint import TrainingState, load_resumable, prune_stale, run_folder, save_checkpoint
@@ -41,14 +42,14 @@ _FINGERPRINTED = tuple(key for key in TRAIN_RECIPE if key != "steps")
 
 
 def _code_digest() -> str:
-    """The training code itself (the train stage's DVC deps) and the torch version: a checkpoint
-    written by other code must not be resumed, even under the same params."""
+    """The training code itself (TRAINING_CODE) and the torch version: a checkpoint written by other
+    code must not be resumed, even under the same params."""
     digest = hashlib.sha256(torch.__version__.encode())
     package = Path(__file__).resolve().parents[1]
-    for folder in ("models", "training"):
-        for source in sorted((package / folder).glob("*.py")):
+    for part in TRAINING_CODE:
+        path = package / part
+        for source in sorted(path.glob("*.py")) if path.is_dir() else [path]:
             digest.update(source.name.encode() + source.read_bytes())
-    digest.update(b"pixels.py" + (package / "pixels.py").read_bytes())  # the step's uint8 -> [-1, 1]
     return digest.hexdigest()
 
 
