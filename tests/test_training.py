@@ -347,6 +347,59 @@ def test_batch_must_split_evenly_over_processes(tmp_path, prepared_digits):
     assert result.returncode != 0 and "must divide evenly over 2 processes" in result.stderr
 
 
+def test_training_state_comes_back_whole_from_a_weights_only_checkpoint(tmp_path):
+    """TrainingState.capture -> a checkpoint file -> torch.load(weights_only=True) -> restore into other
+    objects: every field (networks, optimisers, batch order, sums, ADA, counters, log) and the RNGs
+    come back as they were."""
+    from dataclasses import fields
+
+    from ganops.models import DiscriminatorSpec, build_discriminator
+    from ganops.training.augment import AdaController
+    from ganops.training.checkpoint import TrainingState, save_checkpoint
+    from ganops.training.loop import BatchStream
+
+    def fresh(seed: int) -> TrainingState:
+        torch.manual_seed(seed)
+        g_spec = GeneratorSpec(latent_dim=8, g_channels=8, resolution=8, channels=1, num_classes=3)
+        G, G_ema = build_generator(g_spec), build_generator(g_spec)
+        D = build_discriminator(DiscriminatorSpec(d_channels=8, resolution=8, channels=1, num_classes=3))
+        return TrainingState(generator=G, discriminator=D, generator_ema=G_ema, opt_g=torch.optim.Adam(G.parameters()),
+                             opt_d=torch.optim.Adam(D.parameters()), stream=BatchStream(40, 8, seed=0),
+                             window=torch.zeros(6), ada=AdaController(0.6, 1.0, 4, 8, torch.device("cpu")),
+                             noise=torch.Generator().manual_seed(seed))
+
+    a = fresh(0)
+    labels = torch.arange(4) % 3
+    (a.generator(torch.randn(4, 8), labels).mean() + a.discriminator(torch.randn(4, 1, 8, 8), labels).mean()).backward()
+    a.opt_g.step(), a.opt_d.step()
+    for _ in range(7):  # into the second epoch
+        a.stream.next()
+    a.window += torch.arange(6.0)
+    for done in range(1, 7):
+        a.ada.observe(torch.tensor(0.9), done)
+    torch.rand(3, generator=a.noise)
+    a.step, a.elapsed_s, a.log, a.window_steps = 7, 1.5, [{"step": 5, "loss_d": 0.5}], 2
+    path = save_checkpoint(tmp_path, 7, a.capture("setup", [a.noise.get_state()]), keep=1)
+    after_capture = (torch.rand(3), torch.rand(3, generator=a.noise))
+
+    b = fresh(1)
+    checkpoint = torch.load(path, weights_only=True)
+    assert {f.name for f in fields(TrainingState)} - {"noise"} <= set(checkpoint)
+    b.restore(checkpoint, rank=0)
+    assert torch.equal(torch.rand(3), after_capture[0]) and torch.equal(torch.rand(3, generator=b.noise), after_capture[1])
+    for name in ("generator", "discriminator", "generator_ema"):
+        mine, theirs = getattr(a, name).state_dict(), getattr(b, name).state_dict()
+        assert all(torch.equal(mine[k], theirs[k]) for k in mine), name
+    for name in ("opt_g", "opt_d"):
+        mine, theirs = getattr(a, name).state_dict()["state"], getattr(b, name).state_dict()["state"]
+        assert mine.keys() == theirs.keys() and all(
+            torch.equal(mine[i][k], theirs[i][k]) for i in mine for k in mine[i]), name
+    assert torch.equal(a.stream.next(), b.stream.next()) and a.stream.state_dict() == b.stream.state_dict()
+    assert torch.equal(b.window, torch.arange(6.0)) and b.ada.p > 0 and torch.equal(b.ada.p, a.ada.p)
+    assert torch.equal(b.ada.signs, a.ada.signs)
+    assert (b.step, b.elapsed_s, b.log, b.window_steps) == (7, 1.5, [{"step": 5, "loss_d": 0.5}], 2)
+
+
 def test_step_reads_its_inputs_from_fixed_buffers():
     """What CUDA-graph replay relies on: every step's inputs land in the same tensors, refilled in
     place, and the step reads nothing else that changes (checked here on CPU, where it runs eagerly)."""

@@ -77,7 +77,8 @@ class TrainingState:
     ``capture`` turns it into a checkpoint's dict and ``restore`` reads one back into the same
     objects, field by field: a new piece of state is one new field. An object with ``state_dict``
     is saved through it and loaded in place; a tensor is copied in place; a plain value is replaced.
-    The noise generators are saved per rank, beside the global RNGs.
+    The noise generator is the exception: every rank's is saved (``noise_per_rank``), beside the
+    global RNGs.
     """
 
     generator: torch.nn.Module
@@ -88,7 +89,7 @@ class TrainingState:
     stream: Stateful  # the batch order (loop.BatchStream)
     window: torch.Tensor  # running sums of the step stats since the last log row
     ada: Stateful | None  # ADA's p, when train.augment is ada
-    noise: torch.Generator = field(metadata={"per_rank": True})  # this rank's latents and draws
+    noise: torch.Generator  # this rank's latents and augmentation draws
     step: int = 0  # steps done
     elapsed_s: float = 0.0  # training time up to ``step``, over all the processes that ran it
     log: list[dict] = field(default_factory=list)  # the rows of reports/train_log.csv so far
@@ -96,16 +97,18 @@ class TrainingState:
 
     def capture(self, fingerprint: str, noise_per_rank: list[torch.Tensor]) -> dict[str, Any]:
         """The checkpoint's content; ``noise_per_rank``: every rank's noise state, in rank order."""
-        state = {f.name: _saved(getattr(self, f.name)) for f in fields(self) if not f.metadata.get("per_rank")}
+        state = {name: _saved(getattr(self, name)) for name in self._same_on_every_rank()}
         return {**state, "fingerprint": fingerprint, "world_size": len(noise_per_rank), "rng": capture_rng_states(),
                 "noise_per_rank": noise_per_rank}
 
     def restore(self, checkpoint: dict[str, Any], rank: int) -> None:
         """Put a checkpoint written by ``capture`` back into this state's objects (this rank's noise)."""
-        for f in fields(self):
-            if not f.metadata.get("per_rank"):
-                setattr(self, f.name, _loaded(getattr(self, f.name), checkpoint[f.name]))
+        for name in self._same_on_every_rank():
+            setattr(self, name, _loaded(getattr(self, name), checkpoint[name]))
         restore_rng_states(checkpoint["rng"], self.noise, checkpoint["noise_per_rank"][rank])
+
+    def _same_on_every_rank(self) -> list[str]:
+        return [f.name for f in fields(self) if f.name != "noise"]
 
 
 def _saved(value: Any) -> Any:
