@@ -48,6 +48,8 @@ from ganops.metrics.inception import default_weights_path
 from ganops.metrics.names import Measurement
 from ganops.metrics.reference import ReferenceFeatures
 from ganops.metrics.scores import compute_metrics, spread_method
+from ganops.stages.train import discriminator_spec, generator_spec
+from ganops.training.augment import resolve_augment
 from ganops.training.loop import fit
 
 SIDES = ("none", "diffaugment", "ada")
@@ -102,8 +104,9 @@ def main() -> None:
         for side in round_order(args.sides, round_index):
             cfg = train_cfg.model_copy(update={"augment": side, "seed": seed})
             started = time.perf_counter()
-            result = fit(params.model, cfg, subset_manifest, subset_images, subset_labels,
-                         work / f"checkpoints-{side}-{seed}")
+            augmentation = resolve_augment(cfg.augment, subset_manifest.source, args.images, cfg.augment_auto_below)
+            result = fit(generator_spec(params.model, subset_manifest), discriminator_spec(params.model, subset_manifest),
+                         cfg, augmentation, subset_images, subset_labels, work / f"checkpoints-{side}-{seed}")
             train_s = time.perf_counter() - started
             generator = result.G_ema.eval()
             sampled = sample_labels(labels, eval_cfg.num_samples, manifest.num_classes, eval_cfg.seed) \

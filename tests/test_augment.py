@@ -16,8 +16,8 @@ from ganops.config import validate_params
 from ganops.data import load_manifest, load_split
 from ganops.models import GeneratorSpec, build_generator
 from ganops.stages.prepare import prepare
-from ganops.stages.train import train
-from ganops.training.augment import DRAWS_PER_IMAGE, OPERATIONS, AdaController, augment
+from ganops.stages.train import discriminator_spec, generator_spec, train
+from ganops.training.augment import DRAWS_PER_IMAGE, OPERATIONS, AdaController, augment, resolve_augment
 from ganops.training.loop import fit
 
 OP = {name: i for i, name in enumerate(OPERATIONS)}
@@ -139,9 +139,11 @@ def digits16(tmp_path_factory) -> Path:
 
 def fit_on(prepared: Path, count: int, overrides: dict, checkpoints: Path):
     params = validate_params(merge(TINY, {"data": {"resolution": 16}, "train": overrides}))
-    manifest = load_manifest(prepared)
+    manifest, cfg = load_manifest(prepared), params.train
     images_u8, labels = load_split(prepared, "train")
-    return fit(params.model, params.train, manifest, images_u8[:count], labels[:count], checkpoints)
+    augmentation = resolve_augment(cfg.augment, manifest.source, count, cfg.augment_auto_below)
+    return fit(generator_spec(params.model, manifest), discriminator_spec(params.model, manifest), cfg, augmentation,
+               images_u8[:count], labels[:count], checkpoints)
 
 
 def test_ada_steers_p_up_while_d_overfits_a_tiny_set_and_down_when_it_no_longer_does(tmp_path, digits16):

@@ -18,6 +18,21 @@ def test_repository_params_are_valid_and_complete():
         assert set(raw[section]) == set(type(getattr(params, section)).model_fields), section
 
 
+def test_train_keys_are_recipe_or_run_knob_and_export_reads_the_recipe():
+    """Each train key is either the recipe (what is computed, recorded in the exported model) or a run
+    knob (how the run goes), never both; dvc.yaml's export stage lists exactly the recipe."""
+    import yaml
+
+    from ganops.config import TRAIN_RECIPE, TRAIN_RUN_KNOBS, TrainParams
+
+    assert set(TRAIN_RUN_KNOBS) <= set(TrainParams.model_fields) and set(TRAIN_RECIPE).isdisjoint(TRAIN_RUN_KNOBS)
+    assert set(TRAIN_RECIPE) | set(TRAIN_RUN_KNOBS) == set(TrainParams.model_fields)
+    assert "steps" in TRAIN_RECIPE and "log_every" in TRAIN_RUN_KNOBS
+    export = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["export"]["params"]
+    listed = [key if isinstance(key, str) else next(iter(key)) for key in export]
+    assert [key for key in listed if key.startswith("train")] == [f"train.{key}" for key in TRAIN_RECIPE]
+
+
 def test_unknown_key_names_its_path():
     with pytest.raises(ConfigError) as error:
         validate_params({"train": {"stpes": 10}}, "params.yaml")

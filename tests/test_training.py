@@ -64,6 +64,8 @@ def test_outputs_and_reports(tmp_path, prepared_digits):
     report = json.loads((root / "reports" / "train.json").read_text())
     assert report == summary and report["steps"] == 20 and report["images_per_s"] > 0
     rows = list(csv.DictReader((root / "reports" / "train_log.csv").open()))
+    assert list(rows[0]) == ["step", "loss_d", "loss_g", "d_real", "d_fake", "penalty", "real_sign", "augment_p",
+                             "images_per_s", "wall_time_s"]
     assert [int(r["step"]) for r in rows] == [5, 10, 15, 20]
     assert all(float(r["loss_d"]) > 0 for r in rows)
     grid = Image.open(root / "reports" / "samples.png")
@@ -151,6 +153,39 @@ def test_checkpoints_of_other_params_are_not_resumed(tmp_path, prepared_digits):
     # a longer run with the same setup continues from the last checkpoint
     longer = train(tiny({"train": {"steps": 30}}), root)
     assert longer["resumed_from_step"] == 20
+
+
+def test_fingerprint_follows_what_is_computed_not_how_the_run_goes():
+    """Every recipe key but steps, both specs (the data checksum with them), the resolved augmentation
+    and the world size change the checkpoint fingerprint; the run knobs and steps do not."""
+    from typing import get_args
+
+    from ganops.config import TRAIN_RECIPE, TRAIN_RUN_KNOBS, TrainParams
+    from ganops.models import DiscriminatorSpec
+    from ganops.training.loop import _fingerprint
+
+    g = GeneratorSpec(latent_dim=8, g_channels=8, resolution=8, channels=1, num_classes=3, data_checksum="a")
+    d = DiscriminatorSpec(d_channels=8, resolution=8, channels=1, num_classes=3)
+    cfg = TrainParams()
+    base = _fingerprint(g, d, cfg, "none", 1)
+
+    def with_other(name: str) -> str:
+        value = getattr(cfg, name)
+        if isinstance(value, bool):
+            other = not value
+        elif isinstance(value, (int, float)):
+            other = value + 1
+        else:
+            other = next(v for v in get_args(TrainParams.model_fields[name].annotation) if v != value)
+        return _fingerprint(g, d, cfg.model_copy(update={name: other}), "none", 1)
+
+    assert {name for name in TrainParams.model_fields if with_other(name) == base} == {*TRAIN_RUN_KNOBS, "steps"}
+    assert {name for name in TRAIN_RECIPE if with_other(name) != base} == set(TRAIN_RECIPE) - {"steps"}
+    assert _fingerprint(g.model_copy(update={"data_checksum": "b"}), d, cfg, "none", 1) != base
+    assert _fingerprint(g.model_copy(update={"latent_dim": 9}), d, cfg, "none", 1) != base
+    assert _fingerprint(g, d.model_copy(update={"spectral_norm": False}), cfg, "none", 1) != base
+    assert _fingerprint(g, d, cfg, "diffaugment", 1) != base
+    assert _fingerprint(g, d, cfg, "none", 2) != base
 
 
 def test_experiments_keep_each_others_checkpoints(tmp_path, prepared_digits):
@@ -243,6 +278,28 @@ def test_checkpoints_of_other_code_are_not_resumed(tmp_path, prepared_digits, mo
     assert train(tiny({"train": {"steps": 30}}), root)["resumed_from_step"] == 0
 
 
+def test_training_code_is_hashed_by_checkpoints_and_tracked_by_dvc(monkeypatch):
+    """TRAINING_CODE: the files the checkpoint's code digest reads are exactly its .py files, and the
+    train stage's deps in dvc.yaml (and the tracking fallback without dvc.yaml) name every part."""
+    import yaml
+
+    from ganops.paths import TRAINING_CODE
+    from ganops.tracking.runs import _TRAIN_DEPS
+    from ganops.training import loop
+
+    package = Path(loop.__file__).resolve().parents[1]
+    expected = {source for part in TRAINING_CODE
+                for source in ((package / part).glob("*.py") if (package / part).is_dir() else [package / part])}
+    read = set()
+    original = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: read.add(self) or original(self))
+    loop._code_digest()
+    assert read == expected and package / "pixels.py" in read and package / "training" / "loop.py" in read
+    deps = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"]["train"]["deps"]
+    parts = {f"src/ganops/{part}" for part in TRAINING_CODE}
+    assert parts <= set(deps) and parts <= set(_TRAIN_DEPS)
+
+
 def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
@@ -290,12 +347,65 @@ def test_batch_must_split_evenly_over_processes(tmp_path, prepared_digits):
     assert result.returncode != 0 and "must divide evenly over 2 processes" in result.stderr
 
 
+def test_training_state_comes_back_whole_from_a_weights_only_checkpoint(tmp_path):
+    """TrainingState.capture -> a checkpoint file -> torch.load(weights_only=True) -> restore into other
+    objects: every field (networks, optimisers, batch order, sums, ADA, counters, log) and the RNGs
+    come back as they were."""
+    from dataclasses import fields
+
+    from ganops.models import DiscriminatorSpec, build_discriminator
+    from ganops.training.augment import AdaController
+    from ganops.training.checkpoint import TrainingState, save_checkpoint
+    from ganops.training.loop import BatchStream
+
+    def fresh(seed: int) -> TrainingState:
+        torch.manual_seed(seed)
+        g_spec = GeneratorSpec(latent_dim=8, g_channels=8, resolution=8, channels=1, num_classes=3)
+        G, G_ema = build_generator(g_spec), build_generator(g_spec)
+        D = build_discriminator(DiscriminatorSpec(d_channels=8, resolution=8, channels=1, num_classes=3))
+        return TrainingState(generator=G, discriminator=D, generator_ema=G_ema, opt_g=torch.optim.Adam(G.parameters()),
+                             opt_d=torch.optim.Adam(D.parameters()), stream=BatchStream(40, 8, seed=0),
+                             window=torch.zeros(6), ada=AdaController(0.6, 1.0, 4, 8, torch.device("cpu")),
+                             noise=torch.Generator().manual_seed(seed))
+
+    a = fresh(0)
+    labels = torch.arange(4) % 3
+    (a.generator(torch.randn(4, 8), labels).mean() + a.discriminator(torch.randn(4, 1, 8, 8), labels).mean()).backward()
+    a.opt_g.step(), a.opt_d.step()
+    for _ in range(7):  # into the second epoch
+        a.stream.next()
+    a.window += torch.arange(6.0)
+    for done in range(1, 7):
+        a.ada.observe(torch.tensor(0.9), done)
+    torch.rand(3, generator=a.noise)
+    a.step, a.elapsed_s, a.log, a.window_steps = 7, 1.5, [{"step": 5, "loss_d": 0.5}], 2
+    path = save_checkpoint(tmp_path, 7, a.capture("setup", [a.noise.get_state()]), keep=1)
+    after_capture = (torch.rand(3), torch.rand(3, generator=a.noise))
+
+    b = fresh(1)
+    checkpoint = torch.load(path, weights_only=True)
+    assert {f.name for f in fields(TrainingState)} - {"noise"} <= set(checkpoint)
+    b.restore(checkpoint, rank=0)
+    assert torch.equal(torch.rand(3), after_capture[0]) and torch.equal(torch.rand(3, generator=b.noise), after_capture[1])
+    for name in ("generator", "discriminator", "generator_ema"):
+        mine, theirs = getattr(a, name).state_dict(), getattr(b, name).state_dict()
+        assert all(torch.equal(mine[k], theirs[k]) for k in mine), name
+    for name in ("opt_g", "opt_d"):
+        mine, theirs = getattr(a, name).state_dict()["state"], getattr(b, name).state_dict()["state"]
+        assert mine.keys() == theirs.keys() and all(
+            torch.equal(mine[i][k], theirs[i][k]) for i in mine for k in mine[i]), name
+    assert torch.equal(a.stream.next(), b.stream.next()) and a.stream.state_dict() == b.stream.state_dict()
+    assert torch.equal(b.window, torch.arange(6.0)) and b.ada.p > 0 and torch.equal(b.ada.p, a.ada.p)
+    assert torch.equal(b.ada.signs, a.ada.signs)
+    assert (b.step, b.elapsed_s, b.log, b.window_steps) == (7, 1.5, [{"step": 5, "loss_d": 0.5}], 2)
+
+
 def test_step_reads_its_inputs_from_fixed_buffers():
     """What CUDA-graph replay relies on: every step's inputs land in the same tensors, refilled in
     place, and the step reads nothing else that changes (checked here on CPU, where it runs eagerly)."""
     from ganops.models import DiscriminatorSpec, build_discriminator
     from ganops.training.loop import BatchStream, HeldImages
-    from ganops.training.step import TrainStep
+    from ganops.training.step import STEP_STATS, TrainStep
 
     cfg = tiny({"train": {"loss": "wgan-gp", "d_steps": 2}}).train
     torch.manual_seed(0)
@@ -317,7 +427,9 @@ def test_step_reads_its_inputs_from_fixed_buffers():
     step.fill(stream.next, noise)
     assert [b.data_ptr() for b in buffers] == addresses
     assert all(not torch.equal(a, b) for a, b in zip(first, buffers))  # new batches, labels, noise
-    assert stats.shape == (6,) and torch.isfinite(stats).all() and stats[4] > 0  # the gradient penalty ran
+    named = dict(zip(STEP_STATS, stats.tolist()))
+    assert stats.shape == (6,) and torch.isfinite(stats).all() and named["penalty"] > 0  # the gradient penalty ran
+    assert -1 <= named["real_sign"] <= 1
     # the filled batch is exactly the images the stream picked, in its order
     replay = BatchStream(40, 8, seed=0)
     replay.next(), replay.next()

@@ -105,6 +105,13 @@ class TrainParams(_Section):
     ada_interval: int = Field(4, ge=1, description="ada: steps between adjustments of p")
 
 
+# The train keys that say how a run is executed, checkpointed or logged, not what it computes.
+TRAIN_RUN_KNOBS = ("device", "nproc", "compile", "cuda_graphs", "checkpoint_every", "keep_checkpoints",
+                   "checkpoint_retention_days", "log_every", "in_memory_max_mb")
+# The others are the training recipe: recorded in the exported model, and the export stage's train params.
+TRAIN_RECIPE = tuple(key for key in TrainParams.model_fields if key not in TRAIN_RUN_KNOBS)
+
+
 class EvaluatorParams(_Section):
     """The domain classifier trained by the train_evaluator stage."""
 

@@ -12,6 +12,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+# The code that decides what training computes, inside the ganops package: the train stage's deps
+# in dvc.yaml include it, and a checkpoint written by other code is not resumed.
+TRAINING_CODE = ("models", "training", "pixels.py")
+
 
 def cache_dir() -> Path:
     """Where ganops keeps files outside any project (the FID Inception weights, registry downloads,

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ganops import GanopsError
-from ganops.config import Params
+from ganops.config import TRAIN_RECIPE, Params
 from ganops.io import atomic_dir, atomic_path, file_sha256, write_json_atomic
 from ganops.metrics.report import EvaluationReport
 from ganops.models import load_generator
@@ -23,11 +23,6 @@ from ganops.tracking.runs import log_to_pipeline_run
 
 log = logging.getLogger(__name__)
 FP16_MODEL = "generator.onnx"  # inside models/fp16/
-# The training recipe recorded in the ONNX metadata: what was trained, not how the run was executed or
-# logged (so a new train.log_every does not re-export; dvc.yaml lists exactly these keys).
-TRAIN_RECIPE = ("steps", "batch_size", "loss", "lr_g", "lr_d", "beta1", "beta2", "d_steps", "r1_gamma", "gp_weight",
-                "ema_decay", "ema_start", "seed", "augment", "augment_auto_below", "ada_target", "ada_kimg",
-                "ada_interval")
 
 
 def export(params: Params, root: Path = Path(".")) -> dict:
@@ -37,6 +32,7 @@ def export(params: Params, root: Path = Path(".")) -> dict:
     generator = load_generator(paths.generator_weights, paths.generator_spec, torch.device("cpu"))
     report: dict = {"opset": cfg.opset, "inputs": ["z", "labels"] if generator.spec.conditional else ["z"],
                     "output": "images", "output_range": [-1.0, 1.0], "layout": "NCHW"}
+    # What was trained, not how the run went (so a new train.log_every does not re-export).
     training_params = {"model": params.model.model_dump(), "train": {key: getattr(params.train, key) for key in TRAIN_RECIPE}}
     with atomic_path(paths.onnx) as tmp:
         write_onnx(generator, tmp, cfg, training_params, _evaluation_of_this_generator(paths))

@@ -13,6 +13,7 @@ from typing import Any, TYPE_CHECKING
 
 from ganops.config import MlflowParams, Params
 from ganops.io import file_sha256, write_json_atomic
+from ganops.paths import TRAINING_CODE
 from ganops.tracking.store import connect, experiment_id, pipeline_run_id, tracking_uri
 
 if TYPE_CHECKING:  # the type only: the prepared data format is the stage's to read
@@ -42,7 +43,7 @@ def _git(root: Path, *args: str) -> str | None:
 
 
 # What the train stage reads when dvc.yaml is not there to say (a project driven from Python).
-_TRAIN_DEPS = ["data/prepared", "src/ganops/models", "src/ganops/training"]
+_TRAIN_DEPS = ["data/prepared", *(f"src/ganops/{part}" for part in TRAINING_CODE)]
 _TRAIN_PARAMS = ["model", "train"]
 
 

@@ -1,7 +1,7 @@
-"""Training checkpoints: networks, optimisers, RNG states and the log so far, written atomically.
+"""Training checkpoints: a run's whole state (TrainingState) written atomically, one file per step.
 
-Loaded with ``torch.load(weights_only=True)``, so a checkpoint can hold tensors and plain
-containers but can never run code. RNG states that are not tensors are converted to tensors.
+A checkpoint is loaded with ``torch.load(weights_only=True)``. So it holds tensors and plain
+containers, and can never run code. RNG states that are not tensors are converted to tensors.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import random
 import re
 import shutil
 import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -61,6 +62,81 @@ def restore_rng_states(states: dict[str, Any], noise: torch.Generator, noise_sta
                          np_state["has_gauss"], np_state["gauss"]))
     py_state = states["python"]
     random.setstate((py_state["version"], tuple(py_state["state"].tolist()), py_state["gauss"]))
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> Any: ...
+
+
+@dataclass
+class TrainingState:
+    """A run between two steps: the live objects it trains, and its counters.
+
+    ``capture`` turns it into a checkpoint's dict and ``restore`` reads one back into the same
+    objects, field by field: a new piece of state is one new field. An object with ``state_dict``
+    is saved through it and loaded in place; a tensor is copied in place; a plain value is replaced.
+    The noise generator is the exception: every rank's is saved (``noise_per_rank``), beside the
+    global RNGs.
+    """
+
+    generator: torch.nn.Module
+    discriminator: torch.nn.Module
+    generator_ema: torch.nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    stream: Stateful  # the batch order (loop.BatchStream)
+    window: torch.Tensor  # running sums of the step stats since the last log row
+    ada: Stateful | None  # ADA's p, when train.augment is ada
+    noise: torch.Generator  # this rank's latents and augmentation draws
+    step: int = 0  # steps done
+    elapsed_s: float = 0.0  # training time up to ``step``, over all the processes that ran it
+    log: list[dict] = field(default_factory=list)  # the rows of reports/train_log.csv so far
+    window_steps: int = 0  # steps summed in ``window``
+
+    def capture(self, fingerprint: str, noise_per_rank: list[torch.Tensor]) -> dict[str, Any]:
+        """The checkpoint's content; ``noise_per_rank``: every rank's noise state, in rank order."""
+        state = {name: _saved(getattr(self, name)) for name in self._same_on_every_rank()}
+        return {**state, "fingerprint": fingerprint, "world_size": len(noise_per_rank), "rng": capture_rng_states(),
+                "noise_per_rank": noise_per_rank}
+
+    def restore(self, checkpoint: dict[str, Any], rank: int) -> None:
+        """Put a checkpoint written by ``capture`` back into this state's objects (this rank's noise)."""
+        for name in self._same_on_every_rank():
+            setattr(self, name, _loaded(getattr(self, name), checkpoint[name]))
+        restore_rng_states(checkpoint["rng"], self.noise, checkpoint["noise_per_rank"][rank])
+
+    def _same_on_every_rank(self) -> list[str]:
+        return [f.name for f in fields(self) if f.name != "noise"]
+
+
+def _saved(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    return value.state_dict() if hasattr(value, "state_dict") else value
+
+
+def _loaded(live: Any, saved: Any) -> Any:
+    """``saved`` put into ``live`` in place where it can be; what the field then holds."""
+    if isinstance(live, torch.optim.Optimizer):
+        _load_optimizer(live, saved)
+    elif hasattr(live, "load_state_dict"):
+        live.load_state_dict(saved)
+    elif isinstance(live, torch.Tensor):
+        live.copy_(saved)
+    else:
+        return saved
+    return live
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """The saved moments and step counts, kept on the device as this run needs (CUDA graphs or not),
+    not as the saving run did."""
+    capturable = [group["capturable"] for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, value in zip(optimizer.param_groups, capturable):
+        group["capturable"] = value
 
 
 def save_checkpoint(folder: Path, step: int, state: dict[str, Any], keep: int) -> Path:

@@ -43,7 +43,7 @@ class Dist:
             dist.all_reduce(tensor)
             tensor /= self.world_size
 
-    def gather(self, value: object) -> list[object]:
+    def all_gather(self, value: object) -> list[object]:
         """Every rank's ``value``, in rank order, on every rank."""
         if not self.enabled:
             return [value]
@@ -102,8 +102,9 @@ def average_buffers(ctx: Dist, *modules: torch.nn.Module) -> None:
         offset += buffer.numel()
 
 
-def state_digest(*modules: torch.nn.Module) -> str:
-    """A hash of every parameter and buffer: equal on all ranks when DDP kept them in sync."""
+def weights_digest(*modules: torch.nn.Module) -> str:
+    """A hash of every parameter and buffer, by name, as float32 bytes: equal on all ranks when DDP
+    kept them in sync (the first 16 hex digits are reports/train.json's weights_sha256)."""
     digest = hashlib.sha256()
     for module in modules:
         for name, tensor in module.state_dict().items():

@@ -14,7 +14,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, TYPE_CHECKING
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -23,85 +23,65 @@ from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from ganops import GanopsError
-from ganops.config import ModelParams, TrainParams
+from ganops.config import TRAIN_RECIPE, TrainParams
 from ganops.device import resolve_device
 from ganops.models import DiscriminatorSpec, GeneratorSpec, build_discriminator, build_generator
+from ganops.paths import TRAINING_CODE
 from ganops.training import distributed
-from ganops.training.augment import AdaController, resolve_augment
-from ganops.training.checkpoint import (capture_rng_states, load_resumable, prune_stale, restore_rng_states, run_folder,
-                                       save_checkpoint)
+from ganops.training.augment import AdaController
+from ganops.training.checkpoint import TrainingState, load_resumable, prune_stale, run_folder, save_checkpoint
 from ganops.training.ema import ema_decay, update_ema
-from ganops.training.step import TrainStep
-
-if TYPE_CHECKING:  # the type only: the prepared data format is the stage's to read
-    from ganops.data.prepare import Manifest
+from ganops.training.step import REAL_SIGN, STEP_STATS, TrainStep
 
 log = logging.getLogger(__name__)
-# real_sign: E[sign(D(real))], ADA's overfitting heuristic; augment_p: the augmentation probability.
-LOG_FIELDS = ["step", "loss_d", "loss_g", "d_real", "d_fake", "penalty", "real_sign", "augment_p", "images_per_s",
-              "wall_time_s"]
-# Knobs that change how long or how visibly a run goes, not what it computes: a checkpoint written
-# under other values of these can still be resumed.
-_NOT_IN_FINGERPRINT = {"steps", "checkpoint_every", "keep_checkpoints", "checkpoint_retention_days", "log_every", "device",
-                       "nproc", "compile", "cuda_graphs", "in_memory_max_mb"}
-
-
-def generator_spec(model: ModelParams, manifest: Manifest) -> GeneratorSpec:
-    return GeneratorSpec(
-        latent_dim=model.latent_dim,
-        g_channels=model.g_channels,
-        max_channels=model.max_channels,
-        resolution=manifest.resolution,
-        channels=manifest.channels,
-        num_classes=manifest.num_classes if model.conditional else 0,
-        class_names=manifest.class_names if model.conditional else [],
-        data_checksum=manifest.checksum("train"),
-    )
-
-
-def discriminator_spec(model: ModelParams, manifest: Manifest) -> DiscriminatorSpec:
-    return DiscriminatorSpec(
-        d_channels=model.d_channels,
-        max_channels=model.max_channels,
-        spectral_norm=model.spectral_norm,
-        resolution=manifest.resolution,
-        channels=manifest.channels,
-        num_classes=manifest.num_classes if model.conditional else 0,
-    )
+# The columns of reports/train_log.csv: each row's step, the means of the step stats since the last
+# row, the augmentation probability, the speed and the wall time.
+LOG_FIELDS = ("step", *STEP_STATS, "augment_p", "images_per_s", "wall_time_s")
+# The recipe but its length: a longer run of the same recipe resumes a shorter one's checkpoints.
+_FINGERPRINTED = tuple(key for key in TRAIN_RECIPE if key != "steps")
 
 
 def _code_digest() -> str:
-    """The training code itself (the train stage's DVC deps) and the torch version: a checkpoint
-    written by other code must not be resumed, even under the same params."""
+    """The training code itself (TRAINING_CODE) and the torch version: a checkpoint written by other
+    code must not be resumed, even under the same params."""
     digest = hashlib.sha256(torch.__version__.encode())
     package = Path(__file__).resolve().parents[1]
-    for folder in ("models", "training"):
-        for source in sorted((package / folder).glob("*.py")):
+    for part in TRAINING_CODE:
+        path = package / part
+        for source in sorted(path.glob("*.py")) if path.is_dir() else [path]:
             digest.update(source.name.encode() + source.read_bytes())
-    digest.update(b"pixels.py" + (package / "pixels.py").read_bytes())  # the step's uint8 -> [-1, 1]
     return digest.hexdigest()
 
 
-def _check_ranks_agree(ctx, step: int, *networks) -> None:
-    """Every checkpoint: all ranks must hold identical weights, or the run stops there, loudly."""
-    if ctx.world_size == 1:
-        return
-    digests = ctx.gather(distributed.state_digest(*networks))
+def _check_ranks_agree(ctx, step: int, *networks) -> str:
+    """All ranks must hold identical weights, or the run stops there, loudly. Returns their weights_digest."""
+    digests = ctx.all_gather(distributed.weights_digest(*networks))
     if len(set(digests)) != 1:
         raise GanopsError(f"ranks diverged by step {step}: weight digests {digests}")
-    if ctx.is_main:
-        log.info("step %d: all %d ranks hold identical weights (%s)", step, ctx.world_size, digests[0][:16])
+    return digests[0]
 
 
-def _fingerprint(model: ModelParams, cfg: TrainParams, data_checksum: str, world_size: int) -> str:
+def _fingerprint(g_spec: GeneratorSpec, d_spec: DiscriminatorSpec, cfg: TrainParams, augmentation: str,
+                 world_size: int) -> str:
+    """What a run computes: a checkpoint is resumed only by a run of the same fingerprint."""
     setup = {
         "code": _code_digest(),
         "world_size": world_size,
-        "data": data_checksum,
-        "model": model.model_dump(),
-        "train": cfg.model_dump(exclude=_NOT_IN_FINGERPRINT),
+        "generator": g_spec.model_dump(mode="json"),  # with the training data's checksum
+        "discriminator": d_spec.model_dump(mode="json"),
+        "train": cfg.model_dump(include=set(_FINGERPRINTED)),
+        "augmentation": augmentation,
     }
     return hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()
+
+
+def _resumable(ctx, checkpoints: Path, fingerprint: str, steps: int) -> dict | None:
+    """The checkpoint to resume, on every rank: rank 0 picks it, the others load the same file."""
+    resumed = load_resumable(checkpoints, fingerprint, steps) if ctx.is_main else None
+    path = ctx.all_gather(str(resumed["path"]) if resumed else None)[0]
+    if path and not ctx.is_main:
+        resumed = torch.load(path, map_location="cpu", weights_only=True)
+    return resumed
 
 
 class BatchStream:
@@ -110,12 +90,12 @@ class BatchStream:
     state is two integers and a resumed run sees the same batches."""
 
     def __init__(self, num_items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 epoch: int = 0, position: int = 0, device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu") -> None:
         if num_items // world_size < batch_size:
             raise GanopsError(f"train.batch_size={batch_size * world_size} is larger than the {num_items} training images")
         self.sampler = DistributedSampler(range(num_items), num_replicas=world_size, rank=rank, shuffle=True,
                                           seed=seed, drop_last=True)
-        self.batch_size, self.epoch, self.position, self.device = batch_size, epoch, position, device
+        self.batch_size, self.epoch, self.position, self.device = batch_size, 0, 0, device
         self._order = self._epoch_order()
 
     def _epoch_order(self) -> torch.Tensor:
@@ -131,8 +111,12 @@ class BatchStream:
         self.position += self.batch_size
         return batch
 
-    def state(self) -> dict[str, int]:
+    def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+        self._order = self._epoch_order()
 
 
 class ImageReader(Protocol):
@@ -185,19 +169,20 @@ class FitResult:
     """What ``fit`` returns on rank 0 (other ranks get None)."""
 
     G_ema: torch.nn.Module
-    spec: GeneratorSpec  # the generator's, built from the model params and the manifest
+    spec: GeneratorSpec  # the generator's, as fit was given it
     log_rows: list[dict]
     summary: dict
     device: torch.device
     started_at: float  # time.time() when training began, for the MLflow run
 
 
-def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.ndarray | ImageReader,
-        labels_all: np.ndarray, checkpoint_root: Path, before_training: Callable[[], None] = lambda: None
-        ) -> FitResult | None:
-    """Train a GAN on uint8 images (N, C, H, W) with int labels and return the EMA generator and its log.
-    The images are an array, or a reader of a prepared split: held in memory up to
-    train.in_memory_max_mb, read from the shards a batch at a time beyond (the same batches either way).
+def fit(g_spec: GeneratorSpec, d_spec: DiscriminatorSpec, cfg: TrainParams, augmentation: str,
+        images_u8: np.ndarray | ImageReader, labels_all: np.ndarray, checkpoint_root: Path,
+        before_training: Callable[[], None] = lambda: None) -> FitResult | None:
+    """Train the networks of ``g_spec`` and ``d_spec`` on uint8 images (N, C, H, W) with int labels and
+    return the EMA generator and its log. ``augmentation`` is train.augment resolved (none,
+    diffaugment or ada). The images are an array, or a reader of a prepared split: held in memory up
+    to train.in_memory_max_mb, read from the shards a batch at a time beyond (the same batches either way).
 
     Under torchrun every process runs this function: DDP keeps the networks in sync, each rank
     draws its own share of every batch and its own noise, and only rank 0 writes checkpoints and
@@ -221,7 +206,6 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    g_spec, d_spec = generator_spec(model, manifest), discriminator_spec(model, manifest)
     memory_format = torch.channels_last  # the faster conv layout for both cuDNN and oneDNN (CPU)
     G_raw = build_generator(g_spec).to(device, memory_format=memory_format)
     D_raw = build_discriminator(d_spec).to(device, memory_format=memory_format)
@@ -233,43 +217,26 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
     opt_g = torch.optim.Adam(G_raw.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2), **adam)
     opt_d = torch.optim.Adam(D_raw.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2), **adam)
     noise = torch.Generator(device=device).manual_seed(cfg.seed + 1 + 7919 * ctx.rank)  # per-rank noise
-    shape = (manifest.channels, manifest.resolution, manifest.resolution)
+    shape = (g_spec.channels, g_spec.resolution, g_spec.resolution)
     images = _hold_or_stream(images_u8, shape, cfg.in_memory_max_mb * 2**20, device)  # uint8; scaled per batch
     labels = torch.from_numpy(labels_all).to(images.device)
     stream = BatchStream(len(labels_all), local_batch, cfg.seed, ctx.rank, ctx.world_size, device=images.device)
 
-    fingerprint = _fingerprint(model, cfg, manifest.checksum("train"), ctx.world_size)
-    start_step, elapsed_before, log_rows = 0, 0.0, []
-    window = torch.zeros(6, device=device)  # running sums of loss_d, loss_g, d_real, d_fake, penalty, real_sign
+    fingerprint = _fingerprint(g_spec, d_spec, cfg, augmentation, ctx.world_size)
     # Augmentation's probability p, on the device: fixed at 1 for DiffAugment, steered by ADA.
-    augmentation = resolve_augment(cfg.augment, manifest.source, len(labels_all), cfg.augment_auto_below)
     ada = AdaController(cfg.ada_target, cfg.ada_kimg, cfg.ada_interval, cfg.batch_size, device) if augmentation == "ada" else None
     augment_p = ada.p if ada else torch.ones((), device=device) if augmentation == "diffaugment" else None
-    window_steps = 0
+    state = TrainingState(generator=G_raw, discriminator=D_raw, generator_ema=G_ema, opt_g=opt_g, opt_d=opt_d,
+                          stream=stream, window=torch.zeros(len(STEP_STATS), device=device), ada=ada, noise=noise)
     checkpoints = run_folder(checkpoint_root, fingerprint)
     if ctx.is_main:
         prune_stale(checkpoint_root, checkpoints, cfg.checkpoint_retention_days)
-    resumed = load_resumable(checkpoints, fingerprint, cfg.steps) if ctx.is_main else None
-    resume_path = ctx.gather(str(resumed["path"]) if resumed else None)[0]
-    if resume_path and not ctx.is_main:
-        resumed = torch.load(resume_path, map_location="cpu", weights_only=True)
+    resumed = _resumable(ctx, checkpoints, fingerprint, cfg.steps)
     if resumed is not None:
-        G_raw.load_state_dict(resumed["generator"])
-        D_raw.load_state_dict(resumed["discriminator"])
-        G_ema.load_state_dict(resumed["generator_ema"])
-        opt_g.load_state_dict(resumed["opt_g"])
-        opt_d.load_state_dict(resumed["opt_d"])
-        for group in (*opt_g.param_groups, *opt_d.param_groups):  # as this run needs, not as the saver ran
-            group["capturable"] = cuda_graph
-        restore_rng_states(resumed["rng"], noise, resumed["noise_per_rank"][ctx.rank])
-        stream = BatchStream(len(labels_all), local_batch, cfg.seed, ctx.rank, ctx.world_size, **resumed["stream"],
-                             device=images.device)
-        start_step, elapsed_before, log_rows = resumed["step"], resumed["elapsed_s"], resumed["log"]
-        window, window_steps = resumed["window"].to(device), resumed["window_steps"]
-        if ada:
-            ada.load_state_dict(resumed["ada"])
+        state.restore(resumed, ctx.rank)
         if ctx.is_main:
-            log.info("resuming from checkpoint at step %d", start_step)
+            log.info("resuming from checkpoint at step %d", state.step)
+    start_step, elapsed_before = state.step, state.elapsed_s
 
     # DDP wraps the networks for the steps whose gradients must be averaged over ranks; the raw
     # modules serve the passes that need no sync (penalties, the generator step through a frozen D).
@@ -295,15 +262,6 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
                  f", augmentation {augmentation}" + (" (train.augment: auto)" if cfg.augment == "auto" else "")
                  if augmentation != "none" else "")
 
-    def checkpoint_state(step: int, elapsed: float, noise_states: list) -> dict:
-        return {
-            "step": step, "fingerprint": fingerprint, "elapsed_s": elapsed, "log": log_rows,
-            "generator": G_raw.state_dict(), "discriminator": D_raw.state_dict(), "generator_ema": G_ema.state_dict(),
-            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "rng": capture_rng_states(),
-            "noise_per_rank": noise_states, "stream": stream.state(), "window": window.cpu(),
-            "window_steps": window_steps, "world_size": ctx.world_size, "ada": ada.state_dict() if ada else {},
-        }
-
     # --- the loop ----------------------------------------------------------------------------------
     started = time.perf_counter()
     last_log_time, last_log_step = started, start_step
@@ -318,59 +276,61 @@ def fit(model: ModelParams, cfg: TrainParams, manifest: Manifest, images_u8: np.
         update_ema(G_raw, G_ema, ema_decay(cfg.ema_decay, step - cfg.ema_start))
         done = step + 1
         if ada:
-            ada.observe(stats[5], done, ctx.all_reduce_mean)
+            ada.observe(stats[REAL_SIGN], done, ctx.all_reduce_mean)
 
         # Bookkeeping stays on the device; it is read (a host sync) only every log_every steps.
-        window += stats
-        window_steps += 1
+        state.step = done
+        state.window += stats
+        state.window_steps += 1
         if done % cfg.log_every == 0 or done == cfg.steps:
-            ctx.all_reduce_mean(window)  # the logged losses are averages over all ranks
+            ctx.all_reduce_mean(state.window)  # the logged losses are averages over all ranks
             now = time.perf_counter()
-            means = (window / window_steps).tolist()
-            row = dict(zip(LOG_FIELDS[1:7], (round(v, 6) for v in means)))
+            means = (state.window / state.window_steps).tolist()
+            row = dict(zip(STEP_STATS, (round(v, 6) for v in means)))
             row["augment_p"] = round(augment_p.item(), 6) if augment_p is not None else 0.0
             row.update(step=done, images_per_s=round((done - last_log_step) * cfg.batch_size / (now - last_log_time), 2),
                        wall_time_s=round(elapsed_before + now - started, 3))
-            log_rows.append(row)
+            state.log.append(row)
             progress.set_postfix(loss_d=f"{row['loss_d']:.3f}", loss_g=f"{row['loss_g']:.3f}", img_s=f"{row['images_per_s']:.0f}")
-            window.zero_()
-            window_steps, last_log_time, last_log_step = 0, now, done
+            state.window.zero_()
+            state.window_steps, last_log_time, last_log_step = 0, now, done
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            noise_states = ctx.gather(noise.get_state().cpu())
-            _check_ranks_agree(ctx, done, G_raw, D_raw, G_ema)
+            noise_per_rank = ctx.all_gather(noise.get_state().cpu())
+            if ctx.enabled:  # at every checkpoint (one process agrees with itself)
+                digest = _check_ranks_agree(ctx, done, G_raw, D_raw, G_ema)
+                if ctx.is_main:
+                    log.info("step %d: all %d ranks hold identical weights (%s)", done, ctx.world_size, digest[:16])
             if ctx.is_main:
-                save_checkpoint(checkpoints, done, checkpoint_state(done, elapsed_before + time.perf_counter() - started,
-                                                                          noise_states), cfg.keep_checkpoints)
+                state.elapsed_s = elapsed_before + time.perf_counter() - started
+                save_checkpoint(checkpoints, done, state.capture(fingerprint, noise_per_rank), cfg.keep_checkpoints)
             ctx.barrier()
         progress.update(1)
     progress.close()
     wall_time = elapsed_before + time.perf_counter() - started
 
     # --- every rank must hold the same networks ------------------------------------------------------
-    digests = ctx.gather(distributed.state_digest(G_raw, D_raw, G_ema))
-    if len(set(digests)) != 1:
-        raise GanopsError(f"ranks diverged: weight digests {digests}")
+    digest = _check_ranks_agree(ctx, cfg.steps, G_raw, D_raw, G_ema)
     if not ctx.is_main:
         ctx.barrier()
         distributed.shutdown()
         return None
 
     # --- the result (rank 0) -------------------------------------------------------------------------
-    final = log_rows[-1] if log_rows else {}
+    final = state.log[-1] if state.log else {}
     summary = {
         "steps": cfg.steps,
         "wall_time_s": round(wall_time, 3),
         "images_per_s": round(cfg.steps * cfg.batch_size / wall_time, 2) if wall_time > 0 else 0.0,
         "resumed_from_step": start_step,
         "world_size": ctx.world_size,
-        "weights_sha256": digests[0][:16],
+        "weights_sha256": digest[:16],
         "images_from": images_from,
         "augment": augmentation,
         "augment_p": round(augment_p.item(), 6) if augment_p is not None else 0.0,
         **{key: final[key] for key in ("loss_d", "loss_g", "d_real", "d_fake") if key in final},
     }
     log.info("trained %d steps in %.1f s on %s x %d; weights %s on every rank", cfg.steps, wall_time, device,
-             ctx.world_size, digests[0][:16])
+             ctx.world_size, digest[:16])
     ctx.barrier()
     distributed.shutdown()
-    return FitResult(G_ema=G_ema, spec=g_spec, log_rows=log_rows, summary=summary, device=device, started_at=run_started_at)
+    return FitResult(G_ema=G_ema, spec=g_spec, log_rows=state.log, summary=summary, device=device, started_at=run_started_at)

@@ -23,6 +23,10 @@ from ganops.pixels import from_uint8
 from ganops.training.augment import DRAWS_PER_IMAGE, augment
 from ganops.training.losses import LOSSES, discriminator_loss, generator_loss, gradient_penalty, r1_penalty
 
+# What a step returns, in this order: the last D update's losses, mean D outputs on real and fake
+# images and penalty, and ADA's overfitting heuristic real_sign = E[sign(D(real))].
+STEP_STATS = ("loss_d", "loss_g", "d_real", "d_fake", "penalty", "real_sign")
+REAL_SIGN = STEP_STATS.index("real_sign")
 # Eager steps before capture: cuDNN picks its algorithms, the optimisers create their state and
 # autograd its gradient buffers, all outside the graph (as PyTorch's CUDA-graph notes require).
 WARMUP_STEPS = 3
@@ -108,8 +112,8 @@ class TrainStep:
             self.copied.record()
 
     def run(self) -> torch.Tensor:
-        """One step on the filled inputs. Returns [loss_d, loss_g, D(real), D(fake), penalty,
-        E[sign(D(real))]] of the last D update on the device; under a CUDA graph the same tensor every step, so read or add it before the next."""
+        """One step on the filled inputs. Returns its STEP_STATS as one tensor on the device; under a
+        CUDA graph the same tensor every step, so read or add it before the next."""
         if not self.cuda_graph:
             return self._step()
         if self.graph is None:
@@ -176,5 +180,6 @@ class TrainStep:
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
-        return torch.stack([loss_d.detach(), loss_g.detach(), d_real.detach().mean(), d_fake.detach().mean(), penalty.detach(),
-                            d_real.detach().sign().mean()])
+        stats = {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "d_real": d_real.detach().mean(),
+                 "d_fake": d_fake.detach().mean(), "penalty": penalty.detach(), "real_sign": d_real.detach().sign().mean()}
+        return torch.stack([stats[name] for name in STEP_STATS])
