@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ganops import GanopsError
-from ganops.config import MlflowParams, ServeParams
+from ganops.config import ServeParams
 from ganops.serving.locate import parse_models_uri
 from ganops.pixels import to_uint8
 from ganops.serving.runtime import OnnxGenerator
