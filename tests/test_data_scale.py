@@ -111,7 +111,8 @@ def test_ranks_read_disjoint_shares_of_every_epoch():
     for epoch in range(3):
         seen = []
         for rank in range(2):
-            stream = BatchStream(100, 10, seed=0, rank=rank, world_size=2, epoch=epoch)
+            stream = BatchStream(100, 10, seed=0, rank=rank, world_size=2)
+            stream.load_state_dict({"epoch": epoch, "position": 0})
             seen.append({int(i) for _ in range(5) for i in stream.next()})
         assert not seen[0] & seen[1] and len(seen[0]) == len(seen[1]) == 50
 
