@@ -137,7 +137,7 @@ def test_batch_larger_than_a_streamed_split_is_a_clear_error(tmp_path):
 class PixelFeatures:
     """A backbone whose features are the first 24 pixels: enough to check the arithmetic exactly."""
 
-    name = features = "pixels"
+    name = feature_space = "pixels"
 
     def __call__(self, images_u8):
         return images_u8.flatten(1)[:, :24].double() / 255
