@@ -8,7 +8,7 @@ import importlib.metadata
 import os
 import platform
 import statistics
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def _cpu_model() -> str:

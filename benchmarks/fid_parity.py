@@ -29,8 +29,8 @@ from PIL import Image
 
 from _common import print_environment
 from ganops.data import load_split
-from ganops.metrics.frechet import frechet_distance_of_features
 from ganops.metrics.fid_weights import TORCHSCRIPT_MEMBER, WHEEL_FILE
+from ganops.metrics.frechet import frechet_distance_of_features
 from ganops.metrics.inception import InceptionFeatureExtractor, default_weights_path, load_network
 from ganops.paths import cache_dir
 
@@ -79,8 +79,9 @@ def main() -> int:
             return self.images[i]
 
     def torch_fidelity_fid() -> float:
-        return torch_fidelity.calculate_metrics(input1=Images(a), input2=Images(b), fid=True, cuda=False, verbose=False,
-                                                batch_size=50, feature_extractor_weights_path=str(pth))["frechet_inception_distance"]
+        metrics = torch_fidelity.calculate_metrics(input1=Images(a), input2=Images(b), fid=True, cuda=False, verbose=False,
+                                                   batch_size=50, feature_extractor_weights_path=str(pth))
+        return metrics["frechet_inception_distance"]
 
     def pytorch_fid_fid() -> float:
         from pytorch_fid.fid_score import calculate_fid_given_paths

@@ -24,12 +24,12 @@ import torch
 
 from _common import print_environment
 from ganops.config import validate_params
-from ganops.stages.prepare import prepare
-from ganops.stages.export import export
-from ganops.stages.evaluate import evaluate
-from ganops.stages.train_evaluator import train_evaluator
 from ganops.serving import OnnxGenerator, available_providers
+from ganops.stages.evaluate import evaluate
+from ganops.stages.export import export
+from ganops.stages.prepare import prepare
 from ganops.stages.train import train
+from ganops.stages.train_evaluator import train_evaluator
 
 
 def main() -> int:

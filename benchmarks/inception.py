@@ -27,8 +27,7 @@ import numpy as np
 import torch
 
 from _common import median, print_environment, spread
-from ganops.metrics.inception import (INPUT_SIZE, FIDInceptionV3, InceptionFeatureExtractor, default_weights_path,
-                                      load_network)
+from ganops.metrics.inception import INPUT_SIZE, FIDInceptionV3, InceptionFeatureExtractor, default_weights_path, load_network
 
 BATCH = 50
 
@@ -54,7 +53,8 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--peak-gflops", type=float, default=376.0,
-                        help="the CPU fp32 peak; default: 2 cores x 64 FLOP per cycle (AVX-512, two FMA units) x ~2.9 GHz, about 33 images/s")
+                        help="the CPU fp32 peak; default: 2 cores x 64 FLOP per cycle (AVX-512, two FMA units) x ~2.9 GHz, "
+                             "about 33 images/s")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     print_environment(("onnxruntime", "torch-fidelity", "pytorch-fid"))
@@ -69,7 +69,8 @@ def main() -> int:
     state["fc.weight"], state["fc.bias"] = torch.zeros(1008, 2048), torch.zeros(1008)  # unused by the 2048-d features
     folder = Path(tempfile.mkdtemp())
     torch.save(state, folder / "weights.pth")
-    fidelity = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(folder / "weights.pth"))
+    fidelity = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                          feature_extractor_weights_path=str(folder / "weights.pth"))
     (folder / "hub" / "checkpoints").mkdir(parents=True)
     torch.save(state, folder / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth")
     os.environ["TORCH_HOME"] = str(folder)  # pytorch-fid loads its weights file from torch hub's cache

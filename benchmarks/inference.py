@@ -28,8 +28,8 @@ import torch
 from _common import median, print_environment, round_order, spread
 from _generator import benchmark_generator
 from ganops.config import load_params
-from ganops.serving.export import write_onnx
 from ganops.serving import OnnxGenerator
+from ganops.serving.export import write_onnx
 
 
 def call_ms(fn, repeats: int) -> list[float]:
@@ -67,11 +67,14 @@ def main() -> None:
             labels = torch.arange(batch) % max(1, spec.num_classes) if spec.conditional else None
             z_np, labels_np = z.numpy(), (labels.numpy() if labels is not None else None)
 
-            def eager():
+            def eager(z=z, labels=labels):
                 with torch.inference_mode():
                     return generator(z, labels)
 
-            sides = {"torch eager": eager, "onnxruntime": lambda: session.run(z_np, labels_np)}
+            def ort(z_np=z_np, labels_np=labels_np):
+                return session.run(z_np, labels_np)
+
+            sides = {"torch eager": eager, "onnxruntime": ort}
             difference = float(np.abs(sides["onnxruntime"]() - eager().numpy()).max())
             medians: dict[str, list[float]] = {name: [] for name in sides}
             pooled: dict[str, list[float]] = {name: [] for name in sides}

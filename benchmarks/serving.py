@@ -187,8 +187,8 @@ def main() -> int:
     from _common import median, print_environment, round_order, spread
     from _generator import benchmark_generator
     from ganops.config import ServeParams, load_params
-    from ganops.serving.export import write_onnx
     from ganops.serving import OnnxGenerator
+    from ganops.serving.export import write_onnx
 
     print_environment(("onnxruntime", "mlflow", "fastapi", "uvicorn", "httpx"))
     params = load_params("params.yaml")
@@ -242,8 +242,9 @@ def main() -> int:
         mlflow_sides = [f"mlflow -w {workers}" for workers in MLFLOW_WORKERS]
         order = [LIKE, *mlflow_sides, SEEDED]
 
+        kind = "conditional" if spec.conditional else "unconditional"
         print(f"generator: {origin}; latent_dim {spec.latent_dim}, output {spec.channels}x{spec.resolution}x"
-              f"{spec.resolution}, {'conditional' if spec.conditional else 'unconditional'}; ONNX {model_path.stat().st_size} bytes")
+              f"{spec.resolution}, {kind}; ONNX {model_path.stat().st_size} bytes")
         threads = serve_defaults.intra_op_threads or os.cpu_count()
         print(f"ganops serve: 1 uvicorn process (serve.* defaults), onnxruntime intra-op {threads} "
               f"(serve.intra_op_threads={serve_defaults.intra_op_threads}), inter-op 1, sequential")

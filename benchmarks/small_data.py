@@ -35,7 +35,6 @@ import numpy as np
 import torch
 
 from _common import print_environment, round_order, spread
-
 from ganops.config import load_params
 from ganops.data import load_split
 from ganops.data.prepare import write_prepared
@@ -87,7 +86,8 @@ def main() -> None:
     print(f"data: {args.images} of the {len(images)} training images of {params.data.source} "
           f"({params.data.resolution}x{params.data.resolution}, {manifest.num_classes} classes; subset sha256 "
           f"{subset_digest[:16]}); reference: all {len(images)}")
-    print(f"training: {train_cfg.steps} steps x batch {train_cfg.batch_size} ({train_cfg.steps * train_cfg.batch_size / args.images:.0f} "
+    epochs = train_cfg.steps * train_cfg.batch_size / args.images
+    print(f"training: {train_cfg.steps} steps x batch {train_cfg.batch_size} ({epochs:.0f} "
           f"epochs of the subset), loss {train_cfg.loss}, lr {train_cfg.lr_g}/{train_cfg.lr_d}, ada target "
           f"{train_cfg.ada_target}, kimg {train_cfg.ada_kimg}, interval {train_cfg.ada_interval}; on {device}")
 

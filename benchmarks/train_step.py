@@ -63,11 +63,12 @@ convolutions, forward and backward), once, in round 1, after the timed part of t
 official and tuned on one eager step of their own loop; ganops as the difference between train()
 with steps=2 and with steps=1 (eager, train.cuda_graphs false: the same step code the graph records),
 so its set-up and final sample grid cancel out. ganops and tuned run the same convolutions (ganops
-merges real and fake into one D call) and count the same up to spectral norm's power iterations; official counts more by D's weight
-gradients in its G step, which equal one D forward pass on a batch -- both checks are printed. MFU is
-achieved FLOP/s over the dense peak of the precision each side runs: on CUDA official against the
-TF32 tensor-core peak (only its two small matmuls, G's stem and D's head, under 1 % of the FLOPs, run
-in plain fp32: PyTorch leaves TF32 matmuls off by default), tuned and ganops against the bf16 peak, from the table GPU_PEAKS keyed by device name; on
+merges real and fake into one D call) and count the same up to spectral norm's power iterations;
+official counts more by D's weight gradients in its G step, which equal one D forward pass on a
+batch -- both checks are printed. MFU is achieved FLOP/s over the dense peak of the precision each
+side runs: on CUDA official against the TF32 tensor-core peak (only its two small matmuls, G's stem
+and D's head, under 1 % of the FLOPs, run in plain fp32: PyTorch leaves TF32 matmuls off by
+default), tuned and ganops against the bf16 peak, from the table GPU_PEAKS keyed by device name; on
 CPU all sides run fp32 and the peak is ``--peak-gflops`` (default 376 GFLOP/s: 2 cores x 64 FP32
 FLOP/cycle with AVX-512 x ~2.9 GHz, an estimate, not a measurement).
 
@@ -211,7 +212,7 @@ class OfficialLoop:
         D_G_z2 = output.sigmoid().mean().item()
         self.optimizerG.step()
         self.losses = [errD.item(), errG.item()]
-        self.last_line = ("Loss_D: %.4f Loss_G: %.4f D(x): %.4f D(G(z)): %.4f / %.4f"
+        self.last_line = ("Loss_D: %.4f Loss_G: %.4f D(x): %.4f D(G(z)): %.4f / %.4f"  # noqa: UP031 -- main.py's own format
                           % (*self.losses, D_x, D_G_z1, D_G_z2))  # main.py prints this line
 
     def finish(self) -> list[float]:

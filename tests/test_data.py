@@ -17,8 +17,8 @@ from PIL import Image
 
 from ganops.config import validate_params
 from ganops.data import DataError, load_manifest, load_split
-from ganops.stages.prepare import prepare
 from ganops.data.images import fit_array, fit_pil
+from ganops.stages.prepare import prepare
 
 
 def params(**data):

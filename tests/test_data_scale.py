@@ -185,7 +185,7 @@ def test_the_listing_keeps_the_order_of_sorted_paths(tmp_path):
     assert listing.labels.tolist() == [0] * 9 + [1] * 9
 
 
-def _png(image: "Image.Image", **options) -> bytes:
+def _png(image: Image.Image, **options) -> bytes:
     import io
 
     buffer = io.BytesIO()

@@ -46,7 +46,8 @@ def test_repro_builds_every_output(dvc_project):
     for path in ("data/prepared/manifest.json", "data/prepared/train/images-00000.npy", "models/generator.safetensors",
                  "models/generator.json", "reports/train.json", "reports/train_log.csv", "reports/samples.png",
                  "models/evaluator.safetensors", "models/evaluator.json", "reports/evaluator.json",
-                 "data/reference/reference.json", "reports/eval.json", "reports/eval_samples.png", "models/generator.onnx", "reports/export.json", "reports/register.json", "reports/mlflow_run.json"):
+                 "data/reference/reference.json", "reports/eval.json", "reports/eval_samples.png", "models/generator.onnx",
+                 "reports/export.json", "reports/register.json", "reports/mlflow_run.json"):
         assert (root / path).is_file(), path
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"prepare", "train", "train_evaluator", "reference_stats", "evaluate", "export",

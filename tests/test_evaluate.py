@@ -14,19 +14,18 @@ from conftest import TINY, merge
 from ganops import GanopsError
 from ganops.config import EvalParams, validate_params
 from ganops.data import load_split
-from ganops.stages.prepare import prepare
-from ganops.stages.evaluate import evaluate
-from ganops.stages.reference_stats import reference_stats
-from ganops.stages.train_evaluator import train_evaluator
 from ganops.metrics.backbones import DomainClassifierBackbone, extract_features, resolve_backbone
-from ganops.metrics.inception import default_weights_path
-from ganops.metrics.domain_classifier import (DomainClassifier, DomainClassifierSpec, classifier_accuracy,
-                                              load_domain_classifier)
+from ganops.metrics.domain_classifier import DomainClassifier, DomainClassifierSpec, classifier_accuracy, load_domain_classifier
 from ganops.metrics.frechet import feature_statistics, frechet_distance_of_features
+from ganops.metrics.inception import default_weights_path
 from ganops.metrics.reference import ReferencedBackbone, ReferenceFeatures
 from ganops.metrics.scores import score_draws
 from ganops.paths import ProjectPaths
+from ganops.stages.evaluate import evaluate
+from ganops.stages.prepare import prepare
+from ganops.stages.reference_stats import reference_stats
 from ganops.stages.train import train
+from ganops.stages.train_evaluator import train_evaluator
 
 
 def tiny(overrides: dict | None = None):

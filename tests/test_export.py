@@ -14,11 +14,11 @@ import torch
 from conftest import TINY, merge, run_cli
 from ganops import GanopsError
 from ganops.config import validate_params
-from ganops.stages.prepare import prepare
-from ganops.stages.export import export
 from ganops.models import load_generator
 from ganops.paths import ProjectPaths
 from ganops.serving import ModelError, OnnxGenerator
+from ganops.stages.export import export
+from ganops.stages.prepare import prepare
 from ganops.stages.train import train
 
 

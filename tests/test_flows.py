@@ -30,7 +30,8 @@ def make_repo(root: Path) -> Path:
     shutil.copy(REPO / ".gitignore", root)
     shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     write_params(root / "params.yaml", TRACKED)
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     sh("git", "init", "-q", cwd=root)
     sh(str(Path(sys.executable).parent / "dvc"), "init", "-q", cwd=root)
     sh("git", "add", "-A", cwd=root, env=env)

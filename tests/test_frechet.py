@@ -7,8 +7,8 @@ import scipy.linalg
 from ganops.config import EvalParams
 from ganops.metrics.frechet import feature_statistics, frechet_distance
 from ganops.metrics.names import Measurement
-from ganops.metrics.report import EvaluationReport
 from ganops.metrics.reference import ReferenceFeatures
+from ganops.metrics.report import EvaluationReport
 from ganops.metrics.scores import fd, kid, precision_recall
 
 

@@ -24,9 +24,9 @@ from PIL import Image
 
 from conftest import TINY, free_port, merge, spawn, stop, wait_for_http, write_params
 from ganops.config import validate_params
-from ganops.stages.prepare import prepare
-from ganops.stages.export import export
 from ganops.serving import OnnxGenerator
+from ganops.stages.export import export
+from ganops.stages.prepare import prepare
 from ganops.stages.train import train
 
 
@@ -254,7 +254,8 @@ def test_bad_z_leaves_the_server_serving(server):
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
     lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=10,
 )
@@ -262,7 +263,8 @@ latent_numbers = st.floats(width=32) | st.floats() | st.integers(-(2**70), 2**70
 latent_rows = st.lists(latent_numbers, min_size=7, max_size=9) | st.just([0.25] * 8) | json_values
 request_bodies = st.fixed_dictionaries(
     {},
-    optional={"n": json_values | st.integers(-3, 40), "seed": json_values, "labels": json_values | st.lists(st.integers(-2, 12), max_size=20),
+    optional={"n": json_values | st.integers(-3, 40), "seed": json_values,
+              "labels": json_values | st.lists(st.integers(-2, 12), max_size=20),
               "z": st.lists(latent_rows, max_size=18) | json_values,
               "format": st.sampled_from(["png", "array", "floats", "jpeg", ""]) | json_values},
 ) | json_values

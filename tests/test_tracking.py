@@ -15,16 +15,16 @@ import pytest
 
 from conftest import TINY, free_port, merge, run_cli, spawn, stop, wait_for_http, write_params
 from ganops.config import validate_params
-from ganops.stages.prepare import prepare
-from ganops.stages.export import export
-from ganops.stages.evaluate import evaluate
-from ganops.stages.train_evaluator import train_evaluator
 from ganops.serving import OnnxGenerator
 from ganops.serving.locate import open_generator
+from ganops.stages.evaluate import evaluate
+from ganops.stages.export import export
+from ganops.stages.prepare import prepare
 from ganops.stages.register import register
+from ganops.stages.train import train
+from ganops.stages.train_evaluator import train_evaluator
 from ganops.tracking.registry import list_versions, rollback
 from ganops.tracking.store import TrackingError
-from ganops.stages.train import train
 
 TRACKED = {"mlflow": {"enabled": True, "max_retries": 0, "timeout_s": 5}}
 
@@ -76,7 +76,8 @@ def test_one_run_holds_params_curves_metrics_artifacts_and_lineage(project):
     history = client.get_metric_history(run_id, "train/loss_d")
     assert [m.step for m in history] == [5, 10, 15, 20]
     # the augmentation probability and ADA's heuristic are curves too (no augmentation here: p is 0)
-    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "train/augment_p")] == [(s, 0.0) for s in (5, 10, 15, 20)]
+    augment_p = client.get_metric_history(run_id, "train/augment_p")
+    assert [(m.step, m.value) for m in augment_p] == [(s, 0.0) for s in (5, 10, 15, 20)]
     assert len(client.get_metric_history(run_id, "train/real_sign")) == 4
     assert "train/images_per_s" in run.data.metrics
     assert "eval/fd200_domain_train" in run.data.metrics and "eval/fd200_domain_train_ci95_high" in run.data.metrics
@@ -157,7 +158,7 @@ def test_models_cli_list_promote_rollback(project, tmp_path):
     assert len(lines) == 2 and sum("champion" in line for line in lines) == 1
     assert "fd200_domain_train" in listing and "champion" in lines[1]
     assert "champion: v1 (rolled back from v2)" in run_cli("models", "rollback", cwd=root).stdout
-    assert "champion" in [l for l in run_cli("models", "list", cwd=root).stdout.splitlines() if l.startswith("1 ")][0]
+    assert "champion" in [line for line in run_cli("models", "list", cwd=root).stdout.splitlines() if line.startswith("1 ")][0]
     assert "champion: v2 (was v1)" in run_cli("models", "promote", "2", cwd=root).stdout
     bad = run_cli("models", "promote", "99", cwd=root, check=False)
     assert bad.returncode == 2 and "has no version 99" in bad.stderr

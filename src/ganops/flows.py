@@ -24,8 +24,8 @@ from prefect.artifacts import create_markdown_artifact
 from ganops.config import FlowParams, load_params
 from ganops.metrics.report import EvaluationReport
 from ganops.paths import ProjectPaths
-from ganops.tracking.registry import RegistryDecision
 from ganops.telemetry import disable_telemetry
+from ganops.tracking.registry import RegistryDecision
 
 # ganops exits with 2 for errors that need a fix (bad params, bad data, missing inputs): retrying
 # can't help. Anything else (a service down: 75, a crash) is retried with backoff.
@@ -154,7 +154,8 @@ def sweep(overrides: list[dict[str, str | int | float | bool]], repo: str = ".",
                         "promoted": registered.get("promoted"), "metric": registered.get("metric"),
                         "value": registered.get("metric_value")})
     table = ["# ganops sweep", "", "| experiment | overrides | version | promoted | metric |", "|---|---|---|---|---|"]
-    table += [f"| {s['experiment']} | {s['overrides']} | {s['version']} | {s['promoted']} | {s['metric']} {s['value']} |" for s in summary]
+    table += [f"| {s['experiment']} | {s['overrides']} | {s['version']} | {s['promoted']} | {s['metric']} {s['value']} |"
+              for s in summary]
     create_markdown_artifact("\n".join(table) + "\n", key="gan-sweep-summary", description="experiments of the sweep")
     return summary
 

@@ -8,7 +8,6 @@ import numpy as np
 from PIL import Image
 
 
-
 def tile(images: np.ndarray, rows: int, min_cell: int = 32) -> np.ndarray:
     """Tile uint8 (N, C, H, W) images into ``rows`` rows with a 2-pixel border -> (H', W', C); small
     images are enlarged (nearest neighbour) so each cell is at least ``min_cell`` pixels wide."""

@@ -12,10 +12,11 @@ import json
 import logging
 import multiprocessing
 import os
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import PIL
@@ -141,8 +142,8 @@ def _write_arrays(data_params: DataParams, data: SourceData, staging: Path) -> d
     size = data_params.shard_size
     splits = {}
     for split, order in zip(("train", "test"), _split(data.labels, data.is_test, data_params.test_fraction, data_params.seed)):
-        shards = [write_shard(staging, split, k, data.images[order[start : start + size]], data.labels[order[start : start + size]])
-                  for k, start in enumerate(range(0, len(order), size))]
+        chunks = [order[start : start + size] for start in range(0, len(order), size)]
+        shards = [write_shard(staging, split, k, data.images[chunk], data.labels[chunk]) for k, chunk in enumerate(chunks)]
         splits[split] = (split_index(shards, size, data.images.shape[1:]), data.labels[order])
     return _record(data_params, data.checksum, data.class_names, data.skipped, splits)
 
@@ -245,7 +246,8 @@ def _write_files(data_params: DataParams, listing: FileListing, staging: Path, p
                     shards.append(write_shard(staging, split, k, images, labels, sources=sources, skipped=problems))
                 kept_labels.append(labels)
             total += len(chunks)
-            splits[split] = (split_index(shards, size, shape), np.concatenate(kept_labels) if kept_labels else np.empty(0, np.int64))
+            labels_kept = np.concatenate(kept_labels) if kept_labels else np.empty(0, np.int64)
+            splits[split] = (split_index(shards, size, shape), labels_kept)
     if reused:
         log.info("%d of %d shards unchanged since the previous prepare: reused, not decoded again", reused, total)
     kept = np.bincount(np.concatenate([labels for _, labels in splits.values()]), minlength=len(listing.class_names))

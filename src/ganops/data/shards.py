@@ -18,8 +18,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -144,6 +144,9 @@ class PreparedSplit:
             self._labels = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
         return self._labels
 
+    def _truncated(self, shard: int) -> DataError:
+        return DataError(f"{self.index.shards[shard].images}: shorter than its header says; run `dvc repro -f prepare`")
+
     def _offset(self, shard: int) -> int:
         if shard not in self._offsets:
             path = self.folder / self.index.shards[shard].images
@@ -171,7 +174,7 @@ class PreparedSplit:
                 handle.seek(self._offset(shard) + first * self.image_bytes)
                 view = out[position - start : end - start].reshape(-1)
                 if handle.readinto(memoryview(view)) != view.nbytes:
-                    raise DataError(f"{self.index.shards[shard].images}: shorter than its header says; run `dvc repro -f prepare`")
+                    raise self._truncated(shard)
             position = end
         return out
 
@@ -187,7 +190,7 @@ class PreparedSplit:
                     handles[shard] = os.open(self.folder / self.index.shards[shard].images, os.O_RDONLY)
                 position = self._offset(shard) + (index - int(self.starts[shard])) * self.image_bytes
                 if os.preadv(handles[shard], [memoryview(flat[row])], position) != self.image_bytes:
-                    raise DataError(f"{self.index.shards[shard].images}: shorter than its header says; run `dvc repro -f prepare`")
+                    raise self._truncated(shard)
         finally:
             for handle in handles.values():
                 os.close(handle)

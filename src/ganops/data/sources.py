@@ -12,9 +12,9 @@ import io
 import os
 import pickle
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyspng

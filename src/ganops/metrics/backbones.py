@@ -9,16 +9,17 @@ data. Every metric is named after the feature space of the backbone that compute
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from ganops.metrics.domain_classifier import DomainClassifier
-from ganops.pixels import from_uint8
 from ganops.metrics.inception import InceptionFeatureExtractor, InceptionWeightsError, default_weights_path
+from ganops.pixels import from_uint8
 
 log = logging.getLogger(__name__)
 

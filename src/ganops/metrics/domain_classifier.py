@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -137,7 +138,7 @@ def fit_domain_classifier(cfg: EvaluatorParams, manifest: Manifest, train: Split
     order_rng = torch.Generator().manual_seed(cfg.seed)
     train_labels = torch.from_numpy(train.labels)
     started = time.perf_counter()
-    for epoch in tqdm(range(cfg.epochs), desc="train_evaluator", unit="epoch"):
+    for _epoch in tqdm(range(cfg.epochs), desc="train_evaluator", unit="epoch"):
         model.train()
         order = torch.randperm(len(train), generator=order_rng)
         for step in range(steps_per_epoch):

@@ -19,8 +19,14 @@ import torch
 from torch import nn
 
 from ganops.io import atomic_path, file_sha256
-from ganops.metrics.inception import (CONVERTED_DIGEST, INPUT_SIZE, FIDInceptionV3, InceptionWeightsError,
-                                      default_weights_path, tensors_digest)
+from ganops.metrics.inception import (
+    CONVERTED_DIGEST,
+    INPUT_SIZE,
+    FIDInceptionV3,
+    InceptionWeightsError,
+    default_weights_path,
+    tensors_digest,
+)
 
 log = logging.getLogger(__name__)
 

@@ -60,7 +60,14 @@ class FIDInceptionV3(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         from torch_fidelity.feature_extractor_inceptionv3 import (
-            BasicConv2d, InceptionA, InceptionB, InceptionC, InceptionD, InceptionE_1, InceptionE_2)
+            BasicConv2d,
+            InceptionA,
+            InceptionB,
+            InceptionC,
+            InceptionD,
+            InceptionE_1,
+            InceptionE_2,
+        )
 
         self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)
         self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)

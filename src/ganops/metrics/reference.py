@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import numpy as np
 import torch
 
 from ganops import GanopsError
 from ganops.io import atomic_dir
-from ganops.metrics.backbones import (Backbone, DomainClassifierBackbone, InceptionBackbone, iter_features,
-                                      resolve_backbone)
+from ganops.metrics.backbones import Backbone, DomainClassifierBackbone, InceptionBackbone, iter_features, resolve_backbone
 from ganops.metrics.domain_classifier import DomainClassifier
 from ganops.metrics.frechet import feature_statistics
 

@@ -27,8 +27,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ganops import GanopsError
 from ganops.config import ServeParams
-from ganops.serving.locate import parse_models_uri
 from ganops.pixels import to_uint8
+from ganops.serving.locate import parse_models_uri
 from ganops.serving.runtime import OnnxGenerator
 from ganops.visualize import grid_png
 

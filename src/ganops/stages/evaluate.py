@@ -16,9 +16,9 @@ from ganops.data import load_manifest, open_split
 from ganops.data.shards import PreparedSplit
 from ganops.device import resolve_device
 from ganops.io import file_sha256, write_bytes_atomic, write_json_atomic
+from ganops.metrics.backbones import InceptionBackbone
 from ganops.metrics.domain_classifier import load_domain_classifier
 from ganops.metrics.draws import check_compatible, generated_draws, sample_labels
-from ganops.metrics.backbones import InceptionBackbone
 from ganops.metrics.reference import ReferencedBackbone, load_reference, referenced_backbones, resolve_reference
 from ganops.metrics.report import EvaluationReport
 from ganops.metrics.scores import score_draws, spread_method

@@ -18,7 +18,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -238,6 +238,7 @@ def rollback(mlflow_cfg: MlflowParams, cfg: RegisterParams, root: Path = Path(".
             raise GanopsError(f"{name} has no earlier champion to roll back to (history: {history or 'empty'})")
         current, previous = history[-1], history[-2]
         _set_champion(client, name, previous, history[:-1])
-        client.set_model_version_tag(name, current, "rolled_back", f"replaced by v{previous} on {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        when = time.strftime("%Y-%m-%d %H:%M:%S")
+        client.set_model_version_tag(name, current, "rolled_back", f"replaced by v{previous} on {when}")
         client.set_model_version_tag(name, previous, "restored_by_rollback_from", current)
     return {"champion": previous, "rolled_back_from": current}

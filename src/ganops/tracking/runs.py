@@ -9,7 +9,7 @@ import logging
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ganops.config import MlflowParams, Params
 from ganops.io import file_sha256, write_json_atomic
@@ -139,11 +139,13 @@ def log_training(params: Params, root: Path, run_file: Path, manifest: Manifest,
     run = client.create_run(experiment_id(client, params.mlflow, root), start_time=int(started_at * 1000),
                             tags=lineage_tags(root, manifest, params), run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}")
     run_id = run.info.run_id
-    flat = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in flatten(params.model_dump(mode="json")).items()]
+    flat = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+            for k, v in flatten(params.model_dump(mode="json")).items()]
     for start in range(0, len(flat), 100):
         client.log_batch(run_id, params=flat[start : start + 100])
     now = int(time.time() * 1000)
-    metrics = [Metric(f"train/{key}", float(row[key]), now, int(row["step"])) for row in log_rows for key in TRAINING_CURVES if key in row]
+    metrics = [Metric(f"train/{key}", float(row[key]), now, int(row["step"]))
+               for row in log_rows for key in TRAINING_CURVES if key in row]
     metrics += [Metric(f"train/{key}_final" if key in TRAINING_CURVES else f"train/{key}", float(value), now, params.train.steps)
                 for key, value in summary.items() if isinstance(value, (int, float))]
     _log_metrics(client, run_id, metrics)

@@ -20,7 +20,7 @@ Where an operation is not applied it is skipped exactly (``torch.where``), so p 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.nn import functional as F

@@ -8,8 +8,8 @@ hinge: Lim & Ye 2017 / Miyato et al. 2018. wgan-gp: Gulrajani et al. 2017.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch.nn import functional as F

@@ -12,8 +12,8 @@ eager warm-up steps. Both paths run the same ``_step`` code on the same inputs.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Callable
 
 import torch
 from torch import nn
@@ -160,7 +160,7 @@ class TrainStep:
             loss_d = discriminator_loss(cfg.loss, d_real, d_fake)
             penalty = torch.zeros((), device=self.device)
             if self.alpha is not None:
-                critic = lambda x: self.D_raw(x, y).float()  # noqa: E731
+                critic = lambda x, y=y: self.D_raw(x, y).float()  # noqa: E731
                 penalty = penalty + cfg.gp_weight * gradient_penalty(critic, seen[:batch], seen[batch:], self.alpha[d])
             if cfg.r1_gamma > 0:  # the gradient at the real images, through their augmentation (as ADA does)
                 real_r1 = real.detach().requires_grad_(True)
