@@ -44,6 +44,13 @@ def merge(base: dict, overrides: dict) -> dict:
     return out
 
 
+def tiny(overrides: dict | None = None, base: dict = TINY):
+    """Validated Params: ``base`` (the tiny params) with ``overrides`` merged in."""
+    from ganops.config import validate_params
+
+    return validate_params(merge(base, overrides or {}))
+
+
 def write_params(path: Path, overrides: dict | None = None, base: dict = TINY) -> Path:
     """A complete params.yaml (every section, as DVC needs) with ``base`` and ``overrides`` applied."""
     from ganops.config import Params

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, merge
-from ganops.config import validate_params
+from conftest import tiny
 from ganops.data import load_manifest, load_split
 from ganops.models import GeneratorSpec, build_generator
 from ganops.stages.prepare import prepare
@@ -133,12 +132,12 @@ def test_ada_controller_moves_p_towards_its_target():
 def digits16(tmp_path_factory) -> Path:
     """The 8x8 digits prepared at 16 x 16, where a translation is 2 px and a cutout 8 x 8."""
     root = tmp_path_factory.mktemp("digits16")
-    prepare(validate_params(merge(TINY, {"data": {"resolution": 16}})), root)
+    prepare(tiny({"data": {"resolution": 16}}), root)
     return root / "data" / "prepared"
 
 
 def fit_on(prepared: Path, count: int, overrides: dict, checkpoints: Path):
-    params = validate_params(merge(TINY, {"data": {"resolution": 16}, "train": overrides}))
+    params = tiny({"data": {"resolution": 16}, "train": overrides})
     manifest, cfg = load_manifest(prepared), params.train
     images_u8, labels = load_split(prepared, "train")
     augmentation = resolve_augment(cfg.augment, manifest.source, count, cfg.augment_auto_below)
@@ -195,7 +194,7 @@ def test_augmented_training_is_deterministic_resumes_with_its_p_and_differs_from
 def test_train_stage_logs_p_and_records_the_augmentation(tmp_path, digits16):
     root = tmp_path
     shutil.copytree(digits16, root / "data" / "prepared")
-    summary = train(validate_params(merge(TINY, {"data": {"resolution": 16}, "train": {"augment": "ada", "ada_kimg": 0.1}})),
+    summary = train(tiny({"data": {"resolution": 16}, "train": {"augment": "ada", "ada_kimg": 0.1}}),
                     root)
     assert summary["augment"] == "ada"
     rows = list(csv.DictReader((root / "reports" / "train_log.csv").open()))
@@ -263,12 +262,12 @@ def test_auto_augments_a_small_image_folder_only(tmp_path, digits16):
     folder_data = {"data": {"source": "imagefolder", "path": str(tmp_path / "raw"), "resolution": 16}}
     for below, expected in ((1000, "diffaugment"), (50, "none")):
         root = tmp_path / f"below{below}"
-        params = validate_params(merge(TINY, {**folder_data, "train": {"augment_auto_below": below}}))
+        params = tiny({**folder_data, "train": {"augment_auto_below": below}})
         assert params.train.augment == "auto"
         prepare(params, root)
         assert 50 < load_manifest(root / "data" / "prepared").num_train < 60
         assert train(params, root)["augment"] == expected
     builtin = tmp_path / "builtin"  # digits: 1,617 training images, below 5000, but not a folder of the user's
-    digits = validate_params(merge(TINY, {"data": {"resolution": 16}, "train": {"augment_auto_below": 5000}}))
+    digits = tiny({"data": {"resolution": 16}, "train": {"augment_auto_below": 5000}})
     prepare(digits, builtin)
     assert train(digits, builtin)["augment"] == "none"

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY, merge
+import conftest
 from ganops import GanopsError
-from ganops.config import validate_params
 from ganops.data import DataError, load_manifest, load_split, open_split
 from ganops.stages.prepare import prepare
 from ganops.stages.train import train
@@ -21,7 +20,8 @@ from ganops.training.loop import BatchStream
 
 
 def tiny(data: dict | None = None, train: dict | None = None):
-    return validate_params(merge(TINY, {"data": data or {}, "train": train or {}}))
+    """Tiny params with these data and train overrides (this file changes little else)."""
+    return conftest.tiny({"data": data or {}, "train": train or {}})
 
 
 def tree(folder: Path) -> dict[str, bytes]:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, merge
+from conftest import merge, tiny
 from ganops import GanopsError
-from ganops.config import EvalParams, validate_params
+from ganops.config import EvalParams
 from ganops.data import load_split
 from ganops.metrics.backbones import DomainClassifierBackbone, extract_features, resolve_backbone
 from ganops.metrics.domain_classifier import DomainClassifier, DomainClassifierSpec, classifier_accuracy, load_domain_classifier
@@ -26,11 +26,6 @@ from ganops.stages.prepare import prepare
 from ganops.stages.reference_stats import reference_stats
 from ganops.stages.train import train
 from ganops.stages.train_evaluator import train_evaluator
-
-
-def tiny(overrides: dict | None = None):
-    return validate_params(merge(TINY, overrides or {}))
-
 
 TRAINED = {"train": {"steps": 300, "batch_size": 32, "lr_g": 1e-3, "lr_d": 1e-3, "checkpoint_every": 300, "log_every": 50},
            "model": {"g_channels": 32, "d_channels": 32}}

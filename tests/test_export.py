@@ -11,19 +11,14 @@ import onnx
 import pytest
 import torch
 
-from conftest import TINY, merge, run_cli
+from conftest import run_cli, tiny
 from ganops import GanopsError
-from ganops.config import validate_params
 from ganops.models import load_generator
 from ganops.paths import ProjectPaths
 from ganops.serving import ModelError, OnnxGenerator
 from ganops.stages.export import export
 from ganops.stages.prepare import prepare
 from ganops.stages.train import train
-
-
-def tiny(overrides: dict | None = None):
-    return validate_params(merge(TINY, overrides or {}))
 
 
 @pytest.fixture(scope="module")

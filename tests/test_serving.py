@@ -22,16 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import TINY, free_port, merge, spawn, stop, wait_for_http, write_params
-from ganops.config import validate_params
+from conftest import free_port, spawn, stop, tiny, wait_for_http, write_params
 from ganops.serving import OnnxGenerator
 from ganops.stages.export import export
 from ganops.stages.prepare import prepare
 from ganops.stages.train import train
-
-
-def tiny(overrides: dict | None = None):
-    return validate_params(merge(TINY, overrides or {}))
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from conftest import REPO, TINY, merge
-from ganops.config import Params, validate_params
+from conftest import REPO, tiny
+from ganops.config import Params
 from ganops.paths import ProjectPaths
 from ganops.stages import STAGES
 
@@ -160,7 +160,7 @@ CONDITIONAL_READS = {
 def params_read(tmp_path_factory) -> dict[str, set[str]]:
     root = tmp_path_factory.mktemp("contract")
     # fp16 on: the export stage's fp16 keys are read only then
-    params = validate_params(merge(TINY, {"mlflow": {"enabled": True}, "export": {"fp16": True}}))
+    params = tiny({"mlflow": {"enabled": True}, "export": {"fp16": True}})
     reads: dict[str, set[str]] = {}
     for stage in STAGES:
         module = __import__(f"ganops.stages.{stage}", fromlist=[stage])

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+import conftest
 from conftest import TINY, free_port, merge, run_cli, spawn, stop, wait_for_http, write_params
-from ganops.config import validate_params
 from ganops.serving import OnnxGenerator
 from ganops.serving.locate import open_generator
 from ganops.stages.evaluate import evaluate
@@ -30,7 +30,7 @@ TRACKED = {"mlflow": {"enabled": True, "max_retries": 0, "timeout_s": 5}}
 
 
 def tiny(overrides: dict | None = None):
-    return validate_params(merge(merge(TINY, TRACKED), overrides or {}))
+    return conftest.tiny(overrides, base=merge(TINY, TRACKED))
 
 
 def git(root: Path, *args: str) -> None:

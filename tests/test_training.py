@@ -18,9 +18,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import TINY, merge, write_params
+from conftest import merge, tiny, write_params
 from ganops import GanopsError
-from ganops.config import validate_params
 from ganops.models import GeneratorSpec, build_generator
 from ganops.stages.prepare import prepare
 from ganops.stages.train import train
@@ -35,10 +34,6 @@ def setup_folders(root: Path) -> list[Path]:
 
 def all_checkpoints(root: Path) -> list[tuple[int, Path]]:
     return sorted((c for f in setup_folders(root) for c in list_checkpoints(f)), reverse=True)
-
-
-def tiny(overrides: dict | None = None):
-    return validate_params(merge(TINY, overrides or {}))
 
 
 @pytest.fixture(scope="module")
