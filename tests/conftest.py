@@ -26,7 +26,8 @@ TINY = {
     "data": {"source": "digits", "resolution": 8, "channels": 1, "test_fraction": 0.1, "seed": 0, "shard_size": 500},
     "model": {"latent_dim": 8, "g_channels": 8, "d_channels": 8, "max_channels": 32,
               "conditional": True, "spectral_norm": True},
-    "train": {"steps": 20, "batch_size": 16, "checkpoint_every": 10, "log_every": 5, "device": "cpu"},
+    # no in-training evaluations (they need the domain classifier trained first): tests that watch say so
+    "train": {"steps": 20, "batch_size": 16, "checkpoint_every": 10, "log_every": 5, "device": "cpu", "eval_every": 0},
     "eval": {"backbone": "domain", "num_samples": 200, "spread_rounds": 5, "kid_subsets": 10, "kid_subset_size": 50,
              "batch_size": 100, "device": "cpu",
              "evaluator": {"epochs": 2, "batch_size": 64, "width": 8}},

@@ -5,7 +5,7 @@ import pytest
 import scipy.linalg
 
 from ganops.config import EvalParams
-from ganops.metrics.frechet import feature_statistics, frechet_distance
+from ganops.metrics.frechet import feature_statistics, frechet_distance, frechet_distance_of_features
 from ganops.metrics.names import Measurement
 from ganops.metrics.reference import ReferenceFeatures
 from ganops.metrics.report import EvaluationReport
@@ -130,3 +130,24 @@ def test_an_evaluation_report_reads_its_primary_metric_by_name():
     summary = report.summary()
     assert summary["real_halves_floor"] == 5.4 and summary["kid_mean"] == 0.01 and summary["precision"] is None
     assert summary["protocol"]["weights_digest"] == "a008" and summary["ci95"] == [19.7, 21.8]
+
+
+@pytest.mark.parametrize(("reference", "generated", "dim"), [(3000, 300, 512), (3000, 1000, 64), (200, 150, 256)])
+def test_a_factored_reference_gives_the_same_distance(reference, generated, dim):
+    """FrechetReference (the Gram-matrix path for fewer samples than dimensions, the D x D path else,
+    and a singular reference) equals frechet_distance, which equals scipy's sqrtm above. To 1e-6
+    relative: the D x D path sums the square roots of its D - n round-off "zero" eigenvalues (about
+    1e-7 each), which the n x n path does not have, and a singular reference's square root adds its own."""
+    from ganops.metrics.frechet import FrechetReference
+
+    rng = np.random.default_rng(generated)
+    mixing = rng.normal(size=(dim, dim)) / np.sqrt(dim)
+    real = rng.normal(size=(reference, dim)) @ mixing
+    fake = rng.normal(size=(generated, dim)) @ (1.3 * mixing) + 0.2
+    factored = FrechetReference(*feature_statistics(real))
+    expected = frechet_distance(*feature_statistics(real), *feature_statistics(fake))
+    assert factored.distance(fake) == pytest.approx(expected, rel=1e-6)
+    assert factored.distance(real[:generated]) == pytest.approx(frechet_distance_of_features(real, real[:generated]),
+                                                                rel=1e-6)
+    with pytest.raises(ValueError, match="features"):
+        factored.distance(fake[:, :-1])

@@ -159,8 +159,8 @@ CONDITIONAL_READS = {
 @pytest.fixture(scope="module")
 def params_read(tmp_path_factory) -> dict[str, set[str]]:
     root = tmp_path_factory.mktemp("contract")
-    # fp16 on: the export stage's fp16 keys are read only then
-    params = tiny({"mlflow": {"enabled": True}, "export": {"fp16": True}})
+    # fp16 on: the export stage's fp16 keys are read only then; in-training evaluations on, twice
+    params = tiny({"mlflow": {"enabled": True}, "export": {"fp16": True}, "train": {"eval_every": 10}})
     reads: dict[str, set[str]] = {}
     for stage in STAGES:
         module = __import__(f"ganops.stages.{stage}", fromlist=[stage])

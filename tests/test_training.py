@@ -152,7 +152,8 @@ def test_checkpoints_of_other_params_are_not_resumed(tmp_path, prepared_digits):
 
 def test_fingerprint_follows_what_is_computed_not_how_the_run_goes():
     """Every recipe key but steps, both specs (the data checksum with them), the resolved augmentation
-    and the world size change the checkpoint fingerprint; the run knobs and steps do not."""
+    and the world size change the checkpoint fingerprint, and so does the in-training metric; the run
+    knobs and steps do not."""
     from typing import get_args
 
     from ganops.config import TRAIN_RECIPE, TRAIN_RUN_KNOBS, TrainParams
@@ -162,7 +163,7 @@ def test_fingerprint_follows_what_is_computed_not_how_the_run_goes():
     g = GeneratorSpec(latent_dim=8, g_channels=8, resolution=8, channels=1, num_classes=3, data_checksum="a")
     d = DiscriminatorSpec(d_channels=8, resolution=8, channels=1, num_classes=3)
     cfg = TrainParams()
-    base = _fingerprint(g, d, cfg, "none", 1)
+    base = _fingerprint(g, d, cfg, "none", 1, "fd8_domain_train")
 
     def with_other(name: str) -> str:
         value = getattr(cfg, name)
@@ -172,15 +173,16 @@ def test_fingerprint_follows_what_is_computed_not_how_the_run_goes():
             other = value + 1
         else:
             other = next(v for v in get_args(TrainParams.model_fields[name].annotation) if v != value)
-        return _fingerprint(g, d, cfg.model_copy(update={name: other}), "none", 1)
+        return _fingerprint(g, d, cfg.model_copy(update={name: other}), "none", 1, "fd8_domain_train")
 
     assert {name for name in TrainParams.model_fields if with_other(name) == base} == {*TRAIN_RUN_KNOBS, "steps"}
     assert {name for name in TRAIN_RECIPE if with_other(name) != base} == set(TRAIN_RECIPE) - {"steps"}
-    assert _fingerprint(g.model_copy(update={"data_checksum": "b"}), d, cfg, "none", 1) != base
-    assert _fingerprint(g.model_copy(update={"latent_dim": 9}), d, cfg, "none", 1) != base
-    assert _fingerprint(g, d.model_copy(update={"spectral_norm": False}), cfg, "none", 1) != base
-    assert _fingerprint(g, d, cfg, "diffaugment", 1) != base
-    assert _fingerprint(g, d, cfg, "none", 2) != base
+    assert _fingerprint(g.model_copy(update={"data_checksum": "b"}), d, cfg, "none", 1, "fd8_domain_train") != base
+    assert _fingerprint(g.model_copy(update={"latent_dim": 9}), d, cfg, "none", 1, "fd8_domain_train") != base
+    assert _fingerprint(g, d.model_copy(update={"spectral_norm": False}), cfg, "none", 1, "fd8_domain_train") != base
+    assert _fingerprint(g, d, cfg, "diffaugment", 1, "fd8_domain_train") != base
+    assert _fingerprint(g, d, cfg, "none", 2, "fd8_domain_train") != base
+    assert _fingerprint(g, d, cfg, "none", 1, "fid8_tf_train") != base and _fingerprint(g, d, cfg, "none", 1, None) != base
 
 
 def test_experiments_keep_each_others_checkpoints(tmp_path, prepared_digits):
@@ -353,6 +355,7 @@ def test_training_state_comes_back_whole_from_a_weights_only_checkpoint(tmp_path
     from ganops.training.augment import AdaController
     from ganops.training.checkpoint import TrainingState, save_checkpoint
     from ganops.training.loop import BatchStream
+    from ganops.training.watch import Watch, cpu_weights
 
     def fresh(seed: int) -> TrainingState:
         torch.manual_seed(seed)
@@ -362,7 +365,7 @@ def test_training_state_comes_back_whole_from_a_weights_only_checkpoint(tmp_path
         return TrainingState(generator=G, discriminator=D, generator_ema=G_ema, opt_g=torch.optim.Adam(G.parameters()),
                              opt_d=torch.optim.Adam(D.parameters()), stream=BatchStream(40, 8, seed=0),
                              window=torch.zeros(6), ada=AdaController(0.6, 1.0, 4, 8, torch.device("cpu")),
-                             noise=torch.Generator().manual_seed(seed))
+                             noise=torch.Generator().manual_seed(seed), watch=Watch("fd8_domain_train", 1, 2, 3.0, 1.96))
 
     a = fresh(0)
     labels = torch.arange(4) % 3
@@ -375,6 +378,8 @@ def test_training_state_comes_back_whole_from_a_weights_only_checkpoint(tmp_path
         a.ada.observe(torch.tensor(0.9), done)
     torch.rand(3, generator=a.noise)
     a.step, a.elapsed_s, a.log, a.window_steps = 7, 1.5, [{"step": 5, "loss_d": 0.5}], 2
+    a.stopped, a.watch_s = "step 7: a reason", 0.25
+    a.watch.observe(5, 2.0, 0.1, lambda: cpu_weights(a.generator_ema), torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
     path = save_checkpoint(tmp_path, 7, a.capture("setup", [a.noise.get_state()]), keep=1)
     after_capture = (torch.rand(3), torch.rand(3, generator=a.noise))
 
@@ -394,6 +399,8 @@ def test_training_state_comes_back_whole_from_a_weights_only_checkpoint(tmp_path
     assert torch.equal(b.window, torch.arange(6.0)) and b.ada.p > 0 and torch.equal(b.ada.p, a.ada.p)
     assert torch.equal(b.ada.signs, a.ada.signs)
     assert (b.step, b.elapsed_s, b.log, b.window_steps) == (7, 1.5, [{"step": 5, "loss_d": 0.5}], 2)
+    assert (b.stopped, b.watch_s, b.watch.best_step, b.watch.rows()) == (a.stopped, 0.25, 5, a.watch.rows())
+    assert b.watch.kept.keys() == {5} and all(torch.equal(b.watch.kept[5][k], v) for k, v in a.watch.kept[5].items())
 
 
 def test_step_reads_its_inputs_from_fixed_buffers():

@@ -103,6 +103,18 @@ class TrainParams(_Section):
     ada_target: float = Field(0.6, gt=0.0, lt=1.0, description="ada: the E[sign(D(real))] that p is steered to")
     ada_kimg: float = Field(100.0, gt=0.0, description="ada: thousands of real images over which p can go from 0 to 1")
     ada_interval: int = Field(4, ge=1, description="ada: steps between adjustments of p")
+    eval_every: int = Field(1000, ge=0, description="steps between in-training evaluations of the EMA generator "
+                            "(and one at the last step); 0 disables them")
+    eval_samples: int = Field(256, ge=8, description="generated images per in-training evaluation (the metric "
+                              "fid256_tf_train at 256), against the reference statistics of the reference_stats stage")
+    keep_best: int = Field(1, ge=1, le=16, description="EMA snapshots kept: those of this many lowest in-training "
+                           "scores, beside the last step; they are re-scored on fresh seeds before one is shipped")
+    early_stop_patience: int = Field(0, ge=0, description="stop once this many evaluations pass without a new best "
+                                     "beyond noise; 0 never stops early for that")
+    diverge_factor: float = Field(3.0, gt=1.0, description="stop when the in-training score rises above this "
+                                  "multiple of its best (the best snapshot then ships)")
+    noise_z: float = Field(1.96, ge=0.0, description="standard deviations of a difference that count as noise, "
+                           "when choosing the snapshot and when stopping early")
 
 
 # The train keys that say how a run is executed, checkpointed or logged, not what it computes.
@@ -222,6 +234,13 @@ with warnings.catch_warnings():
         mlflow: MlflowParams = MlflowParams()
         register: RegisterParams = RegisterParams()
         flow: FlowParams = FlowParams()
+
+        @model_validator(mode="after")
+        def _watch_fits(self) -> Params:
+            if self.train.eval_every and self.train.eval_samples < 2 * self.eval.draws:
+                raise ValueError(f"train.eval_samples ({self.train.eval_samples}) must be at least 2 x eval.draws "
+                                 f"({self.eval.draws}): each in-training evaluation comes in eval.draws seeded draws")
+            return self
 
 
 def _format_errors(source: str, error: ValidationError) -> str:

@@ -75,6 +75,11 @@ class ProjectPaths:
         return self.reports / "train_log.csv"
 
     @property
+    def train_watch(self) -> Path:
+        """The in-training evaluations: step, metric, value, std (a DVC plot)."""
+        return self.reports / "train_watch.csv"
+
+    @property
     def mlflow_run(self) -> Path:
         """The pipeline execution's MLflow run id: train opens the run, later stages log into it."""
         return self.reports / "mlflow_run.json"

@@ -27,7 +27,7 @@ def tile(images: np.ndarray, rows: int, min_cell: int = 32) -> np.ndarray:
 def _png(picture: np.ndarray) -> bytes:
     """A uint8 (H, W, C) picture as PNG: grayscale for one channel, RGB for three."""
     buffer = io.BytesIO()
-    Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture).save(buffer, format="PNG")
+    as_pil(picture).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -41,15 +41,25 @@ def grid_png(images: np.ndarray, rows: int, min_cell: int = 32) -> bytes:
     return _png(tile(images, rows, min_cell))
 
 
-def sample_grid_png(images: np.ndarray, labels: np.ndarray | None, num_classes: int, per_class: int = 8) -> bytes:
-    """The sample grid of every report and of `ganops generate`: with labels, one row per class holding
-    its first ``per_class`` images in order (short rows padded black, classes without images left out);
-    without, the first 64 images in 8 rows."""
+def sample_grid(images: np.ndarray, labels: np.ndarray | None, num_classes: int, per_class: int = 8) -> np.ndarray:
+    """The sample grid of every report and of `ganops generate`, uint8 (H, W, C): with labels, one row
+    per class holding its first ``per_class`` images in order (short rows padded black, classes
+    without images left out); without, the first 64 images in 8 rows."""
     if labels is None:
-        return grid_png(images[:64], 8)
+        return tile(images[:64], 8)
     rows = []
     for label in range(num_classes):
         picked = images[labels == label][:per_class]
         if len(picked):
             rows.append(np.concatenate([picked, np.zeros((per_class - len(picked), *picked.shape[1:]), np.uint8)]))
-    return grid_png(np.concatenate(rows), len(rows))
+    return tile(np.concatenate(rows), len(rows))
+
+
+def sample_grid_png(images: np.ndarray, labels: np.ndarray | None, num_classes: int, per_class: int = 8) -> bytes:
+    """:func:`sample_grid` encoded as PNG."""
+    return _png(sample_grid(images, labels, num_classes, per_class))
+
+
+def as_pil(picture: np.ndarray) -> Image.Image:
+    """A uint8 (H, W, C) picture as a PIL image: grayscale for one channel, RGB for three."""
+    return Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture)

@@ -31,25 +31,36 @@ def check_compatible(spec: GeneratorSpec, manifest: Manifest) -> None:
         )
 
 
-def sample_labels(reference_labels: np.ndarray, count: int, num_classes: int, seed: int) -> torch.Tensor:
+# What generated images are for. Each use draws its own seeds, so no two of them ever score the same
+# images: the evaluate stage; in-training evaluations (the same seeds at every snapshot); re-scoring
+# the kept snapshots at the end of training.
+EVALUATE, WATCH, RESCORE = 0, 1, 2
+
+
+def _entropy(seed: int, use: int, *more: int) -> list[int]:
+    return [seed, *more] if use == EVALUATE else [seed, *more, use]  # EVALUATE keeps the seeds it always had
+
+
+def sample_labels(reference_labels: np.ndarray, count: int, num_classes: int, seed: int, use: int = EVALUATE) -> torch.Tensor:
     """Labels for generated images, drawn with the reference set's class frequencies."""
     frequencies = np.bincount(reference_labels, minlength=num_classes).astype(np.float64)
-    return torch.from_numpy(np.random.default_rng(seed).choice(num_classes, size=count, p=frequencies / frequencies.sum()))
+    rng = np.random.default_rng(seed if use == EVALUATE else _entropy(seed, use))
+    return torch.from_numpy(rng.choice(num_classes, size=count, p=frequencies / frequencies.sum()))
 
 
-def draw_seed(seed: int, draw: int) -> int:
-    """The noise seed of one draw: distinct for every (eval.seed, draw) pair."""
-    return int(np.random.SeedSequence([seed, draw]).generate_state(1)[0])
+def draw_seed(seed: int, draw: int, use: int = EVALUATE) -> int:
+    """The noise seed of one draw: distinct for every (eval.seed, draw, use)."""
+    return int(np.random.SeedSequence(_entropy(seed, use, draw)).generate_state(1)[0])
 
 
 def generated_draws(generator: Generator, labels: torch.Tensor | None, count: int, draws: int, batch_size: int,
-                    seed: int, device: torch.device) -> list[torch.Tensor]:
+                    seed: int, device: torch.device, use: int = EVALUATE) -> list[torch.Tensor]:
     """``count`` uint8 images in ``draws`` seeded draws of (nearly) equal size; the noise is drawn on the
     CPU so every device sees the same z."""
     bounds = np.linspace(0, count, draws + 1).round().astype(int)
     out = []
     for draw, (first, last) in enumerate(zip(bounds[:-1], bounds[1:])):
-        noise = torch.Generator().manual_seed(draw_seed(seed, draw))
+        noise = torch.Generator().manual_seed(draw_seed(seed, draw, use))
         images = []
         for start in range(first, last, batch_size):
             n = min(batch_size, last - start)

@@ -50,3 +50,38 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 def frechet_distance_of_features(features1: np.ndarray, features2: np.ndarray) -> float:
     """Fréchet distance between the Gaussians fitted to two (N, D) feature sets."""
     return frechet_distance(*feature_statistics(features1), *feature_statistics(features2))
+
+
+class FrechetReference:
+    """One reference Gaussian, factored once, for many Fréchet distances against it (a training run's
+    snapshots, their half-samples).
+
+    With S1 = L Lᵀ and the n generated features centred into X (n, D), S2 = Xᵀ X / (n - 1), so
+    Lᵀ S2 L = Yᵀ Y / (n - 1) with Y = X L, whose non-zero eigenvalues are those of the n x n Gram
+    matrix Y Yᵀ / (n - 1). With n below D (a few hundred images, 2048 Inception features) that is
+    one (n, D) x (D, D) product and an n x n eigenvalue solve instead of D x D ones: the same value
+    as :func:`frechet_distance` to round-off (tests/test_frechet.py), at a fraction of the time."""
+
+    def __init__(self, mu: np.ndarray, sigma: np.ndarray) -> None:
+        self.mu = np.asarray(mu, np.float64)
+        sigma = np.asarray(sigma, np.float64)
+        self.sigma = (sigma + sigma.T) / 2
+        self.trace = float(np.trace(self.sigma))
+        try:
+            self.factor = np.linalg.cholesky(self.sigma)  # S1 = L Lᵀ
+        except np.linalg.LinAlgError:
+            self.factor = _sqrt_psd(self.sigma)  # symmetric: S1 = R Rᵀ as well
+
+    def distance(self, features: np.ndarray) -> float:
+        """Fréchet distance between the reference and the Gaussian fitted to (n, D) ``features``."""
+        features = np.asarray(features, np.float64)
+        if features.ndim != 2 or features.shape[0] < 2 or features.shape[1] != self.mu.size:
+            raise ValueError(f"need (N >= 2, {self.mu.size}) features, got shape {features.shape}")
+        n = features.shape[0]
+        mu = features.mean(axis=0)
+        centred = (features - mu) @ self.factor
+        gram = centred @ centred.T if n <= self.mu.size else centred.T @ centred
+        trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((gram + gram.T) / 2) / (n - 1), 0.0, None)).sum()
+        trace2 = float(np.einsum("ij,ij->", features - mu, features - mu)) / (n - 1)
+        diff = self.mu - mu
+        return float(diff @ diff + self.trace + trace2 - 2.0 * trace_sqrt)

@@ -22,7 +22,7 @@ import torch
 from ganops import GanopsError
 from ganops.io import atomic_dir
 from ganops.metrics.backbones import Backbone, DomainClassifierBackbone, InceptionBackbone, iter_features, resolve_backbone
-from ganops.metrics.domain_classifier import DomainClassifier
+from ganops.metrics.domain_classifier import DomainClassifier, load_domain_classifier
 from ganops.metrics.frechet import feature_statistics
 
 if TYPE_CHECKING:  # the type only: the prepared data format is the stage's to read
@@ -137,6 +137,23 @@ def referenced_backbones(inception: ReferencedBackbone | None, classifier: Domai
         reference = split_features(domain, split, batch_size, max_features, f"real ({split_name})")
         backbones.append(ReferencedBackbone(domain, reference))
     return backbones
+
+
+def open_backbones(expected: dict, inception: InceptionBackbone | None, reference_folder: Path,
+                   classifier_files: tuple[Path, Path], split: SplitReader, split_name: str, batch_size: int,
+                   max_features: int, device: torch.device, primary_only: bool = False) -> list[ReferencedBackbone]:
+    """The backbones to score with, primary first (see ``referenced_backbones``): the FID Inception
+    network with the reference_stats stage's cached statistics in ``reference_folder``, checked
+    against ``expected``, and the domain classifier from ``classifier_files`` (weights, spec) when it
+    was trained. ``primary_only``: the first alone (the classifier is not loaded beside Inception)."""
+    weights, spec = classifier_files
+    if inception is None and not weights.exists():
+        raise GanopsError(f"the domain classifier ({weights}) is missing: run `dvc repro train_evaluator`")
+    cached = ReferencedBackbone(inception, load_reference(reference_folder, expected)) if inception is not None else None
+    if cached is not None and primary_only:
+        return [cached]
+    classifier = load_domain_classifier(weights, spec, device) if weights.exists() else None
+    return referenced_backbones(cached, classifier, split, split_name, batch_size, max_features)
 
 
 def load_reference(folder: Path, expected: dict) -> ReferenceFeatures:

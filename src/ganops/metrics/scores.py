@@ -20,8 +20,8 @@ import torch
 from ganops.config import EvalParams
 from ganops.metrics.backbones import DomainClassifierBackbone
 from ganops.metrics.domain_classifier import classifier_accuracy
-from ganops.metrics.draws import features_of_draws
-from ganops.metrics.frechet import feature_statistics, frechet_distance
+from ganops.metrics.draws import RESCORE, WATCH, features_of_draws, generated_draws, sample_labels
+from ganops.metrics.frechet import FrechetReference, feature_statistics, frechet_distance
 from ganops.metrics.names import Measurement
 from ganops.metrics.reference import ReferencedBackbone, ReferenceFeatures
 
@@ -135,3 +135,40 @@ def score_draws(draws: list[torch.Tensor], labels: torch.Tensor | None, backbone
             metrics[measurement.name("class_consistency")] = round(
                 classifier_accuracy(backbone.model, torch.cat(draws), labels, cfg.batch_size), 6)
     return Scores(metrics, measurements[0].primary)
+
+
+class SnapshotScorer:
+    """Scores snapshots of one training run: the Fréchet distance of ``count`` generated images, in
+    ``cfg.draws`` seeded draws, against the primary backbone's reference, and its standard deviation
+    over ``cfg.spread_rounds`` half-samples of the draws. Only the generated side is resampled: every
+    snapshot of a run is scored against the same reference, so this is the noise in comparing them.
+    Each call uses the same seeds (``use``: WATCH in training, RESCORE for the final choice), so
+    snapshots differ by their weights only. ``name`` is the metric's, e.g. fid256_tf_train."""
+
+    def __init__(self, backbone: ReferencedBackbone, reference_labels: np.ndarray | None, num_classes: int,
+                 count: int, cfg: EvalParams, use: int) -> None:
+        self.backbone, self.count, self.cfg, self.use = backbone.backbone, count, cfg, use
+        self.name = Measurement(self.backbone.name, self.backbone.feature_space, count, cfg.reference).primary
+        self.labels = (sample_labels(reference_labels, count, num_classes, cfg.seed, use)
+                       if reference_labels is not None else None)
+        self.reference = FrechetReference(backbone.reference.mu, backbone.reference.sigma)
+
+    def __call__(self, generator: torch.nn.Module) -> tuple[float, float]:
+        """(distance, std) of ``generator``'s images; std is 0 without half-samples (eval.spread_rounds: 0)."""
+        draws = generated_draws(generator, self.labels, self.count, self.cfg.draws, self.cfg.batch_size, self.cfg.seed,
+                                next(generator.parameters()).device, self.use)
+        features = features_of_draws(self.backbone, draws, self.cfg.batch_size)
+        value = self.reference.distance(np.concatenate(features))
+        rng = np.random.default_rng([self.cfg.seed, self.use])
+        halves = [self.reference.distance(np.concatenate([features[i] for i in
+                                                         rng.choice(len(features), len(features) // 2, replace=False)]))
+                  for _ in range(self.cfg.spread_rounds)]
+        return value, float(np.std(halves, ddof=1)) if len(halves) >= 2 else 0.0
+
+
+def snapshot_scorers(backbone: ReferencedBackbone, reference_labels: np.ndarray | None, num_classes: int, count: int,
+                     cfg: EvalParams) -> tuple[SnapshotScorer, SnapshotScorer]:
+    """The in-training scorer (``count`` images) and the re-scorer (the full protocol, eval.num_samples
+    images), on seeds that neither each other nor the evaluate stage use."""
+    return (SnapshotScorer(backbone, reference_labels, num_classes, count, cfg, WATCH),
+            SnapshotScorer(backbone, reference_labels, num_classes, cfg.num_samples, cfg, RESCORE))

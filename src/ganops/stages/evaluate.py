@@ -13,13 +13,10 @@ import torch
 from ganops import GanopsError
 from ganops.config import EvalParams, Params
 from ganops.data import load_manifest, open_split
-from ganops.data.shards import PreparedSplit
 from ganops.device import resolve_device
 from ganops.io import file_sha256, write_bytes_atomic, write_json_atomic
-from ganops.metrics.backbones import InceptionBackbone
-from ganops.metrics.domain_classifier import load_domain_classifier
 from ganops.metrics.draws import check_compatible, generated_draws, sample_labels
-from ganops.metrics.reference import ReferencedBackbone, load_reference, referenced_backbones, resolve_reference
+from ganops.metrics.reference import open_backbones, resolve_reference
 from ganops.metrics.report import EvaluationReport
 from ganops.metrics.scores import score_draws, spread_method
 from ganops.models import load_generator
@@ -44,7 +41,8 @@ def evaluate(params: Params, root: Path = Path(".")) -> dict:
     _check_sizes(cfg, len(real))
     expected, inception = resolve_reference(cfg.backbone, cfg.inception_weights, cfg.fid_protocol, cfg.reference,
                                             device, manifest, cfg.reference_max_features)
-    backbones = _backbones(cfg, paths, expected, inception, real, device)
+    backbones = open_backbones(expected, inception, paths.reference, (paths.evaluator_weights, paths.evaluator_spec),
+                               real, cfg.reference, cfg.batch_size, cfg.reference_max_features, device)
 
     labels = sample_labels(real.labels, cfg.num_samples, spec.num_classes, cfg.seed) if spec.conditional else None
     draws = generated_draws(generator, labels, cfg.num_samples, cfg.draws, cfg.batch_size, cfg.seed, device)
@@ -69,17 +67,6 @@ def _check_sizes(cfg: EvalParams, num_reference: int) -> None:
     if cfg.num_samples <= cfg.prc_neighborhood or num_reference <= cfg.prc_neighborhood:
         raise GanopsError(f"eval.num_samples={cfg.num_samples} and the {num_reference} reference images must both "
                           f"exceed eval.prc_neighborhood={cfg.prc_neighborhood}")
-
-
-def _backbones(cfg: EvalParams, paths: ProjectPaths, expected: dict, inception: InceptionBackbone | None,
-               real: PreparedSplit, device: torch.device) -> list[ReferencedBackbone]:
-    """The FID Inception network with its cached reference, and the domain classifier when trained."""
-    has_classifier = paths.evaluator_weights.exists()
-    if inception is None and not has_classifier:
-        raise GanopsError("the domain classifier (models/evaluator.safetensors) is missing: run `dvc repro train_evaluator`")
-    cached = ReferencedBackbone(inception, load_reference(paths.reference, expected)) if inception is not None else None
-    classifier = load_domain_classifier(paths.evaluator_weights, paths.evaluator_spec, device) if has_classifier else None
-    return referenced_backbones(cached, classifier, real, cfg.reference, cfg.batch_size, cfg.reference_max_features)
 
 
 def _report(cfg: EvalParams, paths: ProjectPaths, expected: dict, num_reference: int, primary: str,

@@ -1,7 +1,9 @@
-"""Stage train: data/prepared/ -> the EMA generator (models/generator.*), its samples, loss log and
-report; opens the pipeline's MLflow run (reports/mlflow_run.json). The stage builds the networks'
-specs from the model params and the manifest, and resolves train.augment. The loop itself is
-ganops.training.loop.fit. With train.nproc > 1 the CLI relaunches this stage under torchrun.
+"""Stage train: data/prepared/ -> the chosen EMA generator (models/generator.*), its samples, loss
+log, in-training evaluations and report; opens the pipeline's MLflow run (reports/mlflow_run.json).
+The stage builds the networks' specs from the model params and the manifest, resolves train.augment,
+and builds the in-training scorers from the metrics package (against the reference_stats stage's
+cached statistics, or the domain classifier's features): the loop, ganops.training.loop.fit, only
+calls them. With train.nproc > 1 the CLI relaunches this stage under torchrun.
 """
 
 from __future__ import annotations
@@ -16,14 +18,19 @@ from safetensors.torch import save as safetensors_save
 from ganops.config import ModelParams, Params
 from ganops.data import load_manifest, open_split
 from ganops.data.prepare import Manifest
+from ganops.device import resolve_device
 from ganops.io import write_bytes_atomic, write_json_atomic
+from ganops.metrics.reference import open_backbones, resolve_reference
+from ganops.metrics.scores import SnapshotScorer, snapshot_scorers
 from ganops.models import DiscriminatorSpec, GeneratorSpec
 from ganops.paths import ProjectPaths
 from ganops.pixels import to_uint8
 from ganops.tracking.runs import log_training, preflight
 from ganops.training.augment import resolve_augment
-from ganops.training.loop import LOG_FIELDS, fit
-from ganops.visualize import sample_grid_png
+from ganops.training.loop import LOG_FIELDS, fit, preview_inputs
+from ganops.visualize import sample_grid, sample_grid_png
+
+WATCH_FIELDS = ("step", "metric", "value", "std")  # the columns of reports/train_watch.csv
 
 
 def train(params: Params, root: Path = Path(".")) -> dict:
@@ -34,21 +41,41 @@ def train(params: Params, root: Path = Path(".")) -> dict:
     images = open_split(paths.prepared, "train")  # held in memory or streamed from its shards: fit decides
     g_spec = generator_spec(params.model, manifest)
     augmentation = resolve_augment(cfg.augment, manifest.source, len(images.labels), cfg.augment_auto_below)
+    score, rescore = snapshot_scorers_of(params, paths, manifest, g_spec) if cfg.eval_every else (None, None)
     result = fit(g_spec, discriminator_spec(params.model, manifest), cfg, augmentation, images, images.labels,
-                 paths.checkpoints, before_training=lambda: preflight(params.mlflow, root))
+                 paths.checkpoints, before_training=lambda: preflight(params.mlflow, root), score=score, rescore=rescore)
     if result is None:
         return {}
     weights = {name: tensor.detach().cpu().contiguous() for name, tensor in result.G_ema.state_dict().items()}
     write_bytes_atomic(paths.generator_weights, safetensors_save(weights, metadata={"format": "pt"}))
     g_spec.save(paths.generator_spec)
-    _write_log(paths.train_log, result.log_rows)
+    _write_csv(paths.train_log, LOG_FIELDS, result.log_rows)
+    _write_csv(paths.train_watch, WATCH_FIELDS, result.watch_rows)
     _write_samples(result.G_ema, g_spec, paths.samples, result.device, params.train.seed)
     write_json_atomic(paths.train_report, result.summary)
+    _, preview_labels = preview_inputs(g_spec, cfg.seed)
+    labels = preview_labels.numpy() if preview_labels is not None else None
+    previews = [(step, sample_grid(samples, labels, g_spec.num_classes)) for step, samples in result.previews]
     # Tracking comes last: if the store fails now, every output above is kept and a re-run resumes
     # from the final checkpoint straight to this point.
     log_training(params, root, paths.mlflow_run, manifest, result.summary, result.log_rows, result.started_at,
-                 [paths.samples, paths.train_log, paths.generator_spec])
+                 [paths.samples, paths.train_log, paths.train_watch, paths.generator_spec], result.watch_rows, previews)
     return result.summary
+
+
+def snapshot_scorers_of(params: Params, paths: ProjectPaths, manifest: Manifest,
+                        g_spec: GeneratorSpec) -> tuple[SnapshotScorer, SnapshotScorer]:
+    """The in-training scorer and the final re-scorer: the primary backbone of the evaluation (the FID
+    Inception network with the reference_stats stage's statistics, else the domain classifier)."""
+    cfg = params.eval
+    device = resolve_device(cfg.device, "eval.device")
+    real = open_split(paths.prepared, cfg.reference)
+    expected, inception = resolve_reference(cfg.backbone, cfg.inception_weights, cfg.fid_protocol, cfg.reference,
+                                            device, manifest, cfg.reference_max_features)
+    primary = open_backbones(expected, inception, paths.reference, (paths.evaluator_weights, paths.evaluator_spec), real,
+                             cfg.reference, cfg.batch_size, cfg.reference_max_features, device, primary_only=True)[0]
+    labels = real.labels if g_spec.conditional else None
+    return snapshot_scorers(primary, labels, g_spec.num_classes, params.train.eval_samples, cfg)
 
 
 def generator_spec(model: ModelParams, manifest: Manifest) -> GeneratorSpec:
@@ -76,9 +103,9 @@ def discriminator_spec(model: ModelParams, manifest: Manifest) -> DiscriminatorS
     )
 
 
-def _write_log(path: Path, rows: list[dict]) -> None:
+def _write_csv(path: Path, fields: tuple[str, ...], rows: list[dict]) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=LOG_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     write_bytes_atomic(path, buffer.getvalue().encode())
@@ -86,10 +113,8 @@ def _write_log(path: Path, rows: list[dict]) -> None:
 
 @torch.no_grad()
 def _write_samples(G_ema: torch.nn.Module, spec: GeneratorSpec, path: Path, device: torch.device, seed: int) -> None:
-    """A fixed-noise grid: 8 per class, one row each, when conditional; else 8 x 8."""
-    rows, cols = (spec.num_classes, 8) if spec.conditional else (8, 8)
-    generator = torch.Generator().manual_seed(seed + 2)
-    z = torch.randn(rows * cols, spec.latent_dim, generator=generator).to(device)
-    y = torch.arange(rows).repeat_interleave(cols) if spec.conditional else None
-    images = to_uint8(G_ema(z, y.to(device) if y is not None else None)).cpu().numpy()
-    write_bytes_atomic(path, sample_grid_png(images, y.numpy() if y is not None else None, spec.num_classes, cols))
+    """The fixed-noise grid of every evaluation, for the shipped generator: 8 per class, one row each,
+    when conditional; else 8 x 8."""
+    z, y = preview_inputs(spec, seed)
+    images = to_uint8(G_ema(z.to(device), y.to(device) if y is not None else None)).cpu().numpy()
+    write_bytes_atomic(path, sample_grid_png(images, y.numpy() if y is not None else None, spec.num_classes))

@@ -6,15 +6,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import subprocess
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ganops.config import MlflowParams, Params
 from ganops.io import file_sha256, write_json_atomic
 from ganops.paths import TRAINING_CODE
 from ganops.tracking.store import connect, experiment_id, pipeline_run_id, tracking_uri
+from ganops.visualize import as_pil
 
 if TYPE_CHECKING:  # the type only: the prepared data format is the stage's to read
     from ganops.data.prepare import Manifest
@@ -126,10 +130,19 @@ def preflight(cfg: MlflowParams, root: Path) -> None:
         connect(cfg, root)
 
 
+def run_name(started_at: float) -> str:
+    """A `dvc exp run` experiment's own name (DVC sets DVC_EXP_NAME), so the DVC and MLflow UIs name
+    the same run the same way; else train-<start time>."""
+    return os.environ.get("DVC_EXP_NAME") or f"train-{time.strftime('%Y%m%d-%H%M%S', time.localtime(started_at))}"
+
+
 def log_training(params: Params, root: Path, run_file: Path, manifest: Manifest, summary: dict, log_rows: list[dict],
-                 started_at: float, artifacts: list[Path]) -> str | None:
+                 started_at: float, artifacts: list[Path], watch_rows: list[dict] = (),
+                 previews: list[tuple[int, np.ndarray]] = ()) -> str | None:
     """Open the pipeline's run and record its id in ``run_file``: every param (the whole tree: a run
-    holds all of params.yaml), loss curves with their steps, lineage, training artifacts."""
+    holds all of params.yaml), loss curves and in-training evaluations with their steps, the
+    fixed-noise samples of each evaluation (the run page's image slider, key ``samples``), lineage,
+    training artifacts."""
     if not params.mlflow.enabled:
         write_json_atomic(run_file, {"enabled": False, "run_id": None})
         return None
@@ -137,7 +150,7 @@ def log_training(params: Params, root: Path, run_file: Path, manifest: Manifest,
 
     client = connect(params.mlflow, root)
     run = client.create_run(experiment_id(client, params.mlflow, root), start_time=int(started_at * 1000),
-                            tags=lineage_tags(root, manifest, params), run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}")
+                            tags=lineage_tags(root, manifest, params), run_name=run_name(started_at))
     run_id = run.info.run_id
     flat = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
             for k, v in flatten(params.model_dump(mode="json")).items()]
@@ -147,8 +160,15 @@ def log_training(params: Params, root: Path, run_file: Path, manifest: Manifest,
     metrics = [Metric(f"train/{key}", float(row[key]), now, int(row["step"]))
                for row in log_rows for key in TRAINING_CURVES if key in row]
     metrics += [Metric(f"train/{key}_final" if key in TRAINING_CURVES else f"train/{key}", float(value), now, params.train.steps)
-                for key, value in summary.items() if isinstance(value, (int, float))]
+                for key, value in summary.items() if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    metrics += [Metric(f"train/{row['metric']}{suffix}", float(row[key]), now, int(row["step"]))
+                for row in watch_rows for key, suffix in (("value", ""), ("std", "_std"))]
     _log_metrics(client, run_id, metrics)
+    for step, picture in previews:
+        client.log_image(run_id, as_pil(picture), key="samples", step=step)
+    for key in ("chosen_because", "stopped_early", "watch_metric"):
+        if summary.get(key):
+            client.set_tag(run_id, f"train.{key}", str(summary[key])[:5000])
     for artifact in artifacts:
         client.log_artifact(run_id, str(artifact), artifact_path="train")
     client.set_terminated(run_id, status="FINISHED")

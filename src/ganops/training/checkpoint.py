@@ -90,10 +90,13 @@ class TrainingState:
     window: torch.Tensor  # running sums of the step stats since the last log row
     ada: Stateful | None  # ADA's p, when train.augment is ada
     noise: torch.Generator  # this rank's latents and augmentation draws
+    watch: Stateful | None  # the in-training evaluations and kept snapshots (watch.Watch), when watched
     step: int = 0  # steps done
     elapsed_s: float = 0.0  # training time up to ``step``, over all the processes that ran it
     log: list[dict] = field(default_factory=list)  # the rows of reports/train_log.csv so far
     window_steps: int = 0  # steps summed in ``window``
+    stopped: str = ""  # why the run stopped before train.steps ("" while it runs)
+    watch_s: float = 0.0  # time spent in in-training evaluations, within ``elapsed_s``
 
     def capture(self, fingerprint: str, noise_per_rank: list[torch.Tensor]) -> dict[str, Any]:
         """The checkpoint's content; ``noise_per_rank``: every rank's noise state, in rank order."""

@@ -10,6 +10,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -28,11 +29,13 @@ from ganops.config import TRAIN_RECIPE, TrainParams
 from ganops.device import resolve_device
 from ganops.models import DiscriminatorSpec, GeneratorSpec, build_discriminator, build_generator
 from ganops.paths import TRAINING_CODE
+from ganops.pixels import to_uint8
 from ganops.training import distributed
 from ganops.training.augment import AdaController
 from ganops.training.checkpoint import TrainingState, load_resumable, prune_stale, run_folder, save_checkpoint
 from ganops.training.ema import ema_decay, update_ema
 from ganops.training.step import REAL_SIGN, STEP_STATS, TrainStep
+from ganops.training.watch import Scorer, Watch, choose_snapshot, cpu_weights
 
 log = logging.getLogger(__name__)
 # The columns of reports/train_log.csv: each row's step, the means of the step stats since the last
@@ -63,9 +66,10 @@ def _check_ranks_agree(ctx, step: int, *networks) -> str:
 
 
 def _fingerprint(g_spec: GeneratorSpec, d_spec: DiscriminatorSpec, cfg: TrainParams, augmentation: str,
-                 world_size: int) -> str:
+                 world_size: int, metric: str | None) -> str:
     """What a run computes: a checkpoint is resumed only by a run of the same fingerprint."""
     setup = {
+        "watched_by": metric,  # the in-training metric's name: its protocol and sample count
         "code": _code_digest(),
         "world_size": world_size,
         "generator": g_spec.model_dump(mode="json"),  # with the training data's checksum
@@ -169,17 +173,28 @@ def _hold_or_stream(images: np.ndarray | ImageReader, shape: tuple[int, ...], ma
 class FitResult:
     """What ``fit`` returns on rank 0 (other ranks get None)."""
 
-    G_ema: torch.nn.Module
+    G_ema: torch.nn.Module  # the chosen snapshot's EMA generator
     spec: GeneratorSpec  # the generator's, as fit was given it
     log_rows: list[dict]
+    watch_rows: list[dict]  # the in-training evaluations: step, metric, value, std
+    previews: list[tuple[int, np.ndarray]]  # (step, uint8 fixed-noise samples) per evaluation
     summary: dict
     device: torch.device
     started_at: float  # time.time() when training began, for the MLflow run
 
 
+def preview_inputs(spec: GeneratorSpec, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Fixed noise for the samples shown at every evaluation: 8 per class when conditional, else 64
+    (the same noise as reports/samples.png)."""
+    rows, cols = (spec.num_classes, 8) if spec.conditional else (8, 8)
+    z = torch.randn(rows * cols, spec.latent_dim, generator=torch.Generator().manual_seed(seed + 2))
+    return z, torch.arange(rows).repeat_interleave(cols) if spec.conditional else None
+
+
 def fit(g_spec: GeneratorSpec, d_spec: DiscriminatorSpec, cfg: TrainParams, augmentation: str,
         images_u8: np.ndarray | ImageReader, labels_all: np.ndarray, checkpoint_root: Path,
-        before_training: Callable[[], None] = lambda: None) -> FitResult | None:
+        before_training: Callable[[], None] = lambda: None, score: Scorer | None = None,
+        rescore: Scorer | None = None) -> FitResult | None:
     """Train the networks of ``g_spec`` and ``d_spec`` on uint8 images (N, C, H, W) with int labels and
     return the EMA generator and its log. ``augmentation`` is train.augment resolved (none,
     diffaugment or ada). The images are an array, or a reader of a prepared split: held in memory up
@@ -188,6 +203,11 @@ def fit(g_spec: GeneratorSpec, d_spec: DiscriminatorSpec, cfg: TrainParams, augm
     Under torchrun every process runs this function: DDP keeps the networks in sync, each rank
     draws its own share of every batch and its own noise, and only rank 0 writes checkpoints and
     gets a result; ``before_training`` runs on rank 0 once the processes are up (the tracking check).
+
+    ``score`` (train.eval_every > 0) scores the EMA generator every eval_every steps and at the last
+    (on rank 0; ganops.training.watch keeps the best snapshots and says when to stop), and
+    ``rescore`` re-scores the kept ones at the end: the result's generator is the chosen snapshot.
+    Non-finite losses always stop the run, which then ships its best snapshot.
     """
     requested = resolve_device(cfg.device, "train.device")
     ctx = distributed.init(requested.type)
@@ -223,12 +243,15 @@ def fit(g_spec: GeneratorSpec, d_spec: DiscriminatorSpec, cfg: TrainParams, augm
     labels = torch.from_numpy(labels_all).to(images.device)
     stream = BatchStream(len(labels_all), local_batch, cfg.seed, ctx.rank, ctx.world_size, device=images.device)
 
-    fingerprint = _fingerprint(g_spec, d_spec, cfg, augmentation, ctx.world_size)
+    watching = score is not None and cfg.eval_every > 0
+    fingerprint = _fingerprint(g_spec, d_spec, cfg, augmentation, ctx.world_size, score.name if watching else None)
     # Augmentation's probability p, on the device: fixed at 1 for DiffAugment, steered by ADA.
     ada = AdaController(cfg.ada_target, cfg.ada_kimg, cfg.ada_interval, cfg.batch_size, device) if augmentation == "ada" else None
     augment_p = ada.p if ada else torch.ones((), device=device) if augmentation == "diffaugment" else None
+    watch = Watch(score.name, cfg.keep_best, cfg.early_stop_patience, cfg.diverge_factor, cfg.noise_z) if watching else None
     state = TrainingState(generator=G_raw, discriminator=D_raw, generator_ema=G_ema, opt_g=opt_g, opt_d=opt_d,
-                          stream=stream, window=torch.zeros(len(STEP_STATS), device=device), ada=ada, noise=noise)
+                          stream=stream, window=torch.zeros(len(STEP_STATS), device=device), ada=ada, noise=noise,
+                          watch=watch)
     checkpoints = run_folder(checkpoint_root, fingerprint)
     if ctx.is_main:
         prune_stale(checkpoint_root, checkpoints, cfg.checkpoint_retention_days)
@@ -264,6 +287,7 @@ def fit(g_spec: GeneratorSpec, d_spec: DiscriminatorSpec, cfg: TrainParams, augm
                  if augmentation != "none" else "")
 
     # --- the loop ----------------------------------------------------------------------------------
+    preview = preview_inputs(g_spec, cfg.seed)
     started = time.perf_counter()
     last_log_time, last_log_step = started, start_step
     progress = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", mininterval=1.0,
@@ -271,6 +295,8 @@ def fit(g_spec: GeneratorSpec, d_spec: DiscriminatorSpec, cfg: TrainParams, augm
     G_raw.train()
     D_raw.train()
     for step in range(start_step, cfg.steps):
+        if state.stopped:  # a resumed run that had stopped early
+            break
         training_step.fill(stream.next, noise)
         stats = training_step.run()
         distributed.average_buffers(ctx, G_raw, D_raw)  # batch-norm statistics from every rank's share
@@ -295,7 +321,22 @@ def fit(g_spec: GeneratorSpec, d_spec: DiscriminatorSpec, cfg: TrainParams, augm
             progress.set_postfix(loss_d=f"{row['loss_d']:.3f}", loss_g=f"{row['loss_g']:.3f}", img_s=f"{row['images_per_s']:.0f}")
             state.window.zero_()
             state.window_steps, last_log_time, last_log_step = 0, now, done
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            if not all(math.isfinite(value) for value in means):
+                state.stopped = f"step {done}: non-finite losses ({', '.join(f'{k} {v}' for k, v in row.items())})"
+        if watch is not None and not state.stopped and (done % cfg.eval_every == 0 or done == cfg.steps):
+            reason = ""
+            if ctx.is_main:
+                scored_at = time.perf_counter()
+                value, std = score(G_ema)
+                samples = to_uint8(G_ema(preview[0].to(device), preview[1].to(device) if preview[1] is not None
+                                         else None)).cpu()
+                reason = watch.observe(done, value, std, lambda: cpu_weights(G_ema), samples)
+                state.watch_s += time.perf_counter() - scored_at
+                log.info("step %d: %s %.4f (std %.4f)", done, watch.metric, value, std)
+            state.stopped = ctx.all_gather(reason)[0]  # every rank stops where rank 0 does
+        if state.stopped and ctx.is_main:
+            log.warning("training stops early, at %s", state.stopped)
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps or state.stopped:
             noise_per_rank = ctx.all_gather(noise.get_state().cpu())
             if ctx.enabled:  # at every checkpoint (one process agrees with itself)
                 digest = _check_ranks_agree(ctx, done, G_raw, D_raw, G_ema)
@@ -306,32 +347,59 @@ def fit(g_spec: GeneratorSpec, d_spec: DiscriminatorSpec, cfg: TrainParams, augm
                 save_checkpoint(checkpoints, done, state.capture(fingerprint, noise_per_rank), cfg.keep_checkpoints)
             ctx.barrier()
         progress.update(1)
+        if state.stopped:
+            break
     progress.close()
     wall_time = elapsed_before + time.perf_counter() - started
 
     # --- every rank must hold the same networks ------------------------------------------------------
-    digest = _check_ranks_agree(ctx, cfg.steps, G_raw, D_raw, G_ema)
+    digest = _check_ranks_agree(ctx, state.step, G_raw, D_raw, G_ema)
     if not ctx.is_main:
         ctx.barrier()
         distributed.shutdown()
         return None
 
+    # --- the snapshot to ship (rank 0) ---------------------------------------------------------------
+    chosen_at = time.perf_counter()
+    snapshot = copy.deepcopy(G_ema)
+
+    def load(weights: dict[str, torch.Tensor]) -> torch.nn.Module:
+        snapshot.load_state_dict(weights)
+        return snapshot
+
+    choice = choose_snapshot(watch, state.step, cpu_weights(G_ema), rescore, load)
+    shipped = load(choice.weights)
+    choose_s = time.perf_counter() - chosen_at
+    log.info("shipping the snapshot of %s", choice.reason)
+
     # --- the result (rank 0) -------------------------------------------------------------------------
     final = state.log[-1] if state.log else {}
+    training_s = wall_time - state.watch_s
     summary = {
         "steps": cfg.steps,
-        "wall_time_s": round(wall_time, 3),
-        "images_per_s": round(cfg.steps * cfg.batch_size / wall_time, 2) if wall_time > 0 else 0.0,
+        "steps_done": state.step,
+        "wall_time_s": round(wall_time, 3),  # the loop's, in-training evaluations included
+        "images_per_s": round(state.step * cfg.batch_size / training_s, 2) if training_s > 0 else 0.0,
         "resumed_from_step": start_step,
         "world_size": ctx.world_size,
-        "weights_sha256": digest[:16],
+        "weights_sha256": digest[:16],  # every network at the last step, equal on every rank
+        "generator_sha256": distributed.weights_digest(shipped)[:16],  # the shipped EMA generator
         "images_from": images_from,
         "augment": augmentation,
         "augment_p": round(augment_p.item(), 6) if augment_p is not None else 0.0,
         **{key: final[key] for key in ("loss_d", "loss_g", "d_real", "d_fake") if key in final},
+        "stopped_early": state.stopped or None,
+        "chosen_step": choice.step,
+        "chosen_because": choice.reason,
     }
-    log.info("trained %d steps in %.1f s on %s x %d; weights %s on every rank", cfg.steps, wall_time, device,
+    if watch is not None:
+        summary.update({"watch_metric": watch.metric, "watch_s": round(state.watch_s, 3), "choose_s": round(choose_s, 3),
+                        "rescore_metric": rescore.name if rescore is not None else None,
+                        "candidates": choice.candidates})
+    log.info("trained %d steps in %.1f s on %s x %d; weights %s on every rank", state.step, wall_time, device,
              ctx.world_size, digest[:16])
     ctx.barrier()
     distributed.shutdown()
-    return FitResult(G_ema=G_ema, spec=g_spec, log_rows=state.log, summary=summary, device=device, started_at=run_started_at)
+    previews = [(e["step"], e["samples"].numpy()) for e in watch.history] if watch is not None else []
+    return FitResult(G_ema=shipped, spec=g_spec, log_rows=state.log, watch_rows=watch.rows() if watch else [],
+                     previews=previews, summary=summary, device=device, started_at=run_started_at)
