@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -34,7 +35,8 @@ def dvc_project(tmp_path_factory) -> Path:
     shutil.copy(REPO / "dvc.yaml", root)
     shutil.copy(REPO / ".gitignore", root)
     shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    write_params(root / "params.yaml", {"mlflow": {"enabled": True}})  # the register stage needs the store
+    # the register stage needs the store; training is watched (evaluations at steps 10 and 20)
+    write_params(root / "params.yaml", {"mlflow": {"enabled": True}, "train": {"eval_every": 10}})
     sh("git", "init", "-q", cwd=root)
     sh("dvc", "init", "-q", cwd=root)
     sh("dvc", "repro", cwd=root)
@@ -44,7 +46,8 @@ def dvc_project(tmp_path_factory) -> Path:
 def test_repro_builds_every_output(dvc_project):
     root = dvc_project
     for path in ("data/prepared/manifest.json", "data/prepared/train/images-00000.npy", "models/generator.safetensors",
-                 "models/generator.json", "reports/train.json", "reports/train_log.csv", "reports/samples.png",
+                 "models/generator.json", "reports/train.json", "reports/train_log.csv", "reports/train_watch.csv",
+                 "reports/samples.png",
                  "models/evaluator.safetensors", "models/evaluator.json", "reports/evaluator.json",
                  "data/reference/reference.json", "reports/eval.json", "reports/eval_samples.png", "models/generator.onnx",
                  "reports/export.json", "reports/register.json", "reports/mlflow_run.json"):
@@ -73,6 +76,15 @@ def test_metrics_and_outputs_ignored_by_git(dvc_project):
     for generated in ("data/prepared/", "models/generator.safetensors", "models/checkpoints/", "reports/samples.png",
                       "mlflow.db", "mlartifacts/"):
         assert generated not in untracked
+
+
+def test_plots_show_the_losses_and_the_in_training_fid_by_step(dvc_project):
+    shown = json.loads(sh("dvc", "plots", "show", "--json", cwd=dvc_project).stdout)
+    assert not shown.get("errors"), shown.get("errors")
+    (watched,) = shown["data"]["reports/train_watch.csv"]
+    rows = watched["content"]["data"]["values"]
+    assert [(int(row["step"]), row["metric"]) for row in rows] == [(10, "fd256_domain_train"), (20, "fd256_domain_train")]
+    assert all(float(row["value"]) > 0 for row in rows) and shown["data"]["reports/train_log.csv"]
 
 
 def test_misspelt_key_fails_and_keeps_prepared_data(dvc_project):
@@ -117,7 +129,7 @@ def test_changing_train_params_retrains_without_preparing(dvc_project):
 
 @pytest.mark.parametrize("edited, stale", [
     ("src/ganops/stages/export.py", {"export"}),
-    ("src/ganops/metrics/scores.py", {"evaluate"}),
+    ("src/ganops/metrics/scores.py", {"train", "evaluate"}),  # train scores its snapshots (its checkpoints stay valid)
     ("src/ganops/serving/app.py", set()),  # the HTTP service is no stage's code
     ("src/ganops/serving/runtime.py", {"export", "register"}),  # not the FID reference statistics, not evaluate
     ("src/ganops/metrics/fid_weights.py", set()),  # installing the FID weights is no stage's code

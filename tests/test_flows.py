@@ -200,3 +200,9 @@ def test_sweep_runs_overrides_as_dvc_experiments(prefect_api, tmp_path):
     versions = list_versions(loaded.mlflow, loaded.register, root)
     assert len(versions) == 2 and sum(v["aliases"] == "champion" for v in versions) == 1
     assert yaml.safe_load((root / "params.yaml").read_text())["train"]["loss"] == "hinge"  # the last experiment
+    # each experiment's MLflow run carries the experiment's name (DVC_EXP_NAME), as `dvc exp show` does
+    from ganops.tracking.store import connect, experiment_id
+
+    client = connect(loaded.mlflow, root)
+    names = {run.info.run_name for run in client.search_runs([experiment_id(client, loaded.mlflow, root)])}
+    assert {row["experiment"] for row in rows} <= names, names

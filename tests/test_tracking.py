@@ -42,8 +42,8 @@ def git(root: Path, *args: str) -> None:
 def run_pipeline(root: Path, overrides: dict | None = None) -> dict:
     params = tiny(overrides)
     prepare(params, root)
-    train(params, root)
     train_evaluator(params, root)
+    train(params, root)
     evaluate(params, root)
     export(params, root)
     return register(params, root)
@@ -57,7 +57,7 @@ def project(tmp_path_factory) -> Path:
     git(root, "init", "-q")
     git(root, "add", "params.yaml")
     git(root, "commit", "-qm", "params")
-    run_pipeline(root)
+    run_pipeline(root, {"train": {"eval_every": 10}})  # watched: an in-training evaluation at steps 10 and 20
     return root
 
 
@@ -80,6 +80,14 @@ def test_one_run_holds_params_curves_metrics_artifacts_and_lineage(project):
     assert [(m.step, m.value) for m in augment_p] == [(s, 0.0) for s in (5, 10, 15, 20)]
     assert len(client.get_metric_history(run_id, "train/real_sign")) == 4
     assert "train/images_per_s" in run.data.metrics
+    # the in-training evaluations are curves by step, and their fixed-noise samples the image slider's steps
+    assert [m.step for m in client.get_metric_history(run_id, "train/fd256_domain_train")] == [10, 20]
+    assert [m.step for m in client.get_metric_history(run_id, "train/fd256_domain_train_std")] == [10, 20]
+    images = [a.path for a in client.list_artifacts(run_id, "images")]
+    assert sorted(int(p.split("+step+")[1].split("+")[0]) for p in images if p.endswith(".png")
+                  and "compressed" not in p) == [10, 20], images
+    report = json.loads((project / "reports" / "train.json").read_text())
+    assert run.data.tags["train.chosen_because"] == report["chosen_because"] and run.info.run_name.startswith("train-")
     assert "eval/fd200_domain_train" in run.data.metrics and "eval/fd200_domain_train_ci95_high" in run.data.metrics
     assert "export/parity_max_abs_error" in run.data.metrics
     manifest = json.loads((project / "data" / "prepared" / "manifest.json").read_text())

@@ -43,9 +43,24 @@ def prepared_digits(tmp_path_factory) -> Path:
     return root / "data" / "prepared"
 
 
-def project_with_data(tmp_path: Path, prepared: Path) -> Path:
+def project_with_data(tmp_path: Path, prepared: Path, evaluator: Path | None = None) -> Path:
+    """A project holding the prepared data and, given ``evaluator``'s project, its trained domain
+    classifier (what in-training evaluations score with when no Inception weights are used)."""
     shutil.copytree(prepared, tmp_path / "data" / "prepared")
+    if evaluator is not None:
+        (tmp_path / "models").mkdir(parents=True, exist_ok=True)
+        for name in ("evaluator.safetensors", "evaluator.json"):
+            shutil.copy(evaluator / "models" / name, tmp_path / "models" / name)
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def evaluator(tmp_path_factory, prepared_digits) -> Path:
+    from ganops.stages.train_evaluator import train_evaluator
+
+    root = project_with_data(tmp_path_factory.mktemp("evaluator"), prepared_digits)
+    train_evaluator(tiny(), root)
+    return root
 
 
 def test_outputs_and_reports(tmp_path, prepared_digits):
@@ -227,13 +242,15 @@ def _weights(root: Path) -> dict[str, torch.Tensor]:
     return load_file(root / "models" / "generator.safetensors")
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, prepared_digits):
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, prepared_digits, evaluator):
     """Kill a real training process with SIGKILL after a checkpoint, re-run, compare with a clean run.
     The killed run reads its batches from the shards (train.in_memory_max_mb: 0), the clean run holds
-    the split in memory: the same weights prove the streamed path resumes mid-epoch exactly."""
-    overrides = {"train": {"steps": 600, "checkpoint_every": 50, "log_every": 20}}
-    killed = project_with_data(tmp_path / "killed", prepared_digits)
-    clean = project_with_data(tmp_path / "clean", prepared_digits)
+    the split in memory: the same weights prove the streamed path resumes mid-epoch exactly. Both are
+    watched (an evaluation every 100 steps, two snapshots kept): the resumed run has the same
+    evaluations, candidates and chosen snapshot."""
+    overrides = {"train": {"steps": 600, "checkpoint_every": 50, "log_every": 20, "eval_every": 100, "keep_best": 2}}
+    killed = project_with_data(tmp_path / "killed", prepared_digits, evaluator)
+    clean = project_with_data(tmp_path / "clean", prepared_digits, evaluator)
     write_params(killed / "params.yaml", merge(overrides, {"train": {"in_memory_max_mb": 0}}))
     write_params(clean / "params.yaml", overrides)
     env = {**os.environ, "TQDM_DISABLE": "1"}
@@ -264,6 +281,11 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, prepared_digit
     strip = lambda root: [{k: v for k, v in r.items() if k not in ("wall_time_s", "images_per_s")}  # noqa: E731
                           for r in csv.DictReader((root / "reports" / "train_log.csv").open())]
     assert strip(killed) == strip(clean)
+    assert (killed / "reports" / "train_watch.csv").read_text() == (clean / "reports" / "train_watch.csv").read_text()
+    assert len((clean / "reports" / "train_watch.csv").read_text().splitlines()) == 1 + 6
+    straight = json.loads((clean / "reports" / "train.json").read_text())
+    for key in ("chosen_step", "chosen_because", "candidates", "generator_sha256", "weights_sha256"):
+        assert report[key] == straight[key], key
 
 
 def test_checkpoints_of_other_code_are_not_resumed(tmp_path, prepared_digits, monkeypatch):
@@ -304,16 +326,16 @@ def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return result
 
 
-def test_ddp_on_two_cpu_processes_keeps_ranks_identical_and_resumes(tmp_path, prepared_digits):
+def test_ddp_on_two_cpu_processes_keeps_ranks_identical_and_resumes(tmp_path, prepared_digits, evaluator):
     """`ganops train` with train.nproc: 2 relaunches itself under torchrun (gloo); both ranks end with
     the same weights, and a DDP run extended from its checkpoint equals one trained straight through.
     With ADA on, so that its p (steered by E[sign(D(real))] over both ranks) is resumed too. The
     straight run and the extension read each rank's share from the shards (train.in_memory_max_mb: 0);
     the first 40 steps of the resumed run hold the split in memory: all end with the same weights."""
     ddp = {"train": {"batch_size": 32, "checkpoint_every": 20, "log_every": 10, "nproc": 2, "augment": "ada",
-                     "ada_kimg": 0.2}}
+                     "ada_kimg": 0.2, "eval_every": 20}}
     streamed = {"in_memory_max_mb": 0}
-    straight = project_with_data(tmp_path / "straight", prepared_digits)
+    straight = project_with_data(tmp_path / "straight", prepared_digits, evaluator)
     write_params(straight / "params.yaml", merge(ddp, {"train": {"steps": 60, **streamed}}))
     result = _run([str(Path(sys.executable).parent / "ganops"), "train"], straight)
     digests = re.findall(r"weights ([0-9a-f]{16}) on every rank", result.stderr)
@@ -324,7 +346,7 @@ def test_ddp_on_two_cpu_processes_keeps_ranks_identical_and_resumes(tmp_path, pr
     assert checked == [20, 40, 60]
     assert report["augment"] == "ada" and report["augment_p"] > 0
 
-    resumed = project_with_data(tmp_path / "resumed", prepared_digits)
+    resumed = project_with_data(tmp_path / "resumed", prepared_digits, evaluator)
     write_params(resumed / "params.yaml", merge(ddp, {"train": {"steps": 40}}))
     _run([str(Path(sys.executable).parent / "ganops"), "train"], resumed)
     write_params(resumed / "params.yaml", merge(ddp, {"train": {"steps": 60, **streamed}}))
@@ -335,6 +357,9 @@ def test_ddp_on_two_cpu_processes_keeps_ranks_identical_and_resumes(tmp_path, pr
     assert extended["weights_sha256"] == report["weights_sha256"] and extended["augment_p"] == report["augment_p"]
     weights = Path("models") / "generator.safetensors"
     assert (resumed / weights).read_bytes() == (straight / weights).read_bytes()
+    # rank 0 scored at 20, 40 and 60, and both ranks went on together after each evaluation
+    assert [row["step"] for row in csv.DictReader((straight / "reports" / "train_watch.csv").open())] == ["20", "40", "60"]
+    assert extended["chosen_step"] == report["chosen_step"] and extended["generator_sha256"] == report["generator_sha256"]
 
 
 def test_batch_must_split_evenly_over_processes(tmp_path, prepared_digits):
