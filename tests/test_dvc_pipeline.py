@@ -53,7 +53,7 @@ def test_repro_builds_every_output(dvc_project):
                  "reports/export.json", "reports/register.json", "reports/mlflow_run.json"):
         assert (root / path).is_file(), path
     lock = yaml.safe_load((root / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"prepare", "train", "train_evaluator", "reference_stats", "evaluate", "export",
+    assert set(lock["stages"]) == {"prepare", "train_evaluator", "reference_stats", "train", "evaluate", "export",
                                           "register"}
     assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["steps"] == 20
 
@@ -83,8 +83,11 @@ def test_plots_show_the_losses_and_the_in_training_fid_by_step(dvc_project):
     assert not shown.get("errors"), shown.get("errors")
     (watched,) = shown["data"]["reports/train_watch.csv"]
     rows = watched["content"]["data"]["values"]
-    assert [(int(row["step"]), row["metric"]) for row in rows] == [(10, "fd256_domain_train"), (20, "fd256_domain_train")]
-    assert all(float(row["value"]) > 0 for row in rows) and shown["data"]["reports/train_log.csv"]
+    assert [(int(row["step"]), row["metric"]) for row in rows] == [(10, "fd200_domain_train"), (20, "fd200_domain_train")]
+    assert all(float(row["value"]) > 0 for row in rows)
+    (losses,) = shown["data"]["reports/train_log.csv"]
+    assert {int(row["step"]) for row in losses["content"]["data"]["values"]} == {5, 10, 15, 20}
+    assert set(shown["data"]) == {"reports/train_log.csv", "reports/train_watch.csv"}  # each drawn once, by step
 
 
 def test_misspelt_key_fails_and_keeps_prepared_data(dvc_project):

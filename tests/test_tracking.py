@@ -81,8 +81,8 @@ def test_one_run_holds_params_curves_metrics_artifacts_and_lineage(project):
     assert len(client.get_metric_history(run_id, "train/real_sign")) == 4
     assert "train/images_per_s" in run.data.metrics
     # the in-training evaluations are curves by step, and their fixed-noise samples the image slider's steps
-    assert [m.step for m in client.get_metric_history(run_id, "train/fd256_domain_train")] == [10, 20]
-    assert [m.step for m in client.get_metric_history(run_id, "train/fd256_domain_train_std")] == [10, 20]
+    assert [m.step for m in client.get_metric_history(run_id, "train/fd200_domain_train")] == [10, 20]
+    assert [m.step for m in client.get_metric_history(run_id, "train/fd200_domain_train_std")] == [10, 20]
     images = [a.path for a in client.list_artifacts(run_id, "images")]
     assert sorted(int(p.split("+step+")[1].split("+")[0]) for p in images if p.endswith(".png")
                   and "compressed" not in p) == [10, 20], images

@@ -105,8 +105,8 @@ class TrainParams(_Section):
     ada_interval: int = Field(4, ge=1, description="ada: steps between adjustments of p")
     eval_every: int = Field(1000, ge=0, description="steps between in-training evaluations of the EMA generator "
                             "(and one at the last step); 0 disables them")
-    eval_samples: int = Field(256, ge=8, description="generated images per in-training evaluation (the metric "
-                              "fid256_tf_train at 256), against the reference statistics of the reference_stats stage")
+    eval_samples: int = Field(200, ge=8, description="generated images per in-training evaluation (the metric "
+                              "fid200_tf_train at 200), against the reference statistics of the reference_stats stage")
     keep_best: int = Field(1, ge=1, le=16, description="EMA snapshots kept: those of this many lowest in-training "
                            "scores, beside the last step; they are re-scored on fresh seeds before one is shipped")
     early_stop_patience: int = Field(0, ge=0, description="stop once this many evaluations pass without a new best "

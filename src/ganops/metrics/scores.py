@@ -143,7 +143,7 @@ class SnapshotScorer:
     over ``cfg.spread_rounds`` half-samples of the draws. Only the generated side is resampled: every
     snapshot of a run is scored against the same reference, so this is the noise in comparing them.
     Each call uses the same seeds (``use``: WATCH in training, RESCORE for the final choice), so
-    snapshots differ by their weights only. ``name`` is the metric's, e.g. fid256_tf_train."""
+    snapshots differ by their weights only. ``name`` is the metric's, e.g. fid200_tf_train."""
 
     def __init__(self, backbone: ReferencedBackbone, reference_labels: np.ndarray | None, num_classes: int,
                  count: int, cfg: EvalParams, use: int) -> None:

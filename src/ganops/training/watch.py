@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 class Scorer(Protocol):
     """What the train stage hands the loop: a named metric of a generator, lower is better."""
 
-    name: str  # the metric's name by its protocol, e.g. fid256_tf_train
+    name: str  # the metric's name by its protocol, e.g. fid200_tf_train
 
     def __call__(self, generator: torch.nn.Module) -> tuple[float, float]:
         """(value, std): the score and its standard deviation over half-samples of the generated images."""
