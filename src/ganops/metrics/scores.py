@@ -37,6 +37,11 @@ SPREAD_METHOD = (
 )
 
 
+def half_of_draws(draws: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """The features of a random half of the seeded draws, whole draws only (see SPREAD_METHOD)."""
+    return np.concatenate([draws[i] for i in rng.choice(len(draws), size=len(draws) // 2, replace=False)])
+
+
 def fd(reference: ReferenceFeatures, draws: list[np.ndarray], cfg: EvalParams) -> dict[tuple[str, str], float]:
     """Fréchet distance; its standard deviation and 95% interval by half-sampling (see SPREAD_METHOD);
     and the distance between two halves of the reference split: the floor at this sample size."""
@@ -52,8 +57,7 @@ def fd(reference: ReferenceFeatures, draws: list[np.ndarray], cfg: EvalParams) -
     if cfg.spread_rounds > 0 and len(draws) >= 2:
         by_generated, by_reference = [], []
         for _ in range(cfg.spread_rounds):
-            picked = rng.choice(len(draws), size=len(draws) // 2, replace=False)
-            by_generated.append(frechet_distance(*real_stats, *feature_statistics(np.concatenate([draws[i] for i in picked]))))
+            by_generated.append(frechet_distance(*real_stats, *feature_statistics(half_of_draws(draws, rng))))
             subset = rng.choice(len(real), size=half, replace=False)
             by_reference.append(frechet_distance(*feature_statistics(real[subset]), *fake_stats))
         var_generated, var_reference = float(np.var(by_generated, ddof=1)), float(np.var(by_reference, ddof=1))
@@ -160,9 +164,7 @@ class SnapshotScorer:
         features = features_of_draws(self.backbone, draws, self.cfg.batch_size)
         value = self.reference.distance(np.concatenate(features))
         rng = np.random.default_rng([self.cfg.seed, self.use])
-        halves = [self.reference.distance(np.concatenate([features[i] for i in
-                                                         rng.choice(len(features), len(features) // 2, replace=False)]))
-                  for _ in range(self.cfg.spread_rounds)]
+        halves = [self.reference.distance(half_of_draws(features, rng)) for _ in range(self.cfg.spread_rounds)]
         return value, float(np.std(halves, ddof=1)) if len(halves) >= 2 else 0.0
 
 
