@@ -367,6 +367,95 @@ def test_model_swap_drops_no_request(models, tmp_path):
     assert "keeping the current model" in output
 
 
+def _with_spec(source: Path, target: Path, spec: str) -> None:
+    """A copy of an exported model whose generator spec is ``spec``: e.g. one a newer ganops wrote."""
+    import onnx
+
+    from ganops.serving.runtime import SPEC_KEY
+
+    model = onnx.load(str(source))
+    for prop in model.metadata_props:
+        if prop.key == SPEC_KEY:
+            prop.value = spec
+    staging = target.with_name(".incoming.onnx")
+    onnx.save(model, str(staging))
+    os.replace(staging, target)
+
+
+def _until(condition, seconds: float = 30.0):
+    """Poll ``condition`` until it returns something truthy (the server reloads on its own timer)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"not within {seconds} s")
+
+
+def test_reload_survives_any_bad_model_and_says_it_is_stale(models, tmp_path):
+    """A model whose spec does not validate (pydantic, not a ganops error), then a vanished file: the
+    watcher logs each, keeps serving the last good model, says it is stale, and still picks up the next one."""
+    served = tmp_path / "generator.onnx"
+    shutil.copy(models["a"], served)
+    running = Server(tmp_path, served)
+    try:
+        first = httpx.get(running.url + "/readyz").json()
+        assert first == {"status": "ready", "version": first["version"], "stale": False}
+        newer = json.loads(OnnxGenerator(models["a"]).metadata["ganops.generator_spec"])
+        newer["latent_dim"] = "eight"  # a spec this ganops can't read
+        _with_spec(models["a"], served, json.dumps(newer))
+        stale = _until(lambda: (r := httpx.get(running.url + "/readyz").json())["stale"] and r)
+        assert stale["status"] == "stale" and stale["version"] == first["version"]  # still the last good one
+        info = httpx.get(running.url + "/v1/model").json()
+        assert info["version"] == first["version"] and "ValidationError" in info["reload"]["error"]
+        assert str(tmp_path) not in httpx.get(running.url + "/readyz").text  # no paths on the unkeyed probe
+        response = post(running, {"n": 2, "format": "array"})
+        assert response.status_code == 200 and response.headers["X-Model-Version"] == first["version"]
+        served.unlink()
+        _until(lambda: "not found" in (httpx.get(running.url + "/v1/model").json()["reload"]["error"] or ""))
+        assert post(running, {"n": 1}).status_code == 200
+        staging = tmp_path / ".b.onnx"
+        shutil.copy(models["b"], staging)
+        os.replace(staging, served)  # a good model again: the watcher is alive and loads it
+        ready = _until(lambda: (r := httpx.get(running.url + "/readyz").json())["version"] != first["version"] and r)
+        assert ready["status"] == "ready" and ready["stale"] is False
+        assert post(running, {"n": 1}).headers["X-Model-Version"] == ready["version"]
+    finally:
+        output = running.stop()
+    assert "keeping the current model" in output and "ValidationError" in output and "Traceback" not in output
+
+
+def test_a_stale_replica_can_ask_to_be_drained(models, tmp_path):
+    served = tmp_path / "generator.onnx"
+    shutil.copy(models["a"], served)
+    running = Server(tmp_path, served, ready_when_stale=False)
+    try:
+        served.write_bytes(b"a broken upload")
+        _until(lambda: httpx.get(running.url + "/readyz").status_code == 503)
+        assert httpx.get(running.url + "/readyz").json()["status"] == "stale"
+        assert post(running, {"n": 1}).status_code == 200  # it still answers whoever reaches it
+    finally:
+        running.stop()
+
+
+def test_a_nan_generator_is_never_served(models, tmp_path):
+    """NaN weights give NaN images, which uint8 conversion would turn into plausible black squares."""
+    import onnx
+    from onnx import numpy_helper
+
+    from ganops.serving.runtime import ModelError
+
+    model = onnx.load(str(models["a"]))
+    weights = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    poisoned = numpy_helper.to_array(weights).copy()
+    poisoned.flat[0] = np.nan
+    weights.CopyFrom(numpy_helper.from_array(poisoned, weights.name))
+    onnx.save(model, str(tmp_path / "nan.onnx"))
+    with pytest.raises(ModelError, match="not finite"):
+        OnnxGenerator(tmp_path / "nan.onnx")
+
+
 def test_models_uris_parse_in_one_place():
     from ganops.serving.app import _model_name
     from ganops.serving.locate import RegisteredModelRef, parse_models_uri

@@ -189,6 +189,16 @@ class ServeParams(_Section):
                                 "as JSON take about 20 bytes per number)")
     api_key_env: str = Field("GANOPS_API_KEY", description="when this variable is set, requests need its value as X-API-Key")
     reload_interval_s: float = Field(2.0, gt=0.0, description="how often the model file is checked for a new version")
+    reload_retry_max_s: float = Field(60.0, gt=0.0, description="a new model that fails to load is tried again after "
+                                      "reload_interval_s, doubling each time up to this")
+    ready_when_stale: bool = Field(True, description="/readyz answers 200 (status stale) while an older model serves "
+                                   "because the new one fails to load; false: 503, so a balancer drains this replica")
+    max_concurrent: int = Field(2, ge=1, le=256, description="generations running at once")
+    max_queue: int = Field(16, ge=0, le=4096, description="requests waiting for a generation slot; beyond: 503")
+    request_timeout_s: float = Field(30.0, gt=0.0, description="longest wait for a slot plus generation; beyond: 503")
+    retry_after_s: int = Field(1, ge=0, description="the Retry-After header's seconds on a 503 for load")
+    max_response_bytes: int = Field(16_777_216, ge=1024, description="requests whose response could be larger get 422 "
+                                    "before generating (format floats takes about 16 bytes per pixel value)")
     intra_op_threads: int | None = Field(None, ge=1, description="onnxruntime threads per request; default: all cores")
 
 

@@ -16,12 +16,19 @@ def tile(images: np.ndarray, rows: int, min_cell: int = 32) -> np.ndarray:
     zoom = max(1, -(-min_cell // width))
     pad = 2
     cell_h, cell_w = height * zoom + pad, width * zoom + pad
-    grid = np.zeros((rows * cell_h + pad, cols * cell_w + pad, channels), dtype=np.uint8)
+    grid = np.zeros(tile_shape(images.shape, rows, min_cell), dtype=np.uint8)
     for index, image in enumerate(images):
         r, c = divmod(index, cols)
         cell = image.transpose(1, 2, 0).repeat(zoom, axis=0).repeat(zoom, axis=1)
         grid[pad + r * cell_h : pad + r * cell_h + height * zoom, pad + c * cell_w : pad + c * cell_w + width * zoom] = cell
     return grid
+
+
+def tile_shape(shape: tuple[int, int, int, int], rows: int, min_cell: int = 32) -> tuple[int, int, int]:
+    """The (H', W', C) of :func:`tile`'s grid for images of ``shape`` (N, C, H, W), without making it."""
+    count, channels, height, width = shape
+    zoom, pad = max(1, -(-min_cell // width)), 2
+    return rows * (height * zoom + pad) + pad, -(-count // rows) * (width * zoom + pad) + pad, channels
 
 
 def _png(picture: np.ndarray) -> bytes:

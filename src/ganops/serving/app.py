@@ -11,7 +11,9 @@ import logging
 import math
 import os
 import threading
-from contextlib import asynccontextmanager
+import time
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 from typing import Annotated, Literal
@@ -29,12 +31,13 @@ from ganops import GanopsError
 from ganops.config import ServeParams
 from ganops.pixels import to_uint8
 from ganops.serving.locate import parse_models_uri
-from ganops.serving.runtime import OnnxGenerator
-from ganops.visualize import grid_png
+from ganops.serving.runtime import GenerationTimeout, OnnxGenerator
+from ganops.visualize import grid_png, tile_shape
 
 log = logging.getLogger(__name__)
 MAX_SEED = 2**63 - 1
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+MODEL_VERSION_HEADER = "X-Model-Version"  # on every generated response: the version that made it
 # a JSON number, never a string or a bool; NaN and Infinity (which Python's json parser accepts) refused
 LatentValue = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
@@ -74,43 +77,150 @@ class GenerateRequest(BaseModel):
         return self
 
 
+@dataclass(frozen=True)
+class Served:
+    """One loaded model with what describes it, swapped as a whole: a reader never pairs one
+    version's generator with another's registry entry."""
+
+    generator: OnnxGenerator
+    version: str
+    registry: dict | None
+    stamp: tuple
+
+
 class ModelSource:
     """The current generator, reloaded when what the locator points at changes (a new file at the
-    path, the registry alias moved); a request keeps the instance it started with, so a swap never
-    drops or mixes in-flight requests. A bad new model is refused and the last good one stays."""
+    path, the registry alias moved); a request keeps the ``Served`` it started with, so a swap never
+    drops or mixes in-flight requests. A new model that fails to load, for any reason, is logged and
+    tried again with exponential backoff (``retry_base_s`` doubling up to ``retry_max_s``) while the
+    last good one keeps serving; ``stale`` says that the served model is not the one pointed at."""
 
-    def __init__(self, locator, threads: int | None) -> None:
+    def __init__(self, locator, threads: int | None, retry_base_s: float = 2.0, retry_max_s: float = 60.0,
+                 clock=time.monotonic) -> None:
         self.locator, self.threads = locator, threads
+        self.retry_base_s, self.retry_max_s, self._clock = retry_base_s, retry_max_s, clock
         self._lock = threading.Lock()
-        self._stamp: tuple | None = None
-        self.generator: OnnxGenerator | None = None
-        self.version = ""
-        self.registry: dict | None = None
+        self.served: Served | None = None
+        self.pointed_at: tuple | None = None  # the locator's last stamp: what should be served
         self.last_error: str | None = None
+        self.failures = 0  # consecutive failed loads of ``pointed_at``
+        self.retry_at: float | None = None
         self.refresh()
 
+    @property
+    def generator(self) -> OnnxGenerator | None:
+        return self.served.generator if self.served is not None else None
+
+    @property
+    def stale(self) -> bool:
+        """A model is served, but not the one the locator points at (its load failed, or the locator
+        itself can't be read)."""
+        if self.served is None:
+            return False
+        return self.last_error is not None or (self.pointed_at is not None and self.pointed_at != self.served.stamp)
+
     def refresh(self) -> bool:
-        try:
-            stamp = self.locator.stamp()
-        except GanopsError as error:
-            self.last_error = str(error)
-            return False
-        if stamp is None or stamp == self._stamp:
-            return False
+        """Load what the locator points at when it changed; True when a new model is served. Never
+        raises: every failure is logged and kept in ``last_error``."""
         with self._lock:
+            try:
+                stamp = self.locator.stamp()
+            except Exception as error:
+                self._failed(f"cannot read {self.locator.uri}: {_describe(error)}", backoff=False)
+                return False
+            if stamp is None:  # the file is gone: keep what is served
+                self.pointed_at = None
+                self.last_error = f"model file not found: {self.locator.uri}"
+                return False
+            if stamp != self.pointed_at:
+                self.pointed_at, self.failures, self.retry_at = stamp, 0, None
+            if self.served is not None and stamp == self.served.stamp:
+                self.last_error = None
+                return False
+            if self.retry_at is not None and self._clock() < self.retry_at:
+                return False  # backing off after a failed load of this same model
             try:
                 path, registry_version = self.locator.fetch()
                 generator = OnnxGenerator(path, intra_op_threads=self.threads)
                 version = registry_version or hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-            except GanopsError as error:
-                self.last_error = str(error)
-                log.error("keeping the current model: %s", error)
-                self._stamp = stamp
+                served = Served(generator, version, self.locator.details, stamp)
+            except Exception as error:  # a bad file, a spec from a newer ganops, a 503 from the registry ...
+                self._failed(_describe(error), backoff=True)
                 return False
-            self.generator, self.version, self._stamp, self.last_error = generator, version, stamp, None
-            self.registry = self.locator.details
+            self.served, self.failures, self.retry_at, self.last_error = served, 0, None, None
         log.info("serving %s (version %s, providers %s)", self.locator.uri, version, generator.providers)
         return True
+
+    def _failed(self, message: str, backoff: bool) -> None:
+        self.last_error = message
+        self.failures += 1
+        delay = min(self.retry_base_s * 2 ** (self.failures - 1), self.retry_max_s)
+        if backoff:
+            self.retry_at = self._clock() + delay
+        if self.failures & (self.failures - 1) == 0:  # failures 1, 2, 4, 8, ...: seen, without a flood
+            current = f"version {self.served.version}" if self.served is not None else "no model"
+            retry = f"next try in {delay:.1f} s" if backoff else "trying again at the next check"
+            log.error("keeping the current model (%s): %s; failure %d, %s", current, message, self.failures, retry)
+
+    def status(self) -> dict:
+        """The reload state, for the keyed /v1/model."""
+        retry_in = None if self.retry_at is None else max(0.0, round(self.retry_at - self._clock(), 1))
+        return {"stale": self.stale, "error": self.last_error, "failures": self.failures, "retry_in_s": retry_in}
+
+
+def _describe(error: Exception) -> str:
+    return f"{type(error).__name__}: {str(error).strip()[:500]}"
+
+
+class Busy(Exception):
+    """No generation slot within the bounds: answered 503 with Retry-After."""
+
+
+class GenerationLimiter:
+    """At most ``max_concurrent`` generations run at once and ``max_queue`` more wait for a slot, each
+    at most ``wait_s``; a request beyond either bound is refused at once (Busy), so memory and
+    threads stay bounded however many clients call."""
+
+    def __init__(self, max_concurrent: int, max_queue: int) -> None:
+        self.max_concurrent, self.max_queue = max_concurrent, max_queue
+        self._slots = threading.Semaphore(max_concurrent)
+        self._lock = threading.Lock()
+        self.admitted = 0  # running or waiting
+        self.rejected = 0
+
+    @contextmanager
+    def slot(self, wait_s: float):
+        with self._lock:
+            if self.admitted >= self.max_concurrent + self.max_queue:
+                self.rejected += 1
+                raise Busy(f"{self.max_concurrent} generations running and {self.max_queue} waiting "
+                           "(serve.max_concurrent, serve.max_queue)")
+            self.admitted += 1
+        try:
+            if not self._slots.acquire(timeout=wait_s):
+                with self._lock:
+                    self.rejected += 1
+                raise Busy(f"no generation slot free within {wait_s:g} s (serve.request_timeout_s)")
+            try:
+                yield
+            finally:
+                self._slots.release()
+        finally:
+            with self._lock:
+                self.admitted -= 1
+
+
+def response_bound(fmt: str, shape: tuple[int, int, int, int]) -> int:
+    """At most how many bytes the response to a request for images of ``shape`` (N, C, H, W) in
+    format ``fmt`` takes, known before generating."""
+    values = math.prod(shape)
+    if fmt == "floats":  # a float32 in shortest form is at most 15 characters ("-1.2345678e-10") plus a comma
+        return 16 * values + 1024
+    if fmt == "array":
+        return 4 * -(-values // 3) + 1024
+    rows = max(1, round(shape[0] ** 0.5))
+    height, width, channels = tile_shape(shape, rows)
+    return (height * (width * channels + 1)) * 101 // 100 + 1024  # PNG: filter byte per row, zlib's worst case
 
 
 class BodySizeLimit:
@@ -165,13 +275,17 @@ def create_app(source: ModelSource, settings: ServeParams | None = None) -> Fast
         async def watch() -> None:
             while True:
                 await asyncio.sleep(settings.reload_interval_s)
-                await asyncio.to_thread(source.refresh)
+                try:
+                    await asyncio.to_thread(source.refresh)
+                except Exception:  # refresh never raises; if it ever does, the watcher still lives
+                    log.exception("model reload check failed; watching on")
 
         watcher = asyncio.create_task(watch())
         yield
         watcher.cancel()
 
     app = FastAPI(title="ganops generator service", version="1", lifespan=lifespan)
+    app.state.limiter = limiter = GenerationLimiter(settings.max_concurrent, settings.max_queue)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
@@ -180,11 +294,11 @@ def create_app(source: ModelSource, settings: ServeParams | None = None) -> Fast
         # accepts them) is echoed as a string: strict JSON has no such numbers, so they can't be written back
         return JSONResponse({"detail": _json_safe(jsonable_encoder(error.errors()))}, status_code=422)
 
-    def current() -> OnnxGenerator:
-        generator = source.generator
-        if generator is None:
+    def current() -> Served:
+        served = source.served
+        if served is None:
             raise HTTPException(503, detail=f"no model loaded: {source.last_error or 'file missing'}")
-        return generator
+        return served
 
     def require_key(x_api_key: Annotated[str | None, Header()] = None) -> None:
         expected = os.environ.get(settings.api_key_env)
@@ -199,13 +313,19 @@ def create_app(source: ModelSource, settings: ServeParams | None = None) -> Fast
 
     @app.get("/readyz")
     def readyz() -> JSONResponse:
-        if source.generator is None:
-            return JSONResponse({"status": "not ready", "error": source.last_error}, status_code=503)
-        return JSONResponse({"status": "ready", "version": source.version})
+        # unauthenticated: the state only, no paths, URLs or error text (those are in the keyed /v1/model)
+        served = source.served
+        if served is None:
+            return JSONResponse({"status": "not ready", "stale": False}, status_code=503)
+        stale = source.stale
+        ready = not stale or settings.ready_when_stale
+        return JSONResponse({"status": "stale" if stale else "ready", "version": served.version, "stale": stale},
+                            status_code=200 if ready else 503)
 
     @app.get("/v1/model", dependencies=[Depends(require_key)])
     def model_info() -> dict:
-        generator = current()
+        served = current()  # one snapshot: this version's spec, metadata and registry entry together
+        generator = served.generator
         spec = generator.spec
         metadata = generator.metadata
         inputs = {"z": {"dtype": "float32", "shape": ["n", spec.latent_dim]}}
@@ -214,11 +334,12 @@ def create_app(source: ModelSource, settings: ServeParams | None = None) -> Fast
             inputs["labels"] = {"dtype": "int64", "shape": ["n"], "range": [0, spec.num_classes - 1]}
         return {
             "name": metadata.get("ganops.model_name", _model_name(source.locator.uri)),
-            "version": metadata.get("ganops.model_version", source.version),
+            "version": metadata.get("ganops.model_version", served.version),
             # the registry entry's evaluation (what register judged it by), else the one the file was exported with
-            "metrics": _json_or_empty((source.registry or {}).get("evaluation"))
+            "metrics": _json_or_empty((served.registry or {}).get("evaluation"))
             or _json_or_empty(metadata.get("ganops.metrics")),
-            "registry": {k: v for k, v in (source.registry or {}).items() if k != "evaluation"} or None,
+            "registry": {k: v for k, v in (served.registry or {}).items() if k != "evaluation"} or None,
+            "reload": source.status(),
             "providers": generator.providers,
             "input": inputs,
             # the default shape and dtype (format "array"), and every format there is
@@ -230,35 +351,48 @@ def create_app(source: ModelSource, settings: ServeParams | None = None) -> Fast
             }},
             "classes": spec.class_names,
             "max_batch": settings.max_batch,
+            "max_response_bytes": settings.max_response_bytes,
         }
 
     @app.post("/v1/generate", dependencies=[Depends(require_key)],
               responses={200: {"content": {"image/png": {}, "application/json": {}}}})
     def generate(request: GenerateRequest) -> Response:
-        generator = current()  # held for the whole request: a model swap can't pull it away
+        served = current()  # held for the whole request: a model swap can't pull it away
+        generator = served.generator
         if request.n > settings.max_batch:
             what = f"z has {request.n} rows" if request.z is not None else f"n={request.n}"
             raise HTTPException(422, detail=f"{what}, over serve.max_batch={settings.max_batch}")
+        spec = generator.spec
+        bound = response_bound(request.format, (request.n, spec.channels, spec.resolution, spec.resolution))
+        if bound > settings.max_response_bytes:
+            raise HTTPException(422, detail=f"n={request.n} images as {request.format} take up to {bound} bytes, over "
+                                f"serve.max_response_bytes={settings.max_response_bytes}: ask for fewer or use png/array")
         z = generator.latents(request.n, request.seed) if request.z is None else request.z
         seed = request.seed if request.z is None else None
+        deadline = time.monotonic() + settings.request_timeout_s
         try:
-            floats, labels = generator.generate(z, request.labels)
+            with limiter.slot(wait_s=settings.request_timeout_s):
+                floats, labels = generator.generate(z, request.labels, timeout_s=max(0.0, deadline - time.monotonic()))
         except ValueError as error:
             raise HTTPException(422, detail=str(error)) from None
+        except (Busy, GenerationTimeout) as error:
+            raise HTTPException(503, detail=f"busy: {error}; try again later",
+                                headers={"Retry-After": str(settings.retry_after_s)}) from None
+        headers = {MODEL_VERSION_HEADER: served.version}
         label_list = labels.tolist() if labels is not None else None
         if request.format == "floats":
             return Response(orjson.dumps({
                 "shape": list(floats.shape), "dtype": "float32", "layout": "NCHW", "range": [-1, 1],
                 "labels": label_list, "seed": seed, "images": np.ascontiguousarray(floats, dtype=np.float32),
-            }, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+            }, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json", headers=headers)
         images = to_uint8(floats)
         if request.format == "png":
             rows = max(1, round(request.n ** 0.5))
-            return Response(grid_png(images, rows), media_type="image/png")
+            return Response(grid_png(images, rows), media_type="image/png", headers=headers)
         return JSONResponse({
             "shape": list(images.shape), "dtype": "uint8", "layout": "NCHW", "labels": label_list,
             "seed": seed, "data": base64.b64encode(images.tobytes()).decode(),
-        })
+        }, headers=headers)
 
     return app
 

@@ -49,7 +49,8 @@ def serve_http(model: str | None, host: str | None, port: int | None, settings: 
     uri = model or settings.model
     host = host or settings.host
     check_exposure(host, settings, allow_public_without_key)
-    source = ModelSource(locate(uri, mlflow_cfg), settings.intra_op_threads)  # the model, opened once
+    source = ModelSource(locate(uri, mlflow_cfg), settings.intra_op_threads,  # the model, opened once
+                         retry_base_s=settings.reload_interval_s, retry_max_s=settings.reload_retry_max_s)
     if source.generator is None:  # fail now, with a clear message, not in the server's startup
         raise GanopsError(source.last_error or f"model file not found: {uri}")
     uvicorn.run(create_app(source, settings), host=host, port=port or settings.port, log_level="info",

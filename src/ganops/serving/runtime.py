@@ -7,6 +7,7 @@ metadata, so callers never pass architecture details. Sessions come from ganops.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,10 @@ from ganops.ort_session import ModelError, make_session
 from ganops.pixels import to_uint8
 
 SPEC_KEY = "ganops.generator_spec"
+
+
+class GenerationTimeout(ModelError):
+    """A generation stopped because it ran past its time limit."""
 
 
 class OnnxGenerator:
@@ -33,19 +38,39 @@ class OnnxGenerator:
         self.metadata = metadata
         self.spec = GeneratorSpec.model_validate(json.loads(metadata[SPEC_KEY]))
         self.input_names = [i.name for i in self.session.get_inputs()]
+        probe = self.run(self.latents(2, 0), self.labels_for(2, None))
+        if not np.isfinite(probe).all():  # NaN weights give NaN images, which to_uint8 would turn black
+            raise ModelError(f"{self.path}: the generator's images are not finite (NaN or infinite values "
+                             "for seeded latents): refusing a broken model")
 
     @property
     def providers(self) -> list[str]:
         return self.session.get_providers()
 
-    def run(self, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
-        """Raw call: float32 z (N, latent) [+ int64 labels (N,)] -> float32 images in [-1, 1]."""
+    def run(self, z: np.ndarray, labels: np.ndarray | None = None, timeout_s: float | None = None) -> np.ndarray:
+        """Raw call: float32 z (N, latent) [+ int64 labels (N,)] -> float32 images in [-1, 1];
+        GenerationTimeout when onnxruntime is still running after ``timeout_s``."""
+        import onnxruntime as ort
+
         feeds = {"z": np.ascontiguousarray(z, dtype=np.float32)}
         if self.spec.conditional:
             if labels is None:
                 raise ValueError("this generator is conditional: pass labels")
             feeds["labels"] = np.ascontiguousarray(labels, dtype=np.int64)
-        (images,) = self.session.run(["images"], feeds)
+        options = ort.RunOptions()
+        # onnxruntime checks the flag between kernels: a timer setting it ends a run that takes too long
+        timer = threading.Timer(timeout_s, setattr, (options, "terminate", True)) if timeout_s is not None else None
+        if timer is not None:
+            timer.start()
+        try:
+            (images,) = self.session.run(["images"], feeds, options)
+        except Exception:
+            if options.terminate:
+                raise GenerationTimeout(f"generation of {len(feeds['z'])} images ran past {timeout_s:g} s") from None
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         return images
 
     def latents(self, n: int, seed: int) -> np.ndarray:
@@ -91,12 +116,13 @@ class OnnxGenerator:
             raise ValueError(f"z[{row}][{column}] is not a finite float32 number")
         return array
 
-    def generate(self, z, labels: list[int] | int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    def generate(self, z, labels: list[int] | int | None = None,
+                 timeout_s: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """Images for given latent vectors (N, latent_dim): float32 (N, C, H, W) in [-1, 1] as the model
         returns them, with the labels they were generated for (``labels_for``: default classes in turn)."""
         z = self.check_latents(z)
         label_array = self.labels_for(len(z), labels)
-        return self.run(z, label_array), label_array
+        return self.run(z, label_array, timeout_s), label_array
 
     def sample(self, n: int, seed: int, labels: list[int] | int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """n images for a seed as uint8 (N, C, H, W), with the labels they were generated for:
