@@ -348,10 +348,18 @@ class FailingProxy:
         proxy = self
         self.failing = False
         self.tripped = False
+        self.refuse_downloads = False  # 503 for every artifact download while set
+        self.refused = 0
 
         class Handler(BaseHTTPRequestHandler):
             def _forward(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if proxy.refuse_downloads and self.command == "GET" and "mlflow-artifacts/artifacts" in self.path:
+                    proxy.refused += 1
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if proxy.failing and "model-versions/set-tag" in self.path and b"onnx_sha256" in body:
                     proxy.tripped = True
                 if proxy.tripped and "registered-models/get" in self.path:
@@ -406,6 +414,41 @@ def test_a_registry_error_never_promotes(mlflow_server, tmp_path):
     assert client.get_registered_model("outage").aliases == {"champion": first["version"]}  # the alias stayed
     left_out = client.get_model_version("outage", str(int(first["version"]) + 1))
     assert left_out.tags.get("promoted") != "true"  # registered, never promoted (tagging it failed in the outage too)
+
+
+def test_a_failed_download_of_a_new_champion_is_retried(mlflow_server, tmp_path, monkeypatch):
+    """The alias moves while the artifact store answers 503: the service keeps v1, says it is stale,
+    waits out its backoff (a clock the test moves), then loads v2; the failed version is not marked seen."""
+    from ganops.serving.app import ModelSource
+    from ganops.serving.locate import RegistryLocator
+
+    monkeypatch.setenv("GANOPS_CACHE", str(tmp_path / "cache"))
+    proxy = FailingProxy(mlflow_server)
+    try:
+        through_proxy = {"mlflow": {"tracking_uri": proxy.url, "max_retries": 0}, "register": {"model_name": "retry"}}
+        first = run_pipeline(tmp_path / "p", through_proxy)
+        now = [0.0]
+        source = ModelSource(RegistryLocator("models:/retry@champion", tiny(through_proxy).mlflow, tmp_path),
+                             None, retry_base_s=5.0, retry_max_s=20.0, clock=lambda: now[0])
+        assert source.served.version == first["version"] and not source.stale
+        _make_excellent(tmp_path / "p")
+        second = register(tiny(through_proxy), tmp_path / "p")
+        assert second["promoted"] is True
+        proxy.refuse_downloads = True
+        assert source.refresh() is False
+        assert source.served.version == first["version"] and source.stale and "could not download" in source.last_error
+        assert source.status()["retry_in_s"] == 5.0 and source.failures == 1
+        now[0] = 4.9  # still backing off: no new attempt
+        refused = proxy.refused
+        assert source.refresh() is False and proxy.refused == refused
+        now[0] = 5.0  # the retry, still refused: the wait doubles
+        assert source.refresh() is False and proxy.refused > refused and source.status()["retry_in_s"] == 10.0
+        proxy.refuse_downloads = False
+        now[0] = 15.0
+        assert source.refresh() is True
+        assert source.served.version == second["version"] and not source.stale and source.last_error is None
+    finally:
+        proxy.close()
 
 
 def test_a_tampered_registry_download_is_refused(project, tmp_path, monkeypatch):
