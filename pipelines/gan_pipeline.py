@@ -2,7 +2,11 @@
 and ``python -m pipelines.gan_pipeline``. The flows live in the installed package, ganops.flows; this
 folder is not installed, so its name cannot collide with another distribution's."""
 
-from ganops.flows import gan_pipeline, main, serve_deployment, sweep
+from ganops.telemetry import disable_telemetry
+
+disable_telemetry()  # before ganops.flows imports Prefect, whose analytics start on import
+
+from ganops.flows import gan_pipeline, main, serve_deployment, sweep  # noqa: E402
 
 __all__ = ["gan_pipeline", "serve_deployment", "sweep"]
 

@@ -58,14 +58,45 @@ def test_a_damaged_shard_is_a_clear_error(tmp_path):
     shard = prepared / "train" / "images-00001.npy"
     whole = shard.read_bytes()
     shard.write_bytes(whole[:-64])
-    with pytest.raises(DataError, match="images-00001.npy: shorter than its header says"):
+    with pytest.raises(DataError, match="images-00001.npy: its bytes have sha256 .* the shard changed after prepare"):
         load_split(prepared, "train")
-    with pytest.raises(DataError, match="images-00001.npy: shorter than its header says"):
+    with pytest.raises(DataError, match="images-00001.npy: its bytes have sha256"):
         open_split(prepared, "train").gather(np.array([999]))  # the last image of shard 1, as training reads it
     shard.write_bytes(whole)
     (prepared / "train" / "images-00002.npy").unlink()
     with pytest.raises(DataError, match="images-00002.npy"):
         load_split(prepared, "train")
+
+
+def test_a_shard_changed_in_place_trains_nothing(tmp_path):
+    """Same size, one pixel changed: every checksum downstream would still name the original data."""
+    prepare(tiny({"shard_size": 500}), tmp_path)
+    prepared = tmp_path / "data" / "prepared"
+    shard = prepared / "train" / "images-00002.npy"
+    changed = bytearray(shard.read_bytes())
+    changed[-1] ^= 0xFF
+    shard.write_bytes(bytes(changed))
+    with pytest.raises(DataError, match="images-00002.npy: its bytes have sha256"):
+        open_split(prepared, "train").read(1000, 1010)  # a range inside shard 2
+    assert open_split(prepared, "train").read(0, 10).shape[0] == 10  # the intact shards still read
+    with pytest.raises(DataError, match="images-00002.npy: its bytes have sha256"):
+        assert open_split(prepared, "train").labels is None  # the labels need every shard: all are checked
+    with pytest.raises(GanopsError, match="the shard changed after prepare"):
+        train(tiny(), tmp_path)
+    with pytest.raises(GanopsError, match="the shard changed after prepare"):
+        train(tiny(train={"in_memory_max_mb": 0}), tmp_path)  # streamed from the shards too
+
+
+def test_a_manifest_cannot_point_outside_its_folder(tmp_path):
+    import json
+
+    prepare(tiny(), tmp_path)
+    path = tmp_path / "data" / "prepared" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["files"]["train"]["shards"][0]["images"] = "../../../etc/passwd"
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match="is not of the form <split>/images-NNNNN.npy"):
+        load_manifest(tmp_path / "data" / "prepared")
 
 
 def test_a_manifest_of_the_earlier_format_asks_for_a_new_prepare(tmp_path):
@@ -259,6 +290,16 @@ def test_a_file_changed_in_place_reprepares_only_its_shard(tmp_path, monkeypatch
 
     fresh = prepare(tiny(data), tmp_path / "fresh")
     assert second == fresh
+    assert tree(tmp_path / "project" / "data" / "prepared") == tree(tmp_path / "fresh" / "data" / "prepared")
+
+    # a prepared shard changed in place is not reused: its files are decoded again
+    tampered = tmp_path / "project" / "data" / "prepared" / second.files["train"].shards[1].images
+    damaged = bytearray(tampered.read_bytes())
+    damaged[-1] ^= 0xFF
+    tampered.write_bytes(bytes(damaged))
+    decoded.clear()
+    assert prepare(tiny(data), tmp_path / "project") == fresh
+    assert len(decoded) == 128
     assert tree(tmp_path / "project" / "data" / "prepared") == tree(tmp_path / "fresh" / "data" / "prepared")
 
     # a skipped file is skipped (and listed) again when its shard is reused; without skip_invalid it stops prepare

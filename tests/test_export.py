@@ -132,6 +132,46 @@ def test_failed_parity_keeps_the_previous_model(exported, tmp_path):
     assert not [p for p in (root / "models").iterdir() if p.name.endswith(".tmp")]
 
 
+def _poison(weights: Path, value: float = float("nan")) -> None:
+    """One value of the generator's largest tensor set to ``value``: what a diverged run leaves behind."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(weights)
+    name = max(tensors, key=lambda key: tensors[key].numel())
+    tensors[name].view(-1)[0] = value
+    save_file(tensors, weights, metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_non_finite_generator_passes_no_stage(exported, tmp_path, value):
+    """NaN weights used to export (parity NaN > tol is false), score a finite FID on black images and
+    become champion. Every stage that reads the generator refuses it, and keeps what it wrote before."""
+    from ganops.stages.evaluate import evaluate
+
+    root = Path(shutil.copytree(exported, tmp_path / "p"))
+    paths = ProjectPaths(root)
+    before = {path: path.read_bytes() for path in (paths.onnx, paths.export_report)}
+    _poison(paths.generator_weights, value)
+    with pytest.raises(GanopsError, match="holds NaN or infinite values; a generator with non-finite weights"):
+        export(tiny({"export": {"fp16": True}}), root)
+    with pytest.raises(GanopsError, match="holds NaN or infinite values"):
+        evaluate(tiny(), root)
+    assert {path: path.read_bytes() for path in before} == before
+    assert not paths.eval_report.exists()
+
+
+def test_reports_are_strict_json(tmp_path):
+    from ganops.io import write_json_atomic
+
+    target = tmp_path / "report.json"
+    write_json_atomic(target, {"ok": 1.5})
+    with pytest.raises(GanopsError, match=r"'parity'\['fp16'\]\[1\] is not a finite number; nothing written"):
+        write_json_atomic(target, {"ok": 2.0, "parity": {"fp16": [0.1, float("nan")]}})
+    with pytest.raises(GanopsError, match="'x' is not a finite"):
+        write_json_atomic(target, {"x": float("-inf")})
+    assert json.loads(target.read_text()) == {"ok": 1.5}
+
+
 def test_missing_generator_is_a_clear_error(tmp_path):
     with pytest.raises(GanopsError, match="train a generator first"):
         export(tiny(), tmp_path)

@@ -47,3 +47,30 @@ def test_importing_the_flows_changes_no_environment(monkeypatch):
     sys.modules.pop("ganops.flows", None)
     importlib.import_module("ganops.flows")
     assert dict(os.environ) == before
+
+
+def test_the_prefect_entry_module_turns_telemetry_off_before_prefect_is_imported():
+    """`python -m pipelines.gan_pipeline` and Prefect's own import of the entrypoint: the variables are
+    set at the moment Prefect's package is first imported, not after."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = (
+        f"KEYS = {list(TELEMETRY_OFF)!r}\n"
+        "import os, sys\n"
+        "seen = {}\n"
+        "class FirstImport:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'prefect' and not seen:\n"
+        "            seen.update({key: os.environ.get(key) for key in KEYS})\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, FirstImport())\n"
+        "import pipelines.gan_pipeline\n"
+        "print(repr(seen))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in (*TELEMETRY_OFF, OPT_IN)}
+    result = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).resolve().parents[1], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert eval(result.stdout.strip().splitlines()[-1]) == TELEMETRY_OFF

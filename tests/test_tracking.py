@@ -15,6 +15,7 @@ import pytest
 
 import conftest
 from conftest import TINY, free_port, merge, run_cli, spawn, stop, wait_for_http, write_params
+from ganops.io import file_sha256
 from ganops.serving import OnnxGenerator
 from ganops.serving.locate import open_generator
 from ganops.stages.evaluate import evaluate
@@ -119,15 +120,49 @@ def test_lineage_changes_with_a_param_and_only_with_what_changed(project, tmp_pa
     assert second["lineage.dep.src/ganops/training"] == first["lineage.dep.src/ganops/training"]
 
 
+def test_lineage_is_what_training_started_on(project, tmp_path, monkeypatch):
+    """A commit made while training runs is not what it trained on: the tags are taken at the start."""
+    import ganops.stages.train as train_stage
+
+    root = Path(shutil.copytree(project, tmp_path / "p", ignore=shutil.ignore_patterns("checkpoints")))
+    started_on = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    checked = train_stage.preflight
+
+    def commit_while_training(cfg, at):  # the loop calls this once training has begun
+        checked(cfg, at)
+        (root / "later.txt").write_text("committed during training")
+        git(root, "add", "later.txt")
+        git(root, "commit", "-qm", "during training")
+
+    monkeypatch.setattr(train_stage, "preflight", commit_while_training)
+    train(tiny({"train": {"lr_g": 4e-4}}), root)
+    tags = client_for(root).get_run(json.loads((root / "reports" / "mlflow_run.json").read_text())["run_id"]).data.tags
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    assert head != started_on and tags["git.commit"] == started_on
+
+
 def test_first_version_is_champion_and_a_tie_is_not_promoted(project, tmp_path):
     report = json.loads((project / "reports" / "register.json").read_text())
     assert report["version"] == "1" and report["promoted"] is True and report["champion"] == "1"
     root = Path(shutil.copytree(project, tmp_path / "p"))
-    again = register(tiny(), root)  # the same generator again: no improvement at all
-    assert again["promoted"] is False and again["champion"] == "1"
+    retried = register(tiny(), root)  # the same registration again (a Prefect retry): its own version, reused
+    assert retried["version"] == "1" and retried["promoted"] is True and retried["champion"] == "1"
+    assert retried["previous_champion"] is None and retried["reason"] == report["reason"]
+    assert len(client_for(root).search_model_versions("name = 'ganops-generator'")) == 1
+    _new_pipeline_run(root)
+    again = register(tiny(), root)  # the same generator from another pipeline run: no improvement at all
+    assert again["version"] == "2" and again["promoted"] is False and again["champion"] == "1"
     assert "improvement 0.0000 <= required" in again["reason"]
     version = client_for(root).get_model_version("ganops-generator", again["version"])
     assert version.tags["promoted"] == "false" and "required" in version.tags["promotion_reason"]
+
+
+def _new_pipeline_run(root: Path) -> None:
+    """reports/mlflow_run.json pointing at a new run in the project's store, as a new `dvc repro` makes."""
+    client = client_for(root)
+    experiment = client.get_experiment_by_name("ganops").experiment_id
+    run_id = client.create_run(experiment).info.run_id
+    (root / "reports" / "mlflow_run.json").write_text(json.dumps({"enabled": True, "run_id": run_id}))
 
 
 def _edit_eval(root: Path, **changes) -> None:
@@ -157,6 +192,40 @@ def test_promotion_needs_more_than_noise_and_comparable_evaluations(project, tmp
     assert strict["promoted"] is False
 
 
+def test_register_refuses_an_evaluation_of_another_generator(project, tmp_path):
+    """`ganops train` and `export` by hand after an evaluation: the model is not the generator eval.json scored."""
+    from ganops import GanopsError
+
+    root = Path(shutil.copytree(project, tmp_path / "p"))
+    scored = json.loads((root / "reports" / "eval.json").read_text())["generator_sha256"]
+    train(tiny({"train": {"seed": 7}}), root)
+    export(tiny(), root)
+    retrained = file_sha256(root / "models" / "generator.safetensors")
+    assert retrained != scored
+    with pytest.raises(GanopsError, match=f"scored generator {scored[:16]}.*exported from generator {retrained[:16]}"):
+        register(tiny(), root)
+    assert len(client_for(root).search_model_versions("name = 'ganops-generator'")) == 1  # nothing registered
+
+
+def test_register_refuses_non_finite_metrics_and_replaces_a_non_finite_champion(project, tmp_path):
+    from ganops import GanopsError
+
+    root = Path(shutil.copytree(project, tmp_path / "p"))
+    path = root / "reports" / "eval.json"
+    report = json.loads(path.read_text())
+    metric = report["primary_metric"]
+    for bad in ({metric: float("nan")}, {f"{metric}_std": float("inf")}, {f"{metric}_ci95_low": float("nan")}):
+        path.write_text(json.dumps({**report, **bad}))  # Python's json writes the bare NaN token
+        with pytest.raises(GanopsError, match="not a finite number; a generator is never registered on it"):
+            register(tiny(), root)
+    assert len(client_for(root).search_model_versions("name = 'ganops-generator'")) == 1
+    client_for(root).set_model_version_tag("ganops-generator", "1", "metric_value", "nan")  # a legacy NaN champion
+    path.write_text(json.dumps(report))
+    _new_pipeline_run(root)
+    decision = register(tiny(), root)
+    assert decision["promoted"] is True and "is nan, not a finite number" in decision["reason"]
+
+
 def test_models_cli_list_promote_rollback(project, tmp_path):
     root = Path(shutil.copytree(project, tmp_path / "p"))
     _make_excellent(root)
@@ -175,8 +244,52 @@ def test_models_cli_list_promote_rollback(project, tmp_path):
         rollback(tiny().mlflow, tiny().register, root)
 
 
-def test_two_racing_register_processes_promote_the_better_version(project, tmp_path):
-    """Two real `ganops register` processes on one store at once: both versions, one champion."""
+# Run in each racing `ganops register`: at the decision point (the champion read, the alias not yet
+# moved) a process waits until the other one is there too, for at most 8 s. With the lock, the other
+# can't get there, so the wait runs out and the decisions follow each other; without it, both decide
+# against the same old champion, which the test sees in their reasons.
+AT_THE_DECISION = """
+import sys, time, pathlib, ganops.tracking.registry as r
+from ganops.cli import app
+folder, original = pathlib.Path(sys.argv[1]), r._decide
+def deciding(cfg, new, champion):
+    (folder / str(pathlib.Path.cwd()).replace('/', '_')).touch()
+    deadline = time.monotonic() + 8
+    while len(list(folder.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return original(cfg, new, champion)
+r._decide = deciding
+sys.argv = ['ganops', 'register']
+app()
+"""
+
+
+def _race_register(roots: list[Path], envs: list[dict], rendezvous: Path) -> list[dict]:
+    rendezvous.mkdir()
+    processes = [subprocess.Popen([sys.executable, "-c", AT_THE_DECISION, str(rendezvous)], cwd=root, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for root, env in zip(roots, envs)]
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    assert all(p.returncode == 0 for p in processes), outputs
+    return [json.loads((root / "reports" / "register.json").read_text()) for root in roots]
+
+
+def _assert_one_after_the_other(decisions: list[dict], champion_before: str) -> None:
+    """Both beat the old champion, one beats the other: whichever decided second must have decided
+    against the first one's result, never against the old champion as well."""
+    assert len({d["version"] for d in decisions}) == 2
+    against_old = [d for d in decisions if f"champion v{champion_before} " in d["reason"]]
+    assert len(against_old) == 1, [d["reason"] for d in decisions]
+
+
+def _good_and_better(roots: list[Path]) -> None:
+    metric = json.loads((roots[0] / "reports" / "eval.json").read_text())["primary_metric"]
+    _edit_eval(roots[0], **{metric: 0.5, f"{metric}_std": 0.0})
+    _edit_eval(roots[1], **{metric: 0.001, f"{metric}_std": 0.0})
+
+
+def test_two_racing_register_processes_decide_one_after_the_other(project, tmp_path):
+    """Two real `ganops register` processes on one sqlite store, their decisions forced to meet."""
     store = tmp_path / "shared.db"
     roots = [Path(shutil.copytree(project, tmp_path / name, ignore=shutil.ignore_patterns("mlflow.db*", "mlartifacts")))
              for name in ("a", "b")]
@@ -188,39 +301,22 @@ def test_two_racing_register_processes_promote_the_better_version(project, tmp_p
     for root in roots:  # each copy's pipeline run, opened in the shared store
         run_id = client.create_run(experiment).info.run_id
         (root / "reports" / "mlflow_run.json").write_text(json.dumps({"enabled": True, "run_id": run_id}))
-    _make_excellent(roots[1])
-    # Both processes are held at a barrier just before they take the registry lock and decide, so their
-    # decisions really overlap in time; the lock must still make the second one see the first's result.
-    barrier = tmp_path / "barrier"
-    barrier.mkdir()
-    held = (
-        "import sys, time, pathlib, ganops.tracking.registry as r\n"
-        "from ganops.cli import app\n"
-        "original = r._registry_lock\n"
-        "def at_barrier(params, root):\n"
-        f"    folder = pathlib.Path({str(barrier)!r}); (folder / str(root.resolve()).replace('/', '_')).touch()\n"
-        "    while len(list(folder.iterdir())) < 2: time.sleep(0.01)\n"
-        "    return original(params, root)\n"
-        "r._registry_lock = at_barrier\n"
-        "sys.argv = ['ganops', 'register']\n"
-        "app()\n"
-    )
-    processes = [subprocess.Popen([sys.executable, "-c", held], cwd=root, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True) for root in roots]
-    outputs = [p.communicate(timeout=300)[0] for p in processes]
-    assert all(p.returncode == 0 for p in processes), outputs
-    versions = client.search_model_versions("name = 'ganops-generator'")
-    assert sorted(int(v.version) for v in versions) == [1, 2]
-    aliases = client.get_registered_model("ganops-generator").aliases
-    assert list(aliases) == ["champion"]
-    # whichever came second, the better generator (roots[1]) ends as champion, and both versions say why
+    first = subprocess.run([sys.executable, "-m", "ganops.cli", "register"], cwd=roots[0], env=env,
+                           capture_output=True, text=True)  # v1: the champion both will race to beat
+    assert first.returncode == 0, first.stderr
+    _new_run_in(client, experiment, roots)
+    _good_and_better(roots)
+    decisions = _race_register(roots, [env, env], tmp_path / "rendezvous")
+    _assert_one_after_the_other(decisions, "1")
     champion = client.get_model_version_by_alias("ganops-generator", "champion")
-    assert float(champion.tags["metric_value"]) == pytest.approx(0.001)
-    assert len(list(barrier.iterdir())) == 2  # both reached the barrier: their decisions overlapped
-    for version in versions:
-        tags = client.get_model_version("ganops-generator", version.version).tags
-        assert tags["promoted"] in ("true", "false") and tags["promotion_reason"]
-    assert sum(client.get_model_version("ganops-generator", v.version).tags["promoted"] == "true" for v in versions) >= 1
+    assert float(champion.tags["metric_value"]) == pytest.approx(0.001)  # the better one, whatever the order
+    assert list(client.get_registered_model("ganops-generator").aliases) == ["champion"]
+
+
+def _new_run_in(client, experiment: str, roots: list[Path]) -> None:
+    for root in roots:
+        run_id = client.create_run(experiment).info.run_id
+        (root / "reports" / "mlflow_run.json").write_text(json.dumps({"enabled": True, "run_id": run_id}))
 
 
 def test_serving_resolves_the_champion_and_follows_it(project, tmp_path, monkeypatch):
@@ -297,6 +393,31 @@ def mlflow_server(tmp_path_factory):
     wait_for_http(url + "/health", server)
     yield url
     stop(server)
+
+
+def test_registers_on_two_hosts_decide_one_after_the_other(project, mlflow_server, tmp_path):
+    """Two `ganops register` processes against one tracking server, each with its own cache folder (no
+    lock file in common, as on two hosts), their decisions forced to meet: the registry's lock orders them."""
+    from mlflow import MlflowClient
+
+    roots = [Path(shutil.copytree(project, tmp_path / name, ignore=shutil.ignore_patterns("mlflow.db*", "mlartifacts")))
+             for name in ("a", "b")]
+    for root in roots:
+        write_params(root / "params.yaml", merge(TRACKED, {"register": {"model_name": "hosts"}}))
+    envs = [{**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "TQDM_DISABLE": "1",
+             "GANOPS_CACHE": str(tmp_path / f"cache-{root.name}")} for root in roots]
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    experiment = client.create_experiment("hosts")
+    _new_run_in(client, experiment, roots)
+    first = subprocess.run([sys.executable, "-m", "ganops.cli", "register"], cwd=roots[0], env=envs[0],
+                           capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    _new_run_in(client, experiment, roots)
+    _good_and_better(roots)
+    decisions = _race_register(roots, envs, tmp_path / "rendezvous")
+    _assert_one_after_the_other(decisions, "1")
+    assert float(client.get_model_version_by_alias("hosts", "champion").tags["metric_value"]) == pytest.approx(0.001)
+    assert [m.name for m in client.search_registered_models("name = 'hosts.lock'")] == []  # released
 
 
 def test_against_a_real_tracking_server(mlflow_server, tmp_path):
@@ -468,15 +589,15 @@ def test_a_tampered_registry_download_is_refused(project, tmp_path, monkeypatch)
         locator.fetch()
 
 
-def test_the_register_lock_of_a_server_lies_in_the_ganops_cache(tmp_path, monkeypatch):
+def test_the_register_lock_of_a_local_store_lies_beside_it_or_in_the_cache(tmp_path, monkeypatch):
     from ganops.metrics.inception import default_weights_path
     from ganops.paths import cache_dir
     from ganops.tracking.store import lock_path
 
     monkeypatch.setenv("GANOPS_CACHE", str(tmp_path / "cache"))
     assert cache_dir() == tmp_path / "cache" == default_weights_path().parent
-    assert lock_path("http://127.0.0.1:5000").parent == tmp_path / "cache"
-    assert lock_path("http://127.0.0.1:5000") != lock_path("http://127.0.0.1:5001")
+    assert lock_path("file:///srv/mlruns").parent == tmp_path / "cache"  # a file store: a lock on this machine
+    assert lock_path("file:///srv/mlruns") != lock_path("file:///srv/other")
     assert lock_path(f"sqlite:///{tmp_path}/mlflow.db") == tmp_path / "mlflow.db.register.lock"  # beside the store
 
 

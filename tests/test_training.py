@@ -211,7 +211,24 @@ def test_experiments_keep_each_others_checkpoints(tmp_path, prepared_digits):
     # a shorter run of a setup can't use its later checkpoints, and doesn't delete them either
     shorter = train(tiny({"train": {"steps": 10}}), root)
     assert shorter["resumed_from_step"] == 0
-    assert 30 in [step for step, _ in all_checkpoints(root)]
+    steps = [step for step, _ in all_checkpoints(root)]
+    assert 30 in steps
+    assert 10 in steps  # ... and keeps its own: a kill now could resume from it
+    assert train(tiny({"train": {"steps": 10}}), root)["resumed_from_step"] == 10
+
+
+def test_a_killed_write_leaves_no_lasting_temporary_file(tmp_path, prepared_digits):
+    root = project_with_data(tmp_path, prepared_digits)
+    train(tiny(), root)
+    (folder,) = setup_folders(root)
+    partial = folder / ".step-00000030.pt.abc123.tmp"  # what atomic_path leaves when killed mid-write
+    partial.write_bytes(b"half a checkpoint")
+    fresh = folder / ".step-00000040.pt.def456.tmp"  # another process writing right now
+    fresh.write_bytes(b"being written")
+    hour_ago = time.time() - 3600
+    os.utime(partial, (hour_ago, hour_ago))
+    train(tiny({"train": {"steps": 30}}), root)
+    assert not partial.exists() and fresh.exists()
 
 
 def test_stale_setups_are_pruned_by_the_retention_rule(tmp_path, prepared_digits):

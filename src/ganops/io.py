@@ -66,7 +66,27 @@ def write_bytes_atomic(target: Path, data: bytes) -> None:
 
 
 def write_json_atomic(target: Path, payload: Any) -> None:
-    write_bytes_atomic(target, (json.dumps(payload, indent=2, sort_keys=False) + "\n").encode())
+    """``payload`` as strict JSON: a NaN or an infinity anywhere in it is an error naming where, and
+    nothing is written (JSON has no such numbers; json.dumps would write the bare token NaN)."""
+    where = first_non_finite(payload)
+    if where is not None:
+        from ganops import GanopsError
+
+        raise GanopsError(f"{target}: {where} is not a finite number; nothing written")
+    write_bytes_atomic(target, (json.dumps(payload, indent=2, sort_keys=False, allow_nan=False) + "\n").encode())
+
+
+def first_non_finite(value: Any, where: str = "the value") -> str | None:
+    """Where in a JSON-like value (dicts, lists, numbers) the first NaN or infinity is, or None."""
+    if isinstance(value, float):
+        return where if value != value or value in (float("inf"), float("-inf")) else None
+    if isinstance(value, dict):
+        items = ((f"{where}[{key!r}]" if where != "the value" else repr(key), item) for key, item in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{where}[{index}]", item) for index, item in enumerate(value))
+    else:
+        return None
+    return next((found for path, item in items if (found := first_non_finite(item, path)) is not None), None)
 
 
 @contextmanager

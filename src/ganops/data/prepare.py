@@ -24,7 +24,7 @@ import pyspng
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ganops.config import DataParams
-from ganops.data.shards import PreparedSplit, Shard, SplitIndex, link_shard, split_index, write_shard
+from ganops.data.shards import PreparedSplit, Shard, SplitIndex, link_shard, shard_intact, split_index, write_shard
 from ganops.data.sources import SOURCES, DataError, FileListing, SourceData, _invalid, decode_file, files_checksum, hash_file
 from ganops.io import atomic_dir
 
@@ -204,7 +204,7 @@ def _write_files(data_params: DataParams, listing: FileListing, staging: Path, p
             if reusable:
                 file_digests = list(hash_files(paths))
                 match = reusable.get(_sources_digest(data_params, [listing.files[i] for i in chunk], file_digests))
-                if match is not None:
+                if match is not None and shard_intact(*match):  # a shard changed in place is made again
                     return match, file_digests
             return None, decode(paths)
 

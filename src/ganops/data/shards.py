@@ -17,15 +17,36 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from ganops.data.sources import DataError
 from ganops.io import atomic_path
+
+_SHARD_NAME = re.compile(r"[A-Za-z0-9_-]+/(images|labels)-\d{5}\.npy")
+CHUNK = 1 << 20  # bytes read at a time when a shard's digest is checked
+
+
+def shard_digest(folder: Path, shard: Shard) -> str:
+    """The sha256 of a shard as the manifest records it (images file, then labels file), read in chunks."""
+    digest = hashlib.sha256()
+    for name in (shard.images, shard.labels):
+        with open(Path(folder) / name, "rb") as handle:
+            while chunk := handle.read(CHUNK):
+                digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def shard_intact(folder: Path, shard: Shard) -> bool:
+    try:
+        return shard_digest(folder, shard) == shard.sha256
+    except OSError:
+        return False
 
 
 class Shard(BaseModel):
@@ -39,6 +60,14 @@ class Shard(BaseModel):
     # and the files of it that were skipped: a later prepare reuses the shard when these match.
     sources: str | None = None
     skipped: dict[str, str] = {}
+
+    @field_validator("images", "labels")
+    @classmethod
+    def _inside_the_prepared_folder(cls, name: str) -> str:
+        # a manifest names its shards; a name like ../../etc/x or /abs would read outside the folder
+        if not _SHARD_NAME.fullmatch(name):
+            raise ValueError(f"shard file {name!r} is not of the form <split>/images-NNNNN.npy or labels-NNNNN.npy")
+        return name
 
 
 class SplitIndex(BaseModel):
@@ -129,6 +158,7 @@ class PreparedSplit:
         self.starts = np.cumsum([0] + [s.count for s in index.shards])
         self._offsets: dict[int, int] = {}
         self._labels: np.ndarray | None = None
+        self._verified: set[int] = set()
 
     def __len__(self) -> int:
         return self.index.count
@@ -137,9 +167,28 @@ class PreparedSplit:
     def nbytes(self) -> int:
         return self.index.count * self.image_bytes
 
+    def _verify(self, shard: int) -> None:
+        """Each shard's bytes against the manifest's sha256, once per reader (so once a stage run): a
+        shard changed in place would otherwise train under the original's checksums."""
+        if shard in self._verified:
+            return
+        record = self.index.shards[shard]
+        try:
+            actual = shard_digest(self.folder, record)
+        except OSError as error:
+            raise DataError(f"{self.folder / record.images}: not a readable shard ({error}); run `dvc repro -f prepare`")\
+                from None
+        if actual != record.sha256:
+            raise DataError(f"{self.folder / record.images}: its bytes have sha256 {actual[7:23]}..., the manifest "
+                            f"records {record.sha256[7:23]}...: the shard changed after prepare wrote it; run "
+                            "`dvc checkout` or `dvc repro -f prepare`")
+        self._verified.add(shard)
+
     @property
     def labels(self) -> np.ndarray:
         if self._labels is None:
+            for shard in range(len(self.index.shards)):
+                self._verify(shard)
             parts = [np.load(self.folder / s.labels, allow_pickle=False) for s in self.index.shards]
             self._labels = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
         return self._labels
@@ -149,6 +198,7 @@ class PreparedSplit:
 
     def _offset(self, shard: int) -> int:
         if shard not in self._offsets:
+            self._verify(shard)
             path = self.folder / self.index.shards[shard].images
             try:
                 offset, shape, dtype = _header_offset(path)

@@ -67,7 +67,11 @@ def generated_draws(generator: Generator, labels: torch.Tensor | None, count: in
             z = torch.randn(n, generator.spec.latent_dim, generator=noise).to(device)
             y = labels[start : start + n].to(device) if labels is not None else None
             with torch.no_grad():
-                images.append(to_uint8(generator(z, y)).cpu())
+                floats = generator(z, y)
+            if not torch.isfinite(floats).all():  # to_uint8 would make them plausible black pixels
+                raise GanopsError(f"the generator's images for draw {draw} hold NaN or infinite values: "
+                                  "nothing to score")
+            images.append(to_uint8(floats).cpu())
         out.append(torch.cat(images))
     return out
 

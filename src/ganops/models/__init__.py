@@ -27,9 +27,15 @@ def load_generator(weights: Path, spec_path: Path, device: torch.device = torch.
         raise GanopsError(f"{weights} is missing; train a generator first (`dvc repro train`)")
     generator = build_generator(spec)
     try:
-        generator.load_state_dict(load_file(weights))
+        tensors = load_file(weights)
+        generator.load_state_dict(tensors)
     except Exception as error:
         raise GanopsError(f"{weights} does not match {spec_path}: {error}") from None
+    broken = next((name for name, tensor in tensors.items() if tensor.is_floating_point() and not tensor.isfinite().all()),
+                  None)
+    if broken is not None:
+        raise GanopsError(f"{weights}: the tensor {broken} holds NaN or infinite values; a generator with non-finite "
+                          "weights is refused (retrain it: `dvc repro train`)")
     return generator.to(device).eval()
 
 

@@ -27,7 +27,6 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ganops import GanopsError
 from ganops.config import ServeParams
 from ganops.pixels import to_uint8
 from ganops.serving.locate import parse_models_uri

@@ -21,6 +21,7 @@ from ganops.serving.runtime import SPEC_KEY, OnnxGenerator
 from ganops.tracking.registry import ModelInterface
 
 log = logging.getLogger(__name__)
+GENERATOR_DIGEST_KEY = "ganops.generator_sha256"  # the trained weights file the model was exported from
 
 
 class _ExportWrapper(torch.nn.Module):
@@ -43,9 +44,9 @@ def _example_inputs(generator: Generator, n: int, seed: int) -> tuple[torch.Tens
 
 
 def write_onnx(generator: Generator, target: Path, cfg: ExportParams, training_params: dict,
-               evaluation: dict | None = None) -> None:
+               evaluation: dict | None = None, generator_sha256: str | None = None) -> None:
     """Export ``generator`` to ``target`` (dynamic batch), add the metadata (the params it was trained
-    with, its evaluation when known), and run the checker."""
+    with, its evaluation when known, the sha256 of the weights file it came from), and run the checker."""
     import onnx
 
     inputs = _example_inputs(generator, 2, 0)
@@ -66,6 +67,8 @@ def write_onnx(generator: Generator, target: Path, cfg: ExportParams, training_p
     }
     if evaluation is not None:
         metadata["ganops.metrics"] = json.dumps(evaluation)
+    if generator_sha256 is not None:
+        metadata[GENERATOR_DIGEST_KEY] = generator_sha256
     del model.metadata_props[:]
     for key, value in metadata.items():
         model.metadata_props.add(key=key, value=value)
@@ -125,7 +128,7 @@ def write_fp16(generator: Generator, source: Path, target: Path, cfg: ExportPara
         return {"fp16_written": True, "fp16_verified": False, "fp16_parity_max_abs_error": None,
                 "fp16_reason": f"written unverified (export.fp16_unverified): {failure}"[:500],
                 "fp16_file_size_bytes": target.stat().st_size}
-    if error > cfg.fp16_tolerance:
+    if not np.isfinite(error) or error > cfg.fp16_tolerance:
         raise GanopsError(f"fp16 parity failed: {error:.3g} > export.fp16_tolerance {cfg.fp16_tolerance:g}")
     return {"fp16_written": True, "fp16_verified": True, "fp16_parity_max_abs_error": error,
             "fp16_file_size_bytes": target.stat().st_size}

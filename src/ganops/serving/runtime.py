@@ -23,6 +23,17 @@ class GenerationTimeout(ModelError):
     """A generation stopped because it ran past its time limit."""
 
 
+def onnx_metadata(path: Path) -> dict[str, str]:
+    """The model file's metadata properties, read without building a session."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:
+        raise ModelError(f"{path}: not a readable ONNX file ({str(error).strip()[:200]})") from None
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
 class OnnxGenerator:
     """An exported generator under onnxruntime: ``sample(n, seed, labels)`` -> uint8 NCHW images;
     ``generate(z, labels)`` -> the float32 images for given latent vectors."""

@@ -8,6 +8,7 @@ reports/export.json holds parity and sizes only, which are deterministic, so DVC
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -35,9 +36,10 @@ def export(params: Params, root: Path = Path(".")) -> dict:
     # What was trained, not how the run went (so a new train.log_every does not re-export).
     training_params = {"model": params.model.model_dump(), "train": {key: getattr(params.train, key) for key in TRAIN_RECIPE}}
     with atomic_path(paths.onnx) as tmp:
-        write_onnx(generator, tmp, cfg, training_params, _evaluation_of_this_generator(paths))
+        write_onnx(generator, tmp, cfg, training_params, _evaluation_of_this_generator(paths),
+                   file_sha256(paths.generator_weights))
         error = max_error(generator, tmp, cfg, providers=["CPUExecutionProvider"])
-        if error > cfg.parity_tolerance:
+        if not math.isfinite(error) or error > cfg.parity_tolerance:
             raise GanopsError(f"ONNX parity failed: max |onnxruntime - torch| = {error:.3g} > export.parity_tolerance "
                               f"{cfg.parity_tolerance:g}; the previous {paths.onnx.name} is kept")
         report["parity_max_abs_error"] = error

@@ -6,6 +6,7 @@ improvement; reports/register.json says which happened and why.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ganops import GanopsError
@@ -14,7 +15,8 @@ from ganops.data import load_manifest
 from ganops.io import write_json_atomic
 from ganops.metrics.report import EvaluationReport
 from ganops.paths import ProjectPaths
-from ganops.serving.export import model_interface
+from ganops.serving.export import GENERATOR_DIGEST_KEY, model_interface
+from ganops.serving.runtime import onnx_metadata
 from ganops.tracking.registry import evaluation_signature, register_onnx
 from ganops.tracking.store import pipeline_run_id
 
@@ -28,8 +30,30 @@ def register(params: Params, root: Path = Path(".")) -> dict:
     if not params.mlflow.enabled:
         raise GanopsError("the register stage needs MLflow: set mlflow.enabled: true")
     report = EvaluationReport.load(paths.eval_report)
+    check_same_generator(paths.onnx, report, paths.eval_report)
+    for name in (report.primary_metric, f"{report.primary_metric}_std", f"{report.primary_metric}_ci95_low",
+                 f"{report.primary_metric}_ci95_high"):
+        value = report.metric(name)
+        if value is None and name != report.primary_metric:
+            continue
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise GanopsError(f"{paths.eval_report}: {name} is {value!r}, not a finite number; a generator is "
+                              "never registered on it (rerun `dvc repro evaluate`)")
     eval_signature = evaluation_signature(report, load_manifest(paths.prepared), paths.evaluator_weights)
     decision = register_onnx(paths.onnx, model_interface(paths.onnx), report, eval_signature,
                              pipeline_run_id(paths.mlflow_run), params.mlflow, params.register, root)
     write_json_atomic(paths.register_report, decision.model_dump())
     return decision.model_dump()
+
+
+def check_same_generator(onnx_path: Path, report: EvaluationReport, report_path: Path) -> None:
+    """The ONNX model must be the generator that the evaluation scored: the weights digest export
+    recorded in the model against eval.json's, or the stage refuses, naming both."""
+    exported_from = onnx_metadata(onnx_path).get(GENERATOR_DIGEST_KEY)
+    if exported_from is None:
+        raise GanopsError(f"{onnx_path} does not say which generator it was exported from (no {GENERATOR_DIGEST_KEY}: "
+                          "an older export); re-export it (`dvc repro export`)")
+    if exported_from != report.generator_sha256:
+        raise GanopsError(f"{report_path} scored generator {report.generator_sha256[:16]}..., but {onnx_path} was "
+                          f"exported from generator {exported_from[:16]}...: refusing to register a model on another "
+                          "generator's numbers (run `dvc repro` so evaluate and export see the same generator)")

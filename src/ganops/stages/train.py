@@ -25,7 +25,7 @@ from ganops.metrics.scores import SnapshotScorer, snapshot_scorers
 from ganops.models import DiscriminatorSpec, GeneratorSpec
 from ganops.paths import ProjectPaths
 from ganops.pixels import to_uint8
-from ganops.tracking.runs import log_training, preflight
+from ganops.tracking.runs import lineage_tags, log_training, preflight
 from ganops.training.augment import resolve_augment
 from ganops.training.loop import LOG_FIELDS, fit, preview_inputs
 from ganops.visualize import sample_grid, sample_grid_png
@@ -42,6 +42,8 @@ def train(params: Params, root: Path = Path(".")) -> dict:
     g_spec = generator_spec(params.model, manifest)
     augmentation = resolve_augment(cfg.augment, manifest.source, len(images.labels), cfg.augment_auto_below)
     score, rescore = snapshot_scorers_of(params, paths, manifest, g_spec) if cfg.eval_every else (None, None)
+    # what this run trains on, taken now: a commit or a data change made while it trains is not it
+    lineage = lineage_tags(root, manifest, params) if params.mlflow.enabled else {}
     result = fit(g_spec, discriminator_spec(params.model, manifest), cfg, augmentation, images, images.labels,
                  paths.checkpoints, before_training=lambda: preflight(params.mlflow, root), score=score, rescore=rescore)
     if result is None:
@@ -58,7 +60,7 @@ def train(params: Params, root: Path = Path(".")) -> dict:
     previews = [(step, sample_grid(samples, labels, g_spec.num_classes)) for step, samples in result.previews]
     # Tracking comes last: if the store fails now, every output above is kept and a re-run resumes
     # from the final checkpoint straight to this point.
-    log_training(params, root, paths.mlflow_run, manifest, result.summary, result.log_rows, result.started_at,
+    log_training(params, root, paths.mlflow_run, lineage, result.summary, result.log_rows, result.started_at,
                  [paths.samples, paths.train_log, paths.train_watch, paths.generator_spec], result.watch_rows, previews)
     return result.summary
 

@@ -15,7 +15,10 @@ import hashlib
 import json
 import logging
 import math
+import os
+import socket
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +37,7 @@ if TYPE_CHECKING:  # the type only: the prepared data format is the stage's to r
 log = logging.getLogger(__name__)
 CHAMPION = "champion"
 HISTORY_TAG = "ganops.champion_history"  # JSON list of champion versions, oldest first
+ATTEMPT_TAG = "ganops.registration"  # which registration (run, model file, evaluation) made a version
 
 
 def evaluation_signature(report: EvaluationReport, manifest: Manifest, evaluator: Path) -> str:
@@ -87,6 +91,9 @@ def _decide(cfg: RegisterParams, new: dict, champion) -> tuple[bool, str]:
                        f"(signature {tags.get('eval_signature')}), this version by {new['metric']} "
                        f"(signature {new['eval_signature']}): another protocol, weights or data")
     old, value = float(tags["metric_value"]), new["metric_value"]
+    if not math.isfinite(old):  # a champion registered before non-finite metrics were refused
+        return True, (f"champion v{champion.version}'s {tags.get('metric')} is {old}, not a finite number: "
+                      f"{new['metric']} {value:.4f} replaces it")
     noise = cfg.noise_z * math.hypot(float(tags.get("metric_std", 0.0)), new["metric_std"])
     needed = max(cfg.min_improvement, noise)
     gain = old - value
@@ -96,11 +103,64 @@ def _decide(cfg: RegisterParams, new: dict, champion) -> tuple[bool, str]:
     return gain > needed, verdict
 
 
-def _registry_lock(cfg: MlflowParams, root: Path):
-    """One registry change at a time per store on this machine (read champion, decide, move alias)."""
+def _registry_lock(cfg: MlflowParams, root: Path, client, name: str):
+    """One registry change at a time (read the champion, decide, move the alias): for a local store
+    (sqlite, files), a lock file on this machine; for a tracking server, a lock held in the registry
+    itself, so register processes on different hosts exclude each other too."""
     from filelock import FileLock
 
-    return FileLock(str(lock_path(tracking_uri(cfg, root))), timeout=600)
+    uri = tracking_uri(cfg, root)
+    if uri.startswith(("http://", "https://")):
+        return RegistryLock(client, name)
+    return FileLock(str(lock_path(uri)), timeout=LOCK_TIMEOUT_S)
+
+
+LOCK_TIMEOUT_S = 600.0
+
+
+class RegistryLock:
+    """A mutex kept by the tracking server: the registered model ``<name>.lock``, whose creation the
+    server's database makes atomic (a second create fails with RESOURCE_ALREADY_EXISTS). The holder
+    deletes it when done; one left by a crashed holder is taken over once its ``expires`` tag passes."""
+
+    def __init__(self, client, name: str, hold_s: float = LOCK_TIMEOUT_S, timeout_s: float = LOCK_TIMEOUT_S) -> None:
+        self.client, self.name, self.hold_s, self.timeout_s = client, f"{name}.lock", hold_s, timeout_s
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    def __enter__(self) -> RegistryLock:
+        from mlflow.exceptions import MlflowException
+
+        deadline, wait = time.monotonic() + self.timeout_s, 0.05
+        while True:
+            try:
+                self.client.create_registered_model(
+                    self.name, tags={"holder": self.token, "expires": str(time.time() + self.hold_s)},
+                    description="ganops: held while a register process decides the champion; deleted after")
+                return self
+            except MlflowException as error:
+                if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise TrackingError(f"could not take the registry lock {self.name}: {str(error)[:300]}") from None
+            self._take_over_if_expired()
+            if time.monotonic() > deadline:
+                raise TrackingError(f"the registry lock {self.name} stayed taken for {self.timeout_s:g} s")
+            time.sleep(wait)  # waiting for another process: the server has no blocking lock to wait on
+            wait = min(wait * 2, 2.0)
+
+    def _take_over_if_expired(self) -> None:
+        try:
+            tags = self.client.get_registered_model(self.name).tags
+            if float(tags.get("expires", "inf")) < time.time():
+                log.warning("the registry lock %s of %s expired: taking it over", self.name, tags.get("holder"))
+                self.client.delete_registered_model(self.name)
+        except Exception:  # deleted meanwhile, or taken over by another waiter: try to create it again
+            pass
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self.client.get_registered_model(self.name).tags.get("holder") == self.token:
+                self.client.delete_registered_model(self.name)
+        except Exception as error:
+            log.warning("could not release the registry lock %s (it expires by itself): %s", self.name, error)
 
 
 def _champion(client, name: str):
@@ -133,8 +193,10 @@ def _history(client, name: str) -> list[str]:
 
 
 def _set_champion(client, name: str, version: str, history: list[str]) -> None:
-    client.set_registered_model_alias(name, CHAMPION, version)
+    # history first: if the alias write then fails, the history names a champion-to-be, and rollback
+    # goes by the alias, so nothing is lost; the other order could move the alias with no way back
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
+    client.set_registered_model_alias(name, CHAMPION, version)
 
 
 def register_onnx(onnx_path: Path, interface: ModelInterface, report: EvaluationReport, eval_signature: str, run_id: str,
@@ -157,17 +219,24 @@ def register_onnx(onnx_path: Path, interface: ModelInterface, report: Evaluation
         "eval_signature": eval_signature,
     }
     name = cfg.model_name
-    with _registry_lock(mlflow_cfg, root):
-        with http_settings(mlflow_cfg), mlflow.start_run(run_id=run_id):
-            info = mlflow.onnx.log_model(
-                onnx.load(str(onnx_path)), name="generator", signature=interface.signature,
-                input_example=interface.input_example,
-                registered_model_name=name, save_as_external_data=False, await_registration_for=120,
-            )
-        version = str(info.registered_model_version)
-        for key, value in {**new, "run_id": run_id, "classes": interface.num_classes,
-                           "evaluation": json.dumps(report.summary()),
-                           ONNX_DIGEST_TAG: file_sha256(onnx_path)}.items():
+    digest, evaluation = file_sha256(onnx_path), json.dumps(report.summary())
+    # a retry of this same registration (same run, model file and evaluation) reuses its version
+    attempt = hashlib.sha256(f"{run_id}|{digest}|{evaluation}".encode()).hexdigest()[:16]
+    with _registry_lock(mlflow_cfg, root, client, name):
+        version = _version_of_attempt(client, name, run_id, attempt)
+        if version is None:
+            with http_settings(mlflow_cfg), mlflow.start_run(run_id=run_id):
+                info = mlflow.onnx.log_model(
+                    onnx.load(str(onnx_path)), name="generator", signature=interface.signature,
+                    input_example=interface.input_example,
+                    registered_model_name=name, save_as_external_data=False, await_registration_for=120,
+                )
+            version = str(info.registered_model_version)
+            client.set_model_version_tag(name, version, ATTEMPT_TAG, attempt)
+        else:
+            log.info("%s v%s is this registration's own version (a retry): reusing it", name, version)
+        for key, value in {**new, "run_id": run_id, "classes": interface.num_classes, "evaluation": evaluation,
+                           ONNX_DIGEST_TAG: digest}.items():
             client.set_model_version_tag(name, version, key, str(value))
         try:
             champion = _champion(client, name)
@@ -178,17 +247,31 @@ def register_onnx(onnx_path: Path, interface: ModelInterface, report: Evaluation
             except Exception:
                 pass
             raise
-        promoted, reason = _decide(cfg, new, champion)
         history = _history(client, name)
-        if promoted:
-            _set_champion(client, name, version, history + [version])
+        if champion is not None and str(champion.version) == version:  # the first try got as far as the alias
+            reason = client.get_model_version(name, version).tags.get("promotion_reason")
+            promoted, reason = True, reason or "promoted by an earlier try of this registration"
+            earlier = [v for v in history if v != version]
+            previous = earlier[-1] if earlier else None
+        else:
+            promoted, reason = _decide(cfg, new, champion)
+            previous = str(champion.version) if champion else None
+            if promoted:
+                _set_champion(client, name, version, history + [version])
         client.set_model_version_tag(name, version, "promoted", str(promoted).lower())
         client.set_model_version_tag(name, version, "promotion_reason", reason)
     log.info("registered %s v%s: %s — %s", name, version, "promoted to champion" if promoted else "not promoted", reason)
-    previous = str(champion.version) if champion else None
     return RegistryDecision(model_name=name, version=version, promoted=promoted, reason=reason,
                             previous_champion=previous, champion=version if promoted else previous, metric=metric,
                             metric_value=new["metric_value"], run_id=run_id, model_uri=f"models:/{name}/{version}")
+
+
+def _version_of_attempt(client, name: str, run_id: str, attempt: str) -> str | None:
+    """The version an earlier try of this registration created, if any."""
+    for found in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+        if found.tags.get(ATTEMPT_TAG) == attempt:
+            return str(found.version)
+    return None
 
 
 # --- the `ganops models` commands ------------------------------------------------------------------
@@ -216,7 +299,7 @@ def promote(mlflow_cfg: MlflowParams, cfg: RegisterParams, version: str, root: P
     """Make ``version`` the champion by hand (recorded in its tags and the champion history)."""
     client = connect(mlflow_cfg, root)
     name = cfg.model_name
-    with _registry_lock(mlflow_cfg, root):
+    with _registry_lock(mlflow_cfg, root, client, name):
         try:
             client.get_model_version(name, str(version))
         except Exception:
@@ -232,8 +315,11 @@ def rollback(mlflow_cfg: MlflowParams, cfg: RegisterParams, root: Path = Path(".
     """Move champion back to the version that held it before the current one."""
     client = connect(mlflow_cfg, root)
     name = cfg.model_name
-    with _registry_lock(mlflow_cfg, root):
+    with _registry_lock(mlflow_cfg, root, client, name):
         history = _history(client, name)
+        champion = _champion(client, name)
+        if champion is not None and history and history[-1] != str(champion.version):
+            history = history[:-1]  # a champion-to-be whose alias move failed: the alias is the truth
         if len(history) < 2:
             raise GanopsError(f"{name} has no earlier champion to roll back to (history: {history or 'empty'})")
         current, previous = history[-1], history[-2]

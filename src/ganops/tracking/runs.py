@@ -136,13 +136,13 @@ def run_name(started_at: float) -> str:
     return os.environ.get("DVC_EXP_NAME") or f"train-{time.strftime('%Y%m%d-%H%M%S', time.localtime(started_at))}"
 
 
-def log_training(params: Params, root: Path, run_file: Path, manifest: Manifest, summary: dict, log_rows: list[dict],
-                 started_at: float, artifacts: list[Path], watch_rows: list[dict] = (),
+def log_training(params: Params, root: Path, run_file: Path, lineage: dict[str, str], summary: dict,
+                 log_rows: list[dict], started_at: float, artifacts: list[Path], watch_rows: list[dict] = (),
                  previews: list[tuple[int, np.ndarray]] = ()) -> str | None:
     """Open the pipeline's run and record its id in ``run_file``: every param (the whole tree: a run
     holds all of params.yaml), loss curves and in-training evaluations with their steps, the
-    fixed-noise samples of each evaluation (the run page's image slider, key ``samples``), lineage,
-    training artifacts."""
+    fixed-noise samples of each evaluation (the run page's image slider, key ``samples``), the
+    ``lineage`` tags (taken when training started: what it trained on), training artifacts."""
     if not params.mlflow.enabled:
         write_json_atomic(run_file, {"enabled": False, "run_id": None})
         return None
@@ -150,7 +150,7 @@ def log_training(params: Params, root: Path, run_file: Path, manifest: Manifest,
 
     client = connect(params.mlflow, root)
     run = client.create_run(experiment_id(client, params.mlflow, root), start_time=int(started_at * 1000),
-                            tags=lineage_tags(root, manifest, params), run_name=run_name(started_at))
+                            tags=lineage, run_name=run_name(started_at))
     run_id = run.info.run_id
     flat = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
             for k, v in flatten(params.model_dump(mode="json")).items()]

@@ -143,13 +143,27 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> 
 
 
 def save_checkpoint(folder: Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    """Write ``state`` as step-NNNNNNNN.pt in one rename, then keep only the newest ``keep``."""
+    """Write ``state`` as step-NNNNNNNN.pt in one rename, then keep only the newest ``keep`` up to this
+    step: later ones are a longer run's of the same setup (train.steps is not in the fingerprint), and
+    pruning by step number alone would delete this run's own newest checkpoint instead."""
     target = checkpoint_path(folder, step)
     with atomic_path(target) as tmp:
         torch.save(state, tmp)
-    for _, old in list_checkpoints(folder)[keep:]:
+    for _, old in [(s, p) for s, p in list_checkpoints(folder) if s <= step][keep:]:
         old.unlink(missing_ok=True)
     return target
+
+
+def remove_partial_writes(folder: Path, older_than_s: float = 600.0) -> list[Path]:
+    """Temporary checkpoint files that a killed run left half-written (atomic_path's ``.step-*.tmp``);
+    only old ones, so a checkpoint another process is writing right now is left alone."""
+    cutoff, removed = time.time() - older_than_s, []
+    for path in Path(folder).glob(".step-*.tmp") if Path(folder).is_dir() else []:
+        if path.stat().st_mtime < cutoff:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+            log.info("removed a checkpoint a killed run left half-written: %s", path)
+    return removed
 
 
 def run_folder(checkpoints: Path, fingerprint: str) -> Path:

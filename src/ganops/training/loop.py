@@ -32,7 +32,14 @@ from ganops.paths import TRAINING_CODE
 from ganops.pixels import to_uint8
 from ganops.training import distributed
 from ganops.training.augment import AdaController
-from ganops.training.checkpoint import TrainingState, load_resumable, prune_stale, run_folder, save_checkpoint
+from ganops.training.checkpoint import (
+    TrainingState,
+    load_resumable,
+    prune_stale,
+    remove_partial_writes,
+    run_folder,
+    save_checkpoint,
+)
 from ganops.training.ema import ema_decay, update_ema
 from ganops.training.step import REAL_SIGN, STEP_STATS, TrainStep
 from ganops.training.watch import Scorer, Watch, choose_snapshot, cpu_weights
@@ -255,6 +262,7 @@ def fit(g_spec: GeneratorSpec, d_spec: DiscriminatorSpec, cfg: TrainParams, augm
     checkpoints = run_folder(checkpoint_root, fingerprint)
     if ctx.is_main:
         prune_stale(checkpoint_root, checkpoints, cfg.checkpoint_retention_days)
+        remove_partial_writes(checkpoints)
     resumed = _resumable(ctx, checkpoints, fingerprint, cfg.steps)
     if resumed is not None:
         state.restore(resumed, ctx.rank)
