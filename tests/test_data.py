@@ -328,3 +328,83 @@ def test_every_registered_source_is_a_valid_setting():
 
     assert set(typing.get_args(DataParams.model_fields["source"].annotation)) == set(SOURCES)
     assert {name for name, source in SOURCES.items() if source.needs_path} == set(SOURCES_READING_A_PATH)
+
+
+# --- bounds: what one small file may cost ------------------------------------------------------
+
+
+def _peak_bytes(work) -> tuple[object, int]:
+    """``work()``'s result (or the exception it raised) and the peak of Python allocations during it."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = work()
+    except Exception as error:  # noqa: BLE001 -- returned for the test to inspect
+        result = error
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return result, peak
+
+
+def test_an_idx_gzip_bomb_is_refused_from_its_header(tmp_path):
+    """A gzipped IDX file whose header promises 64 MB (and whose body is 64 MB of zeros, 64 KB once
+    compressed) is refused before it is decompressed, over a 1 MiB data.max_file_bytes."""
+    source = make_idx(tmp_path / "idx")
+    header = bytes([0, 0, 0x08, 3]) + b"".join(struct.pack(">I", d) for d in (1000, 256, 256))
+    bomb = source / "train-images-idx3-ubyte.gz"
+    bomb.write_bytes(gzip.compress(header + bytes(1000 * 256 * 256)))
+    assert bomb.stat().st_size < 200_000
+    error, peak = _peak_bytes(lambda: prepare(params(source="mnist-idx", path=str(source),
+                                                     max_file_bytes=2**20), tmp_path))
+    assert isinstance(error, DataError), error
+    assert str(bomb) in str(error) and "promises 65536016 bytes, over data.max_file_bytes=1048576" in str(error)
+    assert peak < 16 * 2**20  # not the 64 MB it decompresses to
+    longer = source / "train-labels-idx1-ubyte.gz"  # a file longer than its header says is corrupt
+    longer.write_bytes(gzip.compress(idx_bytes(np.arange(40) % 10) + b"extra"))
+    bomb.write_bytes(gzip.compress(idx_bytes(np.random.default_rng(0).integers(0, 256, (40, 28, 28)))))
+    with pytest.raises(DataError, match="IDX header promises 48 bytes, file holds more"):
+        prepare(params(source="mnist-idx", path=str(source)), tmp_path)
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares width x height RGBA pixels (what a decoder would allocate)."""
+    import zlib
+
+    data = bytearray(_png_bytes(Image.new("RGBA", (1, 1))))
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def test_image_files_are_bounded_in_bytes_and_pixels_before_decoding(tmp_path):
+    source = make_imagefolder(tmp_path / "raw")
+    huge = source / "dog" / "huge.png"
+    huge.write_bytes(_png_declaring(9500, 9500))  # 90 M pixels: 1.7 GB through PIL's alpha compositing
+    assert huge.stat().st_size < 1000
+    error, peak = _peak_bytes(lambda: prepare(params(source="imagefolder", path=str(source), resolution=16,
+                                                     workers=1), tmp_path))
+    assert isinstance(error, DataError) and str(huge) in str(error)
+    assert "9500x9500 pixels, over data.max_image_pixels=16777216" in str(error)
+    assert peak < 64 * 2**20
+    manifest = prepare(params(source="imagefolder", path=str(source), resolution=16, skip_invalid=True), tmp_path)
+    assert manifest.skipped["count"] == 1 and manifest.num_train + manifest.num_test == 14
+    huge.unlink()
+    big = source / "cat" / "big.png"
+    big.write_bytes(_png_bytes(Image.fromarray(np.random.default_rng(2).integers(0, 256, (64, 64, 3), np.uint8))))
+    with pytest.raises(DataError, match=rf"{big}: \d+ bytes, over data.max_file_bytes=4096"):
+        prepare(params(source="imagefolder", path=str(source), resolution=16, max_file_bytes=4096, workers=1), tmp_path)
+
+
+def test_cifar_reads_only_its_batches_each_bounded(tmp_path):
+    source = make_cifar(tmp_path / "cifar")
+    (source / "data_batch_2").write_bytes(cifar_batch(20, 2) + bytes(200_000))  # over the bound below
+    (source / "notes.bin").write_bytes(bytes(300_000))  # not a batch: never read
+    archive = tmp_path / "cifar.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source, arcname="cifar-10-batches-py")
+    for path in (source, archive):
+        with pytest.raises(DataError, match=r"data_batch_2: \d+ bytes, over data.max_file_bytes=100000"):
+            prepare(params(source="cifar10", path=str(path), max_file_bytes=100_000), tmp_path)
+        manifest = prepare(params(source="cifar10", path=str(path), max_file_bytes=100_000, skip_invalid=True), tmp_path)
+        assert manifest.num_train == 20 and manifest.skipped["count"] == 1

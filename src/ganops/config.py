@@ -42,6 +42,10 @@ class DataParams(_Section):
     skip_invalid: bool = False
     shard_size: int = Field(8192, ge=1, description="images per shard of data/prepared/ (the last one of a split holds the rest)")
     workers: int = Field(0, ge=0, le=1024, description="processes decoding image files in prepare; 0: one per CPU core")
+    max_file_bytes: int = Field(256 * 2**20, ge=1024, description="most bytes prepare reads of one input file (an "
+                                "image, an IDX file after decompression, a CIFAR batch); larger: a named DataError")
+    max_image_pixels: int = Field(4096 * 4096, ge=64, description="most pixels one image file may decode to, checked "
+                                  "from its header before decoding; larger: a named DataError")
 
     @field_validator("resolution")
     @classmethod

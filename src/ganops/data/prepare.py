@@ -264,7 +264,8 @@ def _decoder(data_params: DataParams, count: int) -> Iterator[tuple[Callable[[li
     """Two functions over a list of files, in order: decoding them, and hashing them; in this
     process for one worker or a few files, else in a pool of data.workers processes (spawned: no
     state forked from the caller)."""
-    decode = functools.partial(decode_file, resolution=data_params.resolution, channels=data_params.channels)
+    decode = functools.partial(decode_file, resolution=data_params.resolution, channels=data_params.channels,
+                               max_bytes=data_params.max_file_bytes, max_pixels=data_params.max_image_pixels)
     workers = data_params.workers or os.cpu_count() or 1
     if workers == 1 or count < MIN_FILES_FOR_WORKERS:
         yield (lambda paths: map(decode, paths)), (lambda paths: map(hash_file, paths))

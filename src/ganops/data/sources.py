@@ -12,6 +12,8 @@ import io
 import os
 import pickle
 import tarfile
+import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,6 +169,18 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_FAST_MODES = {0: "L", 2: "RGB"}  # PNG colour types libspng decodes to exactly PIL's pixels
 
 
+def _declared_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) as the file's header declares them, read by PIL without decoding pixels; None
+    when PIL can't tell (the decoder then says why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                return image.size
+    except Exception:  # noqa: BLE001 -- not an image PIL knows: decode_file names the problem
+        return None
+
+
 def _decode_png_fast(data: bytes) -> np.ndarray | None:
     """An 8-bit grayscale or RGB PNG decoded by libspng (pyspng, as stylegan2-ada-pytorch's dataset
     tool does, for its speed): the same pixels as PIL. None for every other file (PIL
@@ -184,16 +198,41 @@ def _decode_png_fast(data: bytes) -> np.ndarray | None:
     return array if array.shape == expected and array.dtype == np.uint8 else None
 
 
+def read_bounded(path: Path | str, max_bytes: int) -> bytes:
+    """A file's bytes, refused before reading when there are more than ``max_bytes`` (data.max_file_bytes)."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise DataError(f"{path}: {size} bytes, over data.max_file_bytes={max_bytes}")
+    with open(path, "rb") as handle:
+        data = handle.read(size + 1)  # read(n) allocates n bytes first: n is what stat said, not the bound
+    if len(data) > size:
+        raise DataError(f"{path}: grew while it was read; prepare again once it is written")
+    return data
+
+
 def hash_file(path: str) -> bytes:
-    """sha256 of a file's bytes (the digest decode_file returns), without decoding it."""
-    return hashlib.sha256(Path(path).read_bytes()).digest()
+    """sha256 of a file's bytes (the digest decode_file returns), without decoding it, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.digest()
 
 
-def decode_file(path: str, resolution: int, channels: int) -> tuple[np.ndarray | None, str | None, bytes]:
+def decode_file(path: str, resolution: int, channels: int, max_bytes: int = 256 * 2**20,
+                max_pixels: int = 4096 * 4096) -> tuple[np.ndarray | None, str | None, bytes]:
     """One image file -> (uint8 (C, H, W) at the configured size, None, sha256 of its bytes), or
-    (None, why it can't be used, sha256). Runs in prepare's worker processes."""
-    data = Path(path).read_bytes()
+    (None, why it can't be used, sha256). At most ``max_bytes`` are read and ``max_pixels`` decoded,
+    both checked before anything is allocated. Runs in prepare's worker processes."""
+    try:
+        data = read_bounded(path, max_bytes)
+    except DataError as error:
+        return None, str(error).removeprefix(f"{path}: "), hash_file(path)
     digest = hashlib.sha256(data).digest()
+    size = _declared_size(data)
+    if size is not None and size[0] * size[1] > max_pixels:
+        return None, f"{size[0]}x{size[1]} pixels, over data.max_image_pixels={max_pixels}", digest
     pixels = _decode_png_fast(data)
     if pixels is not None:
         if pixels.shape[:2] == (resolution, resolution) and (pixels.ndim == 2) == (channels == 1):
@@ -221,29 +260,35 @@ def files_checksum(listing: FileListing, digests: list[bytes]) -> str:
 # --- files that ship their own split --------------------------------------------------------------
 
 
-def _parse_idx(name: str, data: bytes, expected_ndim: int) -> np.ndarray:
-    """Parse an IDX file (the MNIST format): magic 0 0 <dtype> <ndim>, big-endian dims, raw bytes."""
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as error:
-            raise DataError(f"{name}: corrupt gzip stream ({error})") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise DataError(f"{name}: not an IDX file (bad magic number)")
-    if data[2] != 0x08:
-        raise DataError(f"{name}: IDX element type 0x{data[2]:02x} is not unsigned bytes (0x08)")
-    ndim = data[3]
-    if ndim != expected_ndim:
-        kind = "images" if expected_ndim == 3 else "labels"
-        raise DataError(f"{name}: IDX file has {ndim} dimensions, {kind} need {expected_ndim}")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"{name}: truncated IDX header")
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    expected = header + int(np.prod(dims))
-    if len(data) != expected:
-        raise DataError(f"{name}: IDX header promises {expected} bytes, file holds {len(data)} (truncated or corrupt)")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+def _parse_idx(name: str, data: bytes, expected_ndim: int, max_bytes: int = 256 * 2**20) -> np.ndarray:
+    """Parse an IDX file (the MNIST format): magic 0 0 <dtype> <ndim>, big-endian dims, raw bytes. A
+    gzipped file is decompressed as a stream: the header first, then exactly the bytes it promises,
+    refused before they are decompressed when that is over ``max_bytes``."""
+    stream = gzip.GzipFile(fileobj=io.BytesIO(data)) if data[:2] == b"\x1f\x8b" else io.BytesIO(data)
+    try:
+        head = stream.read(4)
+        if len(head) < 4 or head[0] != 0 or head[1] != 0:
+            raise DataError(f"{name}: not an IDX file (bad magic number)")
+        if head[2] != 0x08:
+            raise DataError(f"{name}: IDX element type 0x{head[2]:02x} is not unsigned bytes (0x08)")
+        ndim = head[3]
+        if ndim != expected_ndim:
+            kind = "images" if expected_ndim == 3 else "labels"
+            raise DataError(f"{name}: IDX file has {ndim} dimensions, {kind} need {expected_ndim}")
+        shape = stream.read(4 * ndim)
+        if len(shape) < 4 * ndim:
+            raise DataError(f"{name}: truncated IDX header")
+        dims = [int.from_bytes(shape[4 * i : 4 + 4 * i], "big") for i in range(ndim)]
+        header, body = 4 + 4 * ndim, int(np.prod(dims, dtype=object))
+        if header + body > max_bytes:
+            raise DataError(f"{name}: IDX header promises {header + body} bytes, over data.max_file_bytes={max_bytes}")
+        pixels = stream.read(body + 1)  # one more: a file longer than its header says is corrupt too
+    except (OSError, EOFError, zlib.error) as error:
+        raise DataError(f"{name}: corrupt gzip stream ({error})") from None
+    if len(pixels) != body:
+        held = f"{header + len(pixels)}" if len(pixels) < body else "more"
+        raise DataError(f"{name}: IDX header promises {header + body} bytes, file holds {held} (truncated or corrupt)")
+    return np.frombuffer(pixels, dtype=np.uint8).reshape(dims)
 
 
 def _find_one(root: Path, stem: str) -> Path | None:
@@ -268,11 +313,12 @@ def load_mnist_idx(params: DataParams) -> SourceData:
                 raise DataError(f"{root}: missing {missing}[.gz]")
             return None
         try:
-            image_bytes, label_bytes = image_file.read_bytes(), label_file.read_bytes()
+            limit = params.max_file_bytes
+            image_bytes, label_bytes = read_bounded(image_file, limit), read_bounded(label_file, limit)
             checksum.add(image_file.name, image_bytes)
             checksum.add(label_file.name, label_bytes)
-            images = _parse_idx(str(image_file), image_bytes, 3)
-            labels = _parse_idx(str(label_file), label_bytes, 1)
+            images = _parse_idx(str(image_file), image_bytes, 3, limit)
+            labels = _parse_idx(str(label_file), label_bytes, 1, limit)
             if len(images) != len(labels):
                 raise DataError(
                     f"{image_file} holds {len(images)} images but {label_file} holds {len(labels)} labels"
@@ -337,31 +383,48 @@ def _unpickle_batch(name: str, data: bytes) -> dict:
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
 
 
-def _cifar_members(root: Path) -> tuple[dict[str, bytes], str]:
-    """Map batch file names to bytes, from the extracted folder or the cifar-10-python.tar.gz archive."""
+def _is_cifar_batch(name: str) -> bool:
+    return name in ("batches.meta", "test_batch") or name.startswith("data_batch_")
+
+
+def _cifar_members(root: Path, max_bytes: int) -> tuple[dict[str, bytes | DataError], str]:
+    """Map batch file names to bytes, from the extracted folder or the cifar-10-python.tar.gz archive.
+    Only the batch files are read, each at most ``max_bytes`` (else its DataError stands in for it)."""
+    members: dict[str, bytes | DataError] = {}
     if root.is_dir():
-        return {p.name: p.read_bytes() for p in sorted(root.iterdir()) if p.is_file()}, str(root)
+        for path in sorted(p for p in root.iterdir() if p.is_file() and _is_cifar_batch(p.name)):
+            try:
+                members[path.name] = read_bounded(path, max_bytes)
+            except DataError as error:
+                members[path.name] = error
+        return members, str(root)
     try:
         with tarfile.open(root, "r:*") as archive:
-            members = {}
-            for member in archive.getmembers():
-                if member.isfile():
-                    handle = archive.extractfile(member)
-                    members[Path(member.name).name] = handle.read() if handle else b""
+            for member in archive:  # streamed: a member is read only when it is a batch file
+                name = Path(member.name).name
+                if not member.isfile() or not _is_cifar_batch(name):
+                    continue
+                if member.size > max_bytes:
+                    members[name] = DataError(f"{root}/{name}: {member.size} bytes, over data.max_file_bytes={max_bytes}")
+                    continue
+                handle = archive.extractfile(member)
+                members[name] = handle.read(member.size) if handle else b""
             return members, str(root)
-    except (tarfile.TarError, OSError, EOFError) as error:
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
         raise DataError(f"{root}: neither a folder nor a readable tar archive ({error})") from None
 
 
 def load_cifar10(params: DataParams) -> SourceData:
     root = _require_dir(params)
-    members, where = _cifar_members(root)
+    members, where = _cifar_members(root, params.max_file_bytes)
     checksum = _Checksum()
     skipped: list[str] = []
     class_names = CIFAR10_CLASSES
     if "batches.meta" in members:
-        checksum.add("batches.meta", members["batches.meta"])
         try:
+            if isinstance(members["batches.meta"], DataError):
+                raise members["batches.meta"]
+            checksum.add("batches.meta", members["batches.meta"])
             meta = _unpickle_batch(f"{where}/batches.meta", members["batches.meta"])
             class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta["label_names"]]
         except (DataError, KeyError) as error:
@@ -370,8 +433,10 @@ def load_cifar10(params: DataParams) -> SourceData:
     def read_batch(file_name: str) -> tuple[np.ndarray, np.ndarray] | None:
         name = f"{where}/{file_name}"
         data = members[file_name]
-        checksum.add(file_name, data)
         try:
+            if isinstance(data, DataError):
+                raise data
+            checksum.add(file_name, data)
             batch = _unpickle_batch(name, data)
             pixels, labels = batch.get("data"), batch.get("labels")
             if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 2 or pixels.shape[1] != 3072:
