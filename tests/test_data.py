@@ -408,3 +408,20 @@ def test_cifar_reads_only_its_batches_each_bounded(tmp_path):
             prepare(params(source="cifar10", path=str(path), max_file_bytes=100_000), tmp_path)
         manifest = prepare(params(source="cifar10", path=str(path), max_file_bytes=100_000, skip_invalid=True), tmp_path)
         assert manifest.num_train == 20 and manifest.skipped["count"] == 1
+
+
+def test_imagefolder_reads_nothing_outside_data_path(tmp_path):
+    source = make_imagefolder(tmp_path / "raw")
+    secret = tmp_path / "elsewhere" / "secret.png"
+    secret.parent.mkdir()
+    secret.write_bytes(_png_bytes(Image.new("L", (8, 8), 255)))
+    link = source / "cat" / "link.png"
+    link.symlink_to(secret)
+    (source / "dog" / "inside.png").symlink_to(source / "cat" / "gray.png")  # a link within data.path is fine
+    with pytest.raises(DataError, match=f"{link}: a symbolic link to {secret}, outside data.path"):
+        prepare(params(source="imagefolder", path=str(source), resolution=16), tmp_path)
+    manifest = prepare(params(source="imagefolder", path=str(source), resolution=16, skip_invalid=True), tmp_path)
+    assert manifest.skipped["count"] == 1 and manifest.num_train + manifest.num_test == 15
+    (source / "bird").symlink_to(secret.parent)  # a whole class folder elsewhere
+    with pytest.raises(DataError, match="bird: a symbolic link to .*elsewhere, outside data.path"):
+        prepare(params(source="imagefolder", path=str(source), resolution=16, skip_invalid=True), tmp_path)

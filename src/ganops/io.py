@@ -89,6 +89,16 @@ def first_non_finite(value: Any, where: str = "the value") -> str | None:
     return next((found for path, item in items if (found := first_non_finite(item, path)) is not None), None)
 
 
+def _fsync_tree(folder: Path) -> None:
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(parent, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                with open(path, "rb") as handle:
+                    os.fsync(handle.fileno())
+        _fsync_dir(Path(parent))
+
+
 @contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``target``; on success it takes ``target``'s place.
@@ -105,6 +115,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     try:
         yield staging
         os.chmod(staging, _DIR_MODE)
+        _fsync_tree(staging)  # what was written inside by any means is on disk before the rename
         shutil.rmtree(backup, ignore_errors=True)
         if target.exists():
             os.replace(target, backup)

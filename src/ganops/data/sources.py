@@ -143,6 +143,10 @@ def list_imagefolder(params: DataParams) -> FileListing:
     class_dirs = entries
     if not class_dirs:
         raise DataError(f"data.path {root} has no class sub-folders")
+    inside = root.resolve()
+    for class_dir in class_dirs:
+        if not class_dir.resolve().is_relative_to(inside):
+            raise DataError(f"{class_dir}: a symbolic link to {class_dir.resolve()}, outside data.path {root}")
     # Relative path strings, not Path objects: a million of them is a tenth of the memory.
     files: list[str] = []
     labels: list[int] = []
@@ -151,8 +155,15 @@ def list_imagefolder(params: DataParams) -> FileListing:
         found = []
         for folder, _, names in os.walk(class_dir):  # like rglob: symlinked folders are not entered
             relative = os.path.relpath(folder, root).replace(os.sep, "/")
-            found.extend(f"{relative}/{name}" for name in names
-                         if not name.startswith(".") and os.path.isfile(os.path.join(folder, name)))
+            for name in names:
+                path = os.path.join(folder, name)
+                if name.startswith(".") or not os.path.isfile(path):
+                    continue
+                if os.path.islink(path) and not Path(path).resolve().is_relative_to(inside):
+                    # a symbolic link out of data.path: never read, whatever it points at
+                    _invalid(params, skipped, path, f"a symbolic link to {Path(path).resolve()}, outside data.path")
+                    continue
+                found.append(f"{relative}/{name}")
         for file in sorted(found, key=lambda name: name.split("/")):  # the order of sorted Paths
             if os.path.splitext(file)[1].lower() not in IMAGE_SUFFIXES:
                 _invalid(params, skipped, str(root / file), f"not an image file (expected {', '.join(sorted(IMAGE_SUFFIXES))})")
