@@ -456,6 +456,95 @@ def test_a_nan_generator_is_never_served(models, tmp_path):
         OnnxGenerator(tmp_path / "nan.onnx")
 
 
+def _in_process(model: Path, **serve):
+    """The real app (lifespan included) under Starlette's test client, with these serve settings."""
+    from fastapi.testclient import TestClient
+
+    from ganops.config import ServeParams
+    from ganops.serving.app import ModelSource, create_app
+    from ganops.serving.locate import FileLocator
+
+    app = create_app(ModelSource(FileLocator(model), None), ServeParams(**serve))
+    return app, TestClient(app)
+
+
+def test_generations_beyond_the_bounds_get_503_with_retry_after(models):
+    """The limiter's slots are held by the test itself, so what is full is known, not raced for."""
+    app, client = _in_process(models["a"], max_concurrent=1, max_queue=0, retry_after_s=3)
+    with client:
+        with app.state.limiter.slot(wait_s=1.0):  # the one generation slot, taken
+            busy = client.post("/v1/generate", json={"n": 1})
+            assert busy.status_code == 503 and busy.headers["Retry-After"] == "3"
+            assert "1 generations running and 0 waiting" in busy.json()["detail"]
+        assert client.post("/v1/generate", json={"n": 1}).status_code == 200  # released: served again
+        assert app.state.limiter.rejected == 1
+    app, client = _in_process(models["a"], max_concurrent=1, max_queue=1, request_timeout_s=0.2)
+    with client, app.state.limiter.slot(wait_s=1.0):
+        started = time.monotonic()
+        waited = client.post("/v1/generate", json={"n": 1})  # queued, then timed out waiting for the slot
+        assert waited.status_code == 503 and "no generation slot free within 0.2 s" in waited.json()["detail"]
+        assert 0.2 <= time.monotonic() - started < 10
+
+
+def test_a_response_over_its_byte_bound_is_refused_before_generating(models):
+    from ganops.serving.app import response_bound
+
+    app, client = _in_process(models["a"], max_batch=4096, max_response_bytes=100_000)
+    with client:
+        response = client.post("/v1/generate", json={"n": 200, "format": "floats"})
+        assert response.status_code == 422
+        assert "take up to 205824 bytes, over serve.max_response_bytes=100000" in response.json()["detail"]
+        for fmt in ("floats", "array", "png"):  # the bound holds what each format really takes
+            ok = client.post("/v1/generate", json={"n": 60, "format": fmt, "labels": 3})
+            assert ok.status_code == 200 and len(ok.content) <= response_bound(fmt, (60, 1, 8, 8))
+
+
+def test_a_generation_past_its_time_is_stopped(models):
+    from ganops.serving.runtime import GenerationTimeout
+
+    generator = OnnxGenerator(models["a"])
+    z = generator.latents(50_000, 0)
+    with pytest.raises(GenerationTimeout, match="generation of 50000 images ran past 0.001 s"):
+        generator.generate(z, 1, timeout_s=0.001)
+    assert generator.generate(z[:4], 1, timeout_s=30)[0].shape == (4, 1, 8, 8)  # the session still works
+
+
+def _peak_rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the server's peak RSS from /proc")
+def test_memory_stays_bounded_under_a_burst_of_large_requests(models, tmp_path):
+    """48 clients at once asking for the largest float responses: at most max_concurrent generate, the
+    rest wait in the queue or get 503, and the server's peak resident memory grows by a bounded amount."""
+    running = Server(tmp_path, models["a"], max_batch=4096, max_concurrent=1, max_queue=2)
+    try:
+        post(running, {"n": 4096, "format": "floats"})  # warm: the first large response's buffers
+        before = _peak_rss_bytes(running.process.pid)
+        barrier = threading.Barrier(48)
+
+        def call(i: int) -> httpx.Response:
+            barrier.wait()
+            return post(running, {"n": 4096, "seed": i, "format": "floats"})
+
+        with ThreadPoolExecutor(max_workers=48) as pool:
+            responses = list(pool.map(call, range(48)))
+        codes = [r.status_code for r in responses]
+        assert set(codes) <= {200, 503} and codes.count(200) >= 3
+        assert all(r.headers["Retry-After"] == "1" for r in responses if r.status_code == 503)
+        grown = _peak_rss_bytes(running.process.pid) - before
+        each = len(responses[codes.index(200)].content)
+        assert grown < 12 * each, (grown, each)  # 3 admitted at a time, not 48
+        load = httpx.get(running.url + "/v1/model").json()["load"]
+        assert load["peak_running"] == 1 and load["rejected"] == codes.count(503) > 0
+        assert httpx.get(running.url + "/readyz").json()["status"] == "ready"
+    finally:
+        running.stop()
+
+
 def test_models_uris_parse_in_one_place():
     from ganops.serving.app import _model_name
     from ganops.serving.locate import RegisteredModelRef, parse_models_uri

@@ -185,6 +185,8 @@ class GenerationLimiter:
         self._slots = threading.Semaphore(max_concurrent)
         self._lock = threading.Lock()
         self.admitted = 0  # running or waiting
+        self.running = 0
+        self.peak_running = 0
         self.rejected = 0
 
     @contextmanager
@@ -200,9 +202,14 @@ class GenerationLimiter:
                 with self._lock:
                     self.rejected += 1
                 raise Busy(f"no generation slot free within {wait_s:g} s (serve.request_timeout_s)")
+            with self._lock:
+                self.running += 1
+                self.peak_running = max(self.peak_running, self.running)
             try:
                 yield
             finally:
+                with self._lock:
+                    self.running -= 1
                 self._slots.release()
         finally:
             with self._lock:
@@ -339,6 +346,9 @@ def create_app(source: ModelSource, settings: ServeParams | None = None) -> Fast
             or _json_or_empty(metadata.get("ganops.metrics")),
             "registry": {k: v for k, v in (served.registry or {}).items() if k != "evaluation"} or None,
             "reload": source.status(),
+            "load": {"running": limiter.running, "waiting": limiter.admitted - limiter.running,
+                     "peak_running": limiter.peak_running, "rejected": limiter.rejected,
+                     "max_concurrent": limiter.max_concurrent, "max_queue": limiter.max_queue},
             "providers": generator.providers,
             "input": inputs,
             # the default shape and dtype (format "array"), and every format there is
