@@ -79,6 +79,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     parser.add_argument("--json", type=Path, default=None, help="also write every run's figures here")
+    parser.add_argument("--rank-seeds", type=int, default=1, help="in the runs of the first this many seeds, score "
+                        "every evaluated snapshot with the full protocol (for the ranking); in the others, only the "
+                        "final and the chosen one")
     args = parser.parse_args()
 
     print_environment(["torch-fidelity", "onnxruntime"])
@@ -137,11 +140,13 @@ def main() -> None:
             (folder,) = [p for p in ProjectPaths(root).checkpoints.iterdir() if p.is_dir()]
             ema = {step: torch.load(path, map_location="cpu", weights_only=True)["generator_ema"]
                    for step, path in list_checkpoints(folder)}
-            full = {step: full_protocol(spec, ema[step]) for step in sorted(in_training) if step in ema}
             final_step, chosen_step = summary["steps_done"], summary["chosen_step"]
+            ranked = round_index < args.rank_seeds
+            full = {step: full_protocol(spec, ema[step]) for step in sorted(in_training)
+                    if step in ema and (ranked or step in (final_step, chosen_step))}
             scored = sorted(full)
             rho = float(spearmanr([in_training[s] for s in scored], [full[s][0] for s in scored]).statistic) \
-                if len(scored) >= 3 else float("nan")
+                if ranked and len(scored) >= 3 else float("nan")
             training_s = summary["wall_time_s"] - summary["watch_s"]
             row = {"recipe": recipe, "seed": seed, "final_step": final_step, "chosen_step": chosen_step,
                    "stopped_early": summary["stopped_early"], "chosen_because": summary["chosen_because"],
