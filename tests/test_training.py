@@ -100,13 +100,22 @@ def test_each_loss_and_option_trains(tmp_path, prepared_digits, overrides):
     rows = list(csv.DictReader((root / "reports" / "train_log.csv").open()))
     if overrides["train"].get("r1_gamma") or overrides["train"]["loss"] == "wgan-gp":
         assert float(rows[-1]["penalty"]) > 0
-    # training moves things: the losses change from log to log, and both networks' weights from step 10 to 20
-    assert len({(r["loss_d"], r["loss_g"]) for r in rows}) == len(rows)
+    # each network learns: its trainable parameters (not batch-norm statistics or spectral-norm vectors,
+    # which move without any optimizer step) change from step 10 to 20
+    from ganops.data import load_manifest
+    from ganops.models import build_discriminator
+    from ganops.stages.train import discriminator_spec, generator_spec
+
+    params, manifest = tiny(overrides), load_manifest(root / "data" / "prepared")
+    trainable = {"generator": build_generator(generator_spec(params.model, manifest)),
+                 "discriminator": build_discriminator(discriminator_spec(params.model, manifest))}
     at = {step: torch.load(path, weights_only=True) for step, path in all_checkpoints(root)}
-    for network in ("generator", "discriminator"):
-        moved = sum(float((at[20][network][k].float() - at[10][network][k].float()).abs().sum())
-                    for k in at[20][network] if at[20][network][k].is_floating_point())
-        assert moved > 1e-2, network
+    for network, module in trainable.items():
+        names = [name for name, _ in module.named_parameters()]
+        assert names and set(names) <= set(at[20][network])
+        moved = [float((at[20][network][k] - at[10][network][k]).abs().max()) for k in names]
+        # nearly every parameter tensor, not just a sum (the WGAN critic's output bias has no gradient)
+        assert sum(m > 0 for m in moved) >= 0.8 * len(names), (network, dict(zip(names, moved)))
 
 
 def test_training_fits_a_tiny_fixed_dataset(tmp_path, prepared_digits):
