@@ -457,8 +457,9 @@ def test_mlflow_models_serve_can_serve_the_champion(project, tmp_path):
 
 class FailingProxy:
     """A loopback HTTP proxy in front of a real tracking server. Once ``failing`` is set and the new model
-    version carries its last tag, it answers 503 to reads of the registered model (where the champion alias
-    lives): a transient outage at the worst moment (after the new version is logged and tagged)."""
+    version carries its digest tag, it answers 503 to the next read of the registered model (where the
+    champion alias lives), once: a transient outage at the worst moment (after the new version is logged
+    and tagged), and only there, so whatever register does next is decided on a working registry."""
 
     def __init__(self, upstream: str) -> None:
         import http.client
@@ -471,6 +472,7 @@ class FailingProxy:
         self.failing = False
         self.tripped = False
         self.refuse_downloads = False  # 503 for every artifact download while set
+        self.failed_lookups = 0
         self.refused = 0
 
         class Handler(BaseHTTPRequestHandler):
@@ -485,6 +487,8 @@ class FailingProxy:
                 if proxy.failing and "model-versions/set-tag" in self.path and b"onnx_sha256" in body:
                     proxy.tripped = True
                 if proxy.tripped and "registered-models/get" in self.path:
+                    proxy.tripped = False  # once: the champion lookup fails, every later call answers
+                    proxy.failed_lookups += 1
                     payload = b'{"error_code": "TEMPORARILY_UNAVAILABLE", "message": "503 from the test proxy"}'
                     self.send_response(503)
                     self.send_header("Content-Length", str(len(payload)))
@@ -528,6 +532,7 @@ def test_a_registry_error_never_promotes(mlflow_server, tmp_path):
         proxy.failing = True  # ... but the registry fails while register reads the champion
         with pytest.raises(TrackingError, match="could not read the champion of outage.*503"):
             register(tiny(through_proxy), tmp_path)
+        assert proxy.failed_lookups == 1
     finally:
         proxy.close()
     from mlflow import MlflowClient
@@ -535,7 +540,8 @@ def test_a_registry_error_never_promotes(mlflow_server, tmp_path):
     client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
     assert client.get_registered_model("outage").aliases == {"champion": first["version"]}  # the alias stayed
     left_out = client.get_model_version("outage", str(int(first["version"]) + 1))
-    assert left_out.tags.get("promoted") != "true"  # registered, never promoted (tagging it failed in the outage too)
+    assert left_out.tags["promoted"] == "false" and "not decided: could not read the champion" in \
+        left_out.tags["promotion_reason"]  # registered, never promoted, and it says why
 
 
 def test_a_failed_download_of_a_new_champion_is_retried(mlflow_server, tmp_path, monkeypatch):
