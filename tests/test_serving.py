@@ -287,11 +287,19 @@ def test_bounded_load_with_zero_errors(server):
 def test_api_key_in_constant_time(models, tmp_path):
     running = Server(tmp_path, models["a"], api_key="s3cret")
     try:
-        assert httpx.get(running.url + "/healthz").status_code == 200  # probes need no key
-        assert post(running, {"n": 1}).status_code == 401
-        assert post(running, {"n": 1}, headers={"X-API-Key": "wrong"}).status_code == 401
-        assert httpx.get(running.url + "/v1/model").status_code == 401
-        assert post(running, {"n": 1}, headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert httpx.get(running.url + "/healthz").json() == {"status": "ok"}  # probes need no key
+        assert httpx.get(running.url + "/readyz").json()["status"] == "ready"
+        for refused in (post(running, {"n": 1}), post(running, {"n": 1}, headers={"X-API-Key": "wrong"}),
+                        post(running, {"n": 1}, headers={"X-API-Key": "s3cre"}),  # a prefix of the key
+                        httpx.get(running.url + "/v1/model"),
+                        httpx.get(running.url + "/v1/model", headers={"X-API-Key": "S3CRET"})):
+            assert refused.status_code == 401 and refused.json() == {"detail": "missing or wrong X-API-Key"}
+            assert "s3cret" not in refused.text and "X-Model-Version" not in refused.headers
+        allowed = post(running, {"n": 1}, headers={"X-API-Key": "s3cret"})
+        assert allowed.status_code == 200 and allowed.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(allowed.content)).size == (34 + 2, 34 + 2)  # the one image it asked for
+        info = httpx.get(running.url + "/v1/model", headers={"X-API-Key": "s3cret"}).json()
+        assert info["input"]["z"]["shape"] == ["n", 8]
     finally:
         running.stop()
 
@@ -325,41 +333,43 @@ def test_model_swap_drops_no_request(models, tmp_path):
     running = Server(tmp_path, served)
     try:
         before = httpx.get(running.url + "/v1/model").json()["version"]
-        reference = post(running, {"n": 4, "seed": 5, "format": "array"}).json()["data"]
-        codes: list[int] = []
-        bodies: list[str] = []
+        answers: list[tuple[int, str, str]] = []  # (status, X-Model-Version, images)
+        enough = {"old": threading.Event(), "new": threading.Event()}
         stop = threading.Event()
 
         def hammer() -> None:
             while not stop.is_set():
                 response = post(running, {"n": 8, "seed": 5, "format": "array"})
-                codes.append(response.status_code)
-                bodies.append(response.json()["data"])
+                answers.append((response.status_code, response.headers.get("X-Model-Version", ""),
+                                response.json()["data"]))
+                versions = [version for _, version, _ in answers]
+                if versions.count(before) >= 20:
+                    enough["old"].set()
+                if len(versions) - versions.count(before) >= 20:
+                    enough["new"].set()
 
         threads = [threading.Thread(target=hammer) for _ in range(4)]
         for thread in threads:
             thread.start()
-        time.sleep(0.5)
+        assert enough["old"].wait(60)  # under load with the old model ...
         staging = tmp_path / ".generator.onnx.tmp"
         shutil.copy(models["b"], staging)
-        os.replace(staging, served)  # how `dvc repro export` replaces it: one rename
-        deadline = time.monotonic() + 20
-        while httpx.get(running.url + "/v1/model").json()["version"] == before and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(0.5)
+        os.replace(staging, served)  # ... the file is replaced as `dvc repro export` does: one rename
+        assert enough["new"].wait(60)  # ... and the hammering goes on until the new one has answered too
         stop.set()
         for thread in threads:
             thread.join()
-        assert httpx.get(running.url + "/v1/model").json()["version"] != before
-        assert codes and set(codes) == {200}
-        assert post(running, {"n": 4, "seed": 5, "format": "array"}).json()["data"] != reference
-        # every response came wholly from one model, the old or the new, never a mix of the two
-        old, new = (base64.b64encode(OnnxGenerator(models[name]).sample(8, 5)[0].tobytes()).decode() for name in "ab")
-        assert old != new and set(bodies) <= {old, new}
-        assert old in bodies and new in bodies
+        after = httpx.get(running.url + "/v1/model").json()["version"]
+        assert after != before and {status for status, _, _ in answers} == {200}
+        # every response came wholly from the model its header names, never a mix of the two
+        expected = {version: base64.b64encode(OnnxGenerator(models[name]).sample(8, 5)[0].tobytes()).decode()
+                    for version, name in ((before, "a"), (after, "b"))}
+        assert expected[before] != expected[after]
+        assert all(images == expected[version] for _, version, images in answers)
+        assert {version for _, version, _ in answers} == {before, after}
 
         served.write_bytes(b"a broken upload")  # a bad new file: keep serving the last good model
-        time.sleep(1.0)
+        _until(lambda: httpx.get(running.url + "/v1/model").json()["reload"]["error"])
         assert post(running, {"n": 1}).status_code == 200
         assert httpx.get(running.url + "/readyz").status_code == 200
     finally:
