@@ -490,3 +490,38 @@ def test_step_reads_its_inputs_from_fixed_buffers():
     replay.next(), replay.next()
     third = replay.next()
     assert torch.equal(step.real_u8[0], images[third]) and torch.equal(step.y[0], labels[third])
+
+
+def _check_on_rank(rank: int, init_file: str, seeds: tuple[int, int], results) -> None:
+    """One of two real gloo processes: its network from ``seeds[rank]``, then the loop's agreement check."""
+    import torch.distributed as dist
+
+    from ganops.training.distributed import Dist
+    from ganops.training.loop import _check_ranks_agree
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(seeds[rank])
+        network = torch.nn.Linear(4, 4)
+        try:
+            results.put((rank, "agree", _check_ranks_agree(Dist(rank, 2), 7, network)))
+        except GanopsError as error:
+            results.put((rank, "error", str(error)))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(("seeds", "outcome"), [((0, 0), "agree"), ((0, 1), "error")])
+def test_the_rank_agreement_check_fires_when_ranks_diverge(tmp_path, seeds, outcome):
+    """Two real processes in a gloo group: identical weights pass, different ones stop the run on every rank."""
+    import torch.multiprocessing as mp
+
+    results = mp.get_context("spawn").SimpleQueue()
+    mp.start_processes(_check_on_rank, args=(str(tmp_path / "rendezvous"), seeds, results), nprocs=2,
+                       start_method="spawn")
+    answers = sorted(results.get() for _ in range(2))
+    assert [kind for _, kind, _ in answers] == [outcome, outcome]
+    if outcome == "error":
+        assert all("ranks diverged by step 7: weight digests" in text for _, _, text in answers)
+    else:
+        assert answers[0][2] == answers[1][2]
