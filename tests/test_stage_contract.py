@@ -150,6 +150,8 @@ def _leaves(key: str, model: BaseModel = Params()) -> set[str]:
 CONDITIONAL_READS = {
     "data.skip_invalid": "read only when a source meets a file it rejects",
     "data.workers": "read only when an image folder holds enough files to start worker processes",
+    "data.max_file_bytes": "read only by the sources read from files (imagefolder, mnist-idx, cifar10)",
+    "data.max_image_pixels": "read only when image files are decoded (imagefolder)",
     "export.fp16_unverified": "read only when the fp16 model's parity can't be measured",
     "register.min_improvement": "read only when there is a champion to beat",
     "register.noise_z": "read only when there is a champion to beat",

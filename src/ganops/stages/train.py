@@ -43,7 +43,7 @@ def train(params: Params, root: Path = Path(".")) -> dict:
     augmentation = resolve_augment(cfg.augment, manifest.source, len(images.labels), cfg.augment_auto_below)
     score, rescore = snapshot_scorers_of(params, paths, manifest, g_spec) if cfg.eval_every else (None, None)
     # what this run trains on, taken now: a commit or a data change made while it trains is not it
-    lineage = lineage_tags(root, manifest, params) if params.mlflow.enabled else {}
+    lineage = lineage_tags(root, manifest, params)
     result = fit(g_spec, discriminator_spec(params.model, manifest), cfg, augmentation, images, images.labels,
                  paths.checkpoints, before_training=lambda: preflight(params.mlflow, root), score=score, rescore=rescore)
     if result is None:
