@@ -13,11 +13,16 @@ from pathlib import Path
 from typing import Any
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def update_from_file(digest, path: Path) -> None:
+    """Feed a file's bytes to a hash, 1 MiB at a time (memory does not grow with the file)."""
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    update_from_file(digest, path)
     return digest.hexdigest()
 
 

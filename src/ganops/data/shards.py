@@ -26,19 +26,16 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from ganops.data.sources import DataError
-from ganops.io import atomic_path
+from ganops.io import atomic_path, update_from_file
 
 _SHARD_NAME = re.compile(r"[A-Za-z0-9_-]+/(images|labels)-\d{5}\.npy")
-CHUNK = 1 << 20  # bytes read at a time when a shard's digest is checked
 
 
 def shard_digest(folder: Path, shard: Shard) -> str:
     """The sha256 of a shard as the manifest records it (images file, then labels file), read in chunks."""
     digest = hashlib.sha256()
     for name in (shard.images, shard.labels):
-        with open(Path(folder) / name, "rb") as handle:
-            while chunk := handle.read(CHUNK):
-                digest.update(chunk)
+        update_from_file(digest, Path(folder) / name)
     return "sha256:" + digest.hexdigest()
 
 

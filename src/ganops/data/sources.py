@@ -25,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from ganops import GanopsError
 from ganops.config import DataParams
 from ganops.data.images import fit_array, fit_pil
+from ganops.io import file_sha256
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 IMAGE_FORMATS = {"PNG", "JPEG", "WEBP"}
@@ -224,11 +225,7 @@ def read_bounded(path: Path | str, max_bytes: int) -> bytes:
 
 def hash_file(path: str) -> bytes:
     """sha256 of a file's bytes (the digest decode_file returns), without decoding it, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.digest()
+    return bytes.fromhex(file_sha256(Path(path)))
 
 
 def decode_file(path: str, resolution: int, channels: int, max_bytes: int = 256 * 2**20,
