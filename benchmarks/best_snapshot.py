@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -88,8 +87,7 @@ def main() -> None:
                         "final and the chosen one")
     args = parser.parse_args()
 
-    print_environment(["torch-fidelity", "onnxruntime"])
-    print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    machine = print_environment(["torch-fidelity", "onnxruntime"])
     params = load_params(args.params)
     device = resolve_device(args.device, "--device")
     overrides = {"device": device.type, **({"steps": args.steps} if args.steps else {})}
@@ -168,7 +166,8 @@ def main() -> None:
             print(f"    in training ({summary['watch_metric']}) by step: {in_training}; full protocol: {row['full']}; "
                   f"shipped: {summary['chosen_because']}", flush=True)
 
-    print(f"\nload average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print()
+    machine.finish()
     for recipe in args.recipes:
         rows = [r for r in results if r["recipe"] == recipe]
         print(f"{recipe:>8}: final {spread([r['final'][0] for r in rows])}, chosen {spread([r['chosen'][0] for r in rows])}"

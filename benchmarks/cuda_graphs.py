@@ -105,7 +105,7 @@ def main() -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: run with --device cpu for the eager-vs-broken control alone", file=sys.stderr)
         return 2
-    print_environment(())
+    machine = print_environment(())
     out = Path(os.environ.get("OUT", "."))
     images = np.random.default_rng(0).integers(0, 256, (2048, 3, 32, 32), dtype=np.uint8)
     results, ok = {}, True
@@ -141,6 +141,7 @@ def main() -> int:
             print(f"{name:18s} FAILED\n{results[name]['error']}", flush=True)
         ok = ok and passed
         (out / "cuda_graphs.json").write_text(json.dumps(results, indent=2))
+    machine.finish()
     print(f"cuda_graph_parity={'ok' if ok else 'FAILED'}")
     return 0 if ok else 1
 

@@ -211,7 +211,7 @@ def main() -> None:
             print(child_torchvision(Path(rest[0]), Path(rest[1]), int(rest[2]), rest[3]))
         return
 
-    print_environment(["torchvision", "pillow", "psutil"])
+    machine = print_environment(["torchvision", "pillow", "psutil"])
     print(f"work: synthetic {args.format.upper()} folders of {', '.join(map(str, args.sizes))} images, "
           f"{RESOLUTION}x{RESOLUTION} RGB, {CLASSES} classes; {args.workers} worker processes on every side; "
           f"{args.rounds} rounds")
@@ -277,6 +277,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     best_peer = max(PREPARE_SIDES[1:], key=lambda side: median(results["sizes"][large]["rates"][side]))
+    machine.finish()
     print(f"train_images_per_s_ratio_shards_vs_memory={median(train_ratio):.3f}")
     print(f"prepare_speedup_vs_torchvision_imagefolder={median(results['sizes'][large]['speedups'][best_peer]):.3f}")
     print(f"peak_rss_ratio_{large // 1000}k_vs_{small // 1000}k={max(ratios.values()):.3f}")

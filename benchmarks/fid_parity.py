@@ -103,7 +103,7 @@ def main() -> int:
         return float(clean_fid.compute_fid(folders[0], folders[1], mode="clean", custom_feat_extractor=Features(),
                                            device=torch.device("cpu"), num_workers=0, batch_size=50, verbose=False))
 
-    print_environment(("onnxruntime", "torch-fidelity", "pytorch-fid", "clean-fid", "scipy"))
+    machine = print_environment(("onnxruntime", "torch-fidelity", "pytorch-fid", "clean-fid", "scipy"))
     print(f"images: {len(a)} train vs {len(b)} test from {args.prepared}; weights {default_weights_path()}")
     worst, relatives = 0.0, {}
     for protocol, owner, theirs in (("tf", "torch-fidelity", torch_fidelity_fid), ("pytorch-fid", "pytorch-fid", pytorch_fid_fid),
@@ -115,6 +115,7 @@ def main() -> int:
         print(f"protocol {protocol:12s} ganops {mine:.6f}   {owner:15s} {reference:.6f}   relative difference {relative:.2e}",
               flush=True)
     relative_tf, relative_pfid, relative_clean = relatives["tf"], relatives["pytorch-fid"], relatives["clean"]
+    machine.finish()
     print(f"fid_relative_difference_vs_torch_fidelity={relative_tf:.2e}")
     print(f"fid_relative_difference_vs_clean_fid={relative_clean:.2e}")
     print(f"fid_relative_difference_vs_pytorch_fid={relative_pfid:.2e}")

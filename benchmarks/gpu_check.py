@@ -39,7 +39,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("no CUDA device: this check needs one", file=sys.stderr)
         return 2
-    print_environment(("onnxruntime", "onnxruntime-gpu"))
+    machine = print_environment(("onnxruntime", "onnxruntime-gpu"))
     out_dir = Path(os.environ.get("OUT", "."))
     result: dict = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(0), "cuda": torch.version.cuda,
                     "onnxruntime_providers": available_providers()}
@@ -90,6 +90,7 @@ def main() -> int:
     text = json.dumps(result, indent=2, default=str)
     print(text)
     (out_dir / "gpu_check.json").write_text(text)
+    machine.finish()
     print(f"cuda_vs_cpu_images_per_s={result['cuda_vs_cpu_images_per_s']}")
     print(f"cuda_train_images_per_s={summary['images_per_s']}")
     ok = np.isfinite(summary["loss_d"]) and result["eval"][result["eval"]["primary_metric"]] > 0

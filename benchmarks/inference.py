@@ -5,10 +5,11 @@ architecture in params.yaml with seeded random weights (latency does not depend 
 Identical work on both sides: the same latent vectors and labels, float32 in and out, one call at
 a time on the CPU, all cores for both (torch's intra-op threads; onnxruntime's session as `ganops
 serve` builds it). PyTorch runs under ``inference_mode``, as its docs advise for inference. The
-outputs are checked equal (max abs difference printed). Each round times both sides at batch 1 and
-64 (``--repeats`` calls each, after warm-up calls), alternating which side goes first; a round's
-figure is the median latency of its calls. Prints median [min-max] over the rounds, the pooled p99,
-and last the ``name=value`` lines: onnxruntime latency / eager latency, median of the rounds' ratios.
+outputs must agree within export.parity_tolerance's default, 1e-4 (else the benchmark fails). Each
+round times both sides at batch 1 and 64 (``--repeats`` calls each, after warm-up calls),
+alternating which side goes first; a round's figure is the median latency of its calls. Prints
+median [min-max] over the rounds, the pooled p99, and last the ``name=value`` lines: onnxruntime
+latency / eager latency, median of the rounds' ratios.
 
     python benchmarks/inference.py [--repeats 200] [--rounds 5]
 """
@@ -25,11 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import median, print_environment, round_order, spread
+from _common import check_equal, median, print_environment, round_order, spread
 from _generator import benchmark_generator
 from ganops.config import load_params
 from ganops.serving import OnnxGenerator
 from ganops.serving.export import write_onnx
+
+OUTPUT_TOLERANCE = 1e-4  # max |difference| of the images, as export's parity check (export.parity_tolerance)
 
 
 def call_ms(fn, repeats: int) -> list[float]:
@@ -49,7 +52,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    print_environment(("onnxruntime",))
+    machine = print_environment(("onnxruntime",), gpu_peaks=())
     params = load_params("params.yaml")
     generator, origin = benchmark_generator(params)
     spec = generator.spec
@@ -76,6 +79,7 @@ def main() -> None:
 
             sides = {"torch eager": eager, "onnxruntime": ort}
             difference = float(np.abs(sides["onnxruntime"]() - eager().numpy()).max())
+            check_equal(f"batch {batch}: onnxruntime vs eager images (max |difference|)", difference, OUTPUT_TOLERANCE)
             medians: dict[str, list[float]] = {name: [] for name in sides}
             pooled: dict[str, list[float]] = {name: [] for name in sides}
             for round_index in range(args.rounds):
@@ -93,6 +97,7 @@ def main() -> None:
                            f"max |difference| {difference:.1e}")
     print(f"\nmedian [min-max] over {args.rounds} rounds of {args.repeats} calls per side:")
     print("\n".join(summary))
+    machine.finish()
     print(f"ort_vs_eager_latency_batch64={median(ratios[64]):.3f}")
     print(f"ort_vs_eager_latency_batch1={median(ratios[1]):.3f}")
 

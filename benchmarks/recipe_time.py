@@ -43,7 +43,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (10000, data["channels"], data["resolution"], data["resolution"]), dtype=np.uint8)
     write_random_prepared(root, images, num_classes=10)
-    print_environment(())
+    machine = print_environment(())
     warm = validate_params({**raw, "train": {**raw["train"], "steps": 50}})
     train(warm, root)  # warm-up and compilation, not timed
     rates = []
@@ -57,6 +57,7 @@ def main() -> None:
     print(f"recipe {args.recipe} on {device}: {spread(rates, 0)} images/s, {spread(per_1000, 4)} s per 1,000 images "
           f"(batch {raw['train']['batch_size']}, d_steps {raw['train']['d_steps']}, compile {raw['train']['compile']}, "
           f"{args.steps} steps, median [min-max] of {args.rounds} rounds)")
+    machine.finish()
     print(f"seconds_per_1000_images={median(per_1000):.4f}")
 
 

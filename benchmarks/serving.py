@@ -190,7 +190,7 @@ def main() -> int:
     from ganops.serving import OnnxGenerator
     from ganops.serving.export import write_onnx
 
-    print_environment(("onnxruntime", "mlflow", "fastapi", "uvicorn", "httpx"))
+    machine = print_environment(("onnxruntime", "mlflow", "fastapi", "uvicorn", "httpx"))
     params = load_params("params.yaml")
     generator, origin = benchmark_generator(params)
     serve_defaults = ServeParams()
@@ -322,6 +322,7 @@ def main() -> int:
     failed = [side for side in order if any(x["errors"] for x in results[side])]
     if failed:
         print("errors in: " + ", ".join(f"{side} {[x['statuses'] for x in results[side]]}" for side in failed))
+    machine.finish()
     print(f"throughput_vs_mlflow_serve={median(ratios):.2f}")
     return 1 if failed else 0
 

@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write every run's figures here")
     args = parser.parse_args()
 
-    print_environment(["torch-fidelity", "onnxruntime"])
+    machine = print_environment(["torch-fidelity", "onnxruntime"])
     params = load_params(args.params)
     device = resolve_device(args.device, "--device")
     train_cfg = params.train.model_copy(update={"device": device.type, **({"steps": args.steps} if args.steps else {})})
@@ -125,6 +125,7 @@ def main() -> None:
                   flush=True)
 
     print()
+    machine.finish()
     by_side = {side: [r for r in results if r["side"] == side] for side in args.sides}
     for side, rows in by_side.items():
         print(f"{side:>11}: {measurement.primary} {spread([r['fid'] for r in rows])} over seeds {[r['seed'] for r in rows]}")

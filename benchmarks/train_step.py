@@ -65,17 +65,17 @@ with steps=2 and with steps=1 (eager, train.cuda_graphs false: the same step cod
 so its set-up and final sample grid cancel out. ganops and tuned run the same convolutions (ganops
 merges real and fake into one D call) and count the same up to spectral norm's power iterations;
 official counts more by D's weight gradients in its G step, which equal one D forward pass on a
-batch -- both checks are printed. MFU is achieved FLOP/s over the dense peak of the precision each
-side runs: on CUDA official against the TF32 tensor-core peak (only its two small matmuls, G's stem
-and D's head, under 1 % of the FLOPs, run in plain fp32: PyTorch leaves TF32 matmuls off by
-default), tuned and ganops against the bf16 peak, from the table GPU_PEAKS keyed by device name; on
-CPU all sides run fp32 and the peak is ``--peak-gflops`` (default 376 GFLOP/s: 2 cores x 64 FP32
-FLOP/cycle with AVX-512 x ~2.9 GHz, an estimate, not a measurement).
+batch -- both checks are printed. MFU is achieved FLOP/s over the peak of the precision each side
+runs, measured at the start of the same run (``_common.measure_peak_gflops``: the best square matmul):
+on CUDA official against the TF32 matmul peak (only its two small matmuls, G's stem and D's head,
+under 1 % of the FLOPs, run in plain fp32: PyTorch leaves TF32 matmuls off by default), tuned and
+ganops against the bf16 matmul peak; on CPU all sides run fp32 against the fp32 sgemm peak. A side
+whose best round is above the measured peak fails the benchmark.
 
 Settings: CPU 32x32x1 images, width 32, latent 64, batch 64, 300 steps; CUDA 64x64x3, width 64,
 latent 100, batch 256, 300 steps.
 
-    python benchmarks/train_step.py [--steps N] [--rounds 3] [--compile] [--peak-gflops 376]
+    python benchmarks/train_step.py [--steps N] [--rounds 3] [--compile]
 
 The last two lines are the medians over the rounds of the per-round ratios of images/s:
 
@@ -101,7 +101,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from _common import median, print_environment, round_order, spread
+from _common import check_below_peak, median, print_environment, round_order, spread
 from _generator import write_random_prepared
 from ganops.config import validate_params
 from ganops.models import DiscriminatorSpec, GeneratorSpec, build_discriminator, build_generator
@@ -113,17 +113,6 @@ DATASET_SIZE = 4096
 NUM_CLASSES = 10
 WARMUP_STEPS = 10  # untimed steps before each baseline's timed ones (ganops: a 10-step warm-up train())
 LR, BETAS = 2e-4, (0.5, 0.999)  # the official example's Adam settings, on every side
-# Dense (no sparsity) tensor-core peaks in FLOP/s from NVIDIA's data sheets: (name part, bf16, TF32).
-# The first entry whose name part occurs in torch.cuda.get_device_name() applies.
-GPU_PEAKS = [
-    ("H100 PCIe", 756e12, 378e12),
-    ("H100 NVL", 835.5e12, 417.5e12),
-    ("H200 NVL", 835.5e12, 417.5e12),
-    ("H100", 989.4e12, 494.7e12),  # SXM
-    ("H200", 989.4e12, 494.7e12),  # SXM
-    ("A100", 312e12, 156e12),
-    ("L40S", 362e12, 181e12),
-]
 MAIN_SIDES = ("official", "tuned", "ganops")
 
 
@@ -393,9 +382,8 @@ def measure(side: str, args: argparse.Namespace, count_flops: bool) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None, help="timed steps per measurement (CPU 300, CUDA 300)")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds; each runs every side once, in alternating order")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds; each runs every side once, in rotating order")
     parser.add_argument("--compile", action="store_true", help="ganops with train.compile (torch.compile)")
-    parser.add_argument("--peak-gflops", type=float, default=376.0, help="the CPU's fp32 peak, for MFU on CPU")
     parser.add_argument("--tuned-memory-format", choices=["contiguous", "channels_last"], default="channels_last",
                         help="the tuned loop's layout on CPU (on CUDA it always uses channels_last)")
     parser.add_argument("--side", choices=[*MAIN_SIDES, "ganops-eager"], help=argparse.SUPPRESS)
@@ -407,7 +395,7 @@ def main() -> None:
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
 
-    print_environment(())
+    machine = print_environment(())
     cuda = torch.cuda.is_available()
     cfg = CUDA_SETTING if cuda else CPU_SETTING
     steps = args.steps or cfg["steps"]
@@ -441,26 +429,25 @@ def main() -> None:
     print(f"FLOP check: ganops / tuned per step = {flops['ganops'] / flops['tuned']:.4f} (the same convolutions, "
           f"ganops in one D call for real and fake); official - tuned = {(flops['official'] - flops['tuned']) / 1e9:.3f} "
           f"GFLOP, one D forward pass on a batch = {d_forward / 1e9:.3f} GFLOP (D's weight gradients in official's G step)")
-    if cuda:
-        bf16, tf32 = next(((b, t) for part, b, t in GPU_PEAKS if part in name), (None, None))
-        peaks = {side: (bf16, "bf16 dense") for side in sides}
-        peaks["official"] = (tf32, "TF32 dense")
+    if cuda:  # peaks measured at the start of this run (bf16 and TF32 matmuls)
+        peaks = {side: (machine.gpu_peak_gflops["bfloat16"] * 1e9, "bf16, measured") for side in sides}
+        peaks["official"] = (machine.gpu_peak_gflops["tf32"] * 1e9, "TF32, measured")
     else:
-        peaks = {side: (args.peak_gflops * 1e9, "fp32, estimated") for side in sides}
-        print(f"CPU peak: {args.peak_gflops:.0f} GFLOP/s fp32 (--peak-gflops; the default 376 is an estimate for the "
-              "2-core development machine, not a measurement: 2 cores x 64 FP32 FLOP/cycle with AVX-512 x ~2.9 GHz)")
+        peaks = {side: (machine.cpu_peak_gflops * 1e9, "fp32, measured") for side in sides}
     unit, scale = ("TFLOP/s", 1e12) if cuda else ("GFLOP/s", 1e9)
     print(f"{'side':13s} {'images/s median [min-max]':30s} {'GFLOP/step':>10s} {unit:>9s}  {'MFU (peak)':40s} settings")
     for side in sides:
         achieved = flops[side] * median(rates[side]) / cfg["batch"]
         peak, kind = peaks[side]
-        mfu = f"{achieved / peak:6.2%} of {peak / scale:.1f} {unit} {kind}" if peak else "n/a (peak unknown)"
+        check_below_peak(side, flops[side] * max(rates[side]) / cfg["batch"] / 1e9, peak / 1e9)
+        mfu = f"{achieved / peak:6.2%} of {peak / scale:.1f} {unit} {kind}"
         print(f"{side:13s} {spread(rates[side], 1):30s} {flops[side] / 1e9:10.3f} {achieved / scale:9.2f}  {mfu:40s} "
               f"{first[side]['settings']}")
     threads = sorted({result["threads"] for result in first.values()})
     print(f"torch intra-op threads in each side's process: {', '.join(map(str, threads))}")
     for key, values in ratios.items():
         print(f"{key}: {spread(values)} (per-round ratios, median [min-max])")
+    machine.finish()
     print(f"train_speedup_vs_official_dcgan={median(ratios['ganops/official']):.2f}")
     print(f"train_speedup_vs_tuned_eager={median(ratios['ganops/tuned']):.2f}")
 

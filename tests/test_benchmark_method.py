@@ -1,0 +1,57 @@
+"""The benchmarks' shared method (benchmarks/_common.py): the side order is a Latin square, a figure
+above the measured peak and outputs that differ fail the run, and the machine card says what it ran on."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import _common  # noqa: E402
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6])
+def test_every_side_takes_every_slot(n):
+    sides = [f"side{i}" for i in range(n)]
+    rows = [_common.round_order(sides, r) for r in range(n)]
+    for row in rows:
+        assert sorted(row) == sorted(sides)
+    for slot in zip(*rows):
+        assert sorted(slot) == sorted(sides), "a side never takes some slot"
+
+
+@pytest.mark.parametrize("n", [2, 4, 6])
+def test_even_orders_balance_what_comes_before(n):
+    """Williams' design: over n rounds each side follows each other side exactly once."""
+    sides = list(range(n))
+    pairs = [(row[i], row[i + 1]) for r in range(n) for row in [_common.round_order(sides, r)] for i in range(n - 1)]
+    assert len(set(pairs)) == len(pairs) == n * (n - 1)
+
+
+def test_a_rate_above_the_measured_peak_fails():
+    assert _common.check_below_peak("side", 50.0, 100.0) == pytest.approx(0.5)
+    with pytest.raises(SystemExit, match="above the peak"):
+        _common.check_below_peak("side", 100.5, 100.0)
+    with pytest.raises(SystemExit):
+        _common.check_below_peak("side", math.nan, 100.0)
+
+
+def test_outputs_that_differ_fail():
+    _common.check_equal("features", 1e-6, 1e-4)
+    with pytest.raises(SystemExit, match="over the tolerance"):
+        _common.check_equal("features", 2e-4, 1e-4)
+    with pytest.raises(SystemExit):
+        _common.check_equal("features", math.nan, 1e-4)
+
+
+def test_the_machine_card_names_cpu_flags_and_load(capsys):
+    machine = _common.print_environment()
+    machine.finish()
+    out = capsys.readouterr().out
+    assert "family" in out and "physical" in out and "logical cores" in out
+    assert ("avx2" in out) or ("no avx2" in out)
+    assert "measured peak: CPU" in out and "load average" in out and "steal" in out
+    assert math.isfinite(machine.cpu_peak_gflops) and machine.cpu_peak_gflops > 0
