@@ -53,8 +53,8 @@ Why the comparison is fair. Every measurement runs in a fresh Python process (``
 prints one JSON line), so no global torch state -- cudnn.benchmark, TF32 flags, the caching
 allocator, oneDNN primitive caches, threads -- leaks from one side into another; all processes get
 the same environment and torch's default thread count. Each round runs every side once, the order
-alternating between rounds (forward, reverse, forward, ...), so drift of the machine does not favour
-whoever runs first; figures are median [min-max] over the rounds, and the speed-ups are medians of
+rotating between rounds (a Latin square: every side takes every slot), so drift of the machine does
+not favour whoever runs first; figures are median [min-max] over the rounds, and the speed-ups are medians of
 per-round ratios. The baselines are timed after 10 untimed warm-up steps in the same process, as
 ganops is after its warm-up train(); on CUDA the timed spans end with a device synchronisation.
 
