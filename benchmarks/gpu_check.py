@@ -47,7 +47,8 @@ def main() -> int:
         "data": {"source": "digits", "resolution": 32, "channels": 1},
         "model": {"g_channels": 64, "d_channels": 64, "conditional": True, "spectral_norm": True},
         "train": {"steps": args.steps, "batch_size": 256, "loss": "hinge", "device": "cuda", "checkpoint_every": 200,
-                  "log_every": 50, "r1_gamma": 0.0},
+                  "log_every": 50, "r1_gamma": 0.0,
+                  "eval_every": 0},  # the training loop alone (the evaluation is checked below)
         "eval": {"num_samples": 2000, "device": "cuda", "spread_rounds": 10, "backbone": "domain"},
         "export": {"fp16": True},
         "mlflow": {"enabled": False},

@@ -306,7 +306,8 @@ def ganops_params(cfg: dict, steps: int, device: str, compile_: bool, cuda_graph
                   "conditional": True, "spectral_norm": True},
         "train": {"steps": steps, "batch_size": cfg["batch"], "loss": "minimax", "lr_g": LR, "lr_d": LR,
                   "beta1": BETAS[0], "beta2": BETAS[1], "seed": 0, "device": device, "compile": compile_,
-                  "cuda_graphs": cuda_graphs, "checkpoint_every": 10**9, "log_every": max(1, steps // 4)},
+                  "cuda_graphs": cuda_graphs, "checkpoint_every": 10**9, "log_every": max(1, steps // 4),
+                  "eval_every": 0},  # the training loop alone, as the baselines (the watch: best_snapshot.py)
         "mlflow": {"enabled": False},
     })
 
