@@ -10,7 +10,10 @@ the sides rotating within each load, so drift does not favour one. Figures: imag
 [min-max] over the rounds; the share of idle speed is the median of per-round ratios (loaded / idle
 of the same side in the same round). The fair share beside one competitor on 2 cores is 0.5x.
 
-    python benchmarks/contention.py [--rounds 3] [--steps 100] [--loads 0 1 2]
+With ``--variants`` ganops also runs under each setting a fix could change (VARIANTS: libgomp's
+passive wait policy, a short spin count, one thread), each measured as a side.
+
+    python benchmarks/contention.py [--rounds 3] [--steps 100] [--loads 0 1 2] [--variants]
 
 Last lines: ``ganops_share_of_idle_load<k>=`` for each load > 0 and
 ``ganops_vs_tuned_load<k>=`` (images/s ratio under the same load).
@@ -27,6 +30,10 @@ from pathlib import Path
 from _common import median, print_environment, round_order, spread
 
 SIDES = ("ganops", "tuned")
+# ganops under the settings a fix could change, each measured like a side (name: environment)
+VARIANTS = {"ganops OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+            "ganops GOMP_SPINCOUNT=3000": {"GOMP_SPINCOUNT": "3000"},
+            "ganops 1 thread": {"OMP_NUM_THREADS": "1"}}
 TRAIN_STEP = Path(__file__).resolve().parent / "train_step.py"
 
 
@@ -45,9 +52,11 @@ def competitors(count: int):
 
 def measure(side: str, steps: int) -> dict:
     import json
+    import os
 
-    done = subprocess.run([sys.executable, str(TRAIN_STEP), "--side", side, "--steps", str(steps)],
-                          capture_output=True, text=True)
+    env = dict(os.environ, **VARIANTS.get(side, {}))
+    done = subprocess.run([sys.executable, str(TRAIN_STEP), "--side", side.split()[0], "--steps", str(steps)],
+                          capture_output=True, text=True, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
         sys.stderr.write(done.stdout + done.stderr)
@@ -63,18 +72,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=100, help="timed training steps per measurement")
     parser.add_argument("--loads", type=int, nargs="+", default=[0, 1, 2], help="competitor counts; 0 must be one")
+    parser.add_argument("--variants", action="store_true",
+                        help="also ganops under each setting of VARIANTS (wait policy, spin count, one thread)")
     args = parser.parse_args()
+    sides = [*SIDES, *VARIANTS] if args.variants else list(SIDES)
     if 0 not in args.loads:
         parser.error("--loads must include 0 (idle), the reference of every share")
     machine = print_environment(())
     print(f"setting: train_step.py's CPU setting, {args.steps} timed steps per measurement; competitors spin one "
           f"core each; {args.rounds} rounds", flush=True)
-    rates = {(load, side): [] for load in args.loads for side in SIDES}
+    rates = {(load, side): [] for load in args.loads for side in sides}
     threads = set()
     for index in range(args.rounds):
         cells = []
         for load in round_order(args.loads, index):
-            for side in round_order(list(SIDES), index):
+            for side in round_order(sides, index):
                 with competitors(load):
                     result = measure(side, args.steps)
                 rates[load, side].append(result["images_per_s"])
@@ -83,12 +95,12 @@ def main() -> None:
         print(f"round {index + 1}: " + ", ".join(cells) + " images/s", flush=True)
 
     print(f"\ntorch intra-op threads in each side's process: {', '.join(map(str, sorted(threads)))}")
-    print(f"{'load':>4} {'side':7s} {'images/s median [min-max]':28s} {'share of idle':22s}")
+    print(f"{'load':>4} {'side':32s} {'images/s median [min-max]':28s} {'share of idle':22s}")
     shares: dict[tuple[int, str], list[float]] = {}
     for load in args.loads:
-        for side in SIDES:
+        for side in sides:
             shares[load, side] = [loaded / idle for loaded, idle in zip(rates[load, side], rates[0, side])]
-            print(f"{load:>4} {side:7s} {spread(rates[load, side], 0):28s} {spread(shares[load, side], 2):22s}")
+            print(f"{load:>4} {side:32s} {spread(rates[load, side], 0):28s} {spread(shares[load, side], 2):22s}")
     machine.finish()
     for load in args.loads:
         if load:
