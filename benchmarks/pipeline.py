@@ -9,7 +9,9 @@ The stages run with this Python environment's ``ganops`` and ``dvc`` (the venv's
 Not a peer comparison: what a fresh ``dvc repro`` costs on this machine, to scale to another by its
 measured peak. Figures: seconds median [min-max] over the rounds.
 
-    python benchmarks/pipeline.py [--rounds 3] [--repo .]
+    python benchmarks/pipeline.py [--rounds 3] [--repo .] [--keep DIR]
+
+``--keep DIR`` moves the last round's clone, with its outputs and MLflow store, to DIR (to inspect).
 
 Last line: ``fresh_clone_dvc_repro_s=<median total seconds>``.
 """
@@ -34,7 +36,7 @@ def stages_of(repo: Path) -> list[str]:
     return list(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
 
 
-def run_round(repo: Path, stages: list[str], env: dict[str, str]) -> dict[str, float]:
+def run_round(repo: Path, stages: list[str], env: dict[str, str], keep: Path | None = None) -> dict[str, float]:
     folder = Path(tempfile.mkdtemp(prefix="ganops-pipeline-"))
     try:
         clone = folder / "clone"
@@ -48,6 +50,8 @@ def run_round(repo: Path, stages: list[str], env: dict[str, str]) -> dict[str, f
             if done.returncode:
                 sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
                 raise SystemExit(f"stage {stage} failed (exit code {done.returncode})")
+        if keep is not None:
+            shutil.move(str(clone), str(keep))
         return seconds
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -57,7 +61,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repo", type=Path, default=Path(__file__).resolve().parents[1])
+    parser.add_argument("--keep", type=Path, help="move the last round's clone here (must not exist)")
     args = parser.parse_args()
+    if args.keep is not None and args.keep.exists():
+        parser.error(f"--keep {args.keep} exists")
     repo = args.repo.resolve()
     machine = print_environment(("dvc", "mlflow", "onnxruntime"))
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
@@ -69,7 +76,7 @@ def main() -> None:
     stages = stages_of(repo)
     rounds: list[dict[str, float]] = []
     for index in range(args.rounds):
-        rounds.append(run_round(repo, stages, env))
+        rounds.append(run_round(repo, stages, env, args.keep if index == args.rounds - 1 else None))
         total = sum(rounds[-1].values())
         print(f"round {index + 1}: " + ", ".join(f"{s} {t:.0f} s" for s, t in rounds[-1].items())
               + f"; total {total:.0f} s ({total / 60:.1f} min)", flush=True)
