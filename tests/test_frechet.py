@@ -106,6 +106,32 @@ def test_fd_interval_contains_the_estimate_and_its_std_matches_fresh_samples():
     assert abs(np.mean([out[("fd", "")] for out in estimates]) - np.mean(fresh)) < 2 * true_std
 
 
+def test_fd_against_the_factored_reference_equals_the_unfactored_distances():
+    """fd's distances to the whole reference use its cached factor (the Gram path: fewer generated
+    images than dimensions, as 2,000 images in 2,048 Inception features): the same numbers as
+    frechet_distance on the same half-samples, drawn with the same seeded calls."""
+    from ganops.metrics.scores import half_of_draws
+
+    rng = np.random.default_rng(3)
+    dim = 256
+    mixing = rng.normal(size=(dim, dim)) / np.sqrt(dim)
+    real = rng.normal(size=(1200, dim)) @ mixing
+    draws = [rng.normal(loc=0.2, scale=1.2, size=(20, dim)) @ mixing for _ in range(10)]
+    cfg = EvalParams(num_samples=200, draws=10, spread_rounds=6, seed=5)
+    out = fd(ref(real), draws, cfg)
+    real_stats, fake = feature_statistics(real), np.concatenate(draws)
+    assert out[("fd", "")] == pytest.approx(frechet_distance(*real_stats, *feature_statistics(fake)), rel=1e-6)
+    draw_rng = np.random.default_rng(cfg.seed)
+    draw_rng.permutation(len(real))  # the floor's split
+    by_generated, by_reference = [], []
+    for _ in range(cfg.spread_rounds):
+        by_generated.append(frechet_distance(*real_stats, *feature_statistics(half_of_draws(draws, draw_rng))))
+        subset = draw_rng.choice(len(real), size=len(real) // 2, replace=False)
+        by_reference.append(frechet_distance(*feature_statistics(real[subset]), *feature_statistics(fake)))
+    assert out[("fd", "std_generated")] == pytest.approx(float(np.std(by_generated, ddof=1)), rel=1e-5)
+    assert out[("fd", "std_reference")] == pytest.approx(float(np.std(by_reference, ddof=1)), rel=1e-5)
+
+
 def test_metric_names_carry_the_measurement():
     standard = Measurement("inception", "tf", 2000, "train")
     assert standard.primary == "fid2k_tf_train"
@@ -149,5 +175,7 @@ def test_a_factored_reference_gives_the_same_distance(reference, generated, dim)
     assert factored.distance(fake) == pytest.approx(expected, rel=1e-6)
     assert factored.distance(real[:generated]) == pytest.approx(frechet_distance_of_features(real, real[:generated]),
                                                                 rel=1e-6)
+    # the other way round: a reference fitted to the generated features (their own factor when n <= D)
+    assert FrechetReference.of_features(fake).distance(real) == pytest.approx(expected, rel=1e-6)
     with pytest.raises(ValueError, match="features"):
         factored.distance(fake[:, :-1])

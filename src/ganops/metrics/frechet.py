@@ -65,12 +65,29 @@ class FrechetReference:
     def __init__(self, mu: np.ndarray, sigma: np.ndarray) -> None:
         self.mu = np.asarray(mu, np.float64)
         sigma = np.asarray(sigma, np.float64)
-        self.sigma = (sigma + sigma.T) / 2
-        self.trace = float(np.trace(self.sigma))
+        sigma = (sigma + sigma.T) / 2
+        self.trace = float(np.trace(sigma))
         try:
-            self.factor = np.linalg.cholesky(self.sigma)  # S1 = L Lᵀ
+            self.factor = np.linalg.cholesky(sigma)  # S1 = L Lᵀ
         except np.linalg.LinAlgError:
-            self.factor = _sqrt_psd(self.sigma)  # symmetric: S1 = R Rᵀ as well
+            self.factor = _sqrt_psd(sigma)  # symmetric: S1 = R Rᵀ as well
+
+    @classmethod
+    def of_features(cls, features: np.ndarray) -> FrechetReference:
+        """The Gaussian fitted to (n, D) ``features``. With n <= D the centred features themselves are a
+        factor: S1 = Fᵀ F with F = (features - mu) / sqrt(n - 1), so L = Fᵀ is (D, n) and nothing is
+        factorised (the generated side of a half-sample against 2,000 generated images)."""
+        features = np.asarray(features, np.float64)
+        if features.ndim != 2 or features.shape[0] < 2:
+            raise ValueError(f"need (N >= 2, D) features, got shape {features.shape}")
+        n, dim = features.shape
+        if n > dim:
+            return cls(*feature_statistics(features))
+        reference = cls.__new__(cls)
+        reference.mu = features.mean(axis=0)
+        reference.factor = ((features - reference.mu) / np.sqrt(n - 1)).T
+        reference.trace = float(np.einsum("ij,ij->", reference.factor, reference.factor))
+        return reference
 
     def distance(self, features: np.ndarray) -> float:
         """Fréchet distance between the reference and the Gaussian fitted to (n, D) ``features``."""
@@ -79,8 +96,8 @@ class FrechetReference:
             raise ValueError(f"need (N >= 2, {self.mu.size}) features, got shape {features.shape}")
         n = features.shape[0]
         mu = features.mean(axis=0)
-        centred = (features - mu) @ self.factor
-        gram = centred @ centred.T if n <= self.mu.size else centred.T @ centred
+        centred = (features - mu) @ self.factor  # (n, k): k = D, or the reference's sample count
+        gram = centred @ centred.T if n <= centred.shape[1] else centred.T @ centred
         trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((gram + gram.T) / 2) / (n - 1), 0.0, None)).sum()
         trace2 = float(np.einsum("ij,ij->", features - mu, features - mu)) / (n - 1)
         diff = self.mu - mu

@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
@@ -23,7 +24,7 @@ from ganops import GanopsError
 from ganops.io import atomic_dir
 from ganops.metrics.backbones import Backbone, DomainClassifierBackbone, InceptionBackbone, iter_features, resolve_backbone
 from ganops.metrics.domain_classifier import DomainClassifier, load_domain_classifier
-from ganops.metrics.frechet import feature_statistics
+from ganops.metrics.frechet import FrechetReference, feature_statistics
 
 if TYPE_CHECKING:  # the type only: the prepared data format is the stage's to read
     from ganops.data.prepare import Manifest
@@ -40,6 +41,11 @@ class ReferenceFeatures:
     mu: np.ndarray
     sigma: np.ndarray
     record: dict
+
+    @cached_property
+    def frechet(self) -> FrechetReference:
+        """The reference Gaussian factored once, for every Fréchet distance against it."""
+        return FrechetReference(self.mu, self.sigma)
 
 
 class ReferencedBackbone(NamedTuple):

@@ -44,10 +44,11 @@ def half_of_draws(draws: list[np.ndarray], rng: np.random.Generator) -> np.ndarr
 
 def fd(reference: ReferenceFeatures, draws: list[np.ndarray], cfg: EvalParams) -> dict[tuple[str, str], float]:
     """Fréchet distance; its standard deviation and 95% interval by half-sampling (see SPREAD_METHOD);
-    and the distance between two halves of the reference split: the floor at this sample size."""
+    and the distance between two halves of the reference split: the floor at this sample size. The
+    distances against the whole reference reuse its factor (ReferenceFeatures.frechet); those of the
+    reference's halves against all generated images use the generated features as their factor."""
     real, fake = reference.features, np.concatenate(draws)
-    real_stats, fake_stats = (reference.mu, reference.sigma), feature_statistics(fake)
-    value = frechet_distance(*real_stats, *fake_stats)
+    value = reference.frechet.distance(fake)  # against the reference factored once (FrechetReference)
     out = {("fd", ""): value}
     rng = np.random.default_rng(cfg.seed)
     half = len(real) // 2
@@ -55,11 +56,12 @@ def fd(reference: ReferenceFeatures, draws: list[np.ndarray], cfg: EvalParams) -
     out[("floor", "")] = frechet_distance(*feature_statistics(real[order[:half]]),
                                           *feature_statistics(real[order[half:]]))
     if cfg.spread_rounds > 0 and len(draws) >= 2:
+        generated = FrechetReference.of_features(fake)  # the fixed side of the reference half-samples
         by_generated, by_reference = [], []
         for _ in range(cfg.spread_rounds):
-            by_generated.append(frechet_distance(*real_stats, *feature_statistics(half_of_draws(draws, rng))))
+            by_generated.append(reference.frechet.distance(half_of_draws(draws, rng)))
             subset = rng.choice(len(real), size=half, replace=False)
-            by_reference.append(frechet_distance(*feature_statistics(real[subset]), *fake_stats))
+            by_reference.append(generated.distance(real[subset]))
         var_generated, var_reference = float(np.var(by_generated, ddof=1)), float(np.var(by_reference, ddof=1))
         std = math.sqrt(var_generated + var_reference)
         out.update({("fd", "std"): std, ("fd", "std_generated"): math.sqrt(var_generated),
