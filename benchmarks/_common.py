@@ -186,6 +186,17 @@ class Machine:
         print(f"after: {describe_load(self.started, cpu_times())}")
 
 
+# libgomp's own spin count (its docs: 300,000 when OMP_WAIT_POLICY is unset), what plain torch runs with;
+# a baseline side gets it stated, since importing ganops may set its own (ganops.CPU_WAIT says which).
+LIBGOMP_DEFAULT = {"GOMP_SPINCOUNT": "300000"}
+
+
+def side_environment(side: str) -> dict[str, str]:
+    """The environment of a side's process: ganops' as the CLI has it (the script imports ganops
+    before torch), every other side with libgomp's default spin count."""
+    return dict(os.environ) if side.startswith("ganops") else dict(os.environ, **LIBGOMP_DEFAULT)
+
+
 def print_environment(packages: Sequence[str] = (), gpu_peaks: Sequence[str] = ("bfloat16", "tf32")) -> Machine:
     """Date, machine (with a peak measured now), the versions that matter and the thread counts each
     library will use. Returns the :class:`Machine`; call its ``finish()`` at the end."""
@@ -201,7 +212,8 @@ def print_environment(packages: Sequence[str] = (), gpu_peaks: Sequence[str] = (
     print(f"versions: python {platform.python_version()}, " + ", ".join(versions))
     threads = [f"torch intra-op {torch.get_num_threads()}", f"torch inter-op {torch.get_num_interop_threads()}",
                f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
-               f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"]
+               f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}",
+               f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'unset')} (this process; each side's is named)"]
     try:
         import threadpoolctl
 

@@ -19,6 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
+# isort: off
+import ganops  # noqa: F401  (before torch, as under the ganops CLI: its libgomp setting must precede libgomp's loading)
+# isort: on
+
 import numpy as np
 import torch
 

@@ -13,6 +13,10 @@ import argparse
 import tempfile
 from pathlib import Path
 
+# isort: off
+import ganops  # noqa: F401  (before torch, as under the ganops CLI: its libgomp setting must precede libgomp's loading)
+# isort: on
+
 import numpy as np
 import torch
 import yaml

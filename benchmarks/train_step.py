@@ -52,11 +52,14 @@ ganops    ganops' real ``train()`` on a prepared data set of the same images (wr
 Why the comparison is fair. Every measurement runs in a fresh Python process (``--side NAME``, which
 prints one JSON line), so no global torch state -- cudnn.benchmark, TF32 flags, the caching
 allocator, oneDNN primitive caches, threads -- leaks from one side into another; all processes get
-the same environment and torch's default thread count. Each round runs every side once, the order
-rotating between rounds (a Latin square: every side takes every slot), so drift of the machine does
-not favour whoever runs first; figures are median [min-max] over the rounds, and the speed-ups are medians of
-per-round ratios. The baselines are timed after 10 untimed warm-up steps in the same process, as
-ganops is after its warm-up train(); on CUDA the timed spans end with a device synchronisation.
+the same environment and torch's default thread count, except libgomp's spin count: official and
+tuned run with libgomp's default (GOMP_SPINCOUNT 300000, stated: _common.LIBGOMP_DEFAULT), ganops
+with the one importing ganops chooses (ganops.CPU_WAIT, as under the CLI); each JSON line says. Each
+round runs every side once, the order rotating between rounds (a Latin square: every side takes
+every slot), so drift of the machine does not favour whoever runs first; figures are median
+[min-max] over the rounds, and the speed-ups are medians of per-round ratios. The baselines are
+timed after 10 untimed warm-up steps in the same process, as ganops is after its warm-up train(); on
+CUDA the timed spans end with a device synchronisation.
 
 FLOPs are counted for what each loop executes (torch.utils.flop_counter.FlopCounterMode: matmuls and
 convolutions, forward and backward), once, in round 1, after the timed part of that process:
@@ -96,12 +99,16 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+# isort: off
+import ganops  # (before torch, as under the ganops CLI: its libgomp setting must precede libgomp's loading)
+# isort: on
+
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from _common import check_below_peak, median, print_environment, round_order, spread
+from _common import check_below_peak, median, print_environment, round_order, side_environment, spread
 from _generator import write_random_prepared
 from ganops.config import validate_params
 from ganops.models import DiscriminatorSpec, GeneratorSpec, build_discriminator, build_generator
@@ -357,7 +364,9 @@ def run_side(args: argparse.Namespace) -> None:
         result = run_baseline(args.side, cfg, steps, device, args.tuned_memory_format, args.count_flops)
     else:
         result = run_ganops(cfg, steps, device, args.compile, args.side == "ganops", args.count_flops)
-    result.update(side=args.side, threads=torch.get_num_threads(), pid=os.getpid())
+    result.update(side=args.side, threads=torch.get_num_threads(), gomp_spincount=os.environ.get("GOMP_SPINCOUNT"),
+                  cpu_wait=ganops.CPU_WAIT,
+                  pid=os.getpid())
     print(json.dumps(result), flush=True)
 
 
@@ -369,7 +378,7 @@ def measure(side: str, args: argparse.Namespace, count_flops: bool) -> dict:
     command += ["--steps", str(args.steps)] if args.steps else []
     command += ["--compile"] if args.compile else []
     command += ["--count-flops"] if count_flops else []
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, env=side_environment(side))
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
         sys.stderr.write(done.stdout + done.stderr)

@@ -154,6 +154,64 @@ def test_two_cpu_runs_give_identical_weights(tmp_path, prepared_digits):
     assert weights(a) != weights(c)
 
 
+SPIN_COUNT_AT_TORCH_IMPORT = """
+import os, sys
+seen = []
+class Spy:  # records GOMP_SPINCOUNT when torch is first looked up, i.e. before libgomp loads
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and not seen:
+            seen.append(os.environ.get("GOMP_SPINCOUNT"))
+sys.meta_path.insert(0, Spy())
+import ganops.stages.train  # what `ganops train` imports (the CLI itself imports torch lazily)
+print(seen[0], "|", ganops.CPU_WAIT)
+"""
+
+
+@pytest.mark.parametrize("competitors", [0, 1])
+@pytest.mark.parametrize("environment", [{}, {"GOMP_SPINCOUNT": "77"}, {"OMP_WAIT_POLICY": "PASSIVE"}])
+def test_libgomps_spin_count_is_chosen_before_torch_loads_from_the_load_unless_the_user_set_one(environment,
+                                                                                               competitors):
+    """Beside a CPU-bound process ganops sets the short spin count, on an idle machine none, and a
+    user's GOMP_SPINCOUNT or OMP_WAIT_POLICY is left alone; whatever it is, torch loads with it."""
+    import ganops
+
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")} | environment
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(competitors)]
+    try:
+        done = subprocess.run([sys.executable, "-c", SPIN_COUNT_AT_TORCH_IMPORT], env=env, capture_output=True,
+                              text=True, check=True)
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    seen, choice = (part.strip() for part in done.stdout.split("|"))
+    if environment:
+        assert seen == environment.get("GOMP_SPINCOUNT", "None") and "set by the user" in choice
+    elif competitors:
+        assert seen == ganops.BUSY_SPIN_COUNT and "other runnable" in choice
+    else:  # idle, unless something else runs beside the test; either way torch loads with what ganops says
+        assert (seen, "no other runnable" in choice) in (("None", True), (ganops.BUSY_SPIN_COUNT, False)), (seen, choice)
+
+
+def test_the_spin_count_is_short_only_beside_another_runnable_process_and_never_over_the_users():
+    from ganops import BUSY_SPIN_COUNT, choose_spin_count
+
+    idle, busy = {}, {}
+    assert "no other runnable" in choose_spin_count(idle, lambda: 0) and idle == {}
+    assert "1 other runnable" in choose_spin_count(busy, lambda: 1) and busy == {"GOMP_SPINCOUNT": BUSY_SPIN_COUNT}
+    for users in ({"GOMP_SPINCOUNT": "77"}, {"OMP_WAIT_POLICY": "PASSIVE"}):
+        environ = dict(users)
+        assert "set by the user" in choose_spin_count(environ, lambda: 1) and environ == users
+
+
+def test_runnable_others_reads_proc_stat():
+    from ganops import runnable_others
+
+    assert runnable_others("cpu  1 2 3\nprocs_running 3\nprocs_blocked 0\n") == 2
+    assert runnable_others("procs_running 1\n") == 0
+    assert runnable_others("no such line\n") == 0
+
+
 def test_ema_generator_is_the_one_saved(tmp_path, prepared_digits):
     root = project_with_data(tmp_path, prepared_digits)
     train(tiny({"train": {"ema_decay": 0.9}}), root)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from pathlib import Path
 
 import torch
 from safetensors.torch import save as safetensors_save
 
+from ganops import CPU_WAIT
 from ganops.config import ModelParams, Params
 from ganops.data import load_manifest, open_split
 from ganops.data.prepare import Manifest
@@ -31,12 +33,14 @@ from ganops.training.loop import LOG_FIELDS, fit, preview_inputs
 from ganops.visualize import sample_grid, sample_grid_png
 
 WATCH_FIELDS = ("step", "metric", "value", "std")  # the columns of reports/train_watch.csv
+log = logging.getLogger(__name__)
 
 
 def train(params: Params, root: Path = Path(".")) -> dict:
     """Train on data/prepared/ and write the generator, reports and samples; returns reports/train.json's
     content (an empty dict on the ranks other than 0 under torchrun)."""
     paths, cfg = ProjectPaths(root), params.train
+    log.info("CPU: %d torch threads, OpenMP waits: %s", torch.get_num_threads(), CPU_WAIT)
     manifest = load_manifest(paths.prepared)
     images = open_split(paths.prepared, "train")  # held in memory or streamed from its shards: fit decides
     g_spec = generator_spec(params.model, manifest)
