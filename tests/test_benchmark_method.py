@@ -55,3 +55,21 @@ def test_the_machine_card_names_cpu_flags_and_load(capsys):
     assert ("avx2" in out) or ("no avx2" in out)
     assert "measured peak: CPU" in out and "load average" in out and "steal" in out
     assert math.isfinite(machine.cpu_peak_gflops) and machine.cpu_peak_gflops > 0
+
+
+def test_the_reload_blip_is_read_from_the_requests_around_the_swap():
+    """serving_latency.reload_blip: when the new version first answered, p99 just before and after."""
+    import serving_latency
+
+    swap = 10.0
+    records = []
+    for i in range(200):
+        scheduled = i * 0.1
+        version = "new" if scheduled >= swap + 0.4 else "old"  # the server noticed 0.4 s after the swap
+        latency = 0.5 if swap <= scheduled < swap + 0.4 else 0.01  # the requests that waited for the load
+        records.append((scheduled, latency, "503" if i == 150 else "200", version))
+    blip = serving_latency.reload_blip(records, swap)
+    assert blip["versions"] == ["new", "old"] and blip["errors"] == 1
+    assert blip["new_version_after_s"] == pytest.approx(0.4 + 0.01, abs=1e-9)
+    assert blip["p99_before_ms"] == pytest.approx(10.0) and blip["p99_after_ms"] == pytest.approx(500.0)
+    assert blip["max_ms"] == pytest.approx(500.0)
