@@ -204,6 +204,21 @@ def test_the_spin_count_is_short_only_beside_another_runnable_process_and_never_
         assert "set by the user" in choose_spin_count(environ, lambda: 1) and environ == users
 
 
+@pytest.mark.parametrize("other", [{"GOMP_SPINCOUNT": "300000"}])
+def test_the_spin_count_changes_waiting_not_the_weights(tmp_path, prepared_digits, other):
+    """`ganops train` with ganops' short spin count and with libgomp's default: the same bytes."""
+    from ganops import BUSY_SPIN_COUNT
+
+    weights = []
+    for index, setting in enumerate(({"GOMP_SPINCOUNT": BUSY_SPIN_COUNT}, other)):
+        root = project_with_data(tmp_path / str(index), prepared_digits)
+        write_params(root / "params.yaml", {"mlflow": {"enabled": False}})
+        env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")} | setting
+        subprocess.run([sys.executable, "-m", "ganops.cli", "train"], cwd=root, env=env, check=True, capture_output=True)
+        weights.append((root / "models" / "generator.safetensors").read_bytes())
+    assert weights[0] == weights[1]
+
+
 def test_runnable_others_reads_proc_stat():
     from ganops import runnable_others
 
