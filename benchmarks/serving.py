@@ -154,6 +154,16 @@ def decode_floats(side: str, content: bytes) -> np.ndarray:
     return np.asarray(images, dtype=np.float64).astype(np.float32)
 
 
+def like_for_like_bodies(z: np.ndarray, labels: list[int] | None) -> tuple[str, str]:
+    """The same latent vectors and labels as ganops' and MLflow's JSON request bodies, each float32
+    in its shortest round-tripping form: (ganops /v1/generate body, MLflow /invocations body)."""
+    import orjson
+
+    text = orjson.dumps(z, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    feeds = f'"z":{text}' + (f',"labels":{json.dumps(labels)}' if labels is not None else "")
+    return f'{{{feeds},"format":"floats"}}', f'{{"inputs":{{{feeds}}}}}'
+
+
 def measure(url: str, bodies_file: Path, clients: int) -> dict:
     result = subprocess.run([sys.executable, __file__, "--client", url, str(bodies_file), str(clients)],
                             capture_output=True, text=True, timeout=900)
@@ -182,7 +192,6 @@ def main() -> int:
 
     import mlflow.onnx
     import onnx
-    import orjson
 
     from _common import median, print_environment, round_order, spread
     from _generator import benchmark_generator
@@ -213,10 +222,9 @@ def main() -> int:
             z = rng.standard_normal((n, spec.latent_dim), dtype=np.float32)
             labels = (np.arange(n) % spec.num_classes).tolist() if spec.conditional else None
             inputs.append((z, labels))
-            text = orjson.dumps(z, option=orjson.OPT_SERIALIZE_NUMPY).decode()  # each float32's shortest form
-            feeds = f'"z":{text}' + (f',"labels":{json.dumps(labels)}' if labels is not None else "")
-            like_ganops.append(f'{{{feeds},"format":"floats"}}')
-            like_mlflow.append(f'{{"inputs":{{{feeds}}}}}')
+            ganops_body, mlflow_body = like_for_like_bodies(z, labels)
+            like_ganops.append(ganops_body)
+            like_mlflow.append(mlflow_body)
         seeded = [json.dumps({"n": n, "seed": i, "format": "array"}) for i in range(total)]
         files = {}
         for name, bodies in (("ganops_like", like_ganops), ("mlflow_like", like_mlflow), ("ganops_seeded", seeded)):

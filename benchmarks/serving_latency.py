@@ -189,7 +189,6 @@ def main() -> int:
 
     import mlflow.onnx
     import onnx
-    import orjson
     import torch
 
     from _common import median, print_environment, round_order, spread
@@ -197,7 +196,7 @@ def main() -> int:
     from ganops.config import ServeParams, load_params
     from ganops.models import build_generator
     from ganops.serving.export import write_onnx
-    from serving import free_port
+    from serving import free_port, like_for_like_bodies
 
     machine = print_environment(("onnxruntime", "mlflow", "fastapi", "uvicorn", "httpx"))
     params = load_params("params.yaml")
@@ -220,11 +219,10 @@ def main() -> int:
         ganops_bodies, mlflow_bodies = [], []
         for _ in range(64):
             z = rng.standard_normal((args.images, spec.latent_dim), dtype=np.float32)
-            text = orjson.dumps(z, option=orjson.OPT_SERIALIZE_NUMPY).decode()
             labels = (np.arange(args.images) % spec.num_classes).tolist() if spec.conditional else None
-            feeds = f'"z":{text}' + (f',"labels":{json.dumps(labels)}' if labels is not None else "")
-            ganops_bodies.append(f'{{{feeds},"format":"floats"}}')
-            mlflow_bodies.append(f'{{"inputs":{{{feeds}}}}}')
+            ganops_body, mlflow_body = like_for_like_bodies(z, labels)
+            ganops_bodies.append(ganops_body)
+            mlflow_bodies.append(mlflow_body)
         files = {"ganops": folder / "ganops.jsonl", "mlflow": folder / "mlflow.jsonl"}
         files["ganops"].write_text("\n".join(ganops_bodies) + "\n")
         files["mlflow"].write_text("\n".join(mlflow_bodies) + "\n")
