@@ -73,3 +73,20 @@ def test_the_reload_blip_is_read_from_the_requests_around_the_swap():
     assert blip["new_version_after_s"] == pytest.approx(0.4 + 0.01, abs=1e-9)
     assert blip["p99_before_ms"] == pytest.approx(10.0) and blip["p99_after_ms"] == pytest.approx(500.0)
     assert blip["max_ms"] == pytest.approx(500.0)
+
+
+def test_cuda_graphs_cpu_control_runs_and_catches_a_skipped_update(tmp_path):
+    """The CUDA-graph check's CPU half (the eager-vs-broken control) runs on the current train stage:
+    a change to the stage's defaults (as the in-training evaluation once was) must not break it unseen."""
+    import json
+    import os
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "cuda_graphs.py"
+    done = subprocess.run([sys.executable, str(script), "--device", "cpu", "--steps", "4"], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "OUT": str(tmp_path), "TQDM_DISABLE": "1"})
+    assert done.returncode == 0 and done.stdout.strip().endswith("cuda_graph_parity=ok"), done.stdout + done.stderr
+    results = json.loads((tmp_path / "cuda_graphs.json").read_text())
+    assert set(results) == {"minimax", "hinge_sn_cond_d2", "r1", "wgan_gp"}
+    for name, result in results.items():
+        assert result["broken_vs_eager"] > result["bound"] >= 3 * result["eager_vs_eager"], (name, result)
