@@ -82,12 +82,17 @@ def run(root: Path, config: dict, steps: int, graphs: bool, device: str = "cuda"
         summary = train(validate_params(raw), root)
     finally:
         TrainStep._step = original
+    rows = list(csv_rows(root / "reports" / "train_log.csv"))
+    return {"summary": summary, "weights": checkpoint_weights(root, steps)}, rows
+
+
+def checkpoint_weights(root: Path, steps: int) -> dict[str, torch.Tensor]:
+    """The raw generator (``G.``) and discriminator (``D.``) tensors of the checkpoint at ``steps``."""
     (checkpoint,) = (root / "models" / "checkpoints").rglob(f"step-{steps:08d}.pt")
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     weights = {f"G.{k}": v for k, v in state["generator"].items()}
     weights.update({f"D.{k}": v for k, v in state["discriminator"].items()})
-    rows = list(csv_rows(root / "reports" / "train_log.csv"))
-    return {"summary": summary, "weights": weights}, rows
+    return weights
 
 
 def csv_rows(path: Path):

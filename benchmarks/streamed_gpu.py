@@ -8,7 +8,8 @@ not a peer comparison.
     python benchmarks/streamed_gpu.py [--steps 200]
 
 Last line: ``streamed_vs_held_images_per_s=<ratio>``; exit 1 when the streamed run's weights differ
-from the held run's by more than 10x the held-vs-held floor (and 1e-6).
+from the held run's by more than cuda_graphs.derived_bound of the held-vs-held floor (FLOOR_FACTOR
+times it, at least MIN_BOUND).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 
 from _common import print_environment
 from _generator import write_random_prepared
-from cuda_graphs import derived_bound, relative_difference
+from cuda_graphs import checkpoint_weights, derived_bound, relative_difference
 from ganops.config import validate_params
 from ganops.stages.train import train
 
@@ -44,11 +45,7 @@ def run(images: np.ndarray, steps: int, in_memory_max_mb: float) -> tuple[dict, 
                   "log_every": max(1, steps // 4), "eval_every": 0, "in_memory_max_mb": in_memory_max_mb},
         "mlflow": {"enabled": False},
     })
-    summary = train(params, root)
-    (checkpoint,) = (root / "models" / "checkpoints").rglob(f"step-{steps:08d}.pt")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    weights = {f"G.{k}": v for k, v in state["generator"].items()} | {f"D.{k}": v for k, v in state["discriminator"].items()}
-    return summary, weights
+    return train(params, root), checkpoint_weights(root, steps)
 
 
 def main() -> int:
