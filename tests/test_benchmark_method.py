@@ -86,7 +86,9 @@ def test_cuda_graphs_cpu_control_runs_and_catches_a_skipped_update(tmp_path):
     done = subprocess.run([sys.executable, str(script), "--device", "cpu", "--steps", "4"], capture_output=True,
                           text=True, timeout=600, env={**os.environ, "OUT": str(tmp_path), "TQDM_DISABLE": "1"})
     assert done.returncode == 0 and done.stdout.strip().endswith("cuda_graph_parity=ok"), done.stdout + done.stderr
+    from cuda_graphs import FLOOR_FACTOR
+
     results = json.loads((tmp_path / "cuda_graphs.json").read_text())
     assert set(results) == {"minimax", "hinge_sn_cond_d2", "r1", "wgan_gp"}
     for name, result in results.items():
-        assert result["broken_vs_eager"] > result["bound"] >= 3 * result["eager_vs_eager"], (name, result)
+        assert result["broken_vs_eager"] > result["bound"] >= FLOOR_FACTOR * result["eager_vs_eager"], (name, result)
