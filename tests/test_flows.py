@@ -67,11 +67,20 @@ def task_runs(flow_run_id) -> dict[str, object]:
     return asyncio.run(read())
 
 
-def test_flow_runs_every_stage_then_skips_all_from_cache(prefect_api, tmp_path):
+@pytest.fixture(scope="module")
+def built(prefect_api, tmp_path_factory) -> tuple[Path, list[dict]]:
+    """A repository the flow has run once: (root, that run's stage results). Each test that changes it
+    puts params.yaml back, so every test starts from this state (the fix-resumes test checks it)."""
     from ganops.flows import gan_pipeline
 
-    root = make_repo(tmp_path)
-    first = gan_pipeline(repo=str(root))
+    root = make_repo(tmp_path_factory.mktemp("repo"))
+    return root, gan_pipeline(repo=str(root))
+
+
+def test_flow_runs_every_stage_then_skips_all_from_cache(built):
+    from ganops.flows import gan_pipeline
+
+    root, first = built
     assert [r["stage"] for r in first] == ["prepare", "train_evaluator", "reference_stats", "train", "evaluate", "export",
                                            "register"]
     assert all(r["ran"] for r in first)
@@ -89,37 +98,42 @@ def test_flow_runs_every_stage_then_skips_all_from_cache(prefect_api, tmp_path):
     assert summaries and "skipped (cached)" in summaries[0].data and "MLflow run" in summaries[0].data
 
 
-def test_failing_stage_fails_the_flow_with_its_message_and_the_fix_resumes_from_cache(prefect_api, tmp_path):
+def test_failing_stage_fails_the_flow_with_its_message_and_the_fix_resumes_from_cache(built):
     from ganops.flows import gan_pipeline
 
-    root = make_repo(tmp_path)
-    gan_pipeline(repo=str(root))
+    root, _ = built
     original = set_param(root, "eval", "prc_neighborhood", 500)  # more neighbours than samples: an input error
-    state = gan_pipeline(repo=str(root), return_state=True)
+    try:
+        state = gan_pipeline(repo=str(root), return_state=True)
+    finally:
+        (root / "params.yaml").write_text(original)
     assert state.is_failed()
     with pytest.raises(Exception, match=r"stage 'evaluate' failed: eval.num_samples=200 .* must both exceed"):
         state.result()
     runs = task_runs(state.state_details.flow_run_id)
     assert runs["dvc repro evaluate"].run_count == 1  # an input error is not retried
-    (root / "params.yaml").write_text(original)
     resumed = gan_pipeline(repo=str(root))
     assert {r["stage"]: r["ran"] for r in resumed} == {"prepare": False, "train": False, "train_evaluator": False,
                                                        "reference_stats": False, "evaluate": False, "export": False,
                                                        "register": False}
 
 
-def test_transient_failure_is_retried(prefect_api, tmp_path):
+def test_transient_failure_is_retried(built):
     from ganops.flows import gan_pipeline
 
-    root = make_repo(tmp_path)
-    gan_pipeline(repo=str(root))
+    root, _ = built
     dead = f"http://127.0.0.1:{free_port()}"
-    set_param(root, "mlflow", "tracking_uri", dead)  # only register lists the mlflow params
-    state = gan_pipeline(repo=str(root), retries=1, retry_delay_s=0, return_state=True)
+    original = set_param(root, "mlflow", "tracking_uri", dead)  # only register lists the mlflow params
+    try:
+        state = gan_pipeline(repo=str(root), retries=1, retry_delay_s=0, return_state=True)
+    finally:
+        (root / "params.yaml").write_text(original)
     assert state.is_failed()
     with pytest.raises(Exception, match="stage 'register' failed: MLflow tracking store .* is unreachable"):
         state.result()
     assert task_runs(state.state_details.flow_run_id)["dvc repro register"].run_count == 2
+    # the failed stage left the registered outputs as they were: nothing is stale once the params are back
+    assert "up to date" in sh(str(Path(sys.executable).parent / "dvc"), "status", cwd=root).stdout
 
 
 def prefect_call(method: str, url: str, **kwargs) -> dict:
