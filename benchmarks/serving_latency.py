@@ -51,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -65,18 +66,19 @@ VERSION_HEADER = "x-model-version"
 # ---------------------------------------------------------------- the load generator (--client)
 
 async def _send(http: httpx.AsyncClient, url: str, body: bytes, scheduled: float, origin: float, records: list) -> None:
+    lag = time.perf_counter() - scheduled  # how late the load generator itself sent it
     try:
         response = await http.post(url, content=body)
         status, version = str(response.status_code), response.headers.get(VERSION_HEADER)
     except httpx.HTTPError as error:
         status, version = type(error).__name__, None
-    records.append((scheduled - origin, time.perf_counter() - scheduled, status, version))
+    records.append((scheduled - origin, time.perf_counter() - scheduled, status, version, lag))
 
 
 async def _client(mode: str, url: str, bodies: list[bytes], seconds: float, rate: float) -> tuple[list, float]:
     """``mode``: sequential (one at a time), closed (``rate`` clients back to back) or open (Poisson
-    arrivals at ``rate`` per second). Records (scheduled s from start, latency s, status, version),
-    and the start as wall-clock time (time.time(), for events in another process)."""
+    arrivals at ``rate`` per second). Records (scheduled s from start, latency s, status or error type,
+    version, the client's own lag in sending it, s), and the start as wall-clock time (time.time(), for events in another process)."""
     records: list = []
     limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
     async with httpx.AsyncClient(timeout=120, limits=limits, headers={"content-type": "application/json"}) as http:
@@ -115,9 +117,11 @@ def run_client(mode: str, url: str, bodies_file: str, seconds: float, rate: floa
 
 def summary(records: list, seconds: float) -> dict:
     ms = np.asarray([r[1] for r in records]) * 1000
-    errors = sum(r[2] != "200" for r in records)
-    return {"requests": len(records), "errors": errors, "rps": len(records) / seconds,
-            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(ms.max())}
+    lag_ms = np.asarray([r[4] for r in records]) * 1000
+    kinds = Counter(r[2] for r in records if r[2] != "200")  # HTTP status or httpx error type
+    return {"requests": len(records), "errors": sum(kinds.values()), "error_kinds": dict(kinds),
+            "rps": len(records) / seconds, "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "max_ms": float(ms.max()), "client_lag_p99_ms": float(np.percentile(lag_ms, 99))}
 
 
 # ---------------------------------------------------------------- the benchmark

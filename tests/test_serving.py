@@ -496,6 +496,26 @@ def test_generations_beyond_the_bounds_get_503_with_retry_after(models):
         assert 0.2 <= time.monotonic() - started < 10
 
 
+def test_health_and_refusals_answer_while_every_worker_thread_waits(models):
+    """Admission runs on the event loop: with the one worker thread held by a request waiting for a
+    slot, /readyz still answers and a request beyond the bounds is refused, both before that wait ends
+    (were they to need a worker thread, they would answer only after its 30 s timeout)."""
+    import anyio.to_thread
+
+    app, client = _in_process(models["a"], max_concurrent=1, max_queue=1, request_timeout_s=30)
+    with client:
+        client.portal.call(lambda: setattr(anyio.to_thread.current_default_thread_limiter(), "total_tokens", 1))
+        limiter = app.state.limiter
+        with limiter.slot(wait_s=1.0):  # the one generation slot, taken
+            waiting = ThreadPoolExecutor(max_workers=1).submit(client.post, "/v1/generate", json={"n": 1})
+            _until(lambda: limiter.admitted == 2)  # the test's slot and the request waiting in the one thread
+            assert client.get("/readyz").status_code == 200
+            refused = client.post("/v1/generate", json={"n": 1})
+            assert refused.status_code == 503 and "1 generations running and 1 waiting" in refused.json()["detail"]
+            assert not waiting.done()  # both answered while the waiting request still waits
+        assert waiting.result(timeout=60).status_code == 200  # the slot freed: it is served
+
+
 def test_a_response_over_its_byte_bound_is_refused_before_generating(models):
     from ganops.serving.app import response_bound
 

@@ -25,6 +25,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ganops.config import ServeParams
@@ -178,7 +179,8 @@ class Busy(Exception):
 class GenerationLimiter:
     """At most ``max_concurrent`` generations run at once and ``max_queue`` more wait for a slot, each
     at most ``wait_s``; a request beyond either bound is refused at once (Busy), so memory and
-    threads stay bounded however many clients call."""
+    threads stay bounded however many clients call. The service admits on its event loop, before a
+    request takes a worker thread: a refusal costs no thread, and no queue forms ahead of this one."""
 
     def __init__(self, max_concurrent: int, max_queue: int) -> None:
         self.max_concurrent, self.max_queue = max_concurrent, max_queue
@@ -190,7 +192,8 @@ class GenerationLimiter:
         self.rejected = 0
 
     @contextmanager
-    def slot(self, wait_s: float):
+    def admission(self):
+        """Counts one request as admitted (running or waiting), or refuses it when the bounds are full."""
         with self._lock:
             if self.admitted >= self.max_concurrent + self.max_queue:
                 self.rejected += 1
@@ -198,22 +201,35 @@ class GenerationLimiter:
                            "(serve.max_concurrent, serve.max_queue)")
             self.admitted += 1
         try:
-            if not self._slots.acquire(timeout=wait_s):
-                with self._lock:
-                    self.rejected += 1
-                raise Busy(f"no generation slot free within {wait_s:g} s (serve.request_timeout_s)")
-            with self._lock:
-                self.running += 1
-                self.peak_running = max(self.peak_running, self.running)
-            try:
-                yield
-            finally:
-                with self._lock:
-                    self.running -= 1
-                self._slots.release()
+            yield
         finally:
             with self._lock:
                 self.admitted -= 1
+
+    @contextmanager
+    def generation(self, wait_s: float, timeout_s: float | None = None):
+        """One of the ``max_concurrent`` slots, waited for at most ``wait_s`` (by an admitted request:
+        what is left of its ``timeout_s``)."""
+        if not self._slots.acquire(timeout=wait_s):
+            with self._lock:
+                self.rejected += 1
+            raise Busy(f"no generation slot free within {wait_s if timeout_s is None else timeout_s:g} s "
+                       "(serve.request_timeout_s)")
+        with self._lock:
+            self.running += 1
+            self.peak_running = max(self.peak_running, self.running)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.running -= 1
+            self._slots.release()
+
+    @contextmanager
+    def slot(self, wait_s: float):
+        """Admission and a generation slot together."""
+        with self.admission(), self.generation(wait_s):
+            yield
 
 
 def response_bound(fmt: str, shape: tuple[int, int, int, int]) -> int:
@@ -306,7 +322,8 @@ def create_app(source: ModelSource, settings: ServeParams | None = None) -> Fast
             raise HTTPException(503, detail=f"no model loaded: {source.last_error or 'file missing'}")
         return served
 
-    def require_key(x_api_key: Annotated[str | None, Header()] = None) -> None:
+    # The cheap handlers are coroutines: they answer on the event loop, never waiting for a worker thread.
+    async def require_key(x_api_key: Annotated[str | None, Header()] = None) -> None:
         expected = os.environ.get(settings.api_key_env)
         if not expected:
             return
@@ -314,11 +331,11 @@ def create_app(source: ModelSource, settings: ServeParams | None = None) -> Fast
             raise HTTPException(401, detail="missing or wrong X-API-Key")
 
     @app.get("/healthz")
-    def healthz() -> dict:
+    async def healthz() -> dict:
         return {"status": "ok"}
 
     @app.get("/readyz")
-    def readyz() -> JSONResponse:
+    async def readyz() -> JSONResponse:
         # unauthenticated: the state only, no paths, URLs or error text (those are in the keyed /v1/model)
         served = source.served
         if served is None:
@@ -365,7 +382,7 @@ def create_app(source: ModelSource, settings: ServeParams | None = None) -> Fast
 
     @app.post("/v1/generate", dependencies=[Depends(require_key)],
               responses={200: {"content": {"image/png": {}, "application/json": {}}}})
-    def generate(request: GenerateRequest) -> Response:
+    async def generate(request: GenerateRequest) -> Response:
         served = current()  # held for the whole request: a model swap can't pull it away
         generator = served.generator
         if request.n > settings.max_batch:
@@ -376,17 +393,24 @@ def create_app(source: ModelSource, settings: ServeParams | None = None) -> Fast
         if bound > settings.max_response_bytes:
             raise HTTPException(422, detail=f"n={request.n} images as {request.format} take up to {bound} bytes, over "
                                 f"serve.max_response_bytes={settings.max_response_bytes}: ask for fewer or use png/array")
-        z = generator.latents(request.n, request.seed) if request.z is None else request.z
-        seed = request.seed if request.z is None else None
         deadline = time.monotonic() + settings.request_timeout_s
         try:
-            with limiter.slot(wait_s=settings.request_timeout_s):
-                floats, labels = generator.generate(z, request.labels, timeout_s=max(0.0, deadline - time.monotonic()))
-        except ValueError as error:
-            raise HTTPException(422, detail=str(error)) from None
+            with limiter.admission():  # on the event loop: refused here, a request takes no thread
+                return await run_in_threadpool(generated_response, served, request, deadline)
         except (Busy, GenerationTimeout) as error:
             raise HTTPException(503, detail=f"busy: {error}; try again later",
                                 headers={"Retry-After": str(settings.retry_after_s)}) from None
+
+    def generated_response(served: Served, request: GenerateRequest, deadline: float) -> Response:
+        """In a worker thread: wait for a slot, generate, encode."""
+        generator = served.generator
+        z = generator.latents(request.n, request.seed) if request.z is None else request.z
+        seed = request.seed if request.z is None else None
+        try:
+            with limiter.generation(max(0.0, deadline - time.monotonic()), settings.request_timeout_s):
+                floats, labels = generator.generate(z, request.labels, timeout_s=max(0.0, deadline - time.monotonic()))
+        except ValueError as error:
+            raise HTTPException(422, detail=str(error)) from None
         headers = {MODEL_VERSION_HEADER: served.version}
         label_list = labels.tolist() if labels is not None else None
         if request.format == "floats":
