@@ -46,6 +46,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -78,7 +79,8 @@ async def _send(http: httpx.AsyncClient, url: str, body: bytes, scheduled: float
 async def _client(mode: str, url: str, bodies: list[bytes], seconds: float, rate: float) -> tuple[list, float]:
     """``mode``: sequential (one at a time), closed (``rate`` clients back to back) or open (Poisson
     arrivals at ``rate`` per second). Records (scheduled s from start, latency s, status or error type,
-    version, the client's own lag in sending it, s), and the start as wall-clock time (time.time(), for events in another process)."""
+    version, the client's own lag in sending it, s), and the start as wall-clock time (time.time(),
+    for events in another process)."""
     records: list = []
     limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
     async with httpx.AsyncClient(timeout=120, limits=limits, headers={"content-type": "application/json"}) as http:
@@ -126,12 +128,38 @@ def summary(records: list, seconds: float) -> dict:
 
 # ---------------------------------------------------------------- the benchmark
 
-def load(mode: str, url: str, bodies_file: Path, seconds: float, rate: float = 0.0) -> list:
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time so far of a process and every process below it (mlflow's server runs its
+    workers as child processes), from Linux /proc; None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+                    for c in (task / "children").read_text().split()]
+    except OSError:
+        return None
+    # utime, stime, then the waited-for children's cutime, cstime (workers that already exited)
+    total = sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return total + sum(_cpu_seconds(child) or 0.0 for child in children)
+
+
+def load(mode: str, url: str, bodies_file: Path, seconds: float, rate: float = 0.0, server_pid: int | None = None) -> dict:
+    """One run of the load generator: its summary, with the cores the generator and the server used
+    (on 2 shared cores, a point where both together use them all is the machine's limit, not the server's)."""
+    before, server_before, started = resource.getrusage(resource.RUSAGE_CHILDREN), None, time.perf_counter()
+    if server_pid is not None:
+        server_before = _cpu_seconds(server_pid)
     done = subprocess.run([sys.executable, __file__, "--client", mode, url, str(bodies_file), str(seconds), str(rate)],
                           capture_output=True, text=True, timeout=seconds * 4 + 300)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_after = _cpu_seconds(server_pid) if server_pid is not None else None
     if done.returncode != 0:
         raise RuntimeError(f"client failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])["records"]
+    out = summary(json.loads(done.stdout.strip().splitlines()[-1])["records"], seconds)
+    out["client_cores"] = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / wall
+    if server_before is not None and server_after is not None:
+        out["server_cores"] = (server_after - server_before) / wall
+    return out
 
 
 def cold_start(command: list[str], log: Path, url: str, body: bytes, env: dict, cwd: Path) -> tuple[subprocess.Popen, float]:
@@ -263,11 +291,11 @@ def main() -> int:
                 process, started_s = cold_start(argv, folder / f"{side}.log", url, body, env, folder)
                 try:
                     row = {"cold_start_s": started_s}
-                    row["unloaded"] = summary(load("sequential", url, files[side], args.seconds), args.seconds)
-                    row["peak"] = summary(load("closed", url, files[side], args.seconds, args.concurrency), args.seconds)
+                    row["unloaded"] = load("sequential", url, files[side], args.seconds, server_pid=process.pid)
+                    row["peak"] = load("closed", url, files[side], args.seconds, args.concurrency, server_pid=process.pid)
                     for fraction in FRACTIONS:
                         rate = fraction * row["peak"]["rps"]
-                        row[fraction] = summary(load("open", url, files[side], args.seconds, rate), args.seconds)
+                        row[fraction] = load("open", url, files[side], args.seconds, rate, server_pid=process.pid)
                         row[fraction]["rate"] = rate
                     if side == "ganops":
                         blip = reload_in_flight(url, files[side], args.seconds, RELOAD_FRACTION * row["peak"]["rps"],
@@ -279,13 +307,18 @@ def main() -> int:
                 print(f"round {index + 1} {side}: cold start {row['cold_start_s']:.1f} s; unloaded p50 "
                       f"{row['unloaded']['p50_ms']:.1f} ms; peak {row['peak']['rps']:.1f} req/s; "
                       + "; ".join(f"{f:.0%} p50 {row[f]['p50_ms']:.0f} p99 {row[f]['p99_ms']:.0f} ms err "
-                                  f"{row[f]['errors']}" for f in FRACTIONS)
+                                  f"{row[f]['errors']} {row[f]['error_kinds'] or ''} cores "
+                                  f"{row[f].get('server_cores', float('nan')):.2f}+{row[f]['client_cores']:.2f}"
+                                  for f in FRACTIONS)
                       + (f"; reload p99 {blip['p99_before_ms']:.0f} -> {blip['p99_after_ms']:.0f} ms, "
                          f"new version after {blip['new_version_after_s'] or float('nan'):.1f} s, "
                          f"err {blip['errors']}" if blip else ""),
                       flush=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+    def cores(run: dict) -> float:
+        return run.get("server_cores", float("nan")) + run["client_cores"]
 
     def cell(side: str, get, digits: int = 1) -> str:
         return spread([get(row) for row in results[side]], digits)
@@ -294,12 +327,15 @@ def main() -> int:
     lines = [("cold start to first 200, s", lambda r: r["cold_start_s"], 1),
              ("unloaded p50, ms", lambda r: r["unloaded"]["p50_ms"], 1),
              ("unloaded p99, ms", lambda r: r["unloaded"]["p99_ms"], 1),
-             (f"peak, req/s ({args.concurrency} clients)", lambda r: r["peak"]["rps"], 1)]
+             (f"peak, req/s ({args.concurrency} clients)", lambda r: r["peak"]["rps"], 1),
+             ("peak: cores server + client", lambda r: cores(r["peak"]), 2)]
     for fraction in FRACTIONS:
         lines += [(f"{fraction:.0%} of peak: rate, req/s", lambda r, f=fraction: r[f]["rate"], 1),
                   (f"{fraction:.0%} of peak: p50, ms", lambda r, f=fraction: r[f]["p50_ms"], 1),
                   (f"{fraction:.0%} of peak: p99, ms", lambda r, f=fraction: r[f]["p99_ms"], 1),
-                  (f"{fraction:.0%} of peak: errors", lambda r, f=fraction: r[f]["errors"], 0)]
+                  (f"{fraction:.0%} of peak: errors", lambda r, f=fraction: r[f]["errors"], 0),
+                  (f"{fraction:.0%} of peak: client cores", lambda r, f=fraction: r[f]["client_cores"], 2),
+                  (f"{fraction:.0%} of peak: cores server + client", lambda r, f=fraction: cores(r[f]), 2)]
     for label, get, digits in lines:
         print(f"{label:34s} {cell('ganops', get, digits):>26s} {cell('mlflow', get, digits):>26s}")
     reloads = [row["reload"] for row in results["ganops"]]
@@ -314,6 +350,10 @@ def main() -> int:
     failed += ["ganops reload"] * sum(bool(r["errors"]) or len(r["versions"]) != 2 for r in reloads)
     if failed:
         print(f"FAILED: errors or a reload that did not swap in: {sorted(set(failed))}")
+    # Where server and load generator together used (nearly) every core, the point measured the machine.
+    saturated = sorted({f"{side} {f:.0%}" for side in sides for row in results[side] for f in FRACTIONS
+                        if cores(row[f]) >= 0.9 * (os.cpu_count() or 1)})
+    print(f"points where server + load generator used >= 90% of the {os.cpu_count()} cores: {saturated or 'none'}")
     machine.finish()
     print(f"ganops_p99_ms_at_half_peak={median([row[0.5]['p99_ms'] for row in results['ganops']]):.1f}")
     return 1 if failed else 0
