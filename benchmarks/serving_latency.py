@@ -216,8 +216,9 @@ def main() -> int:
         mode, url, bodies_file, seconds, rate = args.client
         print(json.dumps(run_client(mode, url, bodies_file, float(seconds), float(rate))))
         return 0
-    if args.rounds < 1 or args.seconds < 2 * WINDOW_S or args.images < 1 or args.concurrency < 1:
-        parser.error(f"--rounds, --images, --concurrency must be at least 1 and --seconds at least {2 * WINDOW_S:g}")
+    # the reload run swaps half-way and needs a full window on each side, with a second's slack for the swap
+    if args.rounds < 1 or args.seconds < 2 * WINDOW_S + 2 or args.images < 1 or args.concurrency < 1:
+        parser.error(f"--rounds, --images, --concurrency must be at least 1 and --seconds at least {2 * WINDOW_S + 2:g}")
 
     import mlflow.onnx
     import onnx
