@@ -18,6 +18,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Annotated, Literal
 
+import anyio
 import numpy as np
 import orjson
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
@@ -396,7 +397,9 @@ def create_app(source: ModelSource, settings: ServeParams | None = None) -> Fast
         deadline = time.monotonic() + settings.request_timeout_s
         try:
             with limiter.admission():  # on the event loop: refused here, a request takes no thread
-                return await run_in_threadpool(generated_response, served, request, deadline)
+                # shielded: a cancelled request stays counted until its thread is done with it
+                with anyio.CancelScope(shield=True):
+                    return await run_in_threadpool(generated_response, served, request, deadline)
         except (Busy, GenerationTimeout) as error:
             raise HTTPException(503, detail=f"busy: {error}; try again later",
                                 headers={"Retry-After": str(settings.retry_after_s)}) from None
