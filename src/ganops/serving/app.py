@@ -181,7 +181,8 @@ class GenerationLimiter:
     """At most ``max_concurrent`` generations run at once and ``max_queue`` more wait for a slot, each
     at most ``wait_s``; a request beyond either bound is refused at once (Busy), so memory and
     threads stay bounded however many clients call. The service admits on its event loop, before a
-    request takes a worker thread: a refusal costs no thread, and no queue forms ahead of this one."""
+    request takes a worker thread: a refusal costs no thread. (Admitted requests wait for their slot
+    in a worker thread: with max_concurrent + max_queue above the thread pool's 40, they can fill it.)"""
 
     def __init__(self, max_concurrent: int, max_queue: int) -> None:
         self.max_concurrent, self.max_queue = max_concurrent, max_queue
