@@ -67,7 +67,7 @@ VERSION_HEADER = "x-model-version"
 # ---------------------------------------------------------------- the load generator (--client)
 
 async def _send(http: httpx.AsyncClient, url: str, body: bytes, scheduled: float, origin: float, records: list) -> None:
-    lag = time.perf_counter() - scheduled  # how late the load generator itself sent it
+    lag = time.perf_counter() - scheduled  # how late this request's task started (any wait for a connection comes after)
     try:
         response = await http.post(url, content=body)
         status, version = str(response.status_code), response.headers.get(VERSION_HEADER)
@@ -79,7 +79,7 @@ async def _send(http: httpx.AsyncClient, url: str, body: bytes, scheduled: float
 async def _client(mode: str, url: str, bodies: list[bytes], seconds: float, rate: float) -> tuple[list, float]:
     """``mode``: sequential (one at a time), closed (``rate`` clients back to back) or open (Poisson
     arrivals at ``rate`` per second). Records (scheduled s from start, latency s, status or error type,
-    version, the client's own lag in sending it, s), and the start as wall-clock time (time.time(),
+    version, how late its task started, s), and the start as wall-clock time (time.time(),
     for events in another process)."""
     records: list = []
     limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
@@ -144,7 +144,8 @@ def _cpu_seconds(pid: int) -> float | None:
 
 def load(mode: str, url: str, bodies_file: Path, seconds: float, rate: float = 0.0, server_pid: int | None = None) -> dict:
     """One run of the load generator: its summary, with the cores the generator and the server used
-    (on 2 shared cores, a point where both together use them all is the machine's limit, not the server's)."""
+    (on shared cores, a point where both together use them all was bound by the machine, not
+    necessarily by the server)."""
     before, server_before, started = resource.getrusage(resource.RUSAGE_CHILDREN), None, time.perf_counter()
     if server_pid is not None:
         server_before = _cpu_seconds(server_pid)
@@ -351,7 +352,7 @@ def main() -> int:
     failed += ["ganops reload"] * sum(bool(r["errors"]) or len(r["versions"]) != 2 for r in reloads)
     if failed:
         print(f"FAILED: errors or a reload that did not swap in: {sorted(set(failed))}")
-    # Where server and load generator together used (nearly) every core, the point measured the machine.
+    # Where server and load generator together used (nearly) every core, the cores, not only the server, may bound it.
     saturated = sorted({f"{side} {f:.0%}" for side in sides for row in results[side] for f in FRACTIONS
                         if cores(row[f]) >= 0.9 * (os.cpu_count() or 1)})
     print(f"points where server + load generator used >= 90% of the {os.cpu_count()} cores: {saturated or 'none'}")
