@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ganops import GanopsError
+from ganops.latents import check_truncation
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -160,6 +161,17 @@ class EvalParams(_Section):
     kid_subsets: int = Field(100, ge=1)
     kid_subset_size: int = Field(1000, ge=2)
     prc_neighborhood: int = Field(3, ge=1, description="k of the k-NN manifolds for precision/recall")
+    dc_neighborhood: int = Field(5, ge=1, description="k of the k-NN balls for density/coverage (Naeem et al.'s 5)")
+    fid_inf_points: int = Field(5, ge=2, le=50, description="subset sizes the FD-infinity line is fitted on")
+    memorisation_quantile: float = Field(
+        0.01, gt=0.0, lt=0.5, description="a generated image nearer its nearest training image than this quantile "
+        "of the training images' own nearest-neighbour distances counts as suspiciously close")
+    memorisation_max_share: float = Field(
+        0.05, gt=0.0, le=1.0, description="memorisation is suspected when more generated images than this share are "
+        "suspiciously close")
+    truncation: list[float] = Field(
+        [0.5, 0.7, 1.0], description="truncation psi values of the report's curve (plus none); [] skips the curve")
+    truncation_samples: int = Field(200, ge=10, description="generated images per point of the truncation curve")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     evaluator: EvaluatorParams = EvaluatorParams()
 
@@ -169,6 +181,12 @@ class EvalParams(_Section):
             raise ValueError(f"eval.num_samples ({self.num_samples}) must be at least 2 x eval.draws ({self.draws})")
         if self.spread_rounds == 1:
             raise ValueError("eval.spread_rounds must be 0 (no interval) or at least 2")
+        for psi in self.truncation:
+            check_truncation(psi, "eval.truncation")
+        if self.memorisation_max_share <= self.memorisation_quantile:
+            raise ValueError(f"eval.memorisation_max_share ({self.memorisation_max_share}) must exceed "
+                             f"eval.memorisation_quantile ({self.memorisation_quantile}): images fresh from the data "
+                             "distribution are that close this often")
         return self
 
 

@@ -106,6 +106,11 @@ class ProjectPaths:
     def eval_samples(self) -> Path:
         return self.reports / "eval_samples.png"
 
+    @property
+    def eval_memorisation(self) -> Path:
+        """The generated images closest to a training image, beside it (evaluate, reference: train)."""
+        return self.reports / "eval_memorisation.png"
+
     # --- export ------------------------------------------------------------------------------------
     @property
     def onnx(self) -> Path:

@@ -70,3 +70,30 @@ def sample_grid_png(images: np.ndarray, labels: np.ndarray | None, num_classes: 
 def as_pil(picture: np.ndarray) -> Image.Image:
     """A uint8 (H, W, C) picture as a PIL image: grayscale for one channel, RGB for three."""
     return Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture)
+
+
+def memorisation_png(generated: np.ndarray, training: np.ndarray, distances: np.ndarray, threshold: float) -> bytes:
+    """The generated images nearest to a training image (top row, closest first) above their nearest
+    training images (bottom row), each pair titled with its feature distance; drawn by matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = len(generated)
+    figure, axes = plt.subplots(2, count, figsize=(1.3 * count + 0.6, 3.2), squeeze=False)
+    for column in range(count):
+        for row, (images, title) in enumerate(((generated, f"d={distances[column]:.1f}"), (training, "training"))):
+            axis = axes[row][column]
+            picture = images[column].transpose(1, 2, 0)
+            axis.imshow(picture[..., 0] if picture.shape[-1] == 1 else picture, cmap="gray", vmin=0, vmax=255,
+                        interpolation="nearest")
+            axis.set_title(title, fontsize=8, color="red" if row == 0 and distances[column] < threshold else "black")
+            axis.axis("off")
+    figure.suptitle(f"generated (top) nearest to a training image (bottom); red: nearer than {threshold:.1f}",
+                    fontsize=9)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return buffer.getvalue()

@@ -84,15 +84,19 @@ def load_domain_classifier(weights: Path, spec_path: Path, device: torch.device)
 
 
 @torch.no_grad()
-def classifier_accuracy(model: DomainClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:
-    """Share of uint8 images the classifier assigns to their label; batches go to the model's device."""
+def classifier_hits(model: DomainClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> np.ndarray:
+    """Whether the classifier assigns each uint8 image to its label (bool (N,)); batches go to the model's device."""
     device = next(model.parameters()).device
     model.eval()
-    correct = 0
-    for start in range(0, len(images), batch_size):
-        logits = model(from_uint8(images[start : start + batch_size].to(device)))
-        correct += int((logits.argmax(1) == labels[start : start + batch_size].to(device)).sum())
-    return correct / max(1, len(images))
+    hits = [(model(from_uint8(images[start : start + batch_size].to(device))).argmax(1)
+             == labels[start : start + batch_size].to(device)).cpu().numpy() for start in range(0, len(images), batch_size)]
+    return np.concatenate(hits) if hits else np.zeros(0, dtype=bool)
+
+
+def classifier_accuracy(model: DomainClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:
+    """Share of uint8 images the classifier assigns to their label."""
+    hits = classifier_hits(model, images, labels, batch_size)
+    return float(hits.mean()) if len(hits) else 0.0
 
 
 def save_domain_classifier(model: DomainClassifier, weights_path: Path, spec_path: Path) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ganops import GanopsError
+from ganops.latents import truncate
 from ganops.metrics.backbones import Backbone, extract_features
 from ganops.models import Generator, GeneratorSpec
 from ganops.pixels import to_uint8
@@ -33,8 +34,8 @@ def check_compatible(spec: GeneratorSpec, manifest: Manifest) -> None:
 
 # What generated images are for. Each use draws its own seeds, so no two of them ever score the same
 # images: the evaluate stage; in-training evaluations (the same seeds at every snapshot); re-scoring
-# the kept snapshots at the end of training.
-EVALUATE, WATCH, RESCORE = 0, 1, 2
+# the kept snapshots at the end of training; the truncation curve.
+EVALUATE, WATCH, RESCORE, TRUNCATE = 0, 1, 2, 3
 
 
 def _entropy(seed: int, use: int, *more: int) -> list[int]:
@@ -54,17 +55,21 @@ def draw_seed(seed: int, draw: int, use: int = EVALUATE) -> int:
 
 
 def generated_draws(generator: Generator, labels: torch.Tensor | None, count: int, draws: int, batch_size: int,
-                    seed: int, device: torch.device, use: int = EVALUATE) -> list[torch.Tensor]:
+                    seed: int, device: torch.device, use: int = EVALUATE,
+                    truncation: float | None = None) -> list[torch.Tensor]:
     """``count`` uint8 images in ``draws`` seeded draws of (nearly) equal size; the noise is drawn on the
-    CPU so every device sees the same z."""
+    CPU so every device sees the same z. ``truncation``: the latents truncated to ±psi
+    (ganops.latents.truncate), the same z before truncation as without it."""
     bounds = np.linspace(0, count, draws + 1).round().astype(int)
     out = []
     for draw, (first, last) in enumerate(zip(bounds[:-1], bounds[1:])):
         noise = torch.Generator().manual_seed(draw_seed(seed, draw, use))
+        redraws = np.random.default_rng(draw_seed(seed, draw, use))
         images = []
         for start in range(first, last, batch_size):
             n = min(batch_size, last - start)
-            z = torch.randn(n, generator.spec.latent_dim, generator=noise).to(device)
+            z = torch.randn(n, generator.spec.latent_dim, generator=noise)
+            z = torch.from_numpy(truncate(z.numpy(), truncation, redraws)).to(device)
             y = labels[start : start + n].to(device) if labels is not None else None
             with torch.no_grad():
                 floats = generator(z, y)

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# metrics named after the distance: FID on the Inception network, FD elsewhere
+DISTANCES = {"fd": "{distance}", "fd_inf": "{distance}_inf", "ifd": "i{distance}"}
+
 
 @dataclass(frozen=True)
 class Measurement:
@@ -28,8 +31,10 @@ class Measurement:
         return "fid" if self.backbone == "inception" else "fd"
 
     def name(self, metric: str, suffix: str = "") -> str:
-        """``fid`` -> fid2k_tf_train; ``kid`` with suffix ``mean`` -> kid2k_tf_train_mean."""
-        metric = self.distance if metric == "fd" else metric
+        """``fd`` -> fid2k_tf_train; ``kid`` with suffix ``mean`` -> kid2k_tf_train_mean; ``fd_inf`` ->
+        fid_inf2k_tf_train (extrapolated from at most 2k images); ``ifd`` -> ifid2k_tf_train (the mean
+        of the per-class distances, whose names end in ``_class<index>``)."""
+        metric = DISTANCES[metric].format(distance=self.distance) if metric in DISTANCES else metric
         base = f"{metric}{count_label(self.num_samples)}_{self.feature_space}_{self.reference}"
         return f"{base}_{suffix}" if suffix else base
 
@@ -41,6 +46,15 @@ class Measurement:
     def primary(self) -> str:
         return self.name("fd")
 
+    def class_name(self, metric: str, index: int, suffix: str = "") -> str:
+        """Class ``index``'s share of this measurement: ``fd`` of class 3 -> fid2k_tf_train_class3."""
+        return self.name(metric, f"class{index}" + (f"_{suffix}" if suffix else ""))
+
 
 def count_label(count: int) -> str:
     return f"{count // 1000}k" if count >= 1000 and count % 1000 == 0 else str(count)
+
+
+def truncation_label(psi: float | None) -> str:
+    """The name suffix of a truncation curve's point: psi0.7, psinone (no truncation)."""
+    return "psinone" if psi is None else f"psi{psi:g}"

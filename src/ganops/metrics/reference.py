@@ -9,6 +9,7 @@ scores with to its reference features, primary first.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Iterator
@@ -41,6 +42,7 @@ class ReferenceFeatures:
     mu: np.ndarray
     sigma: np.ndarray
     record: dict
+    labels: np.ndarray | None = None  # int64 (N,): each kept feature's class, for the per-class metrics
 
     @cached_property
     def frechet(self) -> FrechetReference:
@@ -74,6 +76,8 @@ def resolve_reference(backbone_name: str, inception_weights: str | None, fid_pro
 class SplitReader(Protocol):
     """A prepared split read on demand (ganops.data.shards.PreparedSplit)."""
 
+    labels: np.ndarray
+
     def __len__(self) -> int: ...
 
     def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
@@ -88,9 +92,7 @@ def split_features(backbone: Backbone, split: SplitReader, batch_size: int, max_
     images are kept for what needs features (KID, precision/recall, the half-sample spreads)."""
     count = len(split)
     subsample = count > max_features
-    keep = np.zeros(count, dtype=bool)
-    # which images' features are kept is a property of the data, not of an evaluation: a fixed seed
-    keep[np.random.default_rng(0).choice(count, max_features, replace=False) if subsample else slice(None)] = True
+    keep = kept_mask(count, max_features)
     kept, shift, total, outer, start = [], None, None, None, 0
     batches = (torch.from_numpy(images) for images, _ in split.batches(batch_size))
     for features in iter_features(backbone, batches, count, desc):
@@ -108,7 +110,16 @@ def split_features(backbone: Backbone, split: SplitReader, batch_size: int, max_
         mean = total / count
         mu, sigma = shift + mean, (outer - count * np.outer(mean, mean)) / (count - 1)
     record = {"num_reference": count, "num_reference_features": int(len(features))}
-    return ReferenceFeatures(features, mu, sigma, record)
+    return ReferenceFeatures(features, mu, sigma, record, np.asarray(split.labels)[keep].astype(np.int64))
+
+
+def kept_mask(count: int, max_features: int) -> np.ndarray:
+    """Which of a split's ``count`` images keep their features (bool (count,)): all of them up to
+    ``max_features``, else a seeded subset of that size."""
+    keep = np.zeros(count, dtype=bool)
+    # which images' features are kept is a property of the data, not of an evaluation: a fixed seed
+    keep[np.random.default_rng(0).choice(count, max_features, replace=False) if count > max_features else slice(None)] = True
+    return keep
 
 
 def write_reference(folder: Path, record: dict, backbone: InceptionBackbone | None, split: SplitReader | None,
@@ -155,7 +166,11 @@ def open_backbones(expected: dict, inception: InceptionBackbone | None, referenc
     weights, spec = classifier_files
     if inception is None and not weights.exists():
         raise GanopsError(f"the domain classifier ({weights}) is missing: run `dvc repro train_evaluator`")
-    cached = ReferencedBackbone(inception, load_reference(reference_folder, expected)) if inception is not None else None
+    cached = None
+    if inception is not None:
+        reference = load_reference(reference_folder, expected)
+        labels = split.labels[kept_mask(len(split), max_features)].astype(np.int64)  # the cached features' order
+        cached = ReferencedBackbone(inception, dataclasses.replace(reference, labels=labels))
     if cached is not None and primary_only:
         return [cached]
     classifier = load_domain_classifier(weights, spec, device) if weights.exists() else None

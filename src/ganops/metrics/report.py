@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from ganops.metrics.names import Measurement
+from ganops.metrics.names import Measurement, truncation_label
 
 
 class EvaluationReport(BaseModel):
@@ -27,6 +27,10 @@ class EvaluationReport(BaseModel):
     fid_protocol: str | None = None
     weights_digest: str | None = None
     backbone_fallback: str | None = None
+    class_names: list[str] | None = None  # conditional generators: class index -> name
+    truncation: list[float] | None = None  # the truncation curve's psi values (beside none) ...
+    truncation_samples: int | None = None  # ... and its images per point; None: no curve
+    memorisation_suspected: bool | None = None  # None: not measured (the reference is not the training split)
     evaluator_test_accuracy_domain: float | None = None
 
     @classmethod
@@ -56,6 +60,39 @@ class EvaluationReport(BaseModel):
     def ci95(self) -> tuple[float | None, float | None]:
         return self.metric(f"{self.primary_metric}_ci95_low"), self.metric(f"{self.primary_metric}_ci95_high")
 
+    def per_class(self) -> dict[str, dict]:
+        """Each class's metrics by class name: its FID (``value``), ``std``, ``ci95``, precision, recall
+        and class consistency, as far as they were measured; {} for an unconditional generator."""
+        measurement, out = self.measurement, {}
+        domain = Measurement("domain", "domain", self.num_samples, self.reference)
+        for index, name in enumerate(self.class_names or []):
+            value = self.metric(measurement.class_name("fd", index))
+            if value is None:
+                continue
+            out[name] = {"index": index, "value": value, "std": self.metric(measurement.class_name("fd", index, "std")),
+                         "ci95": [self.metric(measurement.class_name("fd", index, "ci95_low")),
+                                  self.metric(measurement.class_name("fd", index, "ci95_high"))],
+                         "precision": self.metric(measurement.class_name("precision", index)),
+                         "recall": self.metric(measurement.class_name("recall", index)),
+                         "class_consistency": self.metric(domain.class_name("class_consistency", index))}
+        return out
+
+    def truncation_curve(self) -> list[dict]:
+        """The truncation curve's points, no truncation first: psi (None: none), the FID's name and value,
+        precision and recall; [] when it was not measured."""
+        if self.truncation_samples is None:
+            return []
+        feature_space = self.fid_protocol if self.backbone == "inception" else "domain"
+        measurement = Measurement(self.backbone, feature_space, self.truncation_samples, self.reference)
+        points = []
+        for psi in [None, *(self.truncation or [])]:
+            label = truncation_label(psi)
+            name = measurement.name("fd", label)
+            points.append({"psi": psi, "metric": name, "value": self.metric(name),
+                           "precision": self.metric(measurement.name("precision", label)),
+                           "recall": self.metric(measurement.name("recall", label))})
+        return points
+
     def summary(self) -> dict:
         """What a shipped model carries about its evaluation (ONNX metadata, registry tag, GET /v1/model):
         the primary metric with its interval and floor, KID and precision/recall, and the measurement
@@ -66,6 +103,13 @@ class EvaluationReport(BaseModel):
             "real_halves_floor": self.metric(measurement.floor_name()),
             "kid_mean": self.metric(measurement.name("kid", "mean")),
             "precision": self.metric(measurement.name("precision")), "recall": self.metric(measurement.name("recall")),
+            "density": self.metric(measurement.name("density")), "coverage": self.metric(measurement.name("coverage")),
+            "fd_inf": self.metric(measurement.name("fd_inf")),
+            "intra_class_mean": self.metric(measurement.name("ifd")),
+            "memorised_share": self.metric(measurement.name("memorised", "share")),
+            "memorisation_suspected": self.memorisation_suspected,
+            "per_class": self.per_class(),
+            "truncation": self.truncation_curve(),
             "protocol": {"backbone": self.backbone, "fid_protocol": self.fid_protocol, "num_samples": self.num_samples,
                          "reference": self.reference, "num_reference": self.num_reference,
                          "weights_digest": self.weights_digest},

@@ -10,6 +10,8 @@ ours (:mod:`ganops.metrics.frechet`).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,10 +21,10 @@ import torch
 
 from ganops.config import EvalParams
 from ganops.metrics.backbones import DomainClassifierBackbone
-from ganops.metrics.domain_classifier import classifier_accuracy
-from ganops.metrics.draws import RESCORE, WATCH, features_of_draws, generated_draws, sample_labels
+from ganops.metrics.domain_classifier import classifier_hits
+from ganops.metrics.draws import RESCORE, TRUNCATE, WATCH, features_of_draws, generated_draws, sample_labels
 from ganops.metrics.frechet import FrechetReference, feature_statistics, frechet_distance
-from ganops.metrics.names import Measurement
+from ganops.metrics.names import Measurement, truncation_label
 from ganops.metrics.reference import ReferencedBackbone, ReferenceFeatures
 
 MetricFn = Callable[[ReferenceFeatures, list[np.ndarray], EvalParams], dict[tuple[str, str], float]]
@@ -92,7 +94,41 @@ def precision_recall(reference: ReferenceFeatures, draws: list[np.ndarray], cfg:
     return {("precision", ""): float(result["precision"]), ("recall", ""): float(result["recall"])}
 
 
-METRICS: dict[str, MetricFn] = {"fd": fd, "kid": kid, "prc": precision_recall}
+def density_coverage(reference: ReferenceFeatures, draws: list[np.ndarray], cfg: EvalParams) -> dict[tuple[str, str], float]:
+    """Density and coverage (Naeem et al. 2020), computed by the ``prdc`` package on the same features,
+    with its k = eval.dc_neighborhood (the paper's 5)."""
+    from prdc import compute_prdc
+
+    with contextlib.redirect_stdout(io.StringIO()):  # prdc prints the two set sizes
+        result = compute_prdc(reference.features.astype(np.float32), np.concatenate(draws).astype(np.float32),
+                              cfg.dc_neighborhood)
+    return {("density", ""): float(result["density"]), ("coverage", ""): float(result["coverage"])}
+
+
+FD_INF_METHOD = (
+    "FD-infinity (Chong & Forsyth 2020): the Fréchet distance of {points} seeded random subsets of the generated "
+    "images, of {counts} images, against the whole reference; a least-squares line in 1/N, its value at 1/N = 0. "
+    "No interval."
+)
+
+
+def fd_inf_counts(num_samples: int, points: int) -> list[int]:
+    """The subset sizes FD-infinity is fitted on: evenly spaced from a fifth of the images to all of them."""
+    return sorted({int(n) for n in np.linspace(max(2, num_samples // 5), num_samples, points).round()})
+
+
+def fd_inf(reference: ReferenceFeatures, draws: list[np.ndarray], cfg: EvalParams) -> dict[tuple[str, str], float]:
+    """The Fréchet distance extrapolated to infinitely many generated images (see FD_INF_METHOD): the
+    distance at N is biased upwards by about c / N, and FD-infinity removes that bias."""
+    fake = np.concatenate(draws)
+    rng = np.random.default_rng([cfg.seed, 3])
+    counts = fd_inf_counts(len(fake), cfg.fid_inf_points)
+    values = [reference.frechet.distance(fake[rng.choice(len(fake), n, replace=False)]) for n in counts]
+    slope, intercept = np.polyfit(1.0 / np.asarray(counts, np.float64), values, 1)
+    return {("fd_inf", ""): float(intercept), ("fd_inf", "slope"): float(slope)}
+
+
+METRICS: dict[str, MetricFn] = {"fd": fd, "kid": kid, "prc": precision_recall, "dc": density_coverage, "fd_inf": fd_inf}
 
 
 def compute_metrics(reference: ReferenceFeatures, draws: list[np.ndarray], cfg: EvalParams, measurement: Measurement,
@@ -110,10 +146,95 @@ def spread_method(cfg: EvalParams, num_draws: int) -> str:
     return SPREAD_METHOD.format(rounds=cfg.spread_rounds, draws=num_draws, per_draw=cfg.num_samples // num_draws, z=Z95)
 
 
+def per_class(reference: ReferenceFeatures, draws: list[np.ndarray], draw_labels: list[np.ndarray], cfg: EvalParams,
+              measurement: Measurement) -> dict[str, float]:
+    """Intra-class metrics (PyTorch-StudioGAN's iFID): for each class, the Fréchet distance of the
+    generated images of that class against the reference images of that class, with its std and 95%
+    interval by the same half-sampling as the overall one (SPREAD_METHOD, within the class), and
+    precision/recall (torch-fidelity's) within the class; ``ifd`` is the mean of the per-class
+    distances. The generated images come with the reference's class frequencies, so a class holds
+    about its share of eval.num_samples. Classes with fewer than eval.prc_neighborhood + 2 images on
+    either side are left out (and so is ``ifd``)."""
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    results: dict[str, float] = {}
+    smallest = cfg.prc_neighborhood + 2
+    classes = np.unique(reference.labels)
+    rng = np.random.default_rng([cfg.seed, 4])
+    for index in classes:
+        real = reference.features[reference.labels == index]
+        own = [draw[labels == index] for draw, labels in zip(draws, draw_labels)]
+        fake = np.concatenate(own)
+        if len(real) < smallest or len(fake) < smallest:
+            continue
+        target = FrechetReference.of_features(real)
+        value = target.distance(fake)
+        out = {("fd", ""): value}
+        if cfg.spread_rounds > 0 and len(draws) >= 2:
+            by_generated = [target.distance(half)
+                            for half in (half_of_draws(own, rng) for _ in range(cfg.spread_rounds)) if len(half) >= 2]
+            generated = FrechetReference.of_features(fake)
+            by_reference = [generated.distance(real[rng.choice(len(real), size=len(real) // 2, replace=False)])
+                            for _ in range(cfg.spread_rounds)]
+            std = math.sqrt(float(np.var(by_generated, ddof=1)) + float(np.var(by_reference, ddof=1)))
+            out.update({("fd", "std"): std, ("fd", "ci95_low"): value - Z95 * std, ("fd", "ci95_high"): value + Z95 * std})
+        prc = prc_features_to_metric(torch.from_numpy(fake).float(), torch.from_numpy(real).float(),
+                                     prc_neighborhood=cfg.prc_neighborhood, verbose=False)
+        out.update({("precision", ""): float(prc["precision"]), ("recall", ""): float(prc["recall"])})
+        for (metric, suffix), number in out.items():
+            results[measurement.class_name(metric, int(index), suffix)] = round(float(number), 6)
+    distances = [results[measurement.class_name("fd", int(index))] for index in classes
+                 if measurement.class_name("fd", int(index)) in results]
+    if len(distances) == len(classes):
+        results[measurement.name("ifd")] = round(float(np.mean(distances)), 6)
+    return results
+
+
+MEMORISATION_METHOD = (
+    "each generated image's Euclidean distance, in the {space} feature space, to its nearest training image, "
+    "against the training images' own nearest-neighbour distances (each to its nearest other training image, "
+    "over the {count} training features kept); suspiciously close: nearer than the {quantile:g} quantile of "
+    "those. Images drawn fresh from the data distribution land there about {quantile:.0%} of the time, copies "
+    "of training images always; suspected when the share exceeds {limit:g}."
+)
+
+
+@dataclass(frozen=True)
+class NearestTraining:
+    """The generated images nearest to their training neighbours, closest first: what the
+    memorisation picture shows."""
+
+    generated: np.ndarray  # indices into the concatenated draws
+    training: np.ndarray   # indices into the reference features (their kept order)
+    distances: np.ndarray
+    threshold: float       # nearer than this: suspiciously close
+    share: float           # of all generated images, those suspiciously close
+
+
+def memorisation(reference: ReferenceFeatures, fake: np.ndarray, cfg: EvalParams, measurement: Measurement,
+                 shown: int = 8) -> tuple[dict[str, float], NearestTraining]:
+    """The share of generated images suspiciously close to a training image (MEMORISATION_METHOD),
+    the threshold, and the ``shown`` closest pairs. The reference must be the training split."""
+    from sklearn.neighbors import NearestNeighbors
+
+    index = NearestNeighbors(n_neighbors=2, algorithm="brute").fit(reference.features)
+    own = index.kneighbors(reference.features, 2)[0][:, 1]  # [:, 0] is the image itself
+    distance, nearest = (column[:, 0] for column in index.kneighbors(fake, 1))
+    threshold = float(np.quantile(own, cfg.memorisation_quantile))
+    share = float(np.mean(distance < threshold))
+    closest = np.argsort(distance, kind="stable")[:shown]
+    metrics = {measurement.name("memorised", "share"): round(share, 6),
+               measurement.name("memorised", "threshold"): round(threshold, 6),
+               measurement.name("nn_distance", "median"): round(float(np.median(distance)), 6),
+               measurement.name("nn_distance", "training_median"): round(float(np.median(own)), 6)}
+    return metrics, NearestTraining(closest, nearest[closest], distance[closest], threshold, share)
+
+
 @dataclass(frozen=True)
 class Scores:
     metrics: dict[str, float]  # named by measurement, in the order eval.json lists them
     primary: str               # the primary metric's name
+    nearest: NearestTraining | None = None  # None: the reference is not the training split
 
 
 def score_draws(draws: list[torch.Tensor], labels: torch.Tensor | None, backbones: Sequence[ReferencedBackbone],
@@ -130,17 +251,68 @@ def score_draws(draws: list[torch.Tensor], labels: torch.Tensor | None, backbone
         raise ValueError("score_draws needs at least one backbone")
     count = sum(len(draw) for draw in draws)
     measurements = [Measurement(b.backbone.name, b.backbone.feature_space, count, cfg.reference) for b in backbones]
+    bounds = np.cumsum([0] + [len(draw) for draw in draws])
+    draw_labels = [labels[a:b].numpy() for a, b in zip(bounds[:-1], bounds[1:])] if labels is not None else None
     metrics: dict[str, float] = {}
+    nearest = None
     for index, ((backbone, reference), measurement) in enumerate(zip(backbones, measurements)):
         chosen = tuple(METRICS) if index == 0 else ("fd",)
-        metrics.update(compute_metrics(reference, features_of_draws(backbone, draws, cfg.batch_size), cfg,
-                                       measurement, chosen))
+        features = features_of_draws(backbone, draws, cfg.batch_size)
+        metrics.update(compute_metrics(reference, features, cfg, measurement, chosen))
+        if index == 0 and draw_labels is not None and reference.labels is not None:
+            metrics.update(per_class(reference, features, draw_labels, cfg, measurement))
+        if index == 0 and cfg.reference == "train":
+            found, nearest = memorisation(reference, np.concatenate(features), cfg, measurement)
+            metrics.update(found)
     for (backbone, _), measurement in zip(backbones, measurements):
         if labels is not None and isinstance(backbone, DomainClassifierBackbone):
             # the share of images the domain classifier assigns to the label they were generated for
-            metrics[measurement.name("class_consistency")] = round(
-                classifier_accuracy(backbone.model, torch.cat(draws), labels, cfg.batch_size), 6)
-    return Scores(metrics, measurements[0].primary)
+            hits = classifier_hits(backbone.model, torch.cat(draws), labels, cfg.batch_size)
+            metrics[measurement.name("class_consistency")] = round(float(hits.mean()), 6)
+            for label in np.unique(labels.numpy()):
+                metrics[measurement.class_name("class_consistency", int(label))] = round(
+                    float(hits[labels.numpy() == label].mean()), 6)
+    return Scores(metrics, measurements[0].primary, nearest)
+
+
+TRUNCATION_METHOD = (
+    "the Fréchet distance, precision and recall of {count} generated images at each truncation psi ({values}), "
+    "against the whole reference: one seeded draw, the same latents before truncation at every psi (their own "
+    "seeds, not the evaluation's), so the points differ by psi only; names end in _psi<value> (_psinone: no "
+    "truncation). At {count} images the distance is biased upwards: compare the points with each other, not "
+    "with the {total}-image metrics."
+)
+
+
+def truncation_curve(generator: torch.nn.Module, reference_labels: np.ndarray | None, num_classes: int,
+                     primary: ReferencedBackbone, cfg: EvalParams) -> dict[str, float]:
+    """The Fréchet distance, precision and recall against truncation psi (TRUNCATION_METHOD), named
+    e.g. fid500_tf_train_psi0.7; empty when eval.truncation is []."""
+    if not cfg.truncation:
+        return {}
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    backbone, reference = primary
+    count = cfg.truncation_samples
+    measurement = Measurement(backbone.name, backbone.feature_space, count, cfg.reference)
+    labels = sample_labels(reference_labels, count, num_classes, cfg.seed, TRUNCATE) if reference_labels is not None else None
+    device = next(generator.parameters()).device
+    out: dict[str, float] = {}
+    for psi in [None, *cfg.truncation]:
+        draws = generated_draws(generator, labels, count, 1, cfg.batch_size, cfg.seed, device, TRUNCATE, psi)
+        (fake,) = features_of_draws(backbone, draws, cfg.batch_size)
+        prc = prc_features_to_metric(torch.from_numpy(fake).float(), torch.from_numpy(reference.features).float(),
+                                     prc_neighborhood=cfg.prc_neighborhood, verbose=False)
+        label = truncation_label(psi)
+        out[measurement.name("fd", label)] = round(reference.frechet.distance(fake), 6)
+        out[measurement.name("precision", label)] = round(float(prc["precision"]), 6)
+        out[measurement.name("recall", label)] = round(float(prc["recall"]), 6)
+    return out
+
+
+def truncation_method(cfg: EvalParams) -> str:
+    values = ", ".join(["none", *(f"{psi:g}" for psi in cfg.truncation)])
+    return TRUNCATION_METHOD.format(count=cfg.truncation_samples, values=values, total=cfg.num_samples)
 
 
 class SnapshotScorer:

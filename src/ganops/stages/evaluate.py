@@ -8,6 +8,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ganops import GanopsError
@@ -16,13 +17,22 @@ from ganops.data import load_manifest, open_split
 from ganops.device import resolve_device
 from ganops.io import file_sha256, write_bytes_atomic, write_json_atomic
 from ganops.metrics.draws import check_compatible, generated_draws, sample_labels
-from ganops.metrics.reference import open_backbones, resolve_reference
+from ganops.metrics.reference import ReferencedBackbone, kept_mask, open_backbones, resolve_reference
 from ganops.metrics.report import EvaluationReport
-from ganops.metrics.scores import score_draws, spread_method
+from ganops.metrics.scores import (
+    FD_INF_METHOD,
+    MEMORISATION_METHOD,
+    Scores,
+    fd_inf_counts,
+    score_draws,
+    spread_method,
+    truncation_curve,
+    truncation_method,
+)
 from ganops.models import load_generator
 from ganops.paths import ProjectPaths
 from ganops.tracking.runs import log_to_pipeline_run
-from ganops.visualize import sample_grid_png
+from ganops.visualize import memorisation_png, sample_grid_png
 
 log = logging.getLogger(__name__)
 MIN_REFERENCE = 10
@@ -44,17 +54,27 @@ def evaluate(params: Params, root: Path = Path(".")) -> dict:
     backbones = open_backbones(expected, inception, paths.reference, (paths.evaluator_weights, paths.evaluator_spec),
                                real, cfg.reference, cfg.batch_size, cfg.reference_max_features, device)
 
-    labels = sample_labels(real.labels, cfg.num_samples, spec.num_classes, cfg.seed) if spec.conditional else None
+    reference_labels = real.labels if spec.conditional else None
+    labels = sample_labels(reference_labels, cfg.num_samples, spec.num_classes, cfg.seed) if spec.conditional else None
     draws = generated_draws(generator, labels, cfg.num_samples, cfg.draws, cfg.batch_size, cfg.seed, device)
     scores = score_draws(draws, labels, backbones, cfg)
+    curve = truncation_curve(generator, reference_labels, spec.num_classes, backbones[0], cfg)
 
-    report = _report(cfg, paths, expected, len(real), scores.primary, scores.metrics)
+    report = _report(cfg, paths, expected, len(real), manifest.class_names if spec.conditional else None,
+                     backbones[0], scores, curve)
     generated = torch.cat(draws)
     write_bytes_atomic(paths.eval_samples, sample_grid_png(generated.numpy(), labels.numpy() if labels is not None
                                                            else None, spec.num_classes))
+    figures = [paths.eval_samples]
+    if scores.nearest is not None:
+        kept = np.flatnonzero(kept_mask(len(real), cfg.reference_max_features))
+        write_bytes_atomic(paths.eval_memorisation, memorisation_png(
+            generated[scores.nearest.generated].numpy(), real.gather(kept[scores.nearest.training]),
+            scores.nearest.distances, scores.nearest.threshold))
+        figures.append(paths.eval_memorisation)
     EvaluationReport.model_validate(report)  # the record later stages read back
     write_json_atomic(paths.eval_report, report)
-    log_to_pipeline_run(params.mlflow, root, paths.mlflow_run, "eval", report, [paths.eval_samples, paths.eval_report])
+    log_to_pipeline_run(params.mlflow, root, paths.mlflow_run, "eval", report, [*figures, paths.eval_report])
     log.info("evaluation: %s = %s (95%% interval %s .. %s)", scores.primary, report[scores.primary],
              report.get(f"{scores.primary}_ci95_low"), report.get(f"{scores.primary}_ci95_high"))
     return report
@@ -69,8 +89,8 @@ def _check_sizes(cfg: EvalParams, num_reference: int) -> None:
                           f"exceed eval.prc_neighborhood={cfg.prc_neighborhood}")
 
 
-def _report(cfg: EvalParams, paths: ProjectPaths, expected: dict, num_reference: int, primary: str,
-            metrics: dict[str, float]) -> dict:
+def _report(cfg: EvalParams, paths: ProjectPaths, expected: dict, num_reference: int, class_names: list[str] | None,
+            primary: ReferencedBackbone, scores: Scores, curve: dict[str, float]) -> dict:
     """eval.json's fields in their order: what was measured, how, the metrics, the classifier's accuracy."""
     report: dict = {"backbone": expected["backbone"], "num_samples": cfg.num_samples, "draws": cfg.draws,
                     "reference": cfg.reference, "num_reference": int(num_reference),
@@ -79,9 +99,22 @@ def _report(cfg: EvalParams, paths: ProjectPaths, expected: dict, num_reference:
         report.update({"fid_protocol": cfg.fid_protocol, "weights_digest": expected["weights_digest"]})
     else:
         report["backbone_fallback"] = expected["fallback_reason"]
-    report["primary_metric"] = primary
+    report["primary_metric"] = scores.primary
     report["interval_method"] = spread_method(cfg, cfg.draws) if cfg.spread_rounds else "none (eval.spread_rounds: 0)"
-    report.update(metrics)
+    report["fd_inf_method"] = FD_INF_METHOD.format(points=cfg.fid_inf_points,
+                                                   counts=", ".join(map(str, fd_inf_counts(cfg.num_samples, cfg.fid_inf_points))))
+    if class_names is not None:
+        report["class_names"] = class_names
+    if scores.nearest is not None:
+        report["memorisation_method"] = MEMORISATION_METHOD.format(
+            space=primary.backbone.feature_space, count=len(primary.reference.features),
+            quantile=cfg.memorisation_quantile, limit=cfg.memorisation_max_share)
+        report["memorisation_suspected"] = scores.nearest.share > cfg.memorisation_max_share
+    if curve:
+        report.update({"truncation_method": truncation_method(cfg), "truncation": cfg.truncation,
+                       "truncation_samples": cfg.truncation_samples})
+    report.update(scores.metrics)
+    report.update(curve)
     if paths.evaluator_weights.exists() and paths.evaluator_report.exists():
         report["evaluator_test_accuracy_domain"] = json.loads(paths.evaluator_report.read_text()).get("test_accuracy")
     return report
