@@ -75,15 +75,17 @@ def test_score_draws_names_each_metric_by_its_backbone_and_the_first_is_primary(
     primary_names = {"fid120_tf_train", "fid120_tf_train_std", "fid120_tf_train_std_generated",
                      "fid120_tf_train_std_reference", "fid120_tf_train_ci95_low", "fid120_tf_train_ci95_high",
                      "fid_real_halves_tf_train", "kid120_tf_train_mean", "kid120_tf_train_std", "precision120_tf_train",
-                     "recall120_tf_train"}
+                     "recall120_tf_train", "density120_tf_train", "coverage120_tf_train", "fid_inf120_tf_train",
+                     "fid_inf120_tf_train_slope", "memorised120_tf_train_share", "memorised120_tf_train_threshold",
+                     "nn_distance120_tf_train_median", "nn_distance120_tf_train_training_median"}
     second_opinion = {name.replace("fid", "fd").replace("_tf_", "_domain_") for name in primary_names
-                      if not name.startswith(("kid", "precision", "recall"))}
+                      if name.startswith("fid") and not name.startswith("fid_inf")}
     assert list(scores.metrics)[: len(primary_names)] == [n for n in scores.metrics if n in primary_names]
     assert set(scores.metrics) == primary_names | second_opinion
     # the same features under both names: the same Fréchet distance; seeded, so the same numbers again
     assert scores.metrics["fid120_tf_train"] == scores.metrics["fd120_domain_train"]
     assert score_draws(draws, None, [ReferencedBackbone(inception, reference), ReferencedBackbone(other, reference)],
-                       cfg) == scores
+                       cfg).metrics == scores.metrics
     # alone, the domain classifier is primary and gets every metric
     alone = score_draws(draws, None, [ReferencedBackbone(other, reference)], cfg)
     assert alone.primary == "fd120_domain_train" and "kid120_domain_train_mean" in alone.metrics
@@ -103,8 +105,14 @@ def test_score_draws_adds_class_consistency_for_labelled_draws_with_the_domain_c
                                                             draws_and_reference(PixelBackbone("inception", "tf"))[1]),
                                          ReferencedBackbone(domain, reference)], cfg)
     expected = classifier_accuracy(domain.model, torch.cat(draws), labels, 64)
-    assert list(scored.metrics)[-1] == "class_consistency120_domain_train"
+    assert list(scored.metrics)[-4:] == ["class_consistency120_domain_train"] + [
+        f"class_consistency120_domain_train_class{index}" for index in range(3)]
     assert scored.metrics["class_consistency120_domain_train"] == round(expected, 6)
+    images = torch.cat(draws)
+    for index in range(3):  # each class's share: the classifier's accuracy on that class's images alone
+        own = labels == index
+        assert scored.metrics[f"class_consistency120_domain_train_class{index}"] == round(
+            classifier_accuracy(domain.model, images[own], labels[own], 64), 6)
     assert "class_consistency120_domain_train" not in score_draws(draws, None, [ReferencedBackbone(domain, reference)],
                                                                   cfg).metrics
     # no domain classifier among the backbones: no class consistency either

@@ -24,7 +24,7 @@ from ganops.stages.prepare import prepare
 from ganops.stages.register import register
 from ganops.stages.train import train
 from ganops.stages.train_evaluator import train_evaluator
-from ganops.tracking.registry import list_versions, rollback
+from ganops.tracking.registry import list_versions, per_class_z, rollback
 from ganops.tracking.store import TrackingError
 
 TRACKED = {"mlflow": {"enabled": True, "max_retries": 0, "timeout_s": 5}}
@@ -190,6 +190,31 @@ def test_promotion_needs_more_than_noise_and_comparable_evaluations(project, tmp
     assert other["promoted"] is False and "not comparable" in other["reason"]
     strict = register(tiny({"register": {"min_improvement": 1e9}}), root)
     assert strict["promoted"] is False
+
+
+def test_a_version_better_overall_but_worse_beyond_noise_on_one_class_is_not_promoted(project, tmp_path):
+    root = Path(shutil.copytree(project, tmp_path / "p"))
+    champion = json.loads((root / "reports" / "eval.json").read_text())
+    metric, names = champion["primary_metric"], champion["class_names"]
+    fd, std = champion[metric], champion[f"{metric}_std"]
+    per_class = {index: (champion[f"{metric}_class{index}"], champion[f"{metric}_class{index}_std"])
+                 for index in range(len(names))}
+    better = {metric: fd - 10 * std - 1}  # clearly better overall ...
+    value, class_std = per_class[3]
+    _edit_eval(root, **better, **{f"{metric}_class3": value + 10 * class_std + 1})  # ... but class 3 far worse
+    refused = register(tiny(), root)
+    assert refused["promoted"] is False and refused["champion"] == "1"
+    assert f"class {names[3]!r} is worse beyond noise" in refused["reason"] and "Bonferroni over 10 classes" in refused["reason"]
+    # within the noise on that class (the per-class z is above noise_z: 10 tests at once): promoted
+    z = per_class_z(1.96, len(names))
+    assert 2.7 < z < 2.9
+    _edit_eval(root, **{f"{metric}_class3": value + 0.9 * z * class_std * 2 ** 0.5})
+    within = register(tiny(), root)
+    assert within["promoted"] is True and "per-class gate: no class of 10 worse beyond noise" in within["reason"]
+    # the new champion far worse on class 5, with the gate off: promoted on the overall number alone
+    _edit_eval(root, **{metric: fd - 30 * std - 3, f"{metric}_class5": per_class[5][0] + 50 * per_class[5][1] + 5})
+    assert register(tiny(), root)["promoted"] is False
+    assert register(tiny({"register": {"per_class_gate": False}}), root)["promoted"] is True
 
 
 def test_register_refuses_an_evaluation_of_another_generator(project, tmp_path):

@@ -239,6 +239,8 @@ class RegisterParams(_Section):
     model_name: str = Field("ganops-generator", min_length=1)
     min_improvement: float = Field(0.0, ge=0.0, description="how much lower the primary metric (standard FID) must be, at least")
     noise_z: float = Field(1.96, ge=0.0, description="standard deviations of the difference that count as noise")
+    per_class_gate: bool = Field(True, description="conditional generators: a version better overall but worse beyond "
+                                 "noise on any class is not promoted")
 
 
 class FlowParams(_Section):

@@ -21,6 +21,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
@@ -100,7 +101,57 @@ def _decide(cfg: RegisterParams, new: dict, champion) -> tuple[bool, str]:
     verdict = (f"{new['metric']} {value:.4f} vs champion v{champion.version} {old:.4f}: improvement {gain:.4f} "
                f"{'>' if gain > needed else '<='} required {needed:.4f} (max of min_improvement "
                f"{cfg.min_improvement:g} and {cfg.noise_z:g} x std of the difference)")
-    return gain > needed, verdict
+    if gain <= needed or not cfg.per_class_gate or not new.get("per_class"):
+        return gain > needed, verdict
+    return _per_class_gate(cfg, new, champion, verdict)
+
+
+def per_class_z(noise_z: float, classes: int) -> float:
+    """The z of each class's test so that all ``classes`` together are wrong as rarely as one test at
+    ``noise_z`` (Bonferroni: the two-sided tail of noise_z shared among the classes)."""
+    if noise_z <= 0:
+        return 0.0
+    tail = 2 * (1 - NormalDist().cdf(noise_z))
+    return NormalDist().inv_cdf(1 - tail / (2 * classes))
+
+
+def _per_class_gate(cfg: RegisterParams, new: dict, champion, verdict: str) -> tuple[bool, str]:
+    """Better overall, but is any class worse beyond noise? Each class's distance against the
+    champion's (its ``per_class`` tag), the noise from both std's at the Bonferroni z."""
+    theirs = json.loads(champion.tags.get("per_class") or "{}")
+    ours = json.loads(new["per_class"])
+    shared = [name for name in ours if name in theirs]
+    if not shared:
+        return True, f"{verdict}; per-class gate not applied: champion v{champion.version} has no per-class metrics"
+    z = per_class_z(cfg.noise_z, len(shared))
+    worst = None
+    for name in shared:
+        (value, std), (old, old_std) = ours[name], theirs[name]
+        loss, noise = value - old, z * math.hypot(std, old_std)
+        if loss > noise and (worst is None or loss - noise > worst[0]):
+            worst = (loss - noise, name, value, old, loss, noise)
+    if worst is None:
+        return True, (f"{verdict}; per-class gate: no class of {len(shared)} worse beyond noise "
+                      f"({z:.2f} x std of each class's difference, Bonferroni over the classes)")
+    _, name, value, old, loss, noise = worst
+    return False, (f"{verdict}, but class {name!r} is worse beyond noise: its {new['metric']}_class "
+                   f"{value:.4f} vs champion v{champion.version} {old:.4f} (worse by {loss:.4f} > {noise:.4f} = "
+                   f"{z:.2f} x std of the difference, Bonferroni over {len(shared)} classes): not promoted "
+                   "(register.per_class_gate)")
+
+
+MAX_TAG_CHARS = 8000  # MLflow's longest tag value
+
+
+def evaluation_tag(report: EvaluationReport) -> str:
+    """The version's ``evaluation`` tag: the report's summary as JSON; with so many classes that it
+    would not fit a tag, the per-class rows are left to the version's eval.json."""
+    summary = report.summary()
+    text = json.dumps(summary)
+    if len(text) > MAX_TAG_CHARS:
+        summary["per_class"] = f"{len(summary['per_class'])} classes: see the version's eval.json artifact"
+        text = json.dumps(summary)
+    return text
 
 
 def _registry_lock(cfg: MlflowParams, root: Path, client, name: str):
@@ -217,9 +268,11 @@ def register_onnx(onnx_path: Path, interface: ModelInterface, report: Evaluation
         "metric_std": float(report.std or 0.0),
         "backbone": report.backbone, "num_samples": report.num_samples, "reference": report.reference,
         "eval_signature": eval_signature,
+        "per_class": json.dumps({name: [row["value"], row["std"] or 0.0] for name, row in report.per_class().items()},
+                                separators=(",", ":")),
     }
     name = cfg.model_name
-    digest, evaluation = file_sha256(onnx_path), json.dumps(report.summary())
+    digest, evaluation = file_sha256(onnx_path), evaluation_tag(report)
     # a retry of this same registration (same run, model file and evaluation) reuses its version
     attempt = hashlib.sha256(f"{run_id}|{digest}|{evaluation}".encode()).hexdigest()[:16]
     with _registry_lock(mlflow_cfg, root, client, name):
