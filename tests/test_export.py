@@ -203,6 +203,16 @@ def test_generate_cli_files_and_seeds(exported, tmp_path):
     from PIL import Image
 
     assert Image.open(tmp_path / "sevens" / names[0]).size == (8, 8)
+    # --truncation: the library's truncated latents, image for image
+    run_cli("generate", "--model", model, "--n", "4", "--label", "7", "--truncation", "0.5", "--out", "typical",
+            cwd=tmp_path)
+    expected, _ = OnnxGenerator(model).sample(4, 0, 7, truncation=0.5)
+    typical = np.stack([np.asarray(Image.open(tmp_path / "typical" / name)) for name in names])
+    assert np.array_equal(typical, expected[:, 0]) and not np.array_equal(
+        typical, np.stack([np.asarray(Image.open(tmp_path / "sevens" / name)) for name in names]))
+    for psi in ("0", "11"):
+        refused = run_cli("generate", "--model", model, "--truncation", psi, cwd=tmp_path, check=False)
+        assert refused.returncode == 2 and "--truncation" in refused.stderr
 
     bad = run_cli("generate", "--model", model, "--label", "12", "--out", "x.png", cwd=tmp_path, check=False)
     assert bad.returncode == 2 and "label 12 is outside 0..9" in bad.stderr and "Traceback" not in bad.stderr

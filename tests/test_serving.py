@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import free_port, spawn, stop, tiny, wait_for_http, write_params
+from ganops.pixels import to_uint8
 from ganops.serving import OnnxGenerator
 from ganops.stages.export import export
 from ganops.stages.prepare import prepare
@@ -113,6 +114,22 @@ def test_generate_array_is_seeded_and_matches_the_library(server, models):
     assert other["data"] != first["data"]
 
 
+def test_truncation_is_the_librarys_and_redraws_only_what_lies_beyond_psi(server, models):
+    body = {"n": 6, "seed": 11, "labels": 3, "format": "floats"}
+    plain, truncated = post(server, body).json(), post(server, {**body, "truncation": 0.5}).json()
+    library = OnnxGenerator(models["a"])
+    z, untruncated = library.latents(6, 11, truncation=0.5), library.latents(6, 11)
+    inside = np.abs(untruncated) <= 0.5
+    assert np.abs(z).max() <= 0.5 and np.array_equal(z[inside], untruncated[inside])
+    assert np.array_equal(np.asarray(truncated["images"], dtype=np.float32), library.run(z, np.full(6, 3)))
+    assert truncated["images"] != plain["images"]
+    # the CLI's and the library's sample() draw the same truncated latents
+    images, _ = library.sample(6, 11, 3, truncation=0.5)
+    assert np.array_equal(images, to_uint8(library.run(z, np.full(6, 3))))
+    # psi = 10: nothing lies beyond it, nothing is redrawn
+    assert post(server, {**body, "truncation": 10}).json()["images"] == plain["images"]
+
+
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
@@ -123,6 +140,11 @@ def test_generate_array_is_seeded_and_matches_the_library(server, models):
         ({"seed": -1}, 422, "greater than or equal to 0"),
         ({"seed": 2**64}, 422, "less than or equal to"),
         ({"seed": "abc"}, 422, "valid integer"),
+        ({"truncation": 0.0}, 422, "greater than or equal to 0.05"),
+        ({"truncation": 10.5}, 422, "less than or equal to 10"),
+        ({"truncation": "0.5"}, 422, "valid number"),
+        ({"truncation": True}, 422, "valid number"),
+        ({"z": [[0.5] * 8], "truncation": 0.5}, 422, "with z, send them truncated"),
         ({"n": 2, "labels": [0, 10]}, 422, "label 10 is outside 0..9"),
         ({"n": 2, "labels": 99}, 422, "label 99 is outside 0..9"),
         ({"n": 3, "labels": [1, 2]}, 422, "got 2 labels for 3 images"),

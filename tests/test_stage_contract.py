@@ -155,6 +155,7 @@ CONDITIONAL_READS = {
     "export.fp16_unverified": "read only when the fp16 model's parity can't be measured",
     "register.min_improvement": "read only when there is a champion to beat",
     "register.noise_z": "read only when there is a champion to beat",
+    "register.per_class_gate": "read only when there is a champion to beat and the new version beats it overall",
 }
 
 

@@ -107,6 +107,39 @@ def test_one_run_holds_params_curves_metrics_artifacts_and_lineage(project):
     assert len(client.search_runs([run.info.experiment_id])) == 1
 
 
+def test_register_writes_a_model_card_and_attaches_it_to_the_version(project, tmp_path):
+    import yaml
+    from PIL import Image
+
+    folder = project / "reports" / "model_card"
+    card = (folder / "MODEL_CARD.md").read_text()
+    _, front, body = card.split("---\n", 2)
+    meta = yaml.safe_load(front)
+    report = json.loads((project / "reports" / "eval.json").read_text())
+    assert meta["model_name"] == "ganops-generator" and meta["version"] == "1" and meta["datasets"] == ["digits"]
+    (primary, *_others) = meta["model-index"][0]["results"][0]["metrics"]
+    assert primary["name"] == report["primary_metric"] and primary["value"] == report[report["primary_metric"]]
+    assert primary["ci95"] == [report[f"{primary['name']}_ci95_low"], report[f"{primary['name']}_ci95_high"]]
+    manifest = json.loads((project / "data" / "prepared" / "manifest.json").read_text())
+    assert manifest["files"]["train"]["sha256"] in body and report["generator_sha256"] in body
+    per_class_rows = [line for line in body.splitlines() if line.startswith("| ") and line.count("|") == 7
+                      and line.split("|")[1].strip() in manifest["class_names"]]
+    assert len(per_class_rows) == 10
+    assert "| train.lr_g |" in body and "## Intended use and limitations" in body
+    figures = sorted(p.name for p in folder.glob("*.png"))
+    assert figures == ["memorisation.png", "samples.png", "training_curve.png", "truncation.png"]
+    for name in figures:
+        assert f"]({name})" in body and Image.open(folder / name).size[0] > 100
+    # attached to the version: its description, and its run's artifacts, which `ganops models card` writes out
+    version = client_for(project).get_model_version("ganops-generator", "1")
+    assert report["primary_metric"] in version.description and "ganops models card 1" in version.description
+    run_cli("models", "card", "1", "--out", str(tmp_path / "card"), cwd=project)
+    assert sorted(p.name for p in (tmp_path / "card").iterdir()) == sorted([*figures, "MODEL_CARD.md"])
+    assert all((tmp_path / "card" / name).read_bytes() == (folder / name).read_bytes() for name in [*figures, "MODEL_CARD.md"])
+    missing = run_cli("models", "card", "99", "--out", str(tmp_path / "none"), cwd=project, check=False)
+    assert missing.returncode == 2 and "has no version 99" in missing.stderr and not (tmp_path / "none").exists()
+
+
 def test_lineage_changes_with_a_param_and_only_with_what_changed(project, tmp_path):
     root = Path(shutil.copytree(project, tmp_path / "p", ignore=shutil.ignore_patterns("checkpoints")))
     client = client_for(root)

@@ -12,6 +12,7 @@ import typer
 
 from ganops import GanopsError
 from ganops.config import DEFAULT_PARAMS, Params, load_params
+from ganops.latents import MAX_TRUNCATION, MIN_TRUNCATION
 from ganops.telemetry import disable_telemetry
 
 T = TypeVar("T")
@@ -176,6 +177,18 @@ def models_promote(version: str = typer.Argument(..., help="version number to ma
     typer.echo(f"champion: v{result['champion']} (was v{result['previous_champion']})")
 
 
+@models_app.command("card")
+def models_card(version: str = typer.Argument(..., help="version number"),
+                out: Path = typer.Option(Path("model_card"), "--out", "-o", help="folder for MODEL_CARD.md and its figures"),
+                params: Path = ParamsOption) -> None:
+    """Write VERSION's model card (MODEL_CARD.md and its figures, as register attached them) into a folder."""
+    from ganops.tracking.registry import model_card
+
+    loaded = _fail_cleanly(lambda: load_params(params))
+    path = _fail_cleanly(lambda: model_card(loaded.mlflow, loaded.register, version, out))
+    typer.echo(f"wrote {path}")
+
+
 @models_app.command("rollback")
 def models_rollback(params: Path = ParamsOption) -> None:
     """Move champion back to the previous champion."""
@@ -192,6 +205,10 @@ def generate(
     n: int = typer.Option(64, "--n", min=1, max=100_000, help="number of images"),
     seed: int = typer.Option(0, "--seed", min=0, help="the same seed gives the same images"),
     label: int | None = typer.Option(None, "--label", help="class of every image (conditional models)"),
+    truncation: float | None = typer.Option(
+        None, "--truncation", min=MIN_TRUNCATION, max=MAX_TRUNCATION,
+        help="the truncation trick's psi: latent values beyond ±psi redrawn; smaller: more typical, less varied "
+        "(reports/eval.json's truncation curve says what each psi costs in FID, precision and recall)"),
     out: Path = typer.Option(Path("samples.png"), "--out", "-o",
                              help="a .png file for one grid, otherwise a folder of one PNG per image"),
     params: Path = ParamsOption,
@@ -200,7 +217,7 @@ def generate(
     from ganops.serving.commands import generate_images
 
     mlflow_cfg = _fail_cleanly(lambda: load_params(params).mlflow) if params.exists() else None
-    _fail_cleanly(lambda: generate_images(model, n, seed, label, out, mlflow_cfg))
+    _fail_cleanly(lambda: generate_images(model, n, seed, label, out, mlflow_cfg, truncation))
 
 
 @app.command()

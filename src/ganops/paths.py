@@ -130,6 +130,11 @@ class ProjectPaths:
     def register_report(self) -> Path:
         return self.reports / "register.json"
 
+    @property
+    def model_card(self) -> Path:
+        """The registered version's MODEL_CARD.md and its figures (ganops.tracking.card)."""
+        return self.reports / "model_card"
+
     def stage_files(self) -> dict[str, Path]:
         """Every named file and folder above (not the folders that only group them), by name."""
         grouping = {"models", "reports"}

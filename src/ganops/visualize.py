@@ -97,3 +97,32 @@ def memorisation_png(generated: np.ndarray, training: np.ndarray, distances: np.
     figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
     return buffer.getvalue()
+
+
+def figure_png(draw, panels: int, title: str) -> bytes:
+    """A matplotlib figure of ``panels`` side-by-side axes, filled by ``draw(axes)``, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 3.6), squeeze=False)
+    try:
+        draw(list(axes[0]))
+        figure.suptitle(title, fontsize=10)
+        figure.tight_layout()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=100)
+        return buffer.getvalue()
+    finally:
+        plt.close(figure)
+
+
+def notice_png(text: str) -> bytes:
+    """A figure that says why there is no figure (a report's picture of something not measured)."""
+
+    def draw(axes):
+        axes[0].text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=10)
+        axes[0].axis("off")
+
+    return figure_png(draw, 1, "")

@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ganops.config import ServeParams
+from ganops.latents import MAX_TRUNCATION, MIN_TRUNCATION
 from ganops.pixels import to_uint8
 from ganops.serving.locate import parse_models_uri
 from ganops.serving.runtime import GenerationTimeout, OnnxGenerator
@@ -56,6 +57,10 @@ class GenerateRequest(BaseModel):
     labels: StrictInt | list[StrictInt] | None = Field(
         None, description="class of every image (one int) or of each image (a list of n); default: classes in turn"
     )
+    truncation: Annotated[float, Field(strict=True, allow_inf_nan=False, ge=MIN_TRUNCATION, le=MAX_TRUNCATION)] | None = Field(
+        None, description="the truncation trick's psi: latent values beyond ±psi are redrawn (from the seed's own "
+        "stream) until within; smaller: more typical, less varied images; leave out for none. Not with z"
+    )
     format: Literal["png", "array", "floats"] = Field(
         "png", description="png: one grid image; array: uint8 NCHW, base64; floats: the generator's float32 output "
         "in [-1, 1] as JSON numbers, NCHW nested lists"
@@ -67,6 +72,8 @@ class GenerateRequest(BaseModel):
             return self
         if "seed" in self.model_fields_set:
             raise ValueError("seed and z are exclusive: send a seed (the latents are drawn from it) or z, not both")
+        if self.truncation is not None:
+            raise ValueError("truncation applies to the latents drawn from a seed: with z, send them truncated")
         if "n" in self.model_fields_set and self.n != len(self.z):
             raise ValueError(f"n={self.n} but z has {len(self.z)} rows: with z, n is len(z) (leave n out)")
         if max(map(abs, chain.from_iterable(self.z)), default=0.0) > FLOAT32_MAX:
@@ -408,7 +415,7 @@ def create_app(source: ModelSource, settings: ServeParams | None = None) -> Fast
     def generated_response(served: Served, request: GenerateRequest, deadline: float) -> Response:
         """In a worker thread: wait for a slot, generate, encode."""
         generator = served.generator
-        z = generator.latents(request.n, request.seed) if request.z is None else request.z
+        z = generator.latents(request.n, request.seed, request.truncation) if request.z is None else request.z
         seed = request.seed if request.z is None else None
         try:
             with limiter.generation(max(0.0, deadline - time.monotonic()), settings.request_timeout_s):

@@ -17,10 +17,10 @@ log = logging.getLogger(__name__)
 
 
 def generate_images(model: str, n: int, seed: int, label: int | None, out: Path,
-                    mlflow_cfg: MlflowParams | None = None) -> Path:
+                    mlflow_cfg: MlflowParams | None = None, truncation: float | None = None) -> Path:
     generator = open_generator(model, mlflow_cfg)
     try:
-        images, labels = generator.sample(n, seed, label)
+        images, labels = generator.sample(n, seed, label, truncation)
     except ValueError as error:
         raise GanopsError(str(error)) from None
     if out.suffix.lower() == ".png":
@@ -35,7 +35,7 @@ def generate_images(model: str, n: int, seed: int, label: int | None, out: Path,
             for index, image in enumerate(images):
                 name = f"{index:05d}" + (f"_class{labels[index]}" if labels is not None else "") + ".png"
                 (staging / name).write_bytes(image_png(image))
-    log.info("wrote %d images (seed %d) to %s", n, seed, out)
+    log.info("wrote %d images (seed %d%s) to %s", n, seed, f", truncation {truncation:g}" if truncation else "", out)
     return out
 
 

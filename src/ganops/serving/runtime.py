@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ganops.latents import truncate
 from ganops.models.spec import GeneratorSpec
 from ganops.ort_session import ModelError, make_session
 from ganops.pixels import to_uint8
@@ -84,9 +85,11 @@ class OnnxGenerator:
                 timer.cancel()
         return images
 
-    def latents(self, n: int, seed: int) -> np.ndarray:
-        """The noise for a seed: the same seed gives the same images on every machine and interface."""
-        return np.random.default_rng(seed).standard_normal((n, self.spec.latent_dim), dtype=np.float32)
+    def latents(self, n: int, seed: int, truncation: float | None = None) -> np.ndarray:
+        """The noise for a seed: the same seed gives the same images on every machine and interface.
+        ``truncation`` psi: values beyond ±psi redrawn from the same stream (ganops.latents.truncate)."""
+        rng = np.random.default_rng(seed)
+        return truncate(rng.standard_normal((n, self.spec.latent_dim), dtype=np.float32), truncation, rng)
 
     def labels_for(self, n: int, labels: list[int] | int | None) -> np.ndarray | None:
         """None -> classes in turn (0, 1, 2, ...); one int -> all that class; a list -> as given."""
@@ -135,9 +138,10 @@ class OnnxGenerator:
         label_array = self.labels_for(len(z), labels)
         return self.run(z, label_array, timeout_s), label_array
 
-    def sample(self, n: int, seed: int, labels: list[int] | int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    def sample(self, n: int, seed: int, labels: list[int] | int | None = None,
+               truncation: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """n images for a seed as uint8 (N, C, H, W), with the labels they were generated for:
-        ``generate`` applied to ``latents(n, seed)``."""
-        images, label_array = self.generate(self.latents(n, seed), labels)
+        ``generate`` applied to ``latents(n, seed, truncation)``."""
+        images, label_array = self.generate(self.latents(n, seed, truncation), labels)
         return to_uint8(images), label_array
 

@@ -32,7 +32,7 @@ from ganops.metrics.scores import (
 from ganops.models import load_generator
 from ganops.paths import ProjectPaths
 from ganops.tracking.runs import log_to_pipeline_run
-from ganops.visualize import memorisation_png, sample_grid_png
+from ganops.visualize import memorisation_png, notice_png, sample_grid_png
 
 log = logging.getLogger(__name__)
 MIN_REFERENCE = 10
@@ -65,16 +65,17 @@ def evaluate(params: Params, root: Path = Path(".")) -> dict:
     generated = torch.cat(draws)
     write_bytes_atomic(paths.eval_samples, sample_grid_png(generated.numpy(), labels.numpy() if labels is not None
                                                            else None, spec.num_classes))
-    figures = [paths.eval_samples]
     if scores.nearest is not None:
         kept = np.flatnonzero(kept_mask(len(real), cfg.reference_max_features))
-        write_bytes_atomic(paths.eval_memorisation, memorisation_png(
-            generated[scores.nearest.generated].numpy(), real.gather(kept[scores.nearest.training]),
-            scores.nearest.distances, scores.nearest.threshold))
-        figures.append(paths.eval_memorisation)
+        picture = memorisation_png(generated[scores.nearest.generated].numpy(), real.gather(kept[scores.nearest.training]),
+                                   scores.nearest.distances, scores.nearest.threshold)
+    else:
+        picture = notice_png(f"memorisation not measured: eval.reference is {cfg.reference}, not the training split")
+    write_bytes_atomic(paths.eval_memorisation, picture)
     EvaluationReport.model_validate(report)  # the record later stages read back
     write_json_atomic(paths.eval_report, report)
-    log_to_pipeline_run(params.mlflow, root, paths.mlflow_run, "eval", report, [*figures, paths.eval_report])
+    log_to_pipeline_run(params.mlflow, root, paths.mlflow_run, "eval", report,
+                        [paths.eval_samples, paths.eval_memorisation, paths.eval_report])
     log.info("evaluation: %s = %s (95%% interval %s .. %s)", scores.primary, report[scores.primary],
              report.get(f"{scores.primary}_ci95_low"), report.get(f"{scores.primary}_ci95_high"))
     return report

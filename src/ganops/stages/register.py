@@ -12,13 +12,22 @@ from pathlib import Path
 from ganops import GanopsError
 from ganops.config import Params
 from ganops.data import load_manifest
-from ganops.io import write_json_atomic
+from ganops.io import file_sha256, write_json_atomic
 from ganops.metrics.report import EvaluationReport
 from ganops.paths import ProjectPaths
 from ganops.serving.export import GENERATOR_DIGEST_KEY, model_interface
 from ganops.serving.runtime import onnx_metadata
+from ganops.tracking.card import (
+    CardInputs,
+    attach_model_card,
+    read_json,
+    read_watch_rows,
+    run_lineage,
+    run_recipe,
+    write_model_card,
+)
 from ganops.tracking.registry import evaluation_signature, register_onnx
-from ganops.tracking.store import pipeline_run_id
+from ganops.tracking.store import connect, pipeline_run_id
 
 
 def register(params: Params, root: Path = Path(".")) -> dict:
@@ -39,9 +48,24 @@ def register(params: Params, root: Path = Path(".")) -> dict:
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             raise GanopsError(f"{paths.eval_report}: {name} is {value!r}, not a finite number; a generator is "
                               "never registered on it (rerun `dvc repro evaluate`)")
-    eval_signature = evaluation_signature(report, load_manifest(paths.prepared), paths.evaluator_weights)
+    manifest = load_manifest(paths.prepared)
+    eval_signature = evaluation_signature(report, manifest, paths.evaluator_weights)
     decision = register_onnx(paths.onnx, model_interface(paths.onnx), report, eval_signature,
                              pipeline_run_id(paths.mlflow_run), params.mlflow, params.register, root)
+    client = connect(params.mlflow, root)
+    inputs = CardInputs(
+        model_name=decision.model_name, version=decision.version, promoted=decision.promoted, reason=decision.reason,
+        run_id=decision.run_id, onnx_sha256=file_sha256(paths.onnx), report=report,
+        data={"source": manifest.source, "resolution": manifest.resolution, "channels": manifest.channels,
+              "conditional": report.class_names is not None, "class_names": manifest.class_names,
+              "counts": {"train": manifest.num_train, "test": manifest.num_test},
+              "checksums": {split: manifest.checksum(split) for split in ("train", "test")}},
+        recipe=run_recipe(client, decision.run_id), lineage=run_lineage(client, decision.run_id),
+        train_report=read_json(paths.train_report),
+        watch_rows=read_watch_rows(paths.train_watch), samples_png=paths.eval_samples,
+        memorisation_png=paths.eval_memorisation if report.memorisation_suspected is not None else None)
+    write_model_card(paths.model_card, inputs)
+    attach_model_card(client, decision.model_name, decision.version, decision.run_id, paths.model_card, inputs)
     write_json_atomic(paths.register_report, decision.model_dump())
     return decision.model_dump()
 

@@ -364,6 +364,13 @@ def promote(mlflow_cfg: MlflowParams, cfg: RegisterParams, version: str, root: P
     return {"champion": str(version), "previous_champion": str(previous.version) if previous else None}
 
 
+def model_card(mlflow_cfg: MlflowParams, cfg: RegisterParams, version: str, out: Path, root: Path = Path(".")) -> Path:
+    """Write ``version``'s model card into ``out`` (ganops.tracking.card)."""
+    from ganops.tracking.card import download_model_card
+
+    return download_model_card(connect(mlflow_cfg, root), cfg.model_name, version, out)
+
+
 def rollback(mlflow_cfg: MlflowParams, cfg: RegisterParams, root: Path = Path(".")) -> dict:
     """Move champion back to the version that held it before the current one."""
     client = connect(mlflow_cfg, root)
