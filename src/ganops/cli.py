@@ -220,6 +220,23 @@ def generate(
     _fail_cleanly(lambda: generate_images(model, n, seed, label, out, mlflow_cfg, truncation))
 
 
+@app.command("fid")
+def fid(
+    first: Path = typer.Argument(..., help="a folder of images (PNG, JPEG, ...)"),
+    second: str = typer.Argument(..., help="another folder, or 'reference': the reference_stats stage's cached "
+                                 "statistics (data/reference)"),
+    protocol: str | None = typer.Option(None, "--protocol", help="tf | pytorch-fid | clean (default: eval.fid_protocol)"),
+    params: Path = ParamsOption,
+) -> None:
+    """The standard FID of FIRST against SECOND under a named protocol, on the pipeline's Inception network."""
+    from ganops.metrics.folders import score_folders
+
+    loaded = _fail_cleanly(lambda: load_params(params)) if params.exists() else Params()
+    result = _fail_cleanly(lambda: score_folders(loaded, first, second, protocol))
+    typer.echo(f"{result['metric']} = {result['value']:.6f}  ({result['first_images']} images in {result['first']} vs "
+               f"{result['second_images']} in {result['second']}; weights {result['weights_digest'][:12]})")
+
+
 @app.command()
 def serve(
     model: str | None = typer.Option(None, "--model", "-m", help="ONNX file or model URI (default: serve.model)"),
