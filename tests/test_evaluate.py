@@ -196,7 +196,7 @@ def test_errors_leave_earlier_outputs_intact(trained_project, tmp_path):
     evaluate(tiny(TRAINED), root)
     before = (root / "reports" / "eval.json").read_bytes()
 
-    with pytest.raises(GanopsError, match="must both exceed eval.prc_neighborhood"):
+    with pytest.raises(GanopsError, match="must all exceed eval.prc_neighborhood"):
         evaluate(tiny(merge(TRAINED, {"eval": {"num_samples": 4, "draws": 2, "prc_neighborhood": 5}})), root)
     with pytest.raises(GanopsError, match=r"eval.num_samples \(30\) must be at least 2 x eval.draws \(20\)"):
         tiny(merge(TRAINED, {"eval": {"num_samples": 30, "draws": 20}}))

@@ -9,8 +9,10 @@ import torch
 
 from ganops.config import EvalParams
 from ganops.latents import check_truncation, truncate
+from ganops.metrics import neighbours
 from ganops.metrics.frechet import feature_statistics, frechet_distance, frechet_distance_of_features
 from ganops.metrics.names import Measurement
+from ganops.metrics.neighbours import neighbour_summary
 from ganops.metrics.reference import ReferencedBackbone, ReferenceFeatures
 from ganops.metrics.scores import density_coverage, fd_inf, memorisation, per_class, score_draws
 
@@ -59,17 +61,25 @@ def test_per_class_distance_is_each_class_against_its_own_reference_and_finds_th
     assert "fid600_tf_train_class0" in sparse
 
 
-def test_density_and_coverage_are_prdcs():
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_density_and_coverage_equal_prdcs_and_the_radii_are_its_too(k, monkeypatch):
+    import prdc.prdc
     from prdc import compute_prdc
 
     rng = np.random.default_rng(1)
-    real, fake = rng.normal(size=(300, 16)), rng.normal(0.3, 1.2, size=(200, 16))
-    cfg = EvalParams(dc_neighborhood=5)
-    expected = compute_prdc(real.astype(np.float32), fake.astype(np.float32), 5)
-    ours = density_coverage(reference_of(real), [fake[:100], fake[100:]], cfg)
-    assert ours[("density", "")] == pytest.approx(expected["density"], abs=1e-12)
-    assert ours[("coverage", "")] == pytest.approx(expected["coverage"], abs=1e-12)
-    assert density_coverage(reference_of(real), [fake], EvalParams(dc_neighborhood=2)) != ours  # k is passed on
+    real, fake = rng.normal(size=(1300, 16)), rng.normal(0.3, 1.2, size=(1100, 16))
+    monkeypatch.setattr(neighbours, "BLOCK", 256)  # several blocks on each side
+    ours = neighbour_summary(real, fake, k)
+    expected = compute_prdc(real.astype(np.float32), fake.astype(np.float32), k)
+    assert ours.density == pytest.approx(expected["density"], abs=1e-12)
+    assert ours.coverage == pytest.approx(expected["coverage"], abs=1e-12)
+    radii = prdc.prdc.compute_nearest_neighbour_distances(real.astype(np.float32), k)
+    assert np.allclose(ours.radius, radii, rtol=1e-5)
+    assert np.allclose(ours.own_nearest, prdc.prdc.compute_nearest_neighbour_distances(real.astype(np.float32), 1),
+                       rtol=1e-5)
+    full = np.sqrt(((fake[:, None, :] - real[None, :, :]) ** 2).sum(-1))
+    assert np.array_equal(ours.fake_nearest_index, full.argmin(1)) and np.allclose(ours.fake_nearest, full.min(1))
+    assert density_coverage(ours) == {("density", ""): ours.density, ("coverage", ""): ours.coverage}
 
 
 def test_fd_inf_recovers_the_known_frechet_distance_of_two_gaussians():
@@ -103,8 +113,8 @@ def test_memorisation_flags_a_generator_that_returns_training_images_and_not_fre
     reference = reference_of(training)
     copies = training[rng.choice(1000, 400, replace=False)] + rng.normal(0, 1e-3, (400, 16))
     fresh = rng.normal(size=(400, 16))  # the same distribution, not the same images
-    copied, copied_pairs = memorisation(reference, copies, cfg, MEASURED)
-    honest, _ = memorisation(reference, fresh, cfg, MEASURED)
+    copied, copied_pairs = memorisation(neighbour_summary(reference.features, copies, 5), cfg, MEASURED)
+    honest, _ = memorisation(neighbour_summary(reference.features, fresh, 5), cfg, MEASURED)
     assert copied["memorised600_tf_train_share"] == 1.0 > cfg.memorisation_max_share
     assert honest["memorised600_tf_train_share"] < cfg.memorisation_max_share
     # the closest pairs point at the training images they copy

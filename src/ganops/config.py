@@ -171,7 +171,7 @@ class EvalParams(_Section):
         "suspiciously close")
     truncation: list[float] = Field(
         [0.5, 0.7, 1.0], description="truncation psi values of the report's curve (plus none); [] skips the curve")
-    truncation_samples: int = Field(200, ge=10, description="generated images per point of the truncation curve")
+    truncation_samples: int = Field(100, ge=10, description="generated images per point of the truncation curve")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     evaluator: EvaluatorParams = EvaluatorParams()
 

@@ -10,8 +10,6 @@ ours (:mod:`ganops.metrics.frechet`).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from ganops.metrics.domain_classifier import classifier_hits
 from ganops.metrics.draws import RESCORE, TRUNCATE, WATCH, features_of_draws, generated_draws, sample_labels
 from ganops.metrics.frechet import FrechetReference, feature_statistics, frechet_distance
 from ganops.metrics.names import Measurement, truncation_label
+from ganops.metrics.neighbours import NeighbourSummary, neighbour_summary
 from ganops.metrics.reference import ReferencedBackbone, ReferenceFeatures
 
 MetricFn = Callable[[ReferenceFeatures, list[np.ndarray], EvalParams], dict[tuple[str, str], float]]
@@ -94,15 +93,10 @@ def precision_recall(reference: ReferenceFeatures, draws: list[np.ndarray], cfg:
     return {("precision", ""): float(result["precision"]), ("recall", ""): float(result["recall"])}
 
 
-def density_coverage(reference: ReferenceFeatures, draws: list[np.ndarray], cfg: EvalParams) -> dict[tuple[str, str], float]:
-    """Density and coverage (Naeem et al. 2020), computed by the ``prdc`` package on the same features,
-    with its k = eval.dc_neighborhood (the paper's 5)."""
-    from prdc import compute_prdc
-
-    with contextlib.redirect_stdout(io.StringIO()):  # prdc prints the two set sizes
-        result = compute_prdc(reference.features.astype(np.float32), np.concatenate(draws).astype(np.float32),
-                              cfg.dc_neighborhood)
-    return {("density", ""): float(result["density"]), ("coverage", ""): float(result["coverage"])}
+def density_coverage(summary: NeighbourSummary) -> dict[tuple[str, str], float]:
+    """Density and coverage (Naeem et al. 2020) with k = eval.dc_neighborhood (the paper's 5), from
+    the neighbour distances (ganops.metrics.neighbours: equal to the prdc package's)."""
+    return {("density", ""): summary.density, ("coverage", ""): summary.coverage}
 
 
 FD_INF_METHOD = (
@@ -128,7 +122,7 @@ def fd_inf(reference: ReferenceFeatures, draws: list[np.ndarray], cfg: EvalParam
     return {("fd_inf", ""): float(intercept), ("fd_inf", "slope"): float(slope)}
 
 
-METRICS: dict[str, MetricFn] = {"fd": fd, "kid": kid, "prc": precision_recall, "dc": density_coverage, "fd_inf": fd_inf}
+METRICS: dict[str, MetricFn] = {"fd": fd, "kid": kid, "prc": precision_recall, "fd_inf": fd_inf}
 
 
 def compute_metrics(reference: ReferenceFeatures, draws: list[np.ndarray], cfg: EvalParams, measurement: Measurement,
@@ -211,15 +205,12 @@ class NearestTraining:
     share: float           # of all generated images, those suspiciously close
 
 
-def memorisation(reference: ReferenceFeatures, fake: np.ndarray, cfg: EvalParams, measurement: Measurement,
+def memorisation(summary: NeighbourSummary, cfg: EvalParams, measurement: Measurement,
                  shown: int = 8) -> tuple[dict[str, float], NearestTraining]:
     """The share of generated images suspiciously close to a training image (MEMORISATION_METHOD),
-    the threshold, and the ``shown`` closest pairs. The reference must be the training split."""
-    from sklearn.neighbors import NearestNeighbors
-
-    index = NearestNeighbors(n_neighbors=2, algorithm="brute").fit(reference.features)
-    own = index.kneighbors(reference.features, 2)[0][:, 1]  # [:, 0] is the image itself
-    distance, nearest = (column[:, 0] for column in index.kneighbors(fake, 1))
+    the threshold, and the ``shown`` closest pairs, from the neighbour distances of generated features
+    to the training split's (``summary``: the reference must be the training split)."""
+    own, distance, nearest = summary.own_nearest, summary.fake_nearest, summary.fake_nearest_index
     threshold = float(np.quantile(own, cfg.memorisation_quantile))
     share = float(np.mean(distance < threshold))
     closest = np.argsort(distance, kind="stable")[:shown]
@@ -261,9 +252,13 @@ def score_draws(draws: list[torch.Tensor], labels: torch.Tensor | None, backbone
         metrics.update(compute_metrics(reference, features, cfg, measurement, chosen))
         if index == 0 and draw_labels is not None and reference.labels is not None:
             metrics.update(per_class(reference, features, draw_labels, cfg, measurement))
-        if index == 0 and cfg.reference == "train":
-            found, nearest = memorisation(reference, np.concatenate(features), cfg, measurement)
-            metrics.update(found)
+        if index == 0:
+            summary = neighbour_summary(reference.features, np.concatenate(features), cfg.dc_neighborhood)
+            metrics.update({measurement.name(metric, suffix): round(value, 6)
+                            for (metric, suffix), value in density_coverage(summary).items()})
+            if cfg.reference == "train":
+                found, nearest = memorisation(summary, cfg, measurement)
+                metrics.update(found)
     for (backbone, _), measurement in zip(backbones, measurements):
         if labels is not None and isinstance(backbone, DomainClassifierBackbone):
             # the share of images the domain classifier assigns to the label they were generated for

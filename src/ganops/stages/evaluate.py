@@ -85,9 +85,12 @@ def _check_sizes(cfg: EvalParams, num_reference: int) -> None:
     if num_reference < MIN_REFERENCE:
         raise GanopsError(f"the {cfg.reference} split holds {num_reference} images; evaluation needs at least "
                           f"{MIN_REFERENCE} (set eval.reference or data.test_fraction)")
-    if cfg.num_samples <= cfg.prc_neighborhood or num_reference <= cfg.prc_neighborhood:
-        raise GanopsError(f"eval.num_samples={cfg.num_samples} and the {num_reference} reference images must both "
-                          f"exceed eval.prc_neighborhood={cfg.prc_neighborhood}")
+    neighbours = max(cfg.prc_neighborhood, cfg.dc_neighborhood)
+    smallest = min(cfg.num_samples, cfg.truncation_samples) if cfg.truncation else cfg.num_samples
+    if smallest <= neighbours or num_reference <= neighbours:
+        raise GanopsError(f"eval.num_samples={cfg.num_samples}, eval.truncation_samples={cfg.truncation_samples} and "
+                          f"the {num_reference} reference images must all exceed eval.prc_neighborhood="
+                          f"{cfg.prc_neighborhood} and eval.dc_neighborhood={cfg.dc_neighborhood}")
 
 
 def _report(cfg: EvalParams, paths: ProjectPaths, expected: dict, num_reference: int, class_names: list[str] | None,

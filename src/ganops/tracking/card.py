@@ -156,11 +156,11 @@ def card_markdown(inputs: CardInputs, figures: dict[str, str]) -> str:
              f"A {'class-conditional ' if data.get('conditional') else ''}GAN generator of {data['resolution']}x"
              f"{data['resolution']} images with {data['channels']} channel(s), trained by ganops on {data['source']} "
              f"and served as ONNX (onnxruntime). {'Champion' if inputs.promoted else 'Not champion'}: {inputs.reason}", "",
-             "## Data and lineage", "", "| | |", "|---|---|",
+             "## Data and lineage", "", "| what | value |", "|---|---|",
              f"| source | {data['source']} |", f"| classes | {', '.join(data.get('class_names') or []) or 'none'} |"]
     for split, checksum in data["checksums"].items():
-        lines.append(f"| {split} split | {data['counts'].get(split, '?')} images, sha256 {checksum} |")
-    lines += [f"| generator weights | sha256 {report.generator_sha256} |", f"| ONNX file | sha256 {inputs.onnx_sha256} |",
+        lines.append(f"| {split} split | {data['counts'].get(split, '?')} images, {checksum} |")
+    lines += [f"| generator weights | sha256:{report.generator_sha256} |", f"| ONNX file | sha256:{inputs.onnx_sha256} |",
               f"| MLflow run | {inputs.run_id} |"]
     for key, value in inputs.lineage.items():
         lines.append(f"| {key} | {value} |")
@@ -176,12 +176,13 @@ def card_markdown(inputs: CardInputs, figures: dict[str, str]) -> str:
             continue
         lines += ["", f"## {title}", "", f"![{title}]({figures[key]})"]
         if key == "truncation":
-            lines += ["", report.truncation_method or "", "", "| psi | distance | precision | recall |", "|---|---|---|---|"]
+            lines += ["", f"Method: {report.truncation_method or ''}", "",
+                      "| psi | distance | precision | recall |", "|---|---|---|---|"]
             lines += [f"| {'none' if p['psi'] is None else p['psi']} | {_fmt(p['value'])} | {_fmt(p['precision'])} | "
                       f"{_fmt(p['recall'])} |" for p in report.truncation_curve()]
         if key == "memorisation":
-            lines += ["", f"Memorisation suspected: **{'yes' if report.memorisation_suspected else 'no'}**. "
-                      f"{report.memorisation_method or ''}"]
+            lines += ["", f"Memorisation suspected: **{'yes' if report.memorisation_suspected else 'no'}**.", "",
+                      f"Method: {report.memorisation_method or ''}"]
     lines += ["", "## Intended use and limitations", "",
               f"- Made for research and demonstration on data like {data['source']}; it generates images of its "
               "classes only, and nothing about them is a fact about any real person or object.",

@@ -101,7 +101,7 @@ def _decide(cfg: RegisterParams, new: dict, champion) -> tuple[bool, str]:
     verdict = (f"{new['metric']} {value:.4f} vs champion v{champion.version} {old:.4f}: improvement {gain:.4f} "
                f"{'>' if gain > needed else '<='} required {needed:.4f} (max of min_improvement "
                f"{cfg.min_improvement:g} and {cfg.noise_z:g} x std of the difference)")
-    if gain <= needed or not cfg.per_class_gate or not new.get("per_class"):
+    if gain <= needed or not cfg.per_class_gate or not json.loads(new.get("per_class") or "{}"):
         return gain > needed, verdict
     return _per_class_gate(cfg, new, champion, verdict)
 
