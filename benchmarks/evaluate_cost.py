@@ -10,7 +10,7 @@ DIR: a project after a full `dvc repro` (data/prepared, data/reference, models/,
 SRC: the ``src`` folder of the other checkout (e.g. `git worktree add /tmp/before <commit>`).
 Figures: wall seconds of the whole `ganops evaluate` process, median [min-max] over the rounds.
 
-Last line: ``evaluate_cost_ratio=<after median / before median>``.
+Last line: ``evaluate_cost_ratio=<median over the rounds of after / before>``.
 """
 
 from __future__ import annotations
@@ -54,8 +54,10 @@ def main() -> None:
                   f", {len(report)} fields; during: {describe_load(load, cpu_times())}", flush=True)
     for side, values in seconds.items():
         print(f"{side}: evaluate {spread(values, 1)} s")
+    ratios = [after / before for after, before in zip(seconds["after"], seconds["before"])]
+    print(f"after / before per round: {spread(ratios, 3)}")
     machine.finish()
-    print(f"evaluate_cost_ratio={median(seconds['after']) / median(seconds['before']):.3f}")
+    print(f"evaluate_cost_ratio={median(ratios):.3f}")
 
 
 if __name__ == "__main__":

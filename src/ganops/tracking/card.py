@@ -222,7 +222,8 @@ def description(inputs: CardInputs) -> str:
     low, high = report.ci95
     worst = sorted(((row["value"], name) for name, row in (inputs.report.per_class() or {}).items()), reverse=True)[:3]
     text = (f"{report.primary_metric} {_fmt(report.value)} (95% interval {_fmt(low)} .. {_fmt(high)}); "
-            + (f"worst classes: {', '.join(f'{name} {value:.2f}' for value, name in worst)}; " if worst else "")
+            + (f"worst classes by {report.primary_metric}: {', '.join(f'{name!r} {value:.2f}' for value, name in worst)}; "
+               if worst else "")
             + f"memorisation suspected: {report.memorisation_suspected}. {inputs.reason}\n\n"
             f"The model card (MODEL_CARD.md and its figures) is in this version's run artifacts under {ARTIFACT_PATH}/ "
             f"(`ganops models card {inputs.version}` writes it out).")
