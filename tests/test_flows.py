@@ -108,7 +108,7 @@ def test_failing_stage_fails_the_flow_with_its_message_and_the_fix_resumes_from_
     finally:
         (root / "params.yaml").write_text(original)
     assert state.is_failed()
-    with pytest.raises(Exception, match=r"stage 'evaluate' failed: eval.num_samples=200 .* must all exceed"):
+    with pytest.raises(Exception, match=r"stage 'evaluate' failed: eval.num_samples=200.* must all exceed"):
         state.result()
     runs = task_runs(state.state_details.flow_run_id)
     assert runs["dvc repro evaluate"].run_count == 1  # an input error is not retried

@@ -138,6 +138,14 @@ def test_register_writes_a_model_card_and_attaches_it_to_the_version(project, tm
     assert all((tmp_path / "card" / name).read_bytes() == (folder / name).read_bytes() for name in [*figures, "MODEL_CARD.md"])
     missing = run_cli("models", "card", "99", "--out", str(tmp_path / "none"), cwd=project, check=False)
     assert missing.returncode == 2 and "has no version 99" in missing.stderr and not (tmp_path / "none").exists()
+    # a second version from the same run (another evaluation): each version keeps its own card
+    root = Path(shutil.copytree(project, tmp_path / "p"))
+    _edit_eval(root, memorisation_suspected=None)  # as an evaluation against the test split: no memorisation picture
+    assert register(tiny(), root)["version"] == "2"
+    for number in ("1", "2"):
+        run_cli("models", "card", number, "--out", str(tmp_path / f"v{number}"), cwd=root)
+        assert f"version: '{number}'" in (tmp_path / f"v{number}" / "MODEL_CARD.md").read_text()
+    assert (tmp_path / "v1" / "memorisation.png").exists() and not (tmp_path / "v2" / "memorisation.png").exists()
 
 
 def test_lineage_changes_with_a_param_and_only_with_what_changed(project, tmp_path):
@@ -248,6 +256,13 @@ def test_a_version_better_overall_but_worse_beyond_noise_on_one_class_is_not_pro
     _edit_eval(root, **{metric: fd - 30 * std - 3, f"{metric}_class5": per_class[5][0] + 50 * per_class[5][1] + 5})
     assert register(tiny(), root)["promoted"] is False
     assert register(tiny({"register": {"per_class_gate": False}}), root)["promoted"] is True
+    # no per-class interval (eval.spread_rounds: 0): the gate is not applied rather than refusing on zero noise
+    path = root / "reports" / "eval.json"
+    evaluation = {name: value for name, value in json.loads(path.read_text()).items()
+                  if not (name.startswith(f"{metric}_class") and name.endswith(("_std", "_ci95_low", "_ci95_high")))}
+    path.write_text(json.dumps({**evaluation, metric: fd - 60 * std - 6}))
+    ungated = register(tiny(), root)
+    assert ungated["promoted"] is True and "per-class gate not applied: a per-class interval is missing" in ungated["reason"]
 
 
 def test_register_refuses_an_evaluation_of_another_generator(project, tmp_path):

@@ -183,6 +183,8 @@ class EvalParams(_Section):
             raise ValueError("eval.spread_rounds must be 0 (no interval) or at least 2")
         for psi in self.truncation:
             check_truncation(psi, "eval.truncation")
+        if len({f"{psi:g}" for psi in self.truncation}) != len(self.truncation):
+            raise ValueError(f"eval.truncation holds a psi twice (values equal to 6 significant digits): {self.truncation}")
         if self.memorisation_max_share <= self.memorisation_quantile:
             raise ValueError(f"eval.memorisation_max_share ({self.memorisation_max_share}) must exceed "
                              f"eval.memorisation_quantile ({self.memorisation_quantile}): images fresh from the data "

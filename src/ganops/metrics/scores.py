@@ -100,8 +100,9 @@ def density_coverage(summary: NeighbourSummary) -> dict[tuple[str, str], float]:
 
 
 FD_INF_METHOD = (
-    "FD-infinity (Chong & Forsyth 2020): the Fréchet distance of {points} seeded random subsets of the generated "
-    "images, of {counts} images, against the whole reference; a least-squares line in 1/N, its value at 1/N = 0. "
+    "FD-infinity (Chong & Forsyth 2020): the Fréchet distance of seeded random subsets of the generated "
+    "images, of {counts} images (the last: all of them), against the whole reference; a least-squares line in 1/N, "
+    "its value at 1/N = 0. "
     "No interval."
 )
 
@@ -170,8 +171,10 @@ def per_class(reference: ReferenceFeatures, draws: list[np.ndarray], draw_labels
             generated = FrechetReference.of_features(fake)
             by_reference = [generated.distance(real[rng.choice(len(real), size=len(real) // 2, replace=False)])
                             for _ in range(cfg.spread_rounds)]
-            std = math.sqrt(float(np.var(by_generated, ddof=1)) + float(np.var(by_reference, ddof=1)))
-            out.update({("fd", "std"): std, ("fd", "ci95_low"): value - Z95 * std, ("fd", "ci95_high"): value + Z95 * std})
+            if len(by_generated) >= 2 and len(by_reference) >= 2:  # a rare class can leave halves without 2 images
+                std = math.sqrt(float(np.var(by_generated, ddof=1)) + float(np.var(by_reference, ddof=1)))
+                out.update({("fd", "std"): std, ("fd", "ci95_low"): value - Z95 * std,
+                            ("fd", "ci95_high"): value + Z95 * std})
         prc = prc_features_to_metric(torch.from_numpy(fake).float(), torch.from_numpy(real).float(),
                                      prc_neighborhood=cfg.prc_neighborhood, verbose=False)
         out.update({("precision", ""): float(prc["precision"]), ("recall", ""): float(prc["recall"])})

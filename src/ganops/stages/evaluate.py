@@ -15,7 +15,7 @@ from ganops import GanopsError
 from ganops.config import EvalParams, Params
 from ganops.data import load_manifest, open_split
 from ganops.device import resolve_device
-from ganops.io import file_sha256, write_bytes_atomic, write_json_atomic
+from ganops.io import file_sha256, first_non_finite, write_bytes_atomic, write_json_atomic
 from ganops.metrics.draws import check_compatible, generated_draws, sample_labels
 from ganops.metrics.reference import ReferencedBackbone, kept_mask, open_backbones, resolve_reference
 from ganops.metrics.report import EvaluationReport
@@ -62,6 +62,9 @@ def evaluate(params: Params, root: Path = Path(".")) -> dict:
 
     report = _report(cfg, paths, expected, len(real), manifest.class_names if spec.conditional else None,
                      backbones[0], scores, curve)
+    where = first_non_finite(report)
+    if where is not None:  # checked before any output is replaced: the pictures and eval.json change together
+        raise GanopsError(f"the evaluation's {where} is not a finite number; nothing written")
     generated = torch.cat(draws)
     write_bytes_atomic(paths.eval_samples, sample_grid_png(generated.numpy(), labels.numpy() if labels is not None
                                                            else None, spec.num_classes))
@@ -87,9 +90,10 @@ def _check_sizes(cfg: EvalParams, num_reference: int) -> None:
                           f"{MIN_REFERENCE} (set eval.reference or data.test_fraction)")
     neighbours = max(cfg.prc_neighborhood, cfg.dc_neighborhood)
     smallest = min(cfg.num_samples, cfg.truncation_samples) if cfg.truncation else cfg.num_samples
-    if smallest <= neighbours or num_reference <= neighbours:
+    if smallest <= neighbours or min(num_reference, cfg.reference_max_features) <= neighbours:
         raise GanopsError(f"eval.num_samples={cfg.num_samples}, eval.truncation_samples={cfg.truncation_samples} and "
-                          f"the {num_reference} reference images must all exceed eval.prc_neighborhood="
+                          f"the reference features kept (the fewer of its {num_reference} images and "
+                          f"eval.reference_max_features) must all exceed eval.prc_neighborhood="
                           f"{cfg.prc_neighborhood} and eval.dc_neighborhood={cfg.dc_neighborhood}")
 
 
@@ -105,8 +109,7 @@ def _report(cfg: EvalParams, paths: ProjectPaths, expected: dict, num_reference:
         report["backbone_fallback"] = expected["fallback_reason"]
     report["primary_metric"] = scores.primary
     report["interval_method"] = spread_method(cfg, cfg.draws) if cfg.spread_rounds else "none (eval.spread_rounds: 0)"
-    report["fd_inf_method"] = FD_INF_METHOD.format(points=cfg.fid_inf_points,
-                                                   counts=", ".join(map(str, fd_inf_counts(cfg.num_samples, cfg.fid_inf_points))))
+    report["fd_inf_method"] = FD_INF_METHOD.format(counts=", ".join(map(str, fd_inf_counts(cfg.num_samples, cfg.fid_inf_points))))
     if class_names is not None:
         report["class_names"] = class_names
     if scores.nearest is not None:

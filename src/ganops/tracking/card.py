@@ -19,7 +19,7 @@ from ganops.io import atomic_dir
 from ganops.metrics.report import EvaluationReport
 
 CARD = "MODEL_CARD.md"
-ARTIFACT_PATH = "model_card"  # in the version's run
+ARTIFACT_PATH = "model_card"  # in the version's run: model_card/v<version>/ (one run can register several versions)
 MAX_DESCRIPTION = 5000  # MLflow's model version description column
 
 
@@ -225,7 +225,8 @@ def description(inputs: CardInputs) -> str:
             + (f"worst classes by {report.primary_metric}: {', '.join(f'{name!r} {value:.2f}' for value, name in worst)}; "
                if worst else "")
             + f"memorisation suspected: {report.memorisation_suspected}. {inputs.reason}\n\n"
-            f"The model card (MODEL_CARD.md and its figures) is in this version's run artifacts under {ARTIFACT_PATH}/ "
+            f"The model card (MODEL_CARD.md and its figures) is in this version's run artifacts under "
+            f"{artifact_path(inputs.version)}/ "
             f"(`ganops models card {inputs.version}` writes it out).")
     return text[:MAX_DESCRIPTION]
 
@@ -269,8 +270,12 @@ def run_recipe(client, run_id: str) -> dict:
 
 def attach_model_card(client, name: str, version: str, run_id: str, folder: Path, inputs: CardInputs) -> None:
     """The card's files into the version's run under model_card/, its summary as the version's description."""
-    client.log_artifacts(run_id, str(folder), artifact_path=ARTIFACT_PATH)
+    client.log_artifacts(run_id, str(folder), artifact_path=artifact_path(version))
     client.update_model_version(name, version, description=description(inputs))
+
+
+def artifact_path(version: str) -> str:
+    return f"{ARTIFACT_PATH}/v{version}"
 
 
 def download_model_card(client, name: str, version: str, out: Path) -> Path:
@@ -283,11 +288,12 @@ def download_model_card(client, name: str, version: str, out: Path) -> Path:
         raise GanopsError(f"{name} has no version {version}") from None
     with atomic_dir(out) as tmp:
         try:
-            client.download_artifacts(run_id, ARTIFACT_PATH, str(tmp))
+            (tmp / "download").mkdir()
+            found = client.download_artifacts(run_id, artifact_path(version), str(tmp / "download"))
         except Exception as error:
             raise GanopsError(f"{name} v{version} has no model card in its run {run_id} (registered before model cards, "
                               f"or its register stage failed before attaching one): {str(error)[:200]}") from None
-        for item in (tmp / ARTIFACT_PATH).iterdir():
+        for item in Path(found).iterdir():
             item.rename(tmp / item.name)
-        (tmp / ARTIFACT_PATH).rmdir()
+        shutil.rmtree(tmp / "download")
     return out / CARD

@@ -123,6 +123,9 @@ def _per_class_gate(cfg: RegisterParams, new: dict, champion, verdict: str) -> t
     shared = [name for name in ours if name in theirs]
     if not shared:
         return True, f"{verdict}; per-class gate not applied: champion v{champion.version} has no per-class metrics"
+    if any(ours[name][1] is None or theirs[name][1] is None for name in shared):
+        return True, (f"{verdict}; per-class gate not applied: a per-class interval is missing (eval.spread_rounds: 0 "
+                      f"for this version or champion v{champion.version})")
     z = per_class_z(cfg.noise_z, len(shared))
     worst = None
     for name in shared:
@@ -268,7 +271,7 @@ def register_onnx(onnx_path: Path, interface: ModelInterface, report: Evaluation
         "metric_std": float(report.std or 0.0),
         "backbone": report.backbone, "num_samples": report.num_samples, "reference": report.reference,
         "eval_signature": eval_signature,
-        "per_class": json.dumps({name: [row["value"], row["std"] or 0.0] for name, row in report.per_class().items()},
+        "per_class": json.dumps({name: [row["value"], row["std"]] for name, row in report.per_class().items()},
                                 separators=(",", ":")),
     }
     name = cfg.model_name
