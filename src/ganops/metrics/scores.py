@@ -83,14 +83,19 @@ def kid(reference: ReferenceFeatures, draws: list[np.ndarray], cfg: EvalParams) 
             ("kid", "std"): float(result["kernel_inception_distance_std"])}
 
 
-def precision_recall(reference: ReferenceFeatures, draws: list[np.ndarray], cfg: EvalParams) -> dict[tuple[str, str], float]:
-    """Improved precision and recall (Kynkäänniemi et al. 2019): k-NN manifolds of each set."""
+def precision_recall_of(fake: np.ndarray, real: np.ndarray, k: int) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019), torch-fidelity's, of (n, D) features."""
     from torch_fidelity.metric_prc import prc_features_to_metric
 
-    fake = torch.from_numpy(np.concatenate(draws)).float()
-    result = prc_features_to_metric(fake, torch.from_numpy(reference.features).float(), prc_neighborhood=cfg.prc_neighborhood,
-                                    verbose=False)
-    return {("precision", ""): float(result["precision"]), ("recall", ""): float(result["recall"])}
+    result = prc_features_to_metric(torch.from_numpy(fake).float(), torch.from_numpy(real).float(),
+                                    prc_neighborhood=k, verbose=False)
+    return float(result["precision"]), float(result["recall"])
+
+
+def precision_recall(reference: ReferenceFeatures, draws: list[np.ndarray], cfg: EvalParams) -> dict[tuple[str, str], float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019): k-NN manifolds of each set."""
+    precision, recall = precision_recall_of(np.concatenate(draws), reference.features, cfg.prc_neighborhood)
+    return {("precision", ""): precision, ("recall", ""): recall}
 
 
 def density_coverage(summary: NeighbourSummary) -> dict[tuple[str, str], float]:
@@ -150,8 +155,6 @@ def per_class(reference: ReferenceFeatures, draws: list[np.ndarray], draw_labels
     distances. The generated images come with the reference's class frequencies, so a class holds
     about its share of eval.num_samples. Classes with fewer than eval.prc_neighborhood + 2 images on
     either side are left out (and so is ``ifd``)."""
-    from torch_fidelity.metric_prc import prc_features_to_metric
-
     results: dict[str, float] = {}
     smallest = cfg.prc_neighborhood + 2
     classes = np.unique(reference.labels)
@@ -175,9 +178,8 @@ def per_class(reference: ReferenceFeatures, draws: list[np.ndarray], draw_labels
                 std = math.sqrt(float(np.var(by_generated, ddof=1)) + float(np.var(by_reference, ddof=1)))
                 out.update({("fd", "std"): std, ("fd", "ci95_low"): value - Z95 * std,
                             ("fd", "ci95_high"): value + Z95 * std})
-        prc = prc_features_to_metric(torch.from_numpy(fake).float(), torch.from_numpy(real).float(),
-                                     prc_neighborhood=cfg.prc_neighborhood, verbose=False)
-        out.update({("precision", ""): float(prc["precision"]), ("recall", ""): float(prc["recall"])})
+        precision, recall = precision_recall_of(fake, real, cfg.prc_neighborhood)
+        out.update({("precision", ""): precision, ("recall", ""): recall})
         for (metric, suffix), number in out.items():
             results[measurement.class_name(metric, int(index), suffix)] = round(float(number), 6)
     distances = [results[measurement.class_name("fd", int(index))] for index in classes
@@ -288,8 +290,6 @@ def truncation_curve(generator: torch.nn.Module, reference_labels: np.ndarray | 
     e.g. fid500_tf_train_psi0.7; empty when eval.truncation is []."""
     if not cfg.truncation:
         return {}
-    from torch_fidelity.metric_prc import prc_features_to_metric
-
     backbone, reference = primary
     count = cfg.truncation_samples
     measurement = Measurement(backbone.name, backbone.feature_space, count, cfg.reference)
@@ -299,12 +299,11 @@ def truncation_curve(generator: torch.nn.Module, reference_labels: np.ndarray | 
     for psi in [None, *cfg.truncation]:
         draws = generated_draws(generator, labels, count, 1, cfg.batch_size, cfg.seed, device, TRUNCATE, psi)
         (fake,) = features_of_draws(backbone, draws, cfg.batch_size)
-        prc = prc_features_to_metric(torch.from_numpy(fake).float(), torch.from_numpy(reference.features).float(),
-                                     prc_neighborhood=cfg.prc_neighborhood, verbose=False)
+        precision, recall = precision_recall_of(fake, reference.features, cfg.prc_neighborhood)
         label = truncation_label(psi)
         out[measurement.name("fd", label)] = round(reference.frechet.distance(fake), 6)
-        out[measurement.name("precision", label)] = round(float(prc["precision"]), 6)
-        out[measurement.name("recall", label)] = round(float(prc["recall"]), 6)
+        out[measurement.name("precision", label)] = round(precision, 6)
+        out[measurement.name("recall", label)] = round(recall, 6)
     return out
 
 

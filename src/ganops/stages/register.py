@@ -53,6 +53,7 @@ def register(params: Params, root: Path = Path(".")) -> dict:
     decision = register_onnx(paths.onnx, model_interface(paths.onnx), report, eval_signature,
                              pipeline_run_id(paths.mlflow_run), params.mlflow, params.register, root)
     client = connect(params.mlflow, root)
+    run_tags = client.get_run(decision.run_id).data.tags
     inputs = CardInputs(
         model_name=decision.model_name, version=decision.version, promoted=decision.promoted, reason=decision.reason,
         run_id=decision.run_id, onnx_sha256=file_sha256(paths.onnx), report=report,
@@ -60,7 +61,7 @@ def register(params: Params, root: Path = Path(".")) -> dict:
               "conditional": report.class_names is not None, "class_names": manifest.class_names,
               "counts": {"train": manifest.num_train, "test": manifest.num_test},
               "checksums": {split: manifest.checksum(split) for split in ("train", "test")}},
-        recipe=run_recipe(client, decision.run_id), lineage=run_lineage(client, decision.run_id),
+        recipe=run_recipe(run_tags), lineage=run_lineage(run_tags),
         train_report=read_json(paths.train_report),
         watch_rows=read_watch_rows(paths.train_watch), samples_png=paths.eval_samples,
         memorisation_png=paths.eval_memorisation if report.memorisation_suspected is not None else None)

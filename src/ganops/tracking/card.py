@@ -245,15 +245,14 @@ def read_json(path: Path) -> dict | None:
 LINEAGE_TAGS = ("git.commit", "git.dirty", "lineage.sha256", "lineage.params.sha256")
 
 
-def run_lineage(client, run_id: str) -> dict:
+def run_lineage(tags: dict) -> dict:
     """The run's git commit and lineage digests (ganops.tracking.runs wrote them when train opened it)."""
-    tags = client.get_run(run_id).data.tags
     return {key: tags[key] for key in LINEAGE_TAGS if key in tags}
 
 
-def run_recipe(client, run_id: str) -> dict:
+def run_recipe(tags: dict) -> dict:
     """The knobs training started on, flattened to dotted keys (the run's lineage.params tag)."""
-    chosen = json.loads(client.get_run(run_id).data.tags.get("lineage.params", "{}"))
+    chosen = json.loads(tags.get("lineage.params", "{}"))
     flat: dict = {}
 
     def walk(prefix: str, value) -> None:
