@@ -6,9 +6,9 @@ from ganops.telemetry import disable_telemetry
 
 disable_telemetry()  # before ganops.flows imports Prefect, whose analytics start on import
 
-from ganops.flows import gan_pipeline, main, serve_deployment, sweep  # noqa: E402
+from ganops.flows import gan_pipeline, gan_sweep, main, serve_deployment  # noqa: E402
 
-__all__ = ["gan_pipeline", "serve_deployment", "sweep"]
+__all__ = ["gan_pipeline", "gan_sweep", "serve_deployment"]
 
 if __name__ == "__main__":
     main()

@@ -145,6 +145,25 @@ def register(params: Path = ParamsOption) -> None:
     _run_stage(params, run)
 
 
+@app.command()
+def sweep(
+    spec: Path = typer.Argument(..., help="the sweep file: study, trials, space, sampler, pruner, seeds (sweeps/*.yaml)",
+                                dir_okay=False),
+    workers: int | None = typer.Option(None, "--workers", "-w", min=1,
+                                       help="trials at once on this machine, each on its own cores or GPU (default: the file's)"),
+    storage: str | None = typer.Option(None, help="Optuna storage URL, e.g. postgresql://... for workers on several hosts "
+                                       "(default: the file's, else sqlite:///sweeps.db in the project)"),
+    register: bool | None = typer.Option(None, "--register/--no-register", help="register the best trial (default: the file's)"),
+    repo: Path = typer.Option(Path("."), help="the project folder (holds dvc.yaml)"),
+) -> None:
+    """Search params.yaml keys with Optuna: each trial a DVC experiment and an MLflow child run, pruned on
+    the in-training FID, ranked with the registry's noise test; the best is registered. Re-running the
+    same command resumes the study."""
+    from ganops.sweeps.study import run_sweep
+
+    _fail_cleanly(lambda: run_sweep(spec, repo, workers, storage, register, echo=typer.echo))
+
+
 models_app = typer.Typer(help="The MLflow model registry: versions, the champion alias, rollbacks.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
@@ -281,24 +300,16 @@ def flow_serve(
 
 @flow_app.command("sweep")
 def flow_sweep(
-    experiments: list[str] = typer.Argument(..., help='one per experiment: "train.loss=hinge,train.lr_g=0.0001"'),
+    spec: Path = typer.Argument(..., help="the sweep file (see `ganops sweep --help`)", dir_okay=False),
+    workers: int | None = typer.Option(None, "--workers", "-w", min=1, help="trials at once (default: the file's)"),
+    storage: str | None = typer.Option(None, help="Optuna storage URL (default: the file's, else sqlite:///sweeps.db)"),
+    register: bool | None = typer.Option(None, "--register/--no-register", help="register the best trial (default: the file's)"),
     repo: Path = typer.Option(Path("."), help="the project folder (holds dvc.yaml)"),
 ) -> None:
-    """Run each set of param overrides as a DVC experiment; the register stage decides on promotion."""
-    import yaml
+    """`ganops sweep` as a Prefect flow run (gan-sweep): its trials, ranking and registration in the Prefect UI."""
+    from ganops.flows import gan_sweep
 
-    from ganops.flows import sweep
-
-    overrides = []
-    for spec in experiments:
-        pairs = [item.split("=", 1) for item in spec.split(",") if item.strip()]
-        if any(len(pair) != 2 for pair in pairs):
-            typer.echo(f"error: {spec!r} is not key=value[,key=value...]", err=True)
-            raise typer.Exit(code=2)
-        overrides.append({key.strip(): yaml.safe_load(value) for key, value in pairs})
-    for row in sweep(overrides, repo=str(repo)):
-        typer.echo(f"{row['experiment']}: {row['overrides']} -> v{row['version']} "
-                   f"{'champion' if row['promoted'] else 'not promoted'} ({row['metric']} {row['value']})")
+    _fail_cleanly(lambda: gan_sweep(spec=str(spec), repo=str(repo), workers=workers, storage=storage, register=register))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ stays true. No training logic lives here.
 
     python -m pipelines.gan_pipeline                 # run the whole pipeline once (pipelines/ is the
                                                      # Prefect entry point beside prefect.yaml)
-    ganops flow run | ganops flow serve --cron "0 2 * * *" | ganops flow sweep ...
+    ganops flow run | ganops flow serve --cron "0 2 * * *" | ganops flow sweep sweeps/<file>.yaml
 """
 
 from __future__ import annotations
@@ -130,34 +130,20 @@ def gan_pipeline(repo: str = ".", retries: int | None = None, retry_delay_s: flo
 
 
 @flow(name="gan-sweep", log_prints=True)
-def sweep(overrides: list[dict[str, str | int | float | bool]], repo: str = ".", name_prefix: str = "sweep") -> list[dict]:
-    """Run each set of param overrides as a DVC experiment (`dvc exp run --set-param`), one after the
-    other in the workspace; each trains, evaluates and registers, and the register stage decides on
-    promotion. The workspace ends holding the last experiment (`dvc exp apply` picks another)."""
+def gan_sweep(spec: str, repo: str = ".", workers: int | None = None, storage: str | None = None,
+              register: bool | None = None) -> dict:
+    """One sweep worker (``ganops sweep``) as a flow run: started from a deployment on several hosts'
+    work pool with one storage, the runs share one Optuna study. The ranked table is the run's artifact."""
     disable_telemetry()
     logger = get_run_logger()
-    root = Path(repo).resolve()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    summary = []
-    for index, override in enumerate(overrides):
-        name = f"{name_prefix}-{stamp}-{index}"
-        args = ["exp", "run", "--name", name]
-        for key, value in override.items():
-            args += ["--set-param", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
-        result = _dvc(root, *args)
-        if result.returncode != 0:
-            raise StageFailed(name, None, (result.stdout + result.stderr).strip().splitlines()[-1])
-        report = ProjectPaths(root).register_report
-        registered = RegistryDecision.load(report).model_dump() if report.exists() else {}
-        logger.info("experiment %s %s: %s", name, override, registered.get("reason", "done"))
-        summary.append({"experiment": name, "overrides": override, "version": registered.get("version"),
-                        "promoted": registered.get("promoted"), "metric": registered.get("metric"),
-                        "value": registered.get("metric_value")})
-    table = ["# ganops sweep", "", "| experiment | overrides | version | promoted | metric |", "|---|---|---|---|---|"]
-    table += [f"| {s['experiment']} | {s['overrides']} | {s['version']} | {s['promoted']} | {s['metric']} {s['value']} |"
-              for s in summary]
-    create_markdown_artifact("\n".join(table) + "\n", key="gan-sweep-summary", description="experiments of the sweep")
-    return summary
+    from ganops.sweeps.study import run_sweep
+
+    result = run_sweep(Path(spec), Path(repo), workers, storage, register, echo=logger.info)
+    table = ProjectPaths(Path(repo)).sweep_table
+    if table.exists():
+        create_markdown_artifact(f"# sweep {result['study']}\n\n" + table.read_text(), key="gan-sweep-ranking",
+                                 description="the sweep's trials, ranked with the registry's noise test")
+    return result
 
 
 def serve_deployment(repo: str = ".", cron: str | None = None, name: str | None = None, cfg: FlowParams | None = None) -> None:

@@ -60,6 +60,8 @@ class ProjectPaths:
 
     @property
     def checkpoints(self) -> Path:
+        """Resumable training state, one folder per setup (ganops.training.checkpoint). Not a DVC output:
+        a checkpoint folder that differs (another run's, after `dvc exp apply`) must not mark train changed."""
         return self.models / "checkpoints"
 
     @property
@@ -135,8 +137,31 @@ class ProjectPaths:
         """The registered version's MODEL_CARD.md and its figures (ganops.tracking.card)."""
         return self.reports / "model_card"
 
+    # --- sweeps (ganops sweep: no stage, no DVC output) ----------------------------------------------
+    @property
+    def sweep_report(self) -> Path:
+        """The last sweep's ranked trials (ganops.sweeps)."""
+        return self.reports / "sweep.json"
+
+    @property
+    def sweep_table(self) -> Path:
+        """The same ranking as a Markdown table (printed, and on the sweep's MLflow parent run)."""
+        return self.reports / "sweep.md"
+
+    @property
+    def sweep_storage(self) -> Path:
+        """The default Optuna study storage of sweeps on this machine (sqlite)."""
+        return self.root / "sweeps.db"
+
+    @property
+    def sweep_workspaces(self) -> Path:
+        """Where each running trial has its own git worktree (inside DVC's ignored tmp folder)."""
+        return self.root / ".dvc" / "tmp" / "sweeps"
+
     def stage_files(self) -> dict[str, Path]:
-        """Every named file and folder above (not the folders that only group them), by name."""
-        grouping = {"models", "reports"}
+        """Every file and folder above that a stage of dvc.yaml reads or writes as a dep or out, by name
+        (not the folders that only group them, the checkpoints, nor the sweeps' files)."""
+        not_stage_files = {"models", "reports", "checkpoints", "sweep_report", "sweep_table", "sweep_storage",
+                           "sweep_workspaces"}
         return {name: getattr(self, name) for name, value in vars(type(self)).items()
-                if isinstance(value, property) and name not in grouping}
+                if isinstance(value, property) and name not in not_stage_files}

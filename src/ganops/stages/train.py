@@ -28,6 +28,7 @@ from ganops.models import DiscriminatorSpec, GeneratorSpec
 from ganops.paths import ProjectPaths
 from ganops.pixels import to_uint8
 from ganops.tracking.runs import lineage_tags, log_training, preflight
+from ganops.tracking.trial import TrialReporter
 from ganops.training.augment import resolve_augment
 from ganops.training.loop import LOG_FIELDS, fit, preview_inputs
 from ganops.visualize import sample_grid, sample_grid_png
@@ -46,12 +47,17 @@ def train(params: Params, root: Path = Path(".")) -> dict:
     g_spec = generator_spec(params.model, manifest)
     augmentation = resolve_augment(cfg.augment, manifest.source, len(images.labels), cfg.augment_auto_below)
     score, rescore = snapshot_scorers_of(params, paths, manifest, g_spec) if cfg.eval_every else (None, None)
+    trial = TrialReporter.from_environment()  # set when a sweep (ganops sweep) runs this pipeline as a trial
     # what this run trains on, taken now: a commit or a data change made while it trains is not it
     lineage = lineage_tags(root, manifest, params)
     result = fit(g_spec, discriminator_spec(params.model, manifest), cfg, augmentation, images, images.labels,
-                 paths.checkpoints, before_training=lambda: preflight(params.mlflow, root), score=score, rescore=rescore)
+                 paths.checkpoints, before_training=lambda: preflight(params.mlflow, root), score=score, rescore=rescore,
+                 report=trial)
     if result is None:
         return {}
+    if trial is not None:
+        result.summary["sweep_trial"] = {"study": trial.context.study, "trial": trial.context.trial_number,
+                                         "pruned": trial.pruned}
     weights = {name: tensor.detach().cpu().contiguous() for name, tensor in result.G_ema.state_dict().items()}
     write_bytes_atomic(paths.generator_weights, safetensors_save(weights, metadata={"format": "pt"}))
     g_spec.save(paths.generator_spec)
@@ -65,7 +71,8 @@ def train(params: Params, root: Path = Path(".")) -> dict:
     # Tracking comes last: if the store fails now, every output above is kept and a re-run resumes
     # from the final checkpoint straight to this point.
     log_training(params, root, paths.mlflow_run, lineage, result.summary, result.log_rows, result.started_at,
-                 [paths.samples, paths.train_log, paths.train_watch, paths.generator_spec], result.watch_rows, previews)
+                 [paths.samples, paths.train_log, paths.train_watch, paths.generator_spec], result.watch_rows, previews,
+                 run_id=trial.run_id if trial is not None else None)
     return result.summary
 
 

@@ -83,6 +83,18 @@ class RegistryDecision(BaseModel):
         return cls.model_validate_json(Path(path).read_text())
 
 
+def improvement_needed(cfg: RegisterParams, std: float, other_std: float) -> float:
+    """How much lower one metric must be than another to count as better beyond noise: more than
+    register.min_improvement and more than register.noise_z standard deviations of the difference
+    (the two stds in quadrature). The champion gate and the sweep's ranking both ask this."""
+    return max(cfg.min_improvement, cfg.noise_z * math.hypot(std, other_std))
+
+
+def better_beyond_noise(cfg: RegisterParams, value: float, std: float, other: float, other_std: float) -> bool:
+    """Is ``value`` (with ``std``) lower than ``other`` (with ``other_std``) beyond noise?"""
+    return other - value > improvement_needed(cfg, std, other_std)
+
+
 def _decide(cfg: RegisterParams, new: dict, champion) -> tuple[bool, str]:
     if champion is None:
         return True, "first registered version: no champion yet"
@@ -95,8 +107,7 @@ def _decide(cfg: RegisterParams, new: dict, champion) -> tuple[bool, str]:
     if not math.isfinite(old):  # a champion registered before non-finite metrics were refused
         return True, (f"champion v{champion.version}'s {tags.get('metric')} is {old}, not a finite number: "
                       f"{new['metric']} {value:.4f} replaces it")
-    noise = cfg.noise_z * math.hypot(float(tags.get("metric_std", 0.0)), new["metric_std"])
-    needed = max(cfg.min_improvement, noise)
+    needed = improvement_needed(cfg, new["metric_std"], float(tags.get("metric_std", 0.0)))
     gain = old - value
     verdict = (f"{new['metric']} {value:.4f} vs champion v{champion.version} {old:.4f}: improvement {gain:.4f} "
                f"{'>' if gain > needed else '<='} required {needed:.4f} (max of min_improvement "

@@ -138,22 +138,28 @@ def run_name(started_at: float) -> str:
 
 def log_training(params: Params, root: Path, run_file: Path, lineage: dict[str, str], summary: dict,
                  log_rows: list[dict], started_at: float, artifacts: list[Path], watch_rows: list[dict] = (),
-                 previews: list[tuple[int, np.ndarray]] = ()) -> str | None:
+                 previews: list[tuple[int, np.ndarray]] = (), run_id: str | None = None) -> str | None:
     """Open the pipeline's run and record its id in ``run_file``: every param (the whole tree: a run
     holds all of params.yaml), loss curves and in-training evaluations with their steps, the
     fixed-noise samples of each evaluation (the run page's image slider, key ``samples``), the
-    ``lineage`` tags (taken when training started: what it trained on), training artifacts."""
+    ``lineage`` tags (taken when training started: what it trained on), training artifacts.
+    ``run_id``: a run opened already (a sweep's trial), logged into instead of a new one; params it
+    holds already are not logged again."""
     if not params.mlflow.enabled:
         write_json_atomic(run_file, {"enabled": False, "run_id": None})
         return None
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Metric, Param, RunTag
 
     client = connect(params.mlflow, root)
-    run = client.create_run(experiment_id(client, params.mlflow, root), start_time=int(started_at * 1000),
-                            tags=lineage, run_name=run_name(started_at))
-    run_id = run.info.run_id
+    if run_id is None:
+        run = client.create_run(experiment_id(client, params.mlflow, root), start_time=int(started_at * 1000),
+                                tags=lineage, run_name=run_name(started_at))
+        run_id, logged, owned = run.info.run_id, {}, True
+    else:
+        logged, owned = client.get_run(run_id).data.params, False  # its owner (the sweep) ends it
+        client.log_batch(run_id, tags=[RunTag(key, value) for key, value in lineage.items()])
     flat = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
-            for k, v in flatten(params.model_dump(mode="json")).items()]
+            for k, v in flatten(params.model_dump(mode="json")).items() if k not in logged]
     for start in range(0, len(flat), 100):
         client.log_batch(run_id, params=flat[start : start + 100])
     now = int(time.time() * 1000)
@@ -171,7 +177,8 @@ def log_training(params: Params, root: Path, run_file: Path, lineage: dict[str, 
             client.set_tag(run_id, f"train.{key}", str(summary[key])[:5000])
     for artifact in artifacts:
         client.log_artifact(run_id, str(artifact), artifact_path="train")
-    client.set_terminated(run_id, status="FINISHED")
+    if owned:
+        client.set_terminated(run_id, status="FINISHED")
     write_json_atomic(run_file, {"enabled": True, "run_id": run_id, "experiment": params.mlflow.experiment,
                                               "tracking_uri": tracking_uri(params.mlflow, root)})
     log.info("MLflow run %s (experiment %s)", run_id, params.mlflow.experiment)

@@ -42,7 +42,7 @@ from ganops.training.checkpoint import (
 )
 from ganops.training.ema import ema_decay, update_ema
 from ganops.training.step import REAL_SIGN, STEP_STATS, TrainStep
-from ganops.training.watch import Scorer, Watch, choose_snapshot, cpu_weights
+from ganops.training.watch import Choice, Scorer, Watch, choose_snapshot, cpu_weights, finite_weights
 
 log = logging.getLogger(__name__)
 # The columns of reports/train_log.csv: each row's step, the means of the step stats since the last
@@ -201,7 +201,7 @@ def preview_inputs(spec: GeneratorSpec, seed: int) -> tuple[torch.Tensor, torch.
 def fit(g_spec: GeneratorSpec, d_spec: DiscriminatorSpec, cfg: TrainParams, augmentation: str,
         images_u8: np.ndarray | ImageReader, labels_all: np.ndarray, checkpoint_root: Path,
         before_training: Callable[[], None] = lambda: None, score: Scorer | None = None,
-        rescore: Scorer | None = None) -> FitResult | None:
+        rescore: Scorer | None = None, report: Callable[[int, float, float], str] | None = None) -> FitResult | None:
     """Train the networks of ``g_spec`` and ``d_spec`` on uint8 images (N, C, H, W) with int labels and
     return the EMA generator and its log. ``augmentation`` is train.augment resolved (none,
     diffaugment or ada). The images are an array, or a reader of a prepared split: held in memory up
@@ -214,7 +214,10 @@ def fit(g_spec: GeneratorSpec, d_spec: DiscriminatorSpec, cfg: TrainParams, augm
     ``score`` (train.eval_every > 0) scores the EMA generator every eval_every steps and at the last
     (on rank 0; ganops.training.watch keeps the best snapshots and says when to stop), and
     ``rescore`` re-scores the kept ones at the end: the result's generator is the chosen snapshot.
-    Non-finite losses always stop the run, which then ships its best snapshot.
+    Non-finite losses always stop the run, which then ships its best snapshot. ``report`` (a sweep's
+    trial, ganops.tracking.trial) is handed each evaluation's step, value and std and returns why the
+    run must stop now, or "": a run it stops ships its last snapshot without re-scoring (a pruned trial
+    is not evaluated further).
     """
     requested = resolve_device(cfg.device, "train.device")
     ctx = distributed.init(requested.type)
@@ -296,6 +299,7 @@ def fit(g_spec: GeneratorSpec, d_spec: DiscriminatorSpec, cfg: TrainParams, augm
 
     # --- the loop ----------------------------------------------------------------------------------
     preview = preview_inputs(g_spec, cfg.seed)
+    stopped_by_report = ""
     started = time.perf_counter()
     last_log_time, last_log_step = started, start_step
     progress = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", mininterval=1.0,
@@ -341,6 +345,8 @@ def fit(g_spec: GeneratorSpec, d_spec: DiscriminatorSpec, cfg: TrainParams, augm
                 reason = watch.observe(done, value, std, lambda: cpu_weights(G_ema), samples)
                 state.watch_s += time.perf_counter() - scored_at
                 log.info("step %d: %s %.4f (std %.4f)", done, watch.metric, value, std)
+                if not reason and report is not None:
+                    reason = stopped_by_report = report(done, value, std)
             state.stopped = ctx.all_gather(reason)[0]  # every rank stops where rank 0 does
         if state.stopped and ctx.is_main:
             log.warning("training stops early, at %s", state.stopped)
@@ -375,7 +381,10 @@ def fit(g_spec: GeneratorSpec, d_spec: DiscriminatorSpec, cfg: TrainParams, augm
         snapshot.load_state_dict(weights)
         return snapshot
 
-    choice = choose_snapshot(watch, state.step, cpu_weights(G_ema), rescore, load)
+    if stopped_by_report and finite_weights(last := cpu_weights(G_ema)):
+        choice = Choice(state.step, last, "the last step: the run was stopped by its report (not re-scored)", [])
+    else:
+        choice = choose_snapshot(watch, state.step, cpu_weights(G_ema), rescore, load)
     shipped = load(choice.weights)
     choose_s = time.perf_counter() - chosen_at
     log.info("shipping the snapshot of %s", choice.reason)
