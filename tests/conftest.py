@@ -71,6 +71,31 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300, check: bool = True) -> 
     return result
 
 
+TRACKED = {"mlflow": {"enabled": True, "max_retries": 0, "timeout_s": 5}, "flow": {"retries": 2, "retry_delay_s": 0}}
+
+
+def sh(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def make_repo(root: Path, overrides: dict | None = None) -> Path:
+    """A git repository holding the pipeline (dvc.yaml, src/) with tiny params that track to MLflow,
+    committed once (dvc init included)."""
+    shutil.copy(REPO / "dvc.yaml", root)
+    shutil.copy(REPO / ".gitignore", root)
+    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    write_params(root / "params.yaml", merge(TRACKED, overrides or {}))
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    sh("git", "init", "-q", cwd=root)
+    sh(str(Path(sys.executable).parent / "dvc"), "init", "-q", cwd=root)
+    sh("git", "add", "-A", cwd=root, env=env)
+    sh("git", "commit", "-qm", "init", cwd=root, env=env)
+    return root
+
+
 def free_port() -> int:
     """A loopback port nobody listens on (for a server the test starts, or a dead one)."""
     with socket.socket() as sock:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,29 +12,7 @@ import httpx
 import pytest
 import yaml
 
-from conftest import REPO, free_port, output_of, spawn, stop, wait_for_http, write_params
-
-TRACKED = {"mlflow": {"enabled": True, "max_retries": 0, "timeout_s": 5}, "flow": {"retries": 2, "retry_delay_s": 0}}
-
-
-def sh(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result
-
-
-def make_repo(root: Path) -> Path:
-    shutil.copy(REPO / "dvc.yaml", root)
-    shutil.copy(REPO / ".gitignore", root)
-    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    write_params(root / "params.yaml", TRACKED)
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    sh("git", "init", "-q", cwd=root)
-    sh(str(Path(sys.executable).parent / "dvc"), "init", "-q", cwd=root)
-    sh("git", "add", "-A", cwd=root, env=env)
-    sh("git", "commit", "-qm", "init", cwd=root, env=env)
-    return root
+from conftest import free_port, make_repo, output_of, sh, spawn, stop, wait_for_http
 
 
 @pytest.fixture(scope="module")
@@ -195,28 +171,3 @@ def test_scheduled_deployment_reads_back_and_runs(tmp_path):
         for process in (serve, server):
             if process is not None:
                 stop(process)
-
-
-def test_sweep_runs_overrides_as_dvc_experiments(prefect_api, tmp_path):
-    from ganops.flows import sweep
-
-    root = make_repo(tmp_path)
-    rows = sweep([{"train.steps": 25}, {"train.loss": "hinge", "train.steps": 25}], repo=str(root))
-    assert [r["version"] for r in rows] == ["1", "2"]
-    assert rows[0]["promoted"] is True  # the first registered version
-    shown = sh(str(Path(sys.executable).parent / "dvc"), "exp", "show", "--json", cwd=root).stdout
-    for row in rows:
-        assert row["experiment"] in shown
-    from ganops.config import load_params
-    from ganops.tracking.registry import list_versions
-
-    loaded = load_params(root / "params.yaml")
-    versions = list_versions(loaded.mlflow, loaded.register, root)
-    assert len(versions) == 2 and sum(v["aliases"] == "champion" for v in versions) == 1
-    assert yaml.safe_load((root / "params.yaml").read_text())["train"]["loss"] == "hinge"  # the last experiment
-    # each experiment's MLflow run carries the experiment's name (DVC_EXP_NAME), as `dvc exp show` does
-    from ganops.tracking.store import connect, experiment_id
-
-    client = connect(loaded.mlflow, root)
-    names = {run.info.run_name for run in client.search_runs([experiment_id(client, loaded.mlflow, root)])}
-    assert {row["experiment"] for row in rows} <= names, names

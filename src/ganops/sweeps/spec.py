@@ -126,8 +126,8 @@ class SweepSpec(BaseModel):
 
     def identity(self) -> str:
         """What makes two runs of a sweep the same study: everything but the budget, the workers, the
-        storage and the registration (those may change between resumptions)."""
-        kept = self.model_dump(mode="json", exclude={"trials", "workers", "storage", "register_best"})
+        storage, the points queued first and the registration (those may change between resumptions)."""
+        kept = self.model_dump(mode="json", exclude={"trials", "workers", "storage", "register_best", "enqueue"})
         return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
     # --- against the project's params -------------------------------------------------------------

@@ -128,10 +128,10 @@ def open_study(spec: SweepSpec, spec_file: Path, url: str, params: Params, root:
         study = optuna.load_study(study_name=spec.study, storage=storage, pruner=pruner,
                                   sampler=_sampler(spec, spec.sampler.seed + 1 + os.getpid() % 100_000))
         created = False
+    for point in spec.enqueue:  # on every start: points added to the file since are tried next
+        study.enqueue_trial(point, skip_if_exists=True)
     if created:
         study.set_user_attr(SPEC_ATTR, {"identity": spec.identity(), "spec": spec.model_dump(mode="json")})
-        for point in spec.enqueue:
-            study.enqueue_trial(point, skip_if_exists=True)
         parent = (sweep_runs.open_parent_run(params.mlflow, root, spec.study, spec_file, url)
                   if params.mlflow.enabled else None)
         study.set_user_attr(PARENT_ATTR, parent)

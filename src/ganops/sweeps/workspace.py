@@ -1,14 +1,15 @@
 """One trial's pipeline, in a workspace of its own, saved as a DVC experiment.
 
 Each trial gets a git worktree under .dvc/tmp/sweeps/<study>/ holding the project as the sweep found
-it (the commit and the workspace's uncommitted changes to tracked files), the main workspace's DVC
-cache, the stages before train checked out from that cache (built once by the sweep), and its own
-params.yaml. There it runs `dvc repro train` and, unless the trial was pruned, `dvc repro evaluate`,
-with its own checkpoints, reports and MLflow run; then `dvc exp save` records it as the experiment
-``name`` (`dvc exp show` lists it; `dvc exp apply` restores it) and the worktree is removed. Outputs
-of the stages the trial did not run are removed first, so an experiment never shows another run's
-numbers (nor a dvc.lock entry of a stage it did not run). Concurrent trials share only the DVC cache (content-addressed, safe to share) and the git
-refs, whose changes (worktrees, saved experiments) take the project's lock.
+it (the commit and the workspace's uncommitted changes to tracked files, dvc.lock included), the main
+workspace's DVC cache, the stages before train checked out from that cache (built once by the sweep),
+and its own params.yaml. There it runs `dvc repro train` and, unless the trial was pruned, `dvc repro
+evaluate`, with its own checkpoints, reports and MLflow run; then `dvc exp save` records it as the
+experiment ``name`` (`dvc exp show` lists it; `dvc exp apply` restores it) and the worktree is
+removed. Outputs and dvc.lock entries of the stages the trial did not run are removed first, so an
+experiment never shows another run's numbers. Concurrent trials share only the DVC cache
+(content-addressed, safe to share) and the git refs, whose changes (worktrees, saved experiments)
+take the project's lock.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -334,6 +336,10 @@ def _error_of(log_path: Path, stage: str, code: int) -> str:
     """The lines a stage's failure printed last (ganops' own 'error:' lines first)."""
     lines = log_path.read_text(errors="replace").splitlines()
     errors = [line for line in lines if line.startswith("error: ") or line.startswith("ERROR: ")]
-    tail = (errors or lines)[-3:]
-    signal_name = f" (killed by {signal.Signals(-code).name})" if code < 0 else ""
-    return f"`dvc repro {stage}` exited with {code}{signal_name}: " + " | ".join(tail)[-800:]
+    tail = " | ".join((errors or lines)[-3:])[-800:]
+    killed = re.search(r"exited with -(\d+)", tail)  # DVC's word for a stage command a signal ended
+    if killed or code < 0:
+        number = int(killed.group(1)) if killed else -code
+        name = signal.Signals(number).name if number in signal.Signals._value2member_map_ else f"signal {number}"
+        tail = f"killed by {name}: {tail}"
+    return f"`dvc repro {stage}` exited with {code}: {tail}"
