@@ -26,13 +26,18 @@ def available_providers() -> list[str]:
     return providers
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity: a sweep's trial is pinned to its share)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def make_session(path: Path, providers: list[str] | None = None, intra_op_threads: int | None = None):
     """An onnxruntime session with every graph optimisation on and explicit thread counts."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = intra_op_threads or os.cpu_count() or 1
+    options.intra_op_num_threads = intra_op_threads or usable_cores()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     try:
