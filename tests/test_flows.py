@@ -171,3 +171,24 @@ def test_scheduled_deployment_reads_back_and_runs(tmp_path):
         for process in (serve, server):
             if process is not None:
                 stop(process)
+
+
+def test_sweep_flow_runs_a_sweep_and_leaves_its_ranking(prefect_api, tmp_path):
+    """`ganops flow sweep` is `ganops sweep` as a flow run: the trials run, the ranking is its artifact."""
+    from prefect.client.orchestration import get_client
+
+    from ganops.flows import gan_sweep
+
+    root = make_repo(tmp_path, {"train": {"steps": 20, "eval_every": 10, "eval_samples": 40}, "eval": {"draws": 4}})
+    (root / "one.yaml").write_text("study: one\ntrials: 1\npruner: {name: none}\nspace: {train.lr_g: {choices: [0.01]}}\n")
+    result = gan_sweep(spec=str(root / "one.yaml"), repo=str(root), register_best=False)
+    assert [(t["trial"], t["state"]) for t in result["trials"]] == [(0, "complete")]
+    assert result["registered"] is None and not (root / "reports" / "register.json").exists()
+
+    async def ranking():
+        async with get_client() as client:
+            return await client.read_latest_artifacts()
+
+    (artifact,) = [a for a in asyncio.run(ranking()) if a.key == "gan-sweep-ranking"]
+    assert "one-t000" in artifact.data and "| 1 | 0 | complete |" in artifact.data
+

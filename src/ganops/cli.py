@@ -309,7 +309,8 @@ def flow_sweep(
     """`ganops sweep` as a Prefect flow run (gan-sweep): its trials, ranking and registration in the Prefect UI."""
     from ganops.flows import gan_sweep
 
-    _fail_cleanly(lambda: gan_sweep(spec=str(spec), repo=str(repo), workers=workers, storage=storage, register=register))
+    _fail_cleanly(lambda: gan_sweep(spec=str(spec), repo=str(repo), workers=workers, storage=storage,
+                                    register_best=register))
 
 
 if __name__ == "__main__":

@@ -10,10 +10,8 @@ stays true. No training logic lives here.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from prefect.artifacts import create_markdown_artifact
 from ganops.config import FlowParams, load_params
 from ganops.metrics.report import EvaluationReport
 from ganops.paths import ProjectPaths
+from ganops.sweeps.workspace import run_tool, tool
 from ganops.telemetry import disable_telemetry
 from ganops.tracking.registry import RegistryDecision
 
@@ -46,9 +45,7 @@ class StageResult:
 
 
 def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    bin_dir = Path(sys.executable).parent  # dvc and ganops live beside this interpreter
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "TQDM_DISABLE": "1"}
-    return subprocess.run([str(bin_dir / "dvc"), *args], cwd=repo, env=env, capture_output=True, text=True)
+    return run_tool([tool("dvc"), *args], repo)
 
 
 def stage_names(repo: Path) -> list[str]:
@@ -131,14 +128,14 @@ def gan_pipeline(repo: str = ".", retries: int | None = None, retry_delay_s: flo
 
 @flow(name="gan-sweep", log_prints=True)
 def gan_sweep(spec: str, repo: str = ".", workers: int | None = None, storage: str | None = None,
-              register: bool | None = None) -> dict:
+              register_best: bool | None = None) -> dict:
     """One sweep worker (``ganops sweep``) as a flow run: started from a deployment on several hosts'
     work pool with one storage, the runs share one Optuna study. The ranked table is the run's artifact."""
     disable_telemetry()
     logger = get_run_logger()
     from ganops.sweeps.study import run_sweep
 
-    result = run_sweep(Path(spec), Path(repo), workers, storage, register, echo=logger.info)
+    result = run_sweep(Path(spec), Path(repo), workers, storage, register_best, echo=logger.info)
     table = ProjectPaths(Path(repo)).sweep_table
     if table.exists():
         create_markdown_artifact(f"# sweep {result['study']}\n\n" + table.read_text(), key="gan-sweep-ranking",

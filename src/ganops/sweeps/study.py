@@ -46,7 +46,7 @@ from ganops.sweeps.workspace import Outcome, Pipeline, ProjectLock, Running, Slo
 from ganops.tracking import sweep_runs
 from ganops.tracking.registry import RegistryDecision
 from ganops.tracking.store import tracking_uri
-from ganops.tracking.trial import TRIAL_ENV, TrialContext, make_pruner, open_storage, requeue
+from ganops.tracking.trial import TRIAL_ENV, TrialContext, make_pruner, open_storage, redacted, requeue
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S, GRACE_S = 10, 60  # a trial whose process sent no heartbeat for GRACE_S is failed and queued again
@@ -132,7 +132,7 @@ def open_study(spec: SweepSpec, spec_file: Path, url: str, params: Params, root:
         study.enqueue_trial(point, skip_if_exists=True)
     if created:
         study.set_user_attr(SPEC_ATTR, {"identity": spec.identity(), "spec": spec.model_dump(mode="json")})
-        parent = (sweep_runs.open_parent_run(params.mlflow, root, spec.study, spec_file, url)
+        parent = (sweep_runs.open_parent_run(params.mlflow, root, spec.study, spec_file, redacted(url))
                   if params.mlflow.enabled else None)
         study.set_user_attr(PARENT_ATTR, parent)
         return study, parent
@@ -140,13 +140,13 @@ def open_study(spec: SweepSpec, spec_file: Path, url: str, params: Params, root:
     while SPEC_ATTR not in study.user_attrs or PARENT_ATTR not in study.user_attrs:
         if time.monotonic() > deadline:  # its creator died before recording them
             study.set_user_attr(SPEC_ATTR, {"identity": spec.identity(), "spec": spec.model_dump(mode="json")})
-            study.set_user_attr(PARENT_ATTR, sweep_runs.open_parent_run(params.mlflow, root, spec.study, spec_file, url)
+            study.set_user_attr(PARENT_ATTR, sweep_runs.open_parent_run(params.mlflow, root, spec.study, spec_file, redacted(url))
                                 if params.mlflow.enabled else None)
             break
         time.sleep(1)  # polling the storage: it has no way to wait for another process's write
     recorded = study.user_attrs[SPEC_ATTR]
     if recorded["identity"] != spec.identity():
-        raise SweepError(f"study {spec.study!r} in {url} was started from another sweep file (its space, seeds, "
+        raise SweepError(f"study {spec.study!r} in {redacted(url)} was started from another sweep file (its space, seeds, "
                          f"sampler, pruner, metric or fixed values differ): {json.dumps(recorded['spec'])[:600]}. "
                          "Give this search another study name.")
     return study, study.user_attrs[PARENT_ATTR]
@@ -290,8 +290,8 @@ def run_sweep(spec_file: Path, root: Path = Path("."), workers: int | None = Non
     with lock:
         echo("building the stages every trial shares (dvc repro of the stages before train)")
         pipeline = Pipeline.prepare(root, _trial_env(params, root))
-    study, parent = open_study(spec, spec_file, url, params, root)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # ganops logs each trial's end itself
+    study, parent = open_study(spec, spec_file, url, params, root)
     running = Running()
     objective = Objective(spec, params, root, url, pipeline, lock, running, slots, parent)
 
@@ -300,7 +300,7 @@ def run_sweep(spec_file: Path, root: Path = Path("."), workers: int | None = Non
             study.stop()
 
     remaining = max(0, spec.trials - counted(study))
-    echo(f"study {spec.study} ({url}): {counted(study)} of {spec.trials} trials done; running {remaining} more, "
+    echo(f"study {spec.study} ({redacted(url)}): {counted(study)} of {spec.trials} trials done; running {remaining} more, "
          f"{workers} at a time")
     restore = _stop_on_signals(running)
     try:
@@ -313,10 +313,10 @@ def run_sweep(spec_file: Path, root: Path = Path("."), workers: int | None = Non
         _queue_interrupted(study, objective.worker)
         raise SweepInterrupted(f"sweep {spec.study} interrupted: its running trials were stopped and are queued again; "
                                "run the same command to resume it")
-    return finish(spec, spec_file, params, root, study, parent, lock, register, echo)
+    return finish(spec, url, params, root, study, parent, lock, register, echo)
 
 
-def finish(spec: SweepSpec, spec_file: Path, params: Params, root: Path, study, parent: str | None, lock: ProjectLock,
+def finish(spec: SweepSpec, url: str, params: Params, root: Path, study, parent: str | None, lock: ProjectLock,
            register: bool | None, echo: Callable[[str], None]) -> dict:
     """Rank the trials, write reports/sweep.json, and register the best once no trial is left to run."""
     paths = ProjectPaths(root)
@@ -328,7 +328,7 @@ def finish(spec: SweepSpec, spec_file: Path, params: Params, root: Path, study, 
     complete = [r for r in rows if r["state"] == "complete"]
     metric = complete[0]["metric"] if complete else spec.metric
     result = {
-        "study": spec.study, "storage": study._storage.url if hasattr(study._storage, "url") else None,
+        "study": spec.study, "storage": redacted(url),
         "metric": metric, "direction": "minimize", "trials_budget": spec.trials, "trials_counted": counted(study),
         "noise_test": noise, "mlflow_parent_run_id": parent,
         "steps_trained": sum(r.get("steps_trained") or 0 for r in rows),

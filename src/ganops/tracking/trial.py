@@ -57,14 +57,19 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
 
     import optuna
 
-    kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        kwargs = {"connect_args": {"timeout": 60}}
+    elif url.startswith("postgresql"):  # an unreachable host fails in seconds, not at the OS's TCP timeout
+        kwargs["connect_args"] = {"connect_timeout": 10}
     try:
         with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna since 2.8; it is what fails dead trials
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_interval,
                                               grace_period=grace_period, heartbeat_stale_trial_callback=stale_callback)
     except Exception as error:  # a bad URL, a server down, a missing driver (psycopg2 for PostgreSQL)
-        raise GanopsError(f"the sweep storage {url} can't be opened: {type(error).__name__}: {str(error)[:300]}") from None
+        raise GanopsError(f"the sweep storage {redacted(url)} can't be opened: "
+                          f"{type(error).__name__}: {str(error)[:300]}") from None
 
 
 def requeue(max_retry: int | None = None):
@@ -76,6 +81,16 @@ def requeue(max_retry: int | None = None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+
+def redacted(url: str) -> str:
+    """A storage URL fit to print and record: its password, if any, hidden."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy reads: say only its scheme
+        return url.split(":", 1)[0] + ":..."
 
 
 class TrialContext(BaseModel):
