@@ -172,13 +172,18 @@ def test_a_sweep_prunes_the_hopeless_trial_records_each_and_registers_the_best(p
     assert table["registered"]["trial"] == 0 and "| 1 | 0 | complete |" in result.stdout
     assert yaml.safe_load((project / "params.yaml").read_text())["train"]["lr_g"] == GOOD  # the workspace holds it
     assert "up to date" in sh(DVC, "status", cwd=project).stdout  # `dvc repro` reproduced it: nothing left to run
+    # and training it again outside the sweep gives the trial's generator (CPU training is deterministic)
+    trained = shown["lr-t000"]["metrics"]["reports/train.json"]["generator_sha256"]
+    sh(DVC, "repro", "--force", "--single-item", "train", cwd=project,
+       env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+    assert json.loads((project / "reports" / "train.json").read_text())["generator_sha256"] == trained
 
 
 def test_resuming_runs_only_the_new_budget_two_trials_at_a_time(project):
     before = {name: e["rev"] for name, e in experiments(project).items()}
     spec4 = spec(project, "lr4.yaml", trials=4, enqueue=[{"train.lr_g": 3e-3}, {"train.lr_g": 3e-4}])
     result = sweep(project, str(spec4), "--workers", "2", "--no-register")
-    assert "2 of 4 trials done; running 2 more, 2 at a time" in result.stdout
+    assert "2 of 4 trials done, 0 running elsewhere; running 2 more, 2 at a time" in result.stdout
     trials = study_trials(project, "lr")
     assert len(trials) == 4 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
     after = experiments(project)
@@ -188,7 +193,7 @@ def test_resuming_runs_only_the_new_budget_two_trials_at_a_time(project):
     assert second.info.start_time < first.info.end_time, "the two new trials did not run at once"
     # the same command again: nothing left to run, nothing re-run
     again = sweep(project, str(spec4), "--no-register")
-    assert "4 of 4 trials done; running 0 more" in again.stdout
+    assert "4 of 4 trials done, 0 running elsewhere; running 0 more" in again.stdout
     assert len(study_trials(project, "lr")) == 4
 
 
@@ -250,6 +255,23 @@ def test_an_interrupted_sweep_queues_its_running_trial_and_resumes_it(project):
     assert rerun.state.name == "COMPLETE" and rerun.params == {"train.lr_g": 3e-4}
 
 
+def test_a_sweep_killed_with_sigkill_is_resumed_at_once(project):
+    """Its trial, left marked running, is failed and queued again by the next run on this machine (its
+    process is gone), not after Optuna's heartbeat grace period; the orphaned worktree goes."""
+    spec_file = spec(project, "gone.yaml", study="gone", trials=1, pruner={"name": "none"}, register=False,
+                     enqueue=[{"train.lr_g": 3e-3}])
+    driver = subprocess.Popen([GANOPS, "sweep", str(spec_file)], cwd=project, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    _wait_for_training(project, "gone")
+    driver.kill()
+    driver.wait(timeout=60)
+    resumed = sweep(project, str(spec_file))
+    assert "trials [0] were left running by a sweep process of this machine that is gone" in resumed.stdout
+    abandoned, rerun = study_trials(project, "gone")
+    assert abandoned.state.name == "FAIL" and rerun.state.name == "COMPLETE" and rerun.params == abandoned.params
+    assert not (project / ".dvc" / "tmp" / "sweeps" / "gone" / "gone-t000").exists()
+
+
 def test_two_sweep_processes_share_one_study(project, tmp_path):
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     spec_file = spec(project, "shared.yaml", study="shared", trials=4, pruner={"name": "none"}, register=False,
@@ -266,3 +288,22 @@ def test_two_sweep_processes_share_one_study(project, tmp_path):
     assert len({t.params["train.lr_g"] for t in done}) == len(done)  # no point proposed twice
     shown = experiments(project)
     assert all(f"shared-t{t.number:03d}" in shown for t in done)
+
+
+def test_repeated_seeds_make_one_trial_of_several_experiments(project):
+    spec_file = spec(project, "seeds.yaml", study="seeds", trials=1, pruner={"name": "none"}, register=False,
+                     seeds={"param": "train.seed", "values": [0, 1]}, space={"train.lr_g": {"choices": [GOOD]}})
+    sweep(project, str(spec_file))
+    (trial,) = study_trials(project, "seeds")
+    shown = experiments(project)
+    values = [shown[f"seeds-t000-s{seed}"]["metrics"]["reports/eval.json"]["fd200_domain_train"] for seed in (0, 1)]
+    assert [shown[f"seeds-t000-s{seed}"]["params"]["train"]["seed"] for seed in (0, 1)] == [0, 1]
+    assert values[0] != values[1] and trial.value == pytest.approx(sum(values) / 2)  # the mean over the seeds
+    assert trial.user_attrs["std"] == pytest.approx(abs(values[0] - values[1]) / 2)  # their standard error
+    low, high = trial.user_attrs["ci95"]
+    assert low < trial.value < high and "t interval" in trial.user_attrs["interval"]
+    runs = [r for r in mlflow_runs(project) if r.data.tags.get("ganops.sweep") == "seeds"]
+    (trial_run,) = [r for r in runs if r.info.run_name == "seeds-t000"]
+    seeded = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == trial_run.info.run_id}
+    assert seeded == {"seeds-t000-s0", "seeds-t000-s1"}
+

@@ -42,7 +42,18 @@ from ganops.io import write_bytes_atomic, write_json_atomic
 from ganops.paths import ProjectPaths
 from ganops.sweeps.ranking import rank, table_markdown, trial_row
 from ganops.sweeps.spec import SweepError, SweepSpec
-from ganops.sweeps.workspace import Outcome, Pipeline, ProjectLock, Running, Slot, checked, run_tool, run_trial, tool
+from ganops.sweeps.workspace import (
+    Outcome,
+    Pipeline,
+    ProjectLock,
+    Slot,
+    TrialProcesses,
+    checked,
+    remove_stale_worktrees,
+    run_tool,
+    run_trial,
+    tool,
+)
 from ganops.tracking import sweep_runs
 from ganops.tracking.registry import RegistryDecision
 from ganops.tracking.store import tracking_uri
@@ -80,6 +91,33 @@ def plan_slots(workers: int, params: Params) -> list[Slot]:
                          "(each trial gets its own cores)")
     per = max(1, len(cpus) // workers)
     return [Slot(tuple(cpus[i * per:(i + 1) * per]) or tuple(cpus), i if gpus else None) for i in range(workers)]
+
+
+def running(study) -> int:
+    return sum(t.state.name == "RUNNING" for t in study.get_trials(deepcopy=False))
+
+
+def fail_dead_local_trials(study) -> list[int]:
+    """Trials still marked running whose sweep process, on this machine, is gone (killed with -9):
+    failed and queued again now, without waiting for Optuna's heartbeat to notice."""
+    from optuna.trial import TrialState
+
+    host, failed = socket.gethostname(), []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+        if worker_host != host or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # someone else's live process
+        study.tell(trial.number, state=TrialState.FAIL)
+        requeue(max_retry=3)(study, trial)
+        failed.append(trial.number)
+    return failed
 
 
 def counted(study) -> int:
@@ -156,9 +194,9 @@ class Objective:
     """One trial: its point, its pipeline run(s) on a free slot, its record in the study and in MLflow."""
 
     def __init__(self, spec: SweepSpec, params: Params, root: Path, url: str, pipeline: Pipeline, lock: ProjectLock,
-                 running: Running, slots: queue.Queue, parent_run_id: str | None) -> None:
+                 processes: TrialProcesses, slots: queue.Queue, parent_run_id: str | None) -> None:
         self.spec, self.params, self.root, self.url, self.pipeline = spec, params, root, url, pipeline
-        self.lock, self.running, self.slots, self.parent = lock, running, slots, parent_run_id
+        self.lock, self.processes, self.slots, self.parent = lock, processes, slots, parent_run_id
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, trial) -> float:
@@ -184,7 +222,7 @@ class Objective:
                                        report=index == 0, run_id=seed_run)
                 log.info("trial %d (%s): %s", trial.number, experiment, seeded)
                 try:
-                    outcome = run_trial(self.pipeline, self.lock, self.running, spec.study, trial.number, experiment,
+                    outcome = run_trial(self.pipeline, self.lock, self.processes, spec.study, trial.number, experiment,
                                         seeded, {TRIAL_ENV: context.model_dump_json()}, slot)
                 except SweepError:  # the sweep is stopping: this trial runs again when it resumes
                     trial.set_user_attr("interrupted", True)
@@ -292,24 +330,30 @@ def run_sweep(spec_file: Path, root: Path = Path("."), workers: int | None = Non
         pipeline = Pipeline.prepare(root, _trial_env(params, root))
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # ganops logs each trial's end itself
     study, parent = open_study(spec, spec_file, url, params, root)
-    running = Running()
-    objective = Objective(spec, params, root, url, pipeline, lock, running, slots, parent)
+    processes = TrialProcesses()  # the trials' processes, stopped together on ^C
+    objective = Objective(spec, params, root, url, pipeline, lock, processes, slots, parent)
 
     def stop_when_spent(study, _trial) -> None:
-        if running.stopping.is_set() or counted(study) >= spec.trials:
+        # trials running anywhere (other threads, other processes) will use the rest of the budget
+        if processes.stopped.is_set() or counted(study) + running(study) >= spec.trials:
             study.stop()
 
-    remaining = max(0, spec.trials - counted(study))
-    echo(f"study {spec.study} ({redacted(url)}): {counted(study)} of {spec.trials} trials done; running {remaining} more, "
-         f"{workers} at a time")
-    restore = _stop_on_signals(running)
+    dead = fail_dead_local_trials(study)
+    if dead:
+        echo(f"trials {dead} were left running by a sweep process of this machine that is gone: queued again")
+    live = {f"{spec.study}-t{t.number:03d}" for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING"}
+    remove_stale_worktrees(pipeline, lock, spec.study, live)
+    remaining = max(0, spec.trials - counted(study) - running(study))
+    echo(f"study {spec.study} ({redacted(url)}): {counted(study)} of {spec.trials} trials done, {running(study)} running "
+         f"elsewhere; running {remaining} more, {workers} at a time")
+    restore = _stop_on_signals(processes)
     try:
         if remaining:
             study.optimize(objective, n_trials=remaining, n_jobs=workers, catch=(TrialFailed,),
                            callbacks=[stop_when_spent], gc_after_trial=False)
     finally:
         restore()
-    if running.stopping.is_set():
+    if processes.stopped.is_set():
         _queue_interrupted(study, objective.worker)
         raise SweepInterrupted(f"sweep {spec.study} interrupted: its running trials were stopped and are queued again; "
                                "run the same command to resume it")
@@ -408,14 +452,14 @@ def _queue_interrupted(study, worker: str) -> None:
             requeue()(study, trial)
 
 
-def _stop_on_signals(running: Running) -> Callable[[], None]:
+def _stop_on_signals(processes: TrialProcesses) -> Callable[[], None]:
     """SIGINT and SIGTERM stop the running trials' processes (their trials run again on resume)."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
 
     def handler(signum, _frame) -> None:
         log.warning("%s: stopping the running trials", signal.Signals(signum).name)
-        running.stop_all()
+        processes.stop_all()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     return lambda: [signal.signal(sig, old) for sig, old in previous.items()] and None

@@ -124,16 +124,16 @@ class Slot:
         return env
 
 
-class Running:
+class TrialProcesses:
     """The process groups of the trials running now, so that an interrupted sweep stops them all."""
 
     def __init__(self) -> None:
-        self._lock, self._groups, self.stopping = threading.Lock(), set(), threading.Event()
+        self._lock, self._groups, self.stopped = threading.Lock(), set(), threading.Event()
 
     @contextmanager
     def process(self, args: list[str], cwd: Path, env: dict[str, str], log_file: io.TextIOBase, cpus: tuple[int, ...]):
         with self._lock:
-            if self.stopping.is_set():
+            if self.stopped.is_set():
                 raise SweepError("the sweep is stopping")
             proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                     start_new_session=True)  # its own group: stopped as one, untouched by a terminal's ^C
@@ -150,7 +150,7 @@ class Running:
                 self._groups.discard(proc.pid)
 
     def stop_all(self) -> None:
-        self.stopping.set()
+        self.stopped.set()
         with self._lock:
             groups = list(self._groups)
         for pgid in groups:
@@ -223,7 +223,7 @@ def write_overrides(params_file: Path, overrides: dict[str, Scalar]) -> None:
     params_file.write_text(buffer.getvalue())
 
 
-def run_trial(pipeline: Pipeline, lock: ProjectLock, running: Running, study: str, trial_number: int, name: str,
+def run_trial(pipeline: Pipeline, lock: ProjectLock, processes: TrialProcesses, study: str, trial_number: int, name: str,
               overrides: dict[str, Scalar], env: dict[str, str], slot: Slot) -> Outcome:
     """Run the pipeline up to the evaluation with ``overrides`` in a worktree of its own, save it as
     the DVC experiment ``name`` and remove the worktree. A failure of any step is an outcome, not an
@@ -241,9 +241,9 @@ def run_trial(pipeline: Pipeline, lock: ProjectLock, running: Running, study: st
             for stage in (FIRST_TRAINED, TARGET):
                 log_file.write(f"$ dvc repro {stage}\n")
                 log_file.flush()
-                with running.process([tool("dvc"), "repro", stage], tree, full_env, log_file, slot.cpus) as proc:
+                with processes.process([tool("dvc"), "repro", stage], tree, full_env, log_file, slot.cpus) as proc:
                     code = proc.wait()
-                if running.stopping.is_set():
+                if processes.stopped.is_set():
                     raise SweepError("the sweep was interrupted")
                 if code != 0:
                     outcome.error = _error_of(log_path, stage, code)
@@ -277,12 +277,24 @@ def run_trial(pipeline: Pipeline, lock: ProjectLock, running: Running, study: st
             outcome.state, outcome.error = "failed", f"dvc exp save failed: {(saved.stderr or saved.stdout).strip()[-600:]}"
         return outcome
     except SweepError as error:
-        if running.stopping.is_set():
+        if processes.stopped.is_set():
             raise
         outcome.state, outcome.error = "failed", str(error)
         return outcome
     finally:
         _remove_worktree(pipeline, lock, tree)
+
+
+def remove_stale_worktrees(pipeline: Pipeline, lock: ProjectLock, study: str, running: set[str]) -> list[str]:
+    """Remove the worktrees of this study whose trials are no longer running (left by a sweep process
+    that was killed); ``running``: the experiment-name prefixes of the trials running now."""
+    folder, removed = pipeline.workspaces / study, []
+    for tree in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if tree.name == "logs" or not tree.is_dir() or any(tree.name.startswith(name) for name in running):
+            continue
+        _remove_worktree(pipeline, lock, tree)
+        removed.append(tree.name)
+    return removed
 
 
 def _forget_stages(lock_file: Path, stages: list[str]) -> None:

@@ -67,9 +67,10 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_interval,
                                               grace_period=grace_period, heartbeat_stale_trial_callback=stale_callback)
-    except Exception as error:  # a bad URL, a server down, a missing driver (psycopg2 for PostgreSQL)
+    except Exception as error:  # a bad URL, a server down, a missing driver (psycopg for PostgreSQL)
+        hint = " (for PostgreSQL: pip install 'ganops[postgres]')" if isinstance(error, ImportError) else ""
         raise GanopsError(f"the sweep storage {redacted(url)} can't be opened: "
-                          f"{type(error).__name__}: {str(error)[:300]}") from None
+                          f"{type(error).__name__}: {str(error)[:300]}{hint}") from None
 
 
 def requeue(max_retry: int | None = None):
