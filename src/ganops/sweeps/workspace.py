@@ -327,6 +327,9 @@ def _add_worktree(pipeline: Pipeline, lock: ProjectLock, tree: Path) -> None:
     if config.exists():
         shutil.copy(config, tree / ".dvc" / "config.local")
     checked(run_tool([tool("dvc"), "cache", "dir", "--local", pipeline.cache_dir], tree), "dvc cache dir")
+    # the shared stages' outputs (a million prepared images) are linked from the cache, not copied per trial
+    checked(run_tool([tool("dvc"), "config", "--local", "cache.type", "reflink,hardlink,symlink,copy"], tree),
+            "dvc config cache.type")
     if pipeline.shared_stages:
         checked(run_tool([tool("dvc"), "checkout", "--quiet", *pipeline.shared_stages], tree, pipeline.env),
                 "dvc checkout of the shared stages")
