@@ -270,6 +270,8 @@ def test_a_sweep_killed_with_sigkill_is_resumed_at_once(project):
     abandoned, rerun = study_trials(project, "gone")
     assert abandoned.state.name == "FAIL" and rerun.state.name == "COMPLETE" and rerun.params == abandoned.params
     assert not (project / ".dvc" / "tmp" / "sweeps" / "gone" / "gone-t000").exists()
+    runs = {r.info.run_name: r for r in mlflow_runs(project) if r.data.tags.get("ganops.sweep") == "gone"}
+    assert runs["gone-t000"].info.status == "FAILED" and "died" in runs["gone-t000"].data.tags["error"]
 
 
 def test_two_sweep_processes_share_one_study(project, tmp_path):

@@ -341,6 +341,10 @@ def run_sweep(spec_file: Path, root: Path = Path("."), workers: int | None = Non
     dead = fail_dead_local_trials(study)
     if dead:
         echo(f"trials {dead} were left running by a sweep process of this machine that is gone: queued again")
+    for trial in study.get_trials(deepcopy=False):
+        if trial.number in dead and trial.user_attrs.get("mlflow_run_id") and params.mlflow.enabled:
+            sweep_runs.end_trial_run(params.mlflow, root, trial.user_attrs["mlflow_run_id"], "failed", {},
+                                     {"error": "its sweep process died (killed); the trial is queued again"})
     live = {f"{spec.study}-t{t.number:03d}" for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING"}
     remove_stale_worktrees(pipeline, lock, spec.study, live)
     remaining = max(0, spec.trials - counted(study) - running(study))
