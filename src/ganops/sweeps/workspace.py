@@ -276,10 +276,11 @@ def run_trial(pipeline: Pipeline, lock: ProjectLock, processes: TrialProcesses, 
         if saved.returncode != 0:
             outcome.state, outcome.error = "failed", f"dvc exp save failed: {(saved.stderr or saved.stdout).strip()[-600:]}"
         return outcome
-    except SweepError as error:
+    except Exception as error:  # a step that failed, a report that can't be read: this trial failed, not the sweep
         if processes.stopped.is_set():
-            raise
-        outcome.state, outcome.error = "failed", str(error)
+            raise SweepError("the sweep was interrupted") from None
+        outcome.state = "failed"
+        outcome.error = str(error) if isinstance(error, SweepError) else f"{type(error).__name__}: {str(error)[:600]}"
         return outcome
     finally:
         _remove_worktree(pipeline, lock, tree)
