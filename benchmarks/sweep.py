@@ -1,9 +1,10 @@
-"""What pruning on the in-training FID saves, and what it costs: one seeded sweep run twice, without
-a pruner and with one, on the same fresh clone (so the same shared stages, data and evaluation).
+"""What pruning on the in-training FID saves, and what it costs: one seeded sweep run without a
+pruner, with the default pruner (successive halving) and with the median pruner, on the same fresh
+clone (so the same shared stages, data and evaluation).
 
 Not a speed comparison against a peer: the figure is training steps, counted by the trials
 themselves (reports/train.json's steps_done, summed over trials), which does not depend on the
-machine's load. Both sweeps draw their points with the same TPE seed; once the pruned sweep has
+machine's load. The sweeps draw their points with the same TPE seed; once a pruned sweep has
 pruned a trial its history differs, so later points may differ, as they would for a user. The best
 trials are compared with the registry's noise test (``better_beyond_noise``: the champion gate's).
 
@@ -35,8 +36,11 @@ from ganops.config import load_params
 from ganops.tracking.registry import better_beyond_noise, improvement_needed
 
 REPO = Path(__file__).resolve().parents[1]
+# the default pruner (Optuna's SuccessiveHalvingPruner, its defaults) and the median pruner as an
+# earlier run had it; pruned_compute_fraction is the default's
 PRUNERS = {"unpruned": {"name": "none"},
-           "pruned": {"name": "median", "n_startup_trials": 2, "n_warmup_steps": 500}}
+           "pruned": {"name": "successive-halving"},
+           "median": {"name": "median", "n_startup_trials": 2, "n_warmup_steps": 500}}
 
 
 def sweep_file(folder: Path, study: str, trials: int, steps: int, eval_every: int, pruner: dict) -> Path:
@@ -94,7 +98,7 @@ def main() -> None:
                 sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
                 raise SystemExit(f"the {side} sweep failed (exit code {done.returncode})")
             results[side] = json.loads((clone / "reports" / "sweep.json").read_text()) | {"seconds": seconds}
-            print(f"\n{side} sweep ({pruner['name']} pruner), {seconds:.0f} s wall (the first includes the shared "
+            print(f"\n{side} sweep ({json.dumps(pruner)}), {seconds:.0f} s wall (the first includes the shared "
                   f"stages):\n{(clone / 'reports' / 'sweep.md').read_text()}", flush=True)
         register = load_params(clone / "params.yaml").register
         best = {side: next(r for r in result["trials"] if r["state"] == "complete") for side, result in results.items()}
@@ -102,12 +106,17 @@ def main() -> None:
             b = best[side]
             print(f"{side}: {result['states']}, steps trained {result['steps_trained']}, best trial {b['trial']} "
                   f"{b['metric']} {b['value']:.3f} (std {b['std']:.3f}) {b['params']}")
-        u, p = best["unpruned"], best["pruned"]
-        worse = better_beyond_noise(register, u["value"], u["std"], p["value"], p["std"])
-        needed = improvement_needed(register, u["std"], p["std"])
-        print(f"best with pruning vs without: {p['value']:.3f} vs {u['value']:.3f}, difference "
-              f"{p['value'] - u['value']:+.3f}; noise threshold {needed:.3f} (the registry's test): "
-              f"{'WORSE beyond noise' if worse else 'within noise or better'}")
+        u = best["unpruned"]
+        verdicts = {}
+        for side in (s for s in results if s != "unpruned"):
+            p = best[side]
+            verdicts[side] = better_beyond_noise(register, u["value"], u["std"], p["value"], p["std"])
+            needed = improvement_needed(register, u["std"], p["std"])
+            share = results[side]["steps_trained"] / results["unpruned"]["steps_trained"]
+            print(f"{side} vs unpruned: best {p['value']:.3f} vs {u['value']:.3f}, difference "
+                  f"{p['value'] - u['value']:+.3f}, noise threshold {needed:.3f} (the registry's test): "
+                  f"{'WORSE beyond noise' if verdicts[side] else 'within noise or better'}; steps {share:.3f} of unpruned")
+        worse = verdicts["pruned"]
         fraction = results["pruned"]["steps_trained"] / results["unpruned"]["steps_trained"]
         machine.finish()
         if args.keep is not None:

@@ -4,7 +4,7 @@ sampler, a pruner), how much (a trial budget) and on what (seeds repeated per tr
     study: lr-and-loss            # the Optuna study, the MLflow parent run, the prefix of every experiment
     trials: 12
     sampler: {name: tpe, seed: 0} # tpe | random | grid (grid: every key a list of choices)
-    pruner: {name: median, n_startup_trials: 3, n_warmup_steps: 1000}   # median | successive-halving | none
+    pruner: {name: successive-halving}    # (Optuna's defaults) | median | none
     fixed: {train.eval_every: 500}                                     # set in every trial
     space:
       train.lr_g: {low: 1.0e-4, high: 2.0e-3, log: true}                # a range: int or float as params.yaml's key is
@@ -125,9 +125,10 @@ class SweepSpec(BaseModel):
         return list(self.space)
 
     def identity(self) -> str:
-        """What makes two runs of a sweep the same study: everything but the budget, the workers, the
-        storage, the points queued first and the registration (those may change between resumptions)."""
-        kept = self.model_dump(mode="json", exclude={"trials", "workers", "storage", "register_best", "enqueue"})
+        """What makes two runs of a sweep the same study: the search itself (space, fixed values, seeds,
+        metric). The budget, workers, storage, sampler, pruner, queued points and the registration may
+        change between resumptions: the trials already run keep their meaning."""
+        kept = self.model_dump(mode="json", include={"study", "space", "fixed", "seeds", "metric"})
         return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
     # --- against the project's params -------------------------------------------------------------

@@ -184,8 +184,8 @@ def open_study(spec: SweepSpec, spec_file: Path, url: str, params: Params, root:
         time.sleep(1)  # polling the storage: it has no way to wait for another process's write
     recorded = study.user_attrs[SPEC_ATTR]
     if recorded["identity"] != spec.identity():
-        raise SweepError(f"study {spec.study!r} in {redacted(url)} was started from another sweep file (its space, seeds, "
-                         f"sampler, pruner, metric or fixed values differ): {json.dumps(recorded['spec'])[:600]}. "
+        raise SweepError(f"study {spec.study!r} in {redacted(url)} was started from another sweep file (its space, "
+                         f"fixed values, seeds or metric differ): {json.dumps(recorded['spec'])[:600]}. "
                          "Give this search another study name.")
     return study, study.user_attrs[PARENT_ATTR]
 

@@ -25,18 +25,21 @@ TRIAL_ENV = "GANOPS_SWEEP_TRIAL"
 
 
 class PrunerSpec(BaseModel):
-    """Which Optuna pruner stops hopeless trials, on the in-training metric at each evaluation."""
+    """Which Optuna pruner stops hopeless trials, on the in-training metric at each evaluation (the
+    step is the training step). Defaults are Optuna's own."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: Literal["median", "successive-halving", "none"] = "median"
-    # median: a trial is stopped when its value at a step is worse than the median of the finished
-    # trials' values at that step, once n_startup_trials have finished and after n_warmup_steps
-    n_startup_trials: int = Field(3, ge=0)
-    n_warmup_steps: int = Field(0, ge=0, description="training steps before any pruning (median)")
-    # successive-halving (Li et al., ASHA): rungs at min_resource * reduction_factor**k evaluations
-    min_resource: int = Field(1, ge=1, description="evaluations before the first rung (successive-halving)")
-    reduction_factor: int = Field(3, ge=2, description="1/reduction_factor of the trials go on at each rung")
+    name: Literal["successive-halving", "median", "none"] = "successive-halving"
+    # successive-halving (ASHA, Li et al.): at rungs of min_resource * reduction_factor**k steps, a trial
+    # goes on only if it is among the best 1/reduction_factor of the trials that reached the rung;
+    # "auto": min_resource from the first completed trial's last step (Optuna's heuristic)
+    min_resource: int | Literal["auto"] = "auto"
+    reduction_factor: int = Field(4, ge=2)
+    # median: stopped when worse than the median of the completed trials at the same step, once
+    # n_startup_trials have completed, from step n_warmup_steps on
+    n_startup_trials: int = Field(5, ge=0)
+    n_warmup_steps: int = Field(0, ge=0)
 
 
 def make_pruner(spec: PrunerSpec):
@@ -144,12 +147,19 @@ class TrialReporter:
         self.trial.report(value, step)
         if not self.trial.should_prune():
             return ""
-        # what the pruner compared against: the median pruner the completed trials, successive halving all
-        states = ("COMPLETE",) if self.context.pruner.name == "median" else ("COMPLETE", "PRUNED", "RUNNING")
+        # what the pruner compared against: the median pruner the completed trials, successive halving
+        # every trial that reached this step
+        median = self.context.pruner.name == "median"
+        states = ("COMPLETE",) if median else ("COMPLETE", "PRUNED", "RUNNING")
         compared = [t.intermediate_values[step] for t in self.study.get_trials(deepcopy=False)
                     if t.number != self.trial.number and step in t.intermediate_values and t.state.name in states]
-        others = (f", the median of {len(compared)} other {'completed ' if states == ('COMPLETE',) else ''}trials "
-                  f"at this step {statistics.median(compared):.4g}" if compared else "")
+        if median:
+            others = (f", the median of {len(compared)} other completed trials at this step "
+                      f"{statistics.median(compared):.4g}" if compared else "")
+        else:
+            others = (f", not in the best 1/{self.context.pruner.reduction_factor} of the {len(compared) + 1} trials "
+                      f"that reached this step (the others: best {min(compared):.4g}, median "
+                      f"{statistics.median(compared):.4g})" if compared else "")
         reason = (f"step {step}: pruned by the sweep's {self.context.pruner.name} pruner (study {self.context.study}, "
                   f"trial {self.context.trial_number}): the in-training value {value:.4g}{others}")
         self.pruned = {"step": step, "value": value, "pruner": self.context.pruner.name, "reason": reason}
