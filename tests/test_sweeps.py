@@ -20,7 +20,7 @@ from conftest import make_repo, run_cli, sh
 from ganops.config import Params, RegisterParams, load_params
 from ganops.sweeps.ranking import rank
 from ganops.sweeps.spec import SweepError, SweepSpec
-from ganops.sweeps.workspace import write_overrides
+from ganops.sweeps.workspace import _error_of, write_overrides
 
 DVC = str(Path(sys.executable).parent / "dvc")
 GANOPS = str(Path(sys.executable).parent / "ganops")
@@ -220,11 +220,21 @@ def _wait_for_training(root: Path, study: str, seconds: float = 120) -> int:
     raise AssertionError(f"no trial trained under {worktrees} within {seconds} s")
 
 
+@pytest.mark.parametrize("said", ["exited with -9", "exited with 137"])  # bash execs the command; dash forks
+def test_a_stage_killed_by_a_signal_is_named(tmp_path, said):
+    log = tmp_path / "train.log"
+    log.write_text(f"step 10\nERROR: failed to reproduce 'train': failed to run: ganops train, {said}\n")
+    assert "killed by SIGKILL" in _error_of(log, "train", 255)
+    log.write_text("ERROR: failed to reproduce 'train': failed to run: ganops train, exited with 1\n")
+    assert "killed" not in _error_of(log, "train", 255)
+
+
 def test_a_killed_trial_is_failed_and_the_sweep_goes_on(project):
     spec_file = spec(project, "kill.yaml", study="kill", trials=2, pruner={"name": "none"}, register=False,
                      enqueue=[{"train.lr_g": GOOD}, {"train.lr_g": 3e-3}])
+    # DVC runs a stage in $SHELL: /bin/sh (dash) forks the command, so the kill reaches DVC as exit 137
     driver = subprocess.Popen([GANOPS, "sweep", str(spec_file)], cwd=project, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+                              stderr=subprocess.STDOUT, text=True, env={**os.environ, "SHELL": "/bin/sh"})
     os.kill(_wait_for_training(project, "kill"), signal.SIGKILL)
     output, _ = driver.communicate(timeout=600)
     assert driver.returncode == 0, output

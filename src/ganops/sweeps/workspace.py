@@ -353,9 +353,11 @@ def _error_of(log_path: Path, stage: str, code: int) -> str:
     lines = log_path.read_text(errors="replace").splitlines()
     errors = [line for line in lines if line.startswith("error: ") or line.startswith("ERROR: ")]
     tail = " | ".join((errors or lines)[-3:])[-800:]
-    killed = re.search(r"exited with -(\d+)", tail)  # DVC's word for a stage command a signal ended
+    # a signal ended the stage's command: DVC says -N when the command was the shell's last (bash execs it),
+    # 128+N when a shell that forks (dash, the usual /bin/sh) reported it
+    killed = re.search(r"exited with (-\d+|1(?:29|[3-8]\d|9[0-2]))\b", tail)
     if killed or code < 0:
-        number = int(killed.group(1)) if killed else -code
+        number = abs(int(killed.group(1))) % 128 if killed else -code
         name = signal.Signals(number).name if number in signal.Signals._value2member_map_ else f"signal {number}"
         tail = f"killed by {name}: {tail}"
     return f"`dvc repro {stage}` exited with {code}: {tail}"
