@@ -107,22 +107,20 @@ def main() -> None:
             print(f"{side}: {result['states']}, steps trained {result['steps_trained']}, best trial {b['trial']} "
                   f"{b['metric']} {b['value']:.3f} (std {b['std']:.3f}) {b['params']}")
         u = best["unpruned"]
-        verdicts = {}
+        worse, share = {}, {}  # per pruned side: its best worse than the unpruned best beyond noise; its steps' share
         for side in (s for s in results if s != "unpruned"):
             p = best[side]
-            verdicts[side] = better_beyond_noise(register, u["value"], u["std"], p["value"], p["std"])
+            worse[side] = better_beyond_noise(register, u["value"], u["std"], p["value"], p["std"])
             needed = improvement_needed(register, u["std"], p["std"])
-            share = results[side]["steps_trained"] / results["unpruned"]["steps_trained"]
+            share[side] = results[side]["steps_trained"] / results["unpruned"]["steps_trained"]
             print(f"{side} vs unpruned: best {p['value']:.3f} vs {u['value']:.3f}, difference "
                   f"{p['value'] - u['value']:+.3f}, noise threshold {needed:.3f} (the registry's test): "
-                  f"{'WORSE beyond noise' if verdicts[side] else 'within noise or better'}; steps {share:.3f} of unpruned")
-        worse = verdicts["pruned"]
-        fraction = results["pruned"]["steps_trained"] / results["unpruned"]["steps_trained"]
+                  f"{'WORSE beyond noise' if worse[side] else 'within noise or better'}; steps {share[side]:.3f} of unpruned")
         machine.finish()
         if args.keep is not None:
             shutil.move(str(clone), str(args.keep))
-        print(f"pruned_best_within_noise={str(not worse).lower()}")
-        print(f"pruned_compute_fraction={fraction:.3f}")
+        print(f"pruned_best_within_noise={str(not worse['pruned']).lower()}")
+        print(f"pruned_compute_fraction={share['pruned']:.3f}")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
