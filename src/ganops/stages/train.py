@@ -28,7 +28,7 @@ from ganops.models import DiscriminatorSpec, GeneratorSpec
 from ganops.paths import ProjectPaths
 from ganops.pixels import to_uint8
 from ganops.tracking.runs import lineage_tags, log_training, preflight
-from ganops.tracking.trial import TrialReporter
+from ganops.trial import TrialReporter
 from ganops.training.augment import resolve_augment
 from ganops.training.loop import LOG_FIELDS, fit, preview_inputs
 from ganops.visualize import sample_grid, sample_grid_png

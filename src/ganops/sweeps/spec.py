@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ganops import GanopsError
 from ganops.config import Params, validate_params
-from ganops.tracking.trial import PrunerSpec
+from ganops.trial import PrunerSpec
 
 # Sections a trial's pipeline (prepare .. evaluate) never reads: sweeping them would only relabel runs.
 NOT_SEARCHABLE = ("export", "serve", "mlflow", "register", "flow")

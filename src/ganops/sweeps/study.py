@@ -57,7 +57,7 @@ from ganops.sweeps.workspace import (
 from ganops.tracking import sweep_runs
 from ganops.tracking.registry import RegistryDecision
 from ganops.tracking.store import tracking_uri
-from ganops.tracking.trial import TRIAL_ENV, TrialContext, make_pruner, open_storage, redacted, requeue
+from ganops.trial import TRIAL_ENV, TrialContext, make_pruner, open_storage, redacted, requeue
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S, GRACE_S = 10, 60  # a trial whose process sent no heartbeat for GRACE_S is failed and queued again

@@ -215,7 +215,7 @@ def fit(g_spec: GeneratorSpec, d_spec: DiscriminatorSpec, cfg: TrainParams, augm
     (on rank 0; ganops.training.watch keeps the best snapshots and says when to stop), and
     ``rescore`` re-scores the kept ones at the end: the result's generator is the chosen snapshot.
     Non-finite losses always stop the run, which then ships its best snapshot. ``report`` (a sweep's
-    trial, ganops.tracking.trial) is handed each evaluation's step, value and std and returns why the
+    trial, ganops.trial) is handed each evaluation's step, value and std and returns why the
     run must stop now, or "": a run it stops ships its last snapshot without re-scoring (a pruned trial
     is not evaluated further).
     """
