@@ -22,8 +22,8 @@ from prefect.artifacts import create_markdown_artifact
 from ganops.config import FlowParams, load_params
 from ganops.metrics.report import EvaluationReport
 from ganops.paths import ProjectPaths
-from ganops.sweeps.workspace import run_tool, tool
 from ganops.telemetry import disable_telemetry
+from ganops.tools import run_tool, tool
 from ganops.tracking.registry import RegistryDecision
 
 # ganops exits with 2 for errors that need a fix (bad params, bad data, missing inputs): retrying

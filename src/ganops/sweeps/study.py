@@ -50,10 +50,9 @@ from ganops.sweeps.workspace import (
     TrialProcesses,
     checked,
     remove_stale_worktrees,
-    run_tool,
     run_trial,
-    tool,
 )
+from ganops.tools import run_tool, tool
 from ganops.tracking import sweep_runs
 from ganops.tracking.registry import RegistryDecision
 from ganops.tracking.store import tracking_uri

@@ -22,7 +22,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,21 +31,11 @@ from typing import Literal
 from ganops.metrics.report import EvaluationReport
 from ganops.paths import ProjectPaths
 from ganops.sweeps.spec import Scalar, SweepError
+from ganops.tools import run_tool, tool, tool_env
 
 log = logging.getLogger(__name__)
 TARGET = "evaluate"  # a trial's pipeline ends with its evaluation; export and register are the best trial's
 FIRST_TRAINED = "train"  # the stages this one depends on are shared by every trial
-
-
-def tool(name: str) -> str:
-    """dvc and ganops live beside this interpreter."""
-    return str(Path(sys.executable).parent / name)
-
-
-def run_tool(args: list[str], cwd: Path, env: dict[str, str] | None = None,
-             timeout: float | None = None) -> subprocess.CompletedProcess:
-    base = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", "TQDM_DISABLE": "1"}
-    return subprocess.run(args, cwd=cwd, env={**base, **(env or {})}, capture_output=True, text=True, timeout=timeout)
 
 
 def checked(result: subprocess.CompletedProcess, what: str) -> str:
@@ -235,8 +224,7 @@ def run_trial(pipeline: Pipeline, lock: ProjectLock, processes: TrialProcesses, 
     try:
         _add_worktree(pipeline, lock, tree)
         write_overrides(tree / "params.yaml", overrides)
-        full_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-                    "TQDM_DISABLE": "1", "DVC_EXP_NAME": name, **pipeline.env, **slot.env(), **env}
+        full_env = tool_env({"DVC_EXP_NAME": name, **pipeline.env, **slot.env(), **env})
         with open(log_path, "a") as log_file:
             for stage in (FIRST_TRAINED, TARGET):
                 log_file.write(f"$ dvc repro {stage}\n")
