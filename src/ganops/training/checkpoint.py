@@ -2,10 +2,17 @@
 
 A checkpoint is loaded with ``torch.load(weights_only=True)``. So it holds tensors and plain
 containers, and can never run code. RNG states that are not tensors are converted to tensors.
+
+Each step-NNNNNNNN.pt has its sha256 beside it (step-NNNNNNNN.pt.sha256, in ``sha256sum`` format),
+recorded when it is saved and checked before it is loaded: a file damaged on disk, even one whose zip
+and tensors still load, is set aside (step-NNNNNNNN.corrupt) with a warning naming it and why, and
+the run falls back to an older checkpoint, or says that it starts at step 0.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import random
 import re
@@ -18,14 +25,22 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from ganops.io import atomic_path
+from ganops.io import atomic_path, file_sha256, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^step-(\d{8})\.pt$")
+_SET_ASIDE = re.compile(r"^step-(\d{8})\.corrupt$")
+_DIGEST = re.compile(r"^step-(\d{8})\.(pt|corrupt)\.sha256$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def checkpoint_path(folder: Path, step: int) -> Path:
     return Path(folder) / f"step-{step:08d}.pt"
+
+
+def digest_path(checkpoint: Path) -> Path:
+    """Where a checkpoint's sha256 is recorded: beside it, its name plus ``.sha256``."""
+    return Path(checkpoint).with_name(Path(checkpoint).name + ".sha256")
 
 
 def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
@@ -145,13 +160,37 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> 
 def save_checkpoint(folder: Path, step: int, state: dict[str, Any], keep: int) -> Path:
     """Write ``state`` as step-NNNNNNNN.pt in one rename, then keep only the newest ``keep`` up to this
     step: later ones are a longer run's of the same setup (train.steps is not in the fingerprint), and
-    pruning by step number alone would delete this run's own newest checkpoint instead."""
+    pruning by step number alone would delete this run's own newest checkpoint instead.
+
+    The file's sha256 is written (step-NNNNNNNN.pt.sha256, its own atomic write) before the checkpoint
+    is renamed into place: a run killed between the two leaves a digest without its checkpoint, never
+    a checkpoint without its digest, so every checkpoint on disk can be checked. Set-aside files
+    (``.corrupt``) and stray digests go by the same rule as the checkpoints (``_prune``)."""
     target = checkpoint_path(folder, step)
     with atomic_path(target) as tmp:
         torch.save(state, tmp)
-    for _, old in [(s, p) for s, p in list_checkpoints(folder) if s <= step][keep:]:
-        old.unlink(missing_ok=True)
+        write_bytes_atomic(digest_path(target), f"{file_sha256(tmp)}  {target.name}\n".encode())
+    _prune(Path(folder), step, keep)
     return target
+
+
+def _prune(folder: Path, step: int, keep: int) -> None:
+    """Keep the newest ``keep`` checkpoints up to ``step`` (with their digests). A set-aside file, or a
+    digest whose checkpoint is gone, goes once ``keep`` checkpoints newer than its step are kept: the
+    evidence of a damaged file lives as long as a checkpoint of its step would have."""
+    ours = [(s, p) for s, p in list_checkpoints(folder) if s <= step]
+    for _, old in ours[keep:]:
+        old.unlink(missing_ok=True)
+        digest_path(old).unlink(missing_ok=True)
+    kept = [s for s, _ in ours[:keep]]
+    if len(kept) < keep:
+        return
+    for path in folder.iterdir():
+        match = _SET_ASIDE.match(path.name) or _DIGEST.match(path.name)
+        if match and int(match.group(1)) < kept[-1] and not (path.name.endswith(".pt.sha256") and
+                                                            path.with_suffix("").exists()):
+            path.unlink(missing_ok=True)
+            log.info("pruned with the checkpoints older than step %d: %s", kept[-1], path)
 
 
 def remove_partial_writes(folder: Path, older_than_s: float = 600.0) -> list[Path]:
@@ -190,22 +229,84 @@ def prune_stale(checkpoints: Path, keep: Path, retention_days: float) -> list[Pa
     return removed
 
 
-def load_resumable(folder: Path, fingerprint: str, max_step: int) -> dict[str, Any] | None:
-    """The newest checkpoint in this setup's folder at or before ``max_step``.
+class DamagedCheckpoint(Exception):
+    """A checkpoint that must not be resumed; the message says why."""
 
-    Later checkpoints (a longer run of the same setup) are skipped, not removed; only an unreadable
-    file is set aside."""
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's content, once its bytes match the sha256 recorded when it was saved; the bytes
+    checked are the bytes loaded (read once). DamagedCheckpoint saying why otherwise."""
+    path = Path(path)
+    sidecar = digest_path(path)
+    try:
+        recorded = sidecar.read_text().split()
+    except FileNotFoundError:
+        raise DamagedCheckpoint(f"no recorded sha256 ({sidecar.name} is missing)") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise DamagedCheckpoint(f"its recorded sha256 can't be read ({sidecar.name}: {error})") from None
+    if len(recorded) != 2 or not _HEX64.match(recorded[0]) or recorded[1] != path.name:
+        raise DamagedCheckpoint(f"its recorded sha256 is malformed ({sidecar.name} is not '<sha256>  {path.name}')")
+    data = path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != recorded[0]:
+        raise DamagedCheckpoint(f"sha256 mismatch: the file's is {actual[:16]}..., {sidecar.name} recorded "
+                                f"{recorded[0][:16]}... when it was saved (damaged on disk)")
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 -- its digest matches: written damaged, or by other code
+        raise DamagedCheckpoint(f"unreadable ({type(error).__name__}: {str(error)[:300]})") from None
+    if not isinstance(state, dict):
+        raise DamagedCheckpoint(f"not a checkpoint (holds a {type(state).__name__}, not a dict)")
+    return state
+
+
+def _set_aside(path: Path) -> Path:
+    """step-N.pt -> step-N.corrupt (and its digest beside it), kept for inspection until pruned."""
+    aside = path.with_suffix(".corrupt")
+    path.rename(aside)
+    if digest_path(path).exists():
+        digest_path(path).rename(digest_path(aside))
+    return aside
+
+
+def load_resumable(folder: Path, fingerprint: str, max_step: int) -> dict[str, Any] | None:
+    """The newest checkpoint in this setup's folder at or before ``max_step`` whose sha256 matches.
+
+    Later checkpoints (a longer run of the same setup) are skipped, not removed; a damaged file (its
+    sha256 not the one recorded, unreadable) is set aside with a warning naming it and why, and the
+    next older one is tried. When none is resumed, the log says the run starts at step 0, and why."""
+    set_aside: list[str] = []
+    later = other = 0
     for step, path in list_checkpoints(folder):
         if step > max_step:
+            later += 1
             continue
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # a damaged file: set it aside and fall back to an older one
-            log.warning("setting aside unreadable checkpoint %s: %s", path, error)
-            path.rename(path.with_suffix(".corrupt"))
+            state = read_checkpoint(path)
+        except DamagedCheckpoint as reason:  # set it aside and fall back to an older one
+            aside = _set_aside(path)
+            log.warning("setting aside checkpoint %s: %s (moved to %s)", path, reason, aside.name)
+            set_aside.append(path.name)
             continue
         if state.get("fingerprint") != fingerprint:
+            other += 1
             continue
         state["path"] = path
         return state
+    _log_fresh_start(Path(folder), set_aside, later, other, max_step)
     return None
+
+
+def _log_fresh_start(folder: Path, set_aside: list[str], later: int, other: int, max_step: int) -> None:
+    why = []
+    if set_aside:
+        why.append(f"{'all ' if not other else ''}{len(set_aside)} set aside as damaged: {', '.join(set_aside)}")
+    if other:
+        why.append(f"{other} of another setup")
+    if later:
+        why.append(f"{later} past train.steps={max_step} (a longer run's, kept)")
+    if set_aside:
+        log.warning("no usable checkpoint in %s: training starts at step 0 (%s)", folder, "; ".join(why))
+    else:
+        log.info("no checkpoint to resume in %s: training starts at step 0 (%s)", folder,
+                 "; ".join(why) or "none found")
