@@ -16,13 +16,17 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ganops.telemetry import disable_telemetry
+
+if __name__ == "__main__":  # `python -m ganops.flows`: off before Prefect, whose analytics start on import
+    disable_telemetry()
+
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from ganops.config import FlowParams, load_params
 from ganops.metrics.report import EvaluationReport
 from ganops.paths import ProjectPaths
-from ganops.telemetry import disable_telemetry
 from ganops.tools import run_tool, tool
 from ganops.tracking.registry import RegistryDecision
 
