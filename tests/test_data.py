@@ -425,3 +425,98 @@ def test_imagefolder_reads_nothing_outside_data_path(tmp_path):
     (source / "bird").symlink_to(secret.parent)  # a whole class folder elsewhere
     with pytest.raises(DataError, match="bird: a symbolic link to .*elsewhere, outside data.path"):
         prepare(params(source="imagefolder", path=str(source), resolution=16, skip_invalid=True), tmp_path)
+
+
+# --- labels against the class list, empty classes and splits (issue 37, item 4) -------------------
+
+
+@pytest.fixture
+def good_prepared(tmp_path) -> dict[str, bytes]:
+    """A project whose data/prepared/ holds a good prepare: every refusal below must leave it as it is."""
+    prepare(params(source="digits", resolution=8), tmp_path)
+    return prepared_files(tmp_path)
+
+
+def refused_leaving_previous(root: Path, before: dict[str, bytes], match: str, **data) -> DataError:
+    with pytest.raises(DataError, match=match) as error:
+        prepare(params(**data), root)
+    assert prepared_files(root) == before  # byte for byte
+    assert [p.name for p in (root / "data").iterdir()] == ["prepared"]  # no staging left behind
+    return error.value
+
+
+@pytest.mark.parametrize("split", ["train", "t10k"])
+def test_an_idx_label_outside_the_ten_classes_is_refused(tmp_path, good_prepared, split):
+    """One label byte of 255 (counts still equal) made a 256-class data set, 245 classes empty."""
+    source = make_idx(tmp_path / "idx", gz=False)
+    labels_file = source / f"{split}-labels-idx1-ubyte"
+    labels = np.arange(40 if split == "train" else 10) % 10
+    labels[7] = 255
+    labels_file.write_bytes(idx_bytes(labels))
+    error = refused_leaving_previous(tmp_path, good_prepared, "outside MNIST and Fashion-MNIST's classes 0..9",
+                                     source="mnist-idx", path=str(source))
+    assert f"{labels_file}: label 255 at index 7" in str(error)
+
+
+def test_an_idx_data_set_missing_a_class_is_refused(tmp_path, good_prepared):
+    source = make_idx(tmp_path / "idx", gz=False)
+    for split, n in (("train", 40), ("t10k", 10)):
+        (source / f"{split}-labels-idx1-ubyte").write_bytes(idx_bytes(np.arange(n) % 9))  # no 9 anywhere
+    error = refused_leaving_previous(tmp_path, good_prepared, "class\\(es\\) with no images: 9 ",
+                                     source="mnist-idx", path=str(source))
+    assert str(source) in str(error)
+
+
+def test_cifar_labels_are_checked_against_cifar10s_classes(tmp_path, good_prepared):
+    source = make_cifar(tmp_path / "cifar")
+    for name, n, seed in (("data_batch_1", 20, 1), ("data_batch_2", 20, 2), ("test_batch", 10, 9)):
+        batch = pickle.loads(cifar_batch(n, seed))
+        batch[b"labels"] = [label if label != 3 else 4 for label in batch[b"labels"]]  # no cat anywhere
+        (source / name).write_bytes(pickle.dumps(batch, protocol=2))
+    refused_leaving_previous(tmp_path, good_prepared, f"cifar10 at {source}: class\\(es\\) with no images: cat ",
+                             source="cifar10", path=str(source), channels=3)
+
+    batch = pickle.loads(cifar_batch(20, 2))
+    batch[b"labels"][5] = 10
+    (source / "data_batch_2").write_bytes(pickle.dumps(batch, protocol=2))
+    refused_leaving_previous(tmp_path, good_prepared, "data_batch_2: label 10 at index 5 is outside CIFAR-10's "
+                             "classes 0..9", source="cifar10", path=str(source), channels=3)
+
+    make_cifar(tmp_path / "other")
+    (tmp_path / "other" / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"a", b"b"]}, protocol=2))
+    refused_leaving_previous(tmp_path, good_prepared, "batches.meta: label_names \\['a', 'b'\\] are not CIFAR-10's",
+                             source="cifar10", path=str(tmp_path / "other"), channels=3)
+
+
+def test_an_empty_split_is_refused(tmp_path, good_prepared):
+    """A tiny data set whose split by class holds nothing out: 7 images a class and data.test_fraction
+    0.05 round to no test image; no setting asks for an empty test split (test_fraction > 0)."""
+    source = make_imagefolder(tmp_path / "raw")
+    error = refused_leaving_previous(tmp_path, good_prepared, "the test split is empty", source="imagefolder",
+                                     path=str(source), resolution=16, test_fraction=0.05)
+    assert "data.test_fraction=0.05" in str(error) and "has 7" in str(error)
+
+    idx = make_idx(tmp_path / "idx", n_train=20)  # no t10k files: split by class, 2 images a class
+    for name in idx.glob("t10k-*"):
+        name.unlink()
+    refused_leaving_previous(tmp_path, good_prepared, f"mnist-idx at {idx}: the test split is empty",
+                             source="mnist-idx", path=str(idx))
+    (idx / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.zeros((0, 28, 28)))))
+    (idx / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.zeros(0))))
+    refused_leaving_previous(tmp_path, good_prepared, "the test split is empty: the format's own files",
+                             source="mnist-idx", path=str(idx))
+
+
+def test_a_split_emptied_by_skipped_files_is_refused(tmp_path, good_prepared):
+    from ganops.data.prepare import _split
+    from ganops.data.sources import list_imagefolder
+
+    source = make_imagefolder(tmp_path / "raw")
+    settings = {"source": "imagefolder", "path": str(source), "resolution": 16, "skip_invalid": True}
+    listing = list_imagefolder(params(**settings).data)
+    _, test = _split(listing.labels, None, 0.1, 0)
+    assert len(test) == 2
+    for i in test:  # the test split's images, each unreadable: skipped, and nothing is left of the split
+        (source / listing.files[i]).write_bytes(b"not an image")
+    refused_leaving_previous(tmp_path, good_prepared, "the test split is empty: each of its images was unreadable",
+                             **settings)

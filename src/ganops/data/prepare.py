@@ -51,6 +51,36 @@ def _split(labels: np.ndarray, is_test: np.ndarray | None, test_fraction: float,
     return rng.permutation(train), rng.permutation(test)
 
 
+def _check_classes(where: str, labels: np.ndarray, class_names: list[str]) -> None:
+    """Every label names a class of the list, and every class of the list has images."""
+    bad = np.flatnonzero((labels < 0) | (labels >= len(class_names)))
+    if len(bad):
+        raise DataError(f"{where}: label {int(labels[bad[0]])} of image {int(bad[0])} is outside its "
+                        f"{len(class_names)} classes")
+    counts = np.bincount(labels, minlength=len(class_names))
+    empty = [name for name, count in zip(class_names, counts) if count == 0]
+    if empty:
+        raise DataError(f"{where}: class(es) with no images: {', '.join(empty)} (of {len(class_names)}: "
+                        f"{', '.join(class_names[:12])}{', ...' if len(class_names) > 12 else ''})")
+
+
+def _check_splits(where: str, sizes: dict[str, int], why: str) -> None:
+    """Neither split is empty. No setting asks for an empty one (data.test_fraction > 0), so an empty
+    split is always an error, saying why it came out empty."""
+    for split, size in sizes.items():
+        if not size:
+            raise DataError(f"{where}: the {split} split is empty: {why}")
+
+
+def _stratified(labels: np.ndarray, class_names: list[str], test_fraction: float) -> str:
+    """Why a split by class came out empty: the counts and the rounding."""
+    counts = np.bincount(labels, minlength=len(class_names))
+    largest = int(np.argmax(counts))
+    return (f"{len(labels)} image(s) in {len(class_names)} class(es) (the largest, {class_names[largest]}, has "
+            f"{int(counts[largest])}) split by class with data.test_fraction={test_fraction:g}, round(count x "
+            f"{test_fraction:g}) of each class held out, leave it none; add images or change data.test_fraction")
+
+
 def _counts(labels: np.ndarray, class_names: list[str]) -> dict[str, int]:
     counts = np.bincount(labels, minlength=len(class_names))
     return {name: int(count) for name, count in zip(class_names, counts)}
@@ -139,9 +169,15 @@ def _write_arrays(data_params: DataParams, data: SourceData, staging: Path) -> d
         raise DataError(f"{data_params.source}: {len(data.images)} images but {len(data.labels)} labels")
     if len(data.images) < 2:
         raise DataError(f"{data_params.source}: only {len(data.images)} usable image(s); need at least 2")
+    where = data_params.source + (f" at {data_params.path}" if data_params.path else "")
+    _check_classes(where, data.labels, data.class_names)
+    orders = _split(data.labels, data.is_test, data_params.test_fraction, data_params.seed)
+    _check_splits(where, {"train": len(orders[0]), "test": len(orders[1])},
+                  "the format's own files for it hold no images" if data.is_test is not None
+                  else _stratified(data.labels, data.class_names, data_params.test_fraction))
     size = data_params.shard_size
     splits = {}
-    for split, order in zip(("train", "test"), _split(data.labels, data.is_test, data_params.test_fraction, data_params.seed)):
+    for split, order in zip(("train", "test"), orders):
         chunks = [order[start : start + size] for start in range(0, len(order), size)]
         shards = [write_shard(staging, split, k, data.images[chunk], data.labels[chunk]) for k, chunk in enumerate(chunks)]
         splits[split] = (split_index(shards, size, data.images.shape[1:]), data.labels[order])
@@ -194,6 +230,11 @@ def _write_files(data_params: DataParams, listing: FileListing, staging: Path, p
     root = str(listing.root)
     digests: list[bytes] = [b""] * len(listing.files)
     skipped = list(listing.skipped)
+    where = f"data.path {listing.root}"
+    orders = _split(listing.labels, None, data_params.test_fraction, data_params.seed)
+    # before any decoding: a split the listing already leaves empty
+    _check_splits(where, {"train": len(orders[0]), "test": len(orders[1])},
+                  _stratified(listing.labels, listing.class_names, data_params.test_fraction))
     reusable = _reusable_shards(previous, data_params)
     splits, reused, total = {}, 0, 0
     with _decoder(data_params, len(listing.files)) as (decode, hash_files):
@@ -208,7 +249,7 @@ def _write_files(data_params: DataParams, listing: FileListing, staging: Path, p
                     return match, file_digests
             return None, decode(paths)
 
-        for split, order in zip(("train", "test"), _split(listing.labels, None, data_params.test_fraction, data_params.seed)):
+        for split, order in zip(("train", "test"), orders):
             chunks = [order[begin : begin + size] for begin in range(0, len(order), size)]
             pending = start(chunks[0]) if chunks else None
             shards, kept_labels = [], []
@@ -256,6 +297,9 @@ def _write_files(data_params: DataParams, listing: FileListing, staging: Path, p
     empty = [name for name, count in zip(listing.class_names, kept) if count == 0]
     if empty:
         raise DataError(f"class folder(s) with no readable images under {listing.root}: {', '.join(empty)}")
+    # once unreadable files are skipped (data.skip_invalid), a split may have lost all its images
+    _check_splits(where, {split: len(labels) for split, (_, labels) in splits.items()},
+                  "each of its images was unreadable and skipped (data.skip_invalid)")
     return _record(data_params, files_checksum(listing, digests), listing.class_names, skipped, splits)
 
 

@@ -2,6 +2,9 @@
 
 A source returns the images it could read, their labels, the class names, a checksum of the input
 files, and, where the format ships its own train/test split (IDX, CIFAR-10), which images are test.
+A format with a known class list (MNIST and Fashion-MNIST's IDX files, CIFAR-10) is checked against
+it: a label outside the list is an error naming the file, the index and the value. That every class
+has images, and every split too, is checked for all sources where the prepared folder is written.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from ganops.io import file_sha256
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 IMAGE_FORMATS = {"PNG", "JPEG", "WEBP"}
+DIGIT_CLASSES = [str(digit) for digit in range(10)]  # mnist5k, digits, and the IDX files' ten classes
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -85,7 +89,7 @@ def load_mnist5k(params: DataParams) -> SourceData:
     return SourceData(
         images=fit_array(images, params.resolution, params.channels),
         labels=labels.astype(np.int64),
-        class_names=[str(digit) for digit in range(10)],
+        class_names=DIGIT_CLASSES,
         checksum=checksum.hexdigest(),
     )
 
@@ -103,7 +107,7 @@ def load_digits(params: DataParams) -> SourceData:
     return SourceData(
         images=fit_array(images, params.resolution, params.channels),
         labels=bunch.target.astype(np.int64),
-        class_names=[str(digit) for digit in range(10)],
+        class_names=DIGIT_CLASSES,
         checksum=checksum.hexdigest(),
     )
 
@@ -299,6 +303,15 @@ def _parse_idx(name: str, data: bytes, expected_ndim: int, max_bytes: int = 256 
     return np.frombuffer(pixels, dtype=np.uint8).reshape(dims)
 
 
+def check_labels(name: str, labels: np.ndarray, class_names: list[str], known_as: str) -> None:
+    """Every label an index into ``class_names``; else a DataError naming the file ``name``, the first
+    bad label's index and its value (one flipped byte must not make a 256-class data set)."""
+    bad = np.flatnonzero((labels < 0) | (labels >= len(class_names)))
+    if len(bad):
+        raise DataError(f"{name}: label {int(labels[bad[0]])} at index {int(bad[0])} is outside {known_as}'s classes "
+                        f"0..{len(class_names) - 1}" + (f" ({len(bad)} such labels)" if len(bad) > 1 else ""))
+
+
 def _find_one(root: Path, stem: str) -> Path | None:
     # Distributions name these train-images-idx3-ubyte, train-images.idx3-ubyte, optionally .gz.
     matches = sorted(p for p in root.iterdir() if p.is_file() and p.name.replace(".", "-").startswith(stem))
@@ -327,6 +340,7 @@ def load_mnist_idx(params: DataParams) -> SourceData:
             checksum.add(label_file.name, label_bytes)
             images = _parse_idx(str(image_file), image_bytes, 3, limit)
             labels = _parse_idx(str(label_file), label_bytes, 1, limit)
+            check_labels(str(label_file), labels, DIGIT_CLASSES, "MNIST and Fashion-MNIST")
             if len(images) != len(labels):
                 raise DataError(
                     f"{image_file} holds {len(images)} images but {label_file} holds {len(labels)} labels"
@@ -350,7 +364,7 @@ def load_mnist_idx(params: DataParams) -> SourceData:
     return SourceData(
         images=fit_array(np.ascontiguousarray(images), params.resolution, params.channels),
         labels=labels,
-        class_names=[str(i) for i in range(int(labels.max()) + 1)],
+        class_names=DIGIT_CLASSES,  # the known list, whatever the labels hold (checked above)
         checksum=checksum.hexdigest(),
         is_test=is_test,
         skipped=skipped,
@@ -434,8 +448,10 @@ def load_cifar10(params: DataParams) -> SourceData:
                 raise members["batches.meta"]
             checksum.add("batches.meta", members["batches.meta"])
             meta = _unpickle_batch(f"{where}/batches.meta", members["batches.meta"])
-            class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta["label_names"]]
-        except (DataError, KeyError) as error:
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta["label_names"]]
+            if names != CIFAR10_CLASSES:
+                raise DataError(f"label_names {names[:12]} are not CIFAR-10's classes {CIFAR10_CLASSES}")
+        except (DataError, KeyError, TypeError) as error:
             _invalid(params, skipped, f"{where}/batches.meta", str(error))
 
     def read_batch(file_name: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -451,10 +467,15 @@ def load_cifar10(params: DataParams) -> SourceData:
                 raise DataError(f"{name}: 'data' is not a uint8 (N, 3072) array")
             if labels is None or len(labels) != len(pixels):
                 raise DataError(f"{name}: {len(pixels)} images but {0 if labels is None else len(labels)} labels")
+            try:
+                labels = np.asarray(labels, dtype=np.int64)
+            except (TypeError, ValueError, OverflowError):
+                raise DataError(f"{name}: 'labels' are not integers") from None
+            check_labels(name, labels, class_names, "CIFAR-10")
         except DataError as error:
             _invalid(params, skipped, name, str(error).removeprefix(f"{name}: "))
             return None
-        return pixels.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+        return pixels.reshape(-1, 3, 32, 32), labels
 
     train_files = sorted(n for n in members if n.startswith("data_batch_"))
     if not train_files:
@@ -466,8 +487,6 @@ def load_cifar10(params: DataParams) -> SourceData:
     parts = train + ([test] if test is not None else [])
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
-    if labels.min() < 0 or labels.max() >= len(class_names):
-        raise DataError(f"{where}: labels outside 0..{len(class_names) - 1}")
     is_test = None
     if test is not None:
         n_train = sum(len(p[0]) for p in train)
