@@ -296,68 +296,59 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
 
-def create_app(source: ModelSource, settings: ServeParams | None = None) -> FastAPI:
-    """The service for the model behind ``source`` (its locator: an ONNX file path or a registry URI
-    such as models:/name@champion), reloaded every serve.reload_interval_s."""
-    settings = settings or ServeParams()
+class ServiceRoutes:
+    """What the service's routes do, with the state they share: the model source, the serve settings
+    and the generation limiter. ``create_app`` binds each handler to its path."""
+
+    def __init__(self, source: ModelSource, settings: ServeParams) -> None:
+        self.source, self.settings = source, settings
+        self.limiter = GenerationLimiter(settings.max_concurrent, settings.max_queue)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        async def watch() -> None:
-            while True:
-                await asyncio.sleep(settings.reload_interval_s)
-                try:
-                    await asyncio.to_thread(source.refresh)
-                except Exception:  # refresh never raises; if it ever does, the watcher still lives
-                    log.exception("model reload check failed; watching on")
-
-        watcher = asyncio.create_task(watch())
+    async def reloading(self, app: FastAPI):
+        """The app's lifespan: while it runs, the locator is checked every serve.reload_interval_s."""
+        watcher = asyncio.create_task(self._watch())
         yield
         watcher.cancel()
 
-    app = FastAPI(title="ganops generator service", version="1", lifespan=lifespan)
-    app.state.limiter = limiter = GenerationLimiter(settings.max_concurrent, settings.max_queue)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reload_interval_s)
+            try:
+                await asyncio.to_thread(self.source.refresh)
+            except Exception:  # refresh never raises; if it ever does, the watcher still lives
+                log.exception("model reload check failed; watching on")
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
-        # FastAPI's own handler, except that a NaN or Infinity the client sent (Python's json parser
-        # accepts them) is echoed as a string: strict JSON has no such numbers, so they can't be written back
-        return JSONResponse({"detail": _json_safe(jsonable_encoder(error.errors()))}, status_code=422)
-
-    def current() -> Served:
-        served = source.served
+    def current(self) -> Served:
+        served = self.source.served
         if served is None:
-            raise HTTPException(503, detail=f"no model loaded: {source.last_error or 'file missing'}")
+            raise HTTPException(503, detail=f"no model loaded: {self.source.last_error or 'file missing'}")
         return served
 
     # The cheap handlers are coroutines: they answer on the event loop, never waiting for a worker thread.
-    async def require_key(x_api_key: Annotated[str | None, Header()] = None) -> None:
-        expected = os.environ.get(settings.api_key_env)
+    async def require_key(self, x_api_key: Annotated[str | None, Header()] = None) -> None:
+        expected = os.environ.get(self.settings.api_key_env)
         if not expected:
             return
         if x_api_key is None or not hmac.compare_digest(x_api_key.encode(), expected.encode()):
             raise HTTPException(401, detail="missing or wrong X-API-Key")
 
-    @app.get("/healthz")
-    async def healthz() -> dict:
+    async def healthz(self) -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz")
-    async def readyz() -> JSONResponse:
+    async def readyz(self) -> JSONResponse:
         # unauthenticated: the state only, no paths, URLs or error text (those are in the keyed /v1/model)
-        served = source.served
+        served = self.source.served
         if served is None:
             return JSONResponse({"status": "not ready", "stale": False}, status_code=503)
-        stale = source.stale
-        ready = not stale or settings.ready_when_stale
+        stale = self.source.stale
+        ready = not stale or self.settings.ready_when_stale
         return JSONResponse({"status": "stale" if stale else "ready", "version": served.version, "stale": stale},
                             status_code=200 if ready else 503)
 
-    @app.get("/v1/model", dependencies=[Depends(require_key)])
-    def model_info() -> dict:
-        served = current()  # one snapshot: this version's spec, metadata and registry entry together
-        generator = served.generator
+    def model_info(self) -> dict:
+        served = self.current()  # one snapshot: this version's spec, metadata and registry entry together
+        generator, settings, limiter = served.generator, self.settings, self.limiter
         spec = generator.spec
         metadata = generator.metadata
         inputs = {"z": {"dtype": "float32", "shape": ["n", spec.latent_dim]}}
@@ -365,13 +356,13 @@ def create_app(source: ModelSource, settings: ServeParams | None = None) -> Fast
         if spec.conditional:
             inputs["labels"] = {"dtype": "int64", "shape": ["n"], "range": [0, spec.num_classes - 1]}
         return {
-            "name": metadata.get("ganops.model_name", _model_name(source.locator.uri)),
+            "name": metadata.get("ganops.model_name", _model_name(self.source.locator.uri)),
             "version": metadata.get("ganops.model_version", served.version),
             # the registry entry's evaluation (what register judged it by), else the one the file was exported with
             "metrics": _json_or_empty((served.registry or {}).get("evaluation"))
             or _json_or_empty(metadata.get("ganops.metrics")),
             "registry": {k: v for k, v in (served.registry or {}).items() if k != "evaluation"} or None,
-            "reload": source.status(),
+            "reload": self.source.status(),
             "load": {"running": limiter.running, "waiting": limiter.admitted - limiter.running,
                      "peak_running": limiter.peak_running, "rejected": limiter.rejected,
                      "max_concurrent": limiter.max_concurrent, "max_queue": limiter.max_queue},
@@ -389,11 +380,9 @@ def create_app(source: ModelSource, settings: ServeParams | None = None) -> Fast
             "max_response_bytes": settings.max_response_bytes,
         }
 
-    @app.post("/v1/generate", dependencies=[Depends(require_key)],
-              responses={200: {"content": {"image/png": {}, "application/json": {}}}})
-    async def generate(request: GenerateRequest) -> Response:
-        served = current()  # held for the whole request: a model swap can't pull it away
-        generator = served.generator
+    async def generate(self, request: GenerateRequest) -> Response:
+        served = self.current()  # held for the whole request: a model swap can't pull it away
+        generator, settings = served.generator, self.settings
         if request.n > settings.max_batch:
             what = f"z has {request.n} rows" if request.z is not None else f"n={request.n}"
             raise HTTPException(422, detail=f"{what}, over serve.max_batch={settings.max_batch}")
@@ -404,21 +393,21 @@ def create_app(source: ModelSource, settings: ServeParams | None = None) -> Fast
                                 f"serve.max_response_bytes={settings.max_response_bytes}: ask for fewer or use png/array")
         deadline = time.monotonic() + settings.request_timeout_s
         try:
-            with limiter.admission():  # on the event loop: refused here, a request takes no thread
+            with self.limiter.admission():  # on the event loop: refused here, a request takes no thread
                 # shielded: a cancelled request stays counted until its thread is done with it
                 with anyio.CancelScope(shield=True):
-                    return await run_in_threadpool(generated_response, served, request, deadline)
+                    return await run_in_threadpool(self.generated_response, served, request, deadline)
         except (Busy, GenerationTimeout) as error:
             raise HTTPException(503, detail=f"busy: {error}; try again later",
                                 headers={"Retry-After": str(settings.retry_after_s)}) from None
 
-    def generated_response(served: Served, request: GenerateRequest, deadline: float) -> Response:
+    def generated_response(self, served: Served, request: GenerateRequest, deadline: float) -> Response:
         """In a worker thread: wait for a slot, generate, encode."""
         generator = served.generator
         z = generator.latents(request.n, request.seed, request.truncation) if request.z is None else request.z
         seed = request.seed if request.z is None else None
         try:
-            with limiter.generation(max(0.0, deadline - time.monotonic()), settings.request_timeout_s):
+            with self.limiter.generation(max(0.0, deadline - time.monotonic()), self.settings.request_timeout_s):
                 floats, labels = generator.generate(z, request.labels, timeout_s=max(0.0, deadline - time.monotonic()))
         except ValueError as error:
             raise HTTPException(422, detail=str(error)) from None
@@ -438,6 +427,28 @@ def create_app(source: ModelSource, settings: ServeParams | None = None) -> Fast
             "seed": seed, "data": base64.b64encode(images.tobytes()).decode(),
         }, headers=headers)
 
+
+async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+    # FastAPI's own handler, except that a NaN or Infinity the client sent (Python's json parser
+    # accepts them) is echoed as a string: strict JSON has no such numbers, so they can't be written back
+    return JSONResponse({"detail": _json_safe(jsonable_encoder(error.errors()))}, status_code=422)
+
+
+def create_app(source: ModelSource, settings: ServeParams | None = None) -> FastAPI:
+    """The service for the model behind ``source`` (its locator: an ONNX file path or a registry URI
+    such as models:/name@champion), reloaded every serve.reload_interval_s."""
+    settings = settings or ServeParams()
+    routes = ServiceRoutes(source, settings)
+    app = FastAPI(title="ganops generator service", version="1", lifespan=routes.reloading)
+    app.state.limiter = routes.limiter
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    keyed = [Depends(routes.require_key)]
+    app.add_api_route("/healthz", routes.healthz, methods=["GET"])
+    app.add_api_route("/readyz", routes.readyz, methods=["GET"])
+    app.add_api_route("/v1/model", routes.model_info, methods=["GET"], dependencies=keyed)
+    app.add_api_route("/v1/generate", routes.generate, methods=["POST"], dependencies=keyed,
+                      responses={200: {"content": {"image/png": {}, "application/json": {}}}})
     return app
 
 
