@@ -96,7 +96,7 @@ def test_unverifiable_fp16_model_is_not_written_unless_opted_in(exported, tmp_pa
 
     def fp16_unmeasurable(generator, model_path, params, providers=None):
         if "fp16" in Path(model_path).parent.name:  # the fp16 model's staging folder beside models/fp16
-            raise GanopsError("no fp16 kernel for ConvTranspose on CPUExecutionProvider")
+            raise export_module.ParityNotMeasurable("no fp16 kernel for ConvTranspose on CPUExecutionProvider")
         return measure(generator, model_path, params, providers)
 
     monkeypatch.setattr(export_module, "max_error", fp16_unmeasurable)
@@ -108,6 +108,64 @@ def test_unverifiable_fp16_model_is_not_written_unless_opted_in(exported, tmp_pa
     assert opted["fp16_written"] is True and opted["fp16_verified"] is False
     assert (root / "models" / "fp16" / "generator.onnx").is_file()
     assert json.loads((root / "reports" / "export.json").read_text())["fp16_verified"] is False
+
+
+def _nan_fp16(monkeypatch) -> None:
+    """The fp16 conversion gives a model whose output is NaN: its last bias NaN in the fp16 file. (What
+    weights scaled past fp16's range do on a GPU; onnxruntime's CPU provider runs these ops in fp32,
+    where the same weights overflow nothing, so the NaN is put in the converted file directly.)"""
+    import ganops.serving.export as export_module
+
+    convert = export_module.to_fp16
+
+    def to_nan_fp16(source: Path, target: Path) -> None:
+        convert(source, target)
+        model = onnx.load(str(target))
+        (bias,) = [init for init in model.graph.initializer if init.name.endswith("to_image.bias")]
+        assert bias.data_type == onnx.TensorProto.FLOAT16
+        bias.CopyFrom(onnx.numpy_helper.from_array(np.full(bias.dims, np.nan, np.float16), bias.name))
+        onnx.save(model, str(target))
+
+    monkeypatch.setattr(export_module, "to_fp16", to_nan_fp16)
+
+
+@pytest.mark.parametrize("unverified", [True, False])
+def test_an_fp16_model_measured_non_finite_is_never_written(exported, tmp_path, monkeypatch, unverified):
+    """Its output was measured NaN: that is no "parity not measurable here", so export.fp16_unverified
+    does not let it through. A named error, and nothing written: neither model nor the report changes."""
+    from ganops.serving.export import NonFiniteOutput
+
+    root = Path(shutil.copytree(exported, tmp_path / "p"))
+    paths = ProjectPaths(root)
+    before = {p: p.read_bytes() for p in (paths.onnx, paths.export_report, paths.fp16 / "generator.onnx")}
+    inodes = {p: p.stat().st_ino for p in before}  # the fp32 model exports to the same bytes: not even replaced
+    _nan_fp16(monkeypatch)
+    with pytest.raises(NonFiniteOutput, match=r"the fp16 model is NOT written \(whatever export.fp16_unverified says\): "
+                                              r"its output is not finite: \d+ of \d+ values NaN"):
+        export(tiny({"export": {"fp16": True, "fp16_unverified": unverified}}), root)
+    assert {p: p.read_bytes() for p in before} == before and {p: p.stat().st_ino for p in before} == inodes
+    assert [p.name for p in paths.fp16.iterdir()] == ["generator.onnx"]
+    assert not [p for p in (root / "models").iterdir() if p.name.startswith(".")]  # no staging, no temporary file
+
+
+def test_a_model_that_cannot_run_here_is_not_measurable_and_one_that_runs_is_measured(exported, tmp_path):
+    """The two failures max_error tells apart: onnxruntime unable to run a model, and a model that ran."""
+    from ganops.config import ExportParams
+    from ganops.serving.export import NonFiniteOutput, ParityNotMeasurable, max_error
+
+    paths = ProjectPaths(exported)
+    generator = load_generator(paths.generator_weights, paths.generator_spec)
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\x07 not a protobuf")
+    with pytest.raises(ParityNotMeasurable, match="garbage.onnx can't be run here"):
+        max_error(generator, garbage, ExportParams())
+    model = onnx.load(str(paths.onnx))
+    (bias,) = [init for init in model.graph.initializer if init.name.endswith("to_image.bias")]
+    bias.CopyFrom(onnx.numpy_helper.from_array(np.full(bias.dims, np.nan, np.float32), bias.name))
+    onnx.save(model, str(tmp_path / "nan.onnx"))
+    with pytest.raises(NonFiniteOutput, match="its output is not finite"):
+        max_error(generator, tmp_path / "nan.onnx", ExportParams())
+    assert max_error(generator, paths.onnx, ExportParams()) <= 1e-4
 
 
 def test_unconditional_model_takes_only_z(tmp_path):

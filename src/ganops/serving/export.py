@@ -17,11 +17,21 @@ import torch
 from ganops import GanopsError, __version__
 from ganops.config import ExportParams
 from ganops.models import Generator
+from ganops.ort_session import make_session
 from ganops.serving.runtime import SPEC_KEY, OnnxGenerator
 from ganops.tracking.registry import ModelInterface
 
 log = logging.getLogger(__name__)
 GENERATOR_DIGEST_KEY = "ganops.generator_sha256"  # the trained weights file the model was exported from
+
+
+class ParityNotMeasurable(GanopsError):
+    """The model can't be run here (no kernel for an op on this onnxruntime, say): its parity is unknown.
+    The only error export.fp16_unverified may write a model past."""
+
+
+class NonFiniteOutput(GanopsError):
+    """The model ran, and its images hold NaN or infinite values: measured broken, never written."""
 
 
 class _ExportWrapper(torch.nn.Module):
@@ -101,23 +111,53 @@ def to_fp16(source: Path, target: Path) -> None:
     onnx.save(model, str(target))
 
 
+def _run(model_path: Path, inputs: tuple[torch.Tensor, ...], providers: list[str] | None) -> np.ndarray:
+    """The model's images for ``inputs`` under onnxruntime; ParityNotMeasurable when it can't be run here.
+    (A bare session, not OnnxGenerator: that refuses a non-finite probe, which here is a measurement.)"""
+    try:
+        session = make_session(Path(model_path), providers)
+        feeds = dict(zip(("z", "labels"), (tensor.numpy() for tensor in inputs)))
+        (images,) = session.run(["images"], feeds)
+    except Exception as error:  # noqa: BLE001 -- onnxruntime's own types: a session or kernel it lacks
+        raise ParityNotMeasurable(f"{Path(model_path).name} can't be run here "
+                                  f"({type(error).__name__}: {str(error).strip()[:300]})") from None
+    return np.asarray(images)
+
+
 def max_error(generator: Generator, model_path: Path, cfg: ExportParams, providers: list[str] | None = None) -> float:
-    """max |onnxruntime - torch| over ``cfg.parity_samples`` seeded inputs."""
+    """max |onnxruntime - torch| over ``cfg.parity_samples`` seeded inputs.
+
+    Two different failures: ParityNotMeasurable when onnxruntime can't run the model here, and
+    NonFiniteOutput when it runs and an image holds NaN or infinite values (a measurement: the model
+    is broken, wherever it would run)."""
     inputs = _example_inputs(generator, cfg.parity_samples, 1)
     with torch.no_grad():
         expected = generator(*inputs).numpy()
-    session = OnnxGenerator(model_path, providers=providers)
-    got = session.run(*(t.numpy() for t in inputs))
+    got = _run(model_path, inputs, providers)
+    bad = ~np.isfinite(got)
+    if bad.any():
+        raise NonFiniteOutput(f"its output is not finite: {int(bad.sum())} of {got.size} values NaN or infinite for "
+                              f"{len(inputs[0])} seeded inputs (the torch generator's: "
+                              f"{'finite' if np.isfinite(expected).all() else 'not finite either'})")
+    if not np.isfinite(expected).all():
+        raise NonFiniteOutput("the torch generator's own output is not finite for seeded inputs")
+    if got.shape != expected.shape:
+        raise GanopsError(f"{Path(model_path).name} returns images of shape {got.shape}, the generator {expected.shape}")
     return float(np.abs(got - expected).max())
 
 
 def write_fp16(generator: Generator, source: Path, target: Path, cfg: ExportParams) -> dict:
     """The fp16 model, written only once its parity with torch is measured and within tolerance (or, with
-    the explicit opt-out export.fp16_unverified, written unmeasured and recorded as such)."""
+    the explicit opt-out export.fp16_unverified, written unmeasured and recorded as such, when it can't
+    be run here). An output measured non-finite is a NonFiniteOutput, whatever fp16_unverified says:
+    "unverified" only ever means "could not be measured here"."""
     to_fp16(source, target)
     try:
         error = max_error(generator, target, cfg)
-    except GanopsError as failure:  # e.g. a CPU-only onnxruntime without fp16 kernels for an op
+    except NonFiniteOutput as failure:
+        target.unlink(missing_ok=True)
+        raise NonFiniteOutput(f"the fp16 model is NOT written (whatever export.fp16_unverified says): {failure}") from None
+    except ParityNotMeasurable as failure:  # e.g. a CPU-only onnxruntime without fp16 kernels for an op
         if not cfg.fp16_unverified:
             target.unlink()
             log.warning("fp16 model NOT written: its parity could not be measured here (%s); set "
