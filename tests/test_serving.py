@@ -313,7 +313,8 @@ def test_api_key_in_constant_time(models, tmp_path):
         assert httpx.get(running.url + "/readyz").json()["status"] == "ready"
         for refused in (post(running, {"n": 1}), post(running, {"n": 1}, headers={"X-API-Key": "wrong"}),
                         post(running, {"n": 1}, headers={"X-API-Key": "s3cre"}),  # a prefix of the key
-                        httpx.get(running.url + "/v1/model"),
+                        httpx.get(running.url + "/v1/model"), httpx.get(running.url + "/docs"),
+                        httpx.get(running.url + "/openapi.json"),
                         httpx.get(running.url + "/v1/model", headers={"X-API-Key": "S3CRET"})):
             assert refused.status_code == 401 and refused.json() == {"detail": "missing or wrong X-API-Key"}
             assert "s3cret" not in refused.text and "X-Model-Version" not in refused.headers
@@ -324,6 +325,34 @@ def test_api_key_in_constant_time(models, tmp_path):
         assert info["input"]["z"]["shape"] == ["n", 8]
     finally:
         running.stop()
+
+
+OPEN_PATHS = {"/healthz", "/readyz"}  # the probes: all that answers without the key
+
+
+def test_with_a_key_every_path_but_the_probes_needs_it(models, monkeypatch):
+    """Every route the app has, FastAPI's docs and schema included, and any route added later: refused
+    without the key or with a wrong one (the API's own 401), answered with it."""
+    monkeypatch.setenv("GANOPS_API_KEY", "s3cret")
+    app, client = _in_process(models["a"])
+    bodies = {"/v1/generate": {"n": 1}}  # a route that needs a body to answer 200 gets one here
+    routes = {route.path: getattr(route, "methods", None) for route in app.routes}
+    assert {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/v1/model", "/v1/generate"} <= set(routes)
+    with client:
+        for path, methods in routes.items():
+            assert methods, f"{path} is not an HTTP route: check that it needs the key too"
+            for method in methods:
+                send = {"json": bodies[path]} if path in bodies else {}
+                for headers in ({}, {"X-API-Key": "wrong"}, {"X-API-Key": "s3cre"}):
+                    answer = client.request(method, path, headers=headers, **send)
+                    if path in OPEN_PATHS:
+                        assert answer.status_code == 200, (method, path, answer.text)
+                        continue
+                    assert answer.status_code == 401, (method, path, headers, answer.status_code)
+                    assert method == "HEAD" or answer.json() == {"detail": "missing or wrong X-API-Key"}
+                answer = client.request(method, path, headers={"X-API-Key": "s3cret"}, **send)
+                assert answer.status_code == 200, (method, path, answer.text)
+        assert client.get("/v1/nope").status_code == 401  # a path that is no route: refused, not 404
 
 
 def test_exposed_only_on_loopback_unless_keyed(models, tmp_path, monkeypatch):

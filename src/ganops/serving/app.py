@@ -21,7 +21,7 @@ from typing import Annotated, Literal
 import anyio
 import numpy as np
 import orjson
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -296,6 +296,30 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
 
+class RequireKey:
+    """With the key's environment variable set, 401 for every HTTP request that does not send the key as
+    X-API-Key, whatever its path: the API, FastAPI's docs and schema, a route added later, a path that is
+    no route. The probes alone answer without it. Checked before the body is read."""
+
+    OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+
+    def __init__(self, app: ASGIApp, key_env: str) -> None:
+        self.app, self.key_env = app, key_env
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in self.OPEN_PATHS and not self._has_key(scope):
+            await JSONResponse({"detail": "missing or wrong X-API-Key"}, status_code=401)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _has_key(self, scope: Scope) -> bool:
+        expected = os.environ.get(self.key_env)
+        if not expected:
+            return True
+        sent = next((value for name, value in scope["headers"] if name == b"x-api-key"), None)
+        return sent is not None and hmac.compare_digest(sent, expected.encode())
+
+
 class ServiceRoutes:
     """What the service's routes do, with the state they share: the model source, the serve settings
     and the generation limiter. ``create_app`` binds each handler to its path."""
@@ -326,13 +350,6 @@ class ServiceRoutes:
         return served
 
     # The cheap handlers are coroutines: they answer on the event loop, never waiting for a worker thread.
-    async def require_key(self, x_api_key: Annotated[str | None, Header()] = None) -> None:
-        expected = os.environ.get(self.settings.api_key_env)
-        if not expected:
-            return
-        if x_api_key is None or not hmac.compare_digest(x_api_key.encode(), expected.encode()):
-            raise HTTPException(401, detail="missing or wrong X-API-Key")
-
     async def healthz(self) -> dict:
         return {"status": "ok"}
 
@@ -442,12 +459,12 @@ def create_app(source: ModelSource, settings: ServeParams | None = None) -> Fast
     app = FastAPI(title="ganops generator service", version="1", lifespan=routes.reloading)
     app.state.limiter = routes.limiter
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequireKey, key_env=settings.api_key_env)  # added last: runs first
     app.add_exception_handler(RequestValidationError, invalid_request)
-    keyed = [Depends(routes.require_key)]
     app.add_api_route("/healthz", routes.healthz, methods=["GET"])
     app.add_api_route("/readyz", routes.readyz, methods=["GET"])
-    app.add_api_route("/v1/model", routes.model_info, methods=["GET"], dependencies=keyed)
-    app.add_api_route("/v1/generate", routes.generate, methods=["POST"], dependencies=keyed,
+    app.add_api_route("/v1/model", routes.model_info, methods=["GET"])
+    app.add_api_route("/v1/generate", routes.generate, methods=["POST"],
                       responses={200: {"content": {"image/png": {}, "application/json": {}}}})
     return app
 
