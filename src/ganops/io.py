@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: staging folders are not locked, and none is ever judged dead
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
 
 
 def update_from_file(digest, path: Path) -> None:
@@ -104,19 +113,103 @@ def _fsync_tree(folder: Path) -> None:
         _fsync_dir(Path(parent))
 
 
+def _staging_names(name: str) -> re.Pattern[str]:
+    """What atomic_dir's staging folders for ``name`` are called: mkdtemp's ``.<name>.<8 random>.tmp``."""
+    return re.compile(rf"^\.{re.escape(name)}\.[a-z0-9_]{{8}}\.tmp$")
+
+
+def _lock_nowait(fd: int) -> bool:
+    """Take the exclusive flock on ``fd`` if no process holds it; False when one does (or when this file
+    system has no locks, so nobody can tell)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def _new_staging(parent: Path, name: str) -> tuple[Path, int | None]:
+    """A new, empty staging folder and an open descriptor holding its flock while this process writes it.
+
+    The lock is the writer's liveness: the kernel drops it when the process dies, however it dies
+    (SIGKILL, OOM, power loss), and it holds across pid namespaces and reused pids, which a pid in the
+    name would not. A cleaner may take a fresh folder's lock in the instant between its creation and
+    its locking: then the folder is gone or being removed, and another is made."""
+    while True:
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent))
+        if fcntl is None:
+            return staging, None
+        try:
+            fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:  # removed by a cleaner already
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a cleaner holds it: it is removing this folder
+            os.close(fd)
+            continue
+        except OSError:  # no locks on this file system: unlocked, and never judged dead by a cleaner
+            os.close(fd)
+            return staging, None
+        try:
+            ours = os.stat(staging).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            ours = False
+        if ours:
+            return staging, fd
+        os.close(fd)
+
+
+def remove_dead_stagings(target: Path) -> list[Path]:
+    """Staging folders of ``target`` whose writer is dead (no process holds their lock: a run killed
+    mid-write), and the previous version a run killed just after its swap left (``.<name>.old`` beside
+    ``target``). A live writer's staging folder is never touched, however old; where the file system
+    has no locks, nothing can be told dead and nothing is removed."""
+    target = Path(target)
+    parent, removed = target.parent, []
+    if not parent.is_dir():
+        return removed
+    backup = parent / f".{target.name}.old"
+    if backup.is_dir() and not backup.is_symlink() and target.exists():  # the swap was done: an old copy
+        shutil.rmtree(backup, ignore_errors=True)
+        removed.append(backup)
+        log.info("removed the previous version of %s a killed run left: %s", target, backup)
+    if fcntl is None:
+        return removed
+    pattern = _staging_names(target.name)
+    for entry in parent.iterdir():
+        if not pattern.match(entry.name):
+            continue
+        try:
+            fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:  # gone already, a symbolic link, or not a folder
+            continue
+        try:
+            if _lock_nowait(fd):  # held until removed: a new writer can't take this folder meanwhile
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+                log.info("removed the staging folder of a dead run (no process holds its lock): %s", entry)
+        finally:
+            os.close(fd)
+    return removed
+
+
 @contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``target``; on success it takes ``target``'s place.
 
     The old folder is moved aside before the new one is renamed in, and removed only afterwards,
-    so at every instant one complete version exists on disk.
+    so at every instant one complete version exists on disk. The staging folder is locked (flock)
+    while this process writes it; each writer first removes the staging folders of ``target`` whose
+    writers died (``remove_dead_stagings``), as training removes half-written checkpoints.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     backup = target.parent / f".{target.name}.old"
     if backup.exists() and not target.exists():  # a run killed between the two renames below
         os.replace(backup, target)
+    remove_dead_stagings(target)
+    staging, lock = _new_staging(target.parent, target.name)
     try:
         yield staging
         os.chmod(staging, _DIR_MODE)
@@ -129,3 +222,5 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         shutil.rmtree(backup, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if lock is not None:
+            os.close(lock)
