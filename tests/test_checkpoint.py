@@ -143,3 +143,26 @@ def test_set_aside_files_are_pruned_with_the_checkpoints(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "step-00000030.pt", "step-00000030.pt.sha256", "step-00000040.pt", "step-00000040.pt.sha256"]
     assert load_resumable(tmp_path, "setup", max_step=40)["step"] == 40
+
+
+def test_a_run_whose_newest_checkpoint_is_damaged_ends_with_the_uninterrupted_weights(tmp_path, caplog):
+    """The issue's reproduction through the train stage: the newest checkpoint damaged inside a tensor
+    (the zip intact). The rerun sets it aside, resumes the one before, and ends bit-identical to the
+    run that was never damaged."""
+    from safetensors.torch import load_file
+
+    from conftest import tiny
+    from ganops.stages.prepare import prepare
+    from ganops.stages.train import train
+
+    prepare(tiny(), tmp_path)
+    train(tiny(), tmp_path)
+    straight = load_file(tmp_path / "models" / "generator.safetensors")
+    (folder,) = (tmp_path / "models" / "checkpoints").iterdir()
+    (_, newest), _ = list_checkpoints(folder)
+    flip_inside_a_tensor(newest)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        assert train(tiny(), tmp_path)["resumed_from_step"] == 10
+    assert any(str(newest) in r.getMessage() and "sha256 mismatch" in r.getMessage() for r in caplog.records)
+    again = load_file(tmp_path / "models" / "generator.safetensors")
+    assert again.keys() == straight.keys() and all(torch.equal(again[k], straight[k]) for k in again)
