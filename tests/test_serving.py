@@ -379,6 +379,8 @@ def test_exposed_only_on_loopback_unless_keyed(models, tmp_path, monkeypatch):
 
 
 def test_model_swap_drops_no_request(models, tmp_path):
+    """Under load, a swap by rename drops no request. (That a request in flight keeps its model is proven
+    without a race by test_a_model_swapped_in_the_middle_of_a_request_makes_none_of_its_images.)"""
     served = tmp_path / "generator.onnx"
     shutil.copy(models["a"], served)
     running = Server(tmp_path, served)
@@ -426,6 +428,41 @@ def test_model_swap_drops_no_request(models, tmp_path):
     finally:
         output = running.stop()
     assert "keeping the current model" in output
+
+
+def test_a_model_swapped_in_the_middle_of_a_request_makes_none_of_its_images(models, tmp_path):
+    """The model is swapped exactly between the moment a request takes its snapshot and the moment it
+    generates (the service's hook runs there, in the request's worker thread): that request is answered
+    wholly by the model it started with, images and version header alike, and the next one wholly by
+    the new model. Each answer is compared with each model's own images for the same seed."""
+    served = tmp_path / "generator.onnx"
+    shutil.copy(models["a"], served)
+    app, client = _in_process(served, reload_interval_s=3600)  # the test swaps, not the timer
+    routes = app.state.routes
+    body = {"n": 8, "seed": 5, "format": "array"}
+    own = {name: base64.b64encode(OnnxGenerator(models[name]).sample(8, 5)[0].tobytes()).decode() for name in "ab"}
+    assert own["a"] != own["b"]
+    versions = []  # (the snapshot's, the one served after the swap)
+
+    def swap_to_b(snapshot) -> None:
+        if versions:
+            return
+        staging = tmp_path / ".incoming.onnx"
+        shutil.copy(models["b"], staging)
+        os.replace(staging, served)
+        assert routes.source.refresh()  # b is served from here on
+        versions.append((snapshot.version, routes.source.served.version))
+
+    routes.before_generating = swap_to_b
+    with client:
+        during = client.post("/v1/generate", json=body)
+        after = client.post("/v1/generate", json=body)
+    ((old, new),) = versions
+    assert old != new
+    assert during.status_code == 200 and during.headers["X-Model-Version"] == old
+    assert during.json()["data"] == own["a"]  # not b's images, nor a mix of the two
+    assert after.status_code == 200 and after.headers["X-Model-Version"] == new
+    assert after.json()["data"] == own["b"]
 
 
 def _with_spec(source: Path, target: Path, spec: str) -> None:

@@ -12,6 +12,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from itertools import chain
@@ -327,6 +328,8 @@ class ServiceRoutes:
     def __init__(self, source: ModelSource, settings: ServeParams) -> None:
         self.source, self.settings = source, settings
         self.limiter = GenerationLimiter(settings.max_concurrent, settings.max_queue)
+        # a test's hook: called in a request's worker thread with the snapshot it holds, right before it generates
+        self.before_generating: Callable[[Served], object] = lambda served: None
 
     @asynccontextmanager
     async def reloading(self, app: FastAPI):
@@ -425,6 +428,7 @@ class ServiceRoutes:
         seed = request.seed if request.z is None else None
         try:
             with self.limiter.generation(max(0.0, deadline - time.monotonic()), self.settings.request_timeout_s):
+                self.before_generating(served)
                 floats, labels = generator.generate(z, request.labels, timeout_s=max(0.0, deadline - time.monotonic()))
         except ValueError as error:
             raise HTTPException(422, detail=str(error)) from None
@@ -457,7 +461,7 @@ def create_app(source: ModelSource, settings: ServeParams | None = None) -> Fast
     settings = settings or ServeParams()
     routes = ServiceRoutes(source, settings)
     app = FastAPI(title="ganops generator service", version="1", lifespan=routes.reloading)
-    app.state.limiter = routes.limiter
+    app.state.limiter, app.state.routes = routes.limiter, routes
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequireKey, key_env=settings.api_key_env)  # added last: runs first
     app.add_exception_handler(RequestValidationError, invalid_request)
