@@ -16,6 +16,7 @@ import pytest
 import conftest
 from conftest import TINY, free_port, merge, run_cli, spawn, stop, wait_for_http, write_params
 from ganops.io import file_sha256
+from ganops.noise import bonferroni_z
 from ganops.serving import OnnxGenerator
 from ganops.serving.locate import open_generator
 from ganops.stages.evaluate import evaluate
@@ -24,7 +25,7 @@ from ganops.stages.prepare import prepare
 from ganops.stages.register import register
 from ganops.stages.train import train
 from ganops.stages.train_evaluator import train_evaluator
-from ganops.tracking.registry import list_versions, per_class_z, rollback
+from ganops.tracking.registry import list_versions, rollback
 from ganops.tracking.store import TrackingError
 
 TRACKED = {"mlflow": {"enabled": True, "max_retries": 0, "timeout_s": 5}}
@@ -229,8 +230,9 @@ def test_promotion_needs_more_than_noise_and_comparable_evaluations(project, tmp
     _edit_eval(root, **{metric: 0.0, "fid_protocol": "clean"})  # "perfect", but under another protocol
     other = register(tiny(), root)
     assert other["promoted"] is False and "not comparable" in other["reason"]
-    strict = register(tiny({"register": {"min_improvement": 1e9}}), root)
-    assert strict["promoted"] is False
+    _edit_eval(root, **{metric: fd - 20 * std - 2, "fid_protocol": champion.get("fid_protocol")})  # comparable, better
+    strict = register(tiny({"register": {"min_improvement": 1e9}}), root)  # beyond the noise, not the margin
+    assert strict["promoted"] is False and "required 1000000000.0000 (max of min_improvement 1e+09" in strict["reason"]
 
 
 def test_a_version_better_overall_but_worse_beyond_noise_on_one_class_is_not_promoted(project, tmp_path):
@@ -247,7 +249,7 @@ def test_a_version_better_overall_but_worse_beyond_noise_on_one_class_is_not_pro
     assert refused["promoted"] is False and refused["champion"] == "1"
     assert f"class {names[3]!r} is worse beyond noise" in refused["reason"] and "Bonferroni over 10 classes" in refused["reason"]
     # within the noise on that class (the per-class z is above noise_z: 10 tests at once): promoted
-    z = per_class_z(1.96, len(names))
+    z = bonferroni_z(1.96, len(names))
     assert 2.7 < z < 2.9
     _edit_eval(root, **{f"{metric}_class3": value + 0.9 * z * class_std * 2 ** 0.5})
     within = register(tiny(), root)

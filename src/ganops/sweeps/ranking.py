@@ -1,15 +1,15 @@
 """The sweep's result: every trial in one table, the completed ones ranked by their metric, with ties
-where two differ by less than the noise, judged by the registry's own test (``better_beyond_noise``:
-more than register.min_improvement and more than register.noise_z standard deviations of the
-difference). A trial's rank is one plus the number of trials better than it beyond noise, so trials
-that no other beats share rank 1."""
+where two differ by less than the noise, judged as the champion gate judges (``ganops.noise.beyond_noise``
+with register.noise_z and register.min_improvement: lower by more than min_improvement and more than
+noise_z standard deviations of the difference). A trial's rank is one plus the number of trials better
+than it beyond noise, so trials that no other beats share rank 1."""
 
 from __future__ import annotations
 
 import math
 
 from ganops.config import RegisterParams
-from ganops.tracking.registry import better_beyond_noise
+from ganops.noise import beyond_noise
 
 STATE_ORDER = {"complete": 0, "pruned": 1, "failed": 2, "running": 3, "waiting": 4}
 
@@ -41,8 +41,8 @@ def rank(rows: list[dict], cfg: RegisterParams) -> list[dict]:
     pruned (the latest pruned first), failed, and the ones still running or waiting."""
     complete = sorted((r for r in rows if r["state"] == "complete"), key=lambda r: (r["value"], r["trial"]))
     for row in complete:
-        beaten_by = [o for o in complete if o is not row and better_beyond_noise(cfg, o["value"], o["std"] or 0.0,
-                                                                                 row["value"], row["std"] or 0.0)]
+        beaten_by = [o for o in complete if o is not row and beyond_noise(
+            o["value"], o["std"] or 0.0, row["value"], row["std"] or 0.0, cfg.noise_z, cfg.min_improvement)]
         row["rank"] = 1 + len(beaten_by)
     for row in complete:
         row["tied_with"] = [o["trial"] for o in complete if o is not row and o["rank"] == row["rank"]]

@@ -16,9 +16,10 @@ and the registration of the best trial.
    sweep is queued again for the next run.
 4. The budget counts trials that completed, were pruned or failed (those retried do not count);
    Optuna's heartbeat fails the trials of a sweep process that died, and queues them again.
-5. Once no trial is left to run, the trials are ranked with the registry's noise test
-   (reports/sweep.json, the parent run), and the best is registered: `dvc exp apply` of its experiment
-   and `dvc repro` in the workspace, so export and register run on it and the champion gate decides.
+5. Once no trial is left to run, the trials are ranked with the champion gate's noise test, from
+   ganops.noise (reports/sweep.json, the parent run), and the best is registered: `dvc exp apply` of
+   its experiment and `dvc repro` in the workspace, so export and register run on it and the champion
+   gate decides.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import os
 import queue
 import signal
 import socket
-import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +39,7 @@ from pathlib import Path
 from ganops import GanopsError
 from ganops.config import Params, load_params
 from ganops.io import write_bytes_atomic, write_json_atomic
+from ganops.noise import seed_mean
 from ganops.paths import ProjectPaths
 from ganops.sweeps.ranking import rank, table_markdown, trial_row
 from ganops.sweeps.spec import SweepError, SweepSpec
@@ -252,8 +253,6 @@ class Objective:
         return self._complete(trial, run_id, outcomes)
 
     def _complete(self, trial, run_id: str | None, outcomes: list[Outcome]) -> float:
-        from scipy import stats
-
         metric = self.spec.metric or outcomes[0].report.primary_metric
         seeds = []
         for outcome in outcomes:
@@ -276,10 +275,9 @@ class Objective:
             value, std, ci95 = values[0], seeds[0]["std"], seeds[0]["ci95"]
             interval = "the evaluation's own: half-sampling over its generated and reference images"
         else:  # the spread a user sees: over training seeds, each scored once
-            value = statistics.fmean(values)
-            std = statistics.stdev(values) / math.sqrt(len(values))
-            half = stats.t.ppf(0.975, len(values) - 1) * std
-            ci95, interval = [value - half, value + half], f"t interval of the mean over {len(values)} training seeds"
+            mean = seed_mean(values)
+            value, std, ci95 = mean.value, mean.std, [mean.low, mean.high]
+            interval = f"t interval of the mean over {len(values)} training seeds"
         best = min(seeds, key=lambda s: s["value"])
         for key, attr in (("metric", metric), ("std", std), ("ci95", ci95), ("interval", interval), ("seeds", seeds),
                           ("best_experiment", best["experiment"])):

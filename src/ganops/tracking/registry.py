@@ -21,7 +21,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
@@ -30,6 +29,7 @@ from ganops import GanopsError
 from ganops.config import MlflowParams, RegisterParams
 from ganops.io import file_sha256
 from ganops.metrics.report import EvaluationReport
+from ganops.noise import beyond_noise, bonferroni_z, noise_threshold
 from ganops.tracking.store import ONNX_DIGEST_TAG, TrackingError, connect, http_settings, lock_path, tracking_uri
 
 if TYPE_CHECKING:  # the type only: the prepared data format is the stage's to read
@@ -83,18 +83,6 @@ class RegistryDecision(BaseModel):
         return cls.model_validate_json(Path(path).read_text())
 
 
-def improvement_needed(cfg: RegisterParams, std: float, other_std: float) -> float:
-    """How much lower one metric must be than another to count as better beyond noise: more than
-    register.min_improvement and more than register.noise_z standard deviations of the difference
-    (the two stds in quadrature). The champion gate and the sweep's ranking both ask this."""
-    return max(cfg.min_improvement, cfg.noise_z * math.hypot(std, other_std))
-
-
-def better_beyond_noise(cfg: RegisterParams, value: float, std: float, other: float, other_std: float) -> bool:
-    """Is ``value`` (with ``std``) lower than ``other`` (with ``other_std``) beyond noise?"""
-    return other - value > improvement_needed(cfg, std, other_std)
-
-
 def _decide(cfg: RegisterParams, new: dict, champion) -> tuple[bool, str]:
     if champion is None:
         return True, "first registered version: no champion yet"
@@ -107,23 +95,15 @@ def _decide(cfg: RegisterParams, new: dict, champion) -> tuple[bool, str]:
     if not math.isfinite(old):  # a champion registered before non-finite metrics were refused
         return True, (f"champion v{champion.version}'s {tags.get('metric')} is {old}, not a finite number: "
                       f"{new['metric']} {value:.4f} replaces it")
-    needed = improvement_needed(cfg, new["metric_std"], float(tags.get("metric_std", 0.0)))
-    gain = old - value
+    std, old_std = new["metric_std"], float(tags.get("metric_std", 0.0))
+    better = beyond_noise(value, std, old, old_std, cfg.noise_z, cfg.min_improvement)
+    needed, gain = noise_threshold(std, old_std, cfg.noise_z, cfg.min_improvement), old - value
     verdict = (f"{new['metric']} {value:.4f} vs champion v{champion.version} {old:.4f}: improvement {gain:.4f} "
-               f"{'>' if gain > needed else '<='} required {needed:.4f} (max of min_improvement "
+               f"{'>' if better else '<='} required {needed:.4f} (max of min_improvement "
                f"{cfg.min_improvement:g} and {cfg.noise_z:g} x std of the difference)")
-    if gain <= needed or not cfg.per_class_gate or not json.loads(new.get("per_class") or "{}"):
-        return gain > needed, verdict
+    if not better or not cfg.per_class_gate or not json.loads(new.get("per_class") or "{}"):
+        return better, verdict
     return _per_class_gate(cfg, new, champion, verdict)
-
-
-def per_class_z(noise_z: float, classes: int) -> float:
-    """The z of each class's test so that all ``classes`` together are wrong as rarely as one test at
-    ``noise_z`` (Bonferroni: the two-sided tail of noise_z shared among the classes)."""
-    if noise_z <= 0:
-        return 0.0
-    tail = 2 * (1 - NormalDist().cdf(noise_z))
-    return NormalDist().inv_cdf(1 - tail / (2 * classes))
 
 
 def _per_class_gate(cfg: RegisterParams, new: dict, champion, verdict: str) -> tuple[bool, str]:
@@ -137,12 +117,12 @@ def _per_class_gate(cfg: RegisterParams, new: dict, champion, verdict: str) -> t
     if any(ours[name][1] is None or theirs[name][1] is None for name in shared):
         return True, (f"{verdict}; per-class gate not applied: a per-class interval is missing (eval.spread_rounds: 0 "
                       f"for this version or champion v{champion.version})")
-    z = per_class_z(cfg.noise_z, len(shared))
+    z = bonferroni_z(cfg.noise_z, len(shared))
     worst = None
     for name in shared:
         (value, std), (old, old_std) = ours[name], theirs[name]
-        loss, noise = value - old, z * math.hypot(std, old_std)
-        if loss > noise and (worst is None or loss - noise > worst[0]):
+        loss, noise = value - old, noise_threshold(old_std, std, z)
+        if beyond_noise(old, old_std, value, std, z) and (worst is None or loss - noise > worst[0]):
             worst = (loss - noise, name, value, old, loss, noise)
     if worst is None:
         return True, (f"{verdict}; per-class gate: no class of {len(shared)} worse beyond noise "

@@ -7,9 +7,9 @@ and decides when the run is over. The minimum of noisy scores is biased low (the
 ``choose_snapshot`` re-scores the kept snapshots and the last one on fresh seeds with the full
 protocol and ships the lowest; the evaluate stage then scores the shipped one on its own seeds.
 
-"Beyond noise": lower by more than train.noise_z standard deviations of the difference, the two
-scores' half-sample stds added in quadrature (only the generated images vary between snapshots of
-one run: they are all scored against the same reference).
+"Beyond noise" (``ganops.noise.beyond_noise``): lower by more than train.noise_z standard deviations
+of the difference, the two scores' half-sample stds added in quadrature (only the generated images
+vary between snapshots of one run: they are all scored against the same reference).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import torch
 
 from ganops import GanopsError
+from ganops.noise import beyond_noise
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,9 @@ class Scorer(Protocol):
         """(value, std): the score and its standard deviation over half-samples of the generated images."""
 
 
-def beyond_noise(lower: dict, higher: dict, noise_z: float) -> bool:
-    """Is ``lower``'s value below ``higher``'s by more than noise_z stds of the difference?"""
-    return lower["value"] < higher["value"] - noise_z * math.hypot(lower["std"], higher["std"])
+def _beyond_noise(lower: dict, higher: dict, noise_z: float) -> bool:
+    """Is the evaluation ``lower`` ({"value", "std"}) below ``higher`` beyond noise, at noise_z?"""
+    return beyond_noise(lower["value"], lower["std"], higher["value"], higher["std"], noise_z)
 
 
 def finite_weights(weights: dict[str, torch.Tensor]) -> bool:
@@ -78,7 +79,7 @@ class Watch:
         self.kept = {s: w for s, w in self.kept.items() if any(e["step"] == s for e in ranked)}
 
         best = self.at(self.best_step)
-        if best is None or beyond_noise(entry, best, self.noise_z):
+        if best is None or _beyond_noise(entry, best, self.noise_z):
             self.best_step = step
         lowest = ranked[0]
         if value > self.diverge_factor * lowest["value"]:
@@ -129,7 +130,7 @@ def choose_snapshot(watch: Watch | None, last_step: int, last_weights: dict[str,
         return Choice(last_step, last_weights, "the last step (no in-training evaluation kept a snapshot)", [])
     last_eval = watch.at(last_step) if last_ok else None
     contenders = sorted(s for s in watch.kept if s != last_step and (
-        not last_ok or last_eval is None or beyond_noise(watch.at(s), last_eval, watch.noise_z)))
+        not last_ok or last_eval is None or _beyond_noise(watch.at(s), last_eval, watch.noise_z)))
     pool = {s: watch.kept[s] for s in contenders}
     if last_ok:
         pool[last_step] = last_weights
@@ -151,13 +152,10 @@ def choose_snapshot(watch: Watch | None, last_step: int, last_weights: dict[str,
         candidate.update(rescored=value, rescored_std=std)
         log.info("snapshot of step %d: %s %.4f (std %.4f) on fresh seeds", candidate["step"], rescore.name, value, std)
     lowest = min(candidates, key=lambda c: c["rescored"])
-    tied = [c for c in candidates if not beyond_noise(_rescored(lowest), _rescored(c), watch.noise_z)]
+    tied = [c for c in candidates if not beyond_noise(lowest["rescored"], lowest["rescored_std"], c["rescored"],
+                                                      c["rescored_std"], watch.noise_z)]
     chosen = max(tied, key=lambda c: c["step"])
     reason = (f"step {chosen['step']}: the lowest {rescore.name} on fresh seeds" if chosen is lowest else
               f"step {chosen['step']}: within noise of the lowest {rescore.name} on fresh seeds (step "
               f"{lowest['step']}), and later")
     return Choice(chosen["step"], pool[chosen["step"]], reason, candidates)
-
-
-def _rescored(candidate: dict) -> dict:
-    return {"value": candidate["rescored"], "std": candidate["rescored_std"]}
