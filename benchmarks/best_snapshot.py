@@ -42,10 +42,11 @@ from _common import print_environment, round_order, spread
 from ganops.config import Params, load_params
 from ganops.data import load_manifest, open_split
 from ganops.device import resolve_device
-from ganops.metrics.draws import features_of_draws, generated_draws, sample_labels
+from ganops.metrics.draws import generated_draws, sample_labels
+from ganops.metrics.evaluation import score_draws
 from ganops.metrics.names import Measurement
 from ganops.metrics.reference import open_backbones, resolve_reference
-from ganops.metrics.scores import compute_metrics, spread_method
+from ganops.metrics.scores import METRICS, spread_method
 from ganops.models import GeneratorSpec, build_generator
 from ganops.paths import ProjectPaths
 from ganops.stages.prepare import prepare
@@ -104,7 +105,7 @@ def main() -> None:
     expected, inception = resolve_reference(cfg.backbone, cfg.inception_weights, cfg.fid_protocol, cfg.reference,
                                             device, manifest, cfg.reference_max_features)
     if inception is None:
-        sys.exit(f"the FID Inception weights are not installed ({expected['fallback_reason']}); run ./setup.sh first")
+        sys.exit(f"the FID Inception weights are not installed ({expected.fallback_reason}); run ./setup.sh first")
     (primary,) = open_backbones(expected, inception, ProjectPaths(shared).reference, (Path("-"), Path("-")), real,
                                 cfg.reference, cfg.batch_size, cfg.reference_max_features, device, primary_only=True)
     measurement = Measurement("inception", cfg.fid_protocol, cfg.num_samples, cfg.reference)
@@ -119,8 +120,7 @@ def main() -> None:
         generator.load_state_dict(weights)
         labels = sample_labels(real.labels, cfg.num_samples, spec.num_classes, cfg.seed) if spec.conditional else None
         draws = generated_draws(generator, labels, cfg.num_samples, cfg.draws, cfg.batch_size, cfg.seed, device)
-        metrics = compute_metrics(primary.reference, features_of_draws(primary.backbone, draws, cfg.batch_size), cfg,
-                                  measurement, ("fd",))
+        metrics = score_draws(draws, labels, [primary], cfg, (METRICS["fd"],)).metrics
         name = measurement.primary
         return metrics[name], metrics[f"{name}_ci95_low"], metrics[f"{name}_ci95_high"]
 

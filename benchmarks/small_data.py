@@ -41,15 +41,16 @@ from ganops.data.prepare import write_prepared
 from ganops.data.shards import SplitIndex
 from ganops.device import resolve_device
 from ganops.metrics.backbones import InceptionBackbone, extract_features
-from ganops.metrics.draws import features_of_draws, generated_draws, sample_labels
+from ganops.metrics.draws import generated_draws, sample_labels
+from ganops.metrics.evaluation import score_draws
 from ganops.metrics.frechet import feature_statistics
 from ganops.metrics.inception import default_weights_path
 from ganops.metrics.names import Measurement
-from ganops.metrics.reference import ReferenceFeatures
-from ganops.metrics.scores import compute_metrics, spread_method
+from ganops.metrics.reference import ReferencedBackbone, ReferenceFeatures
+from ganops.metrics.scores import METRICS, spread_method
 from ganops.stages.train import discriminator_spec, generator_spec
 from ganops.training.augment import resolve_augment
-from ganops.training.loop import fit
+from ganops.training.loop import TrainingJob, fit
 
 SIDES = ("none", "diffaugment", "ada")
 
@@ -105,19 +106,20 @@ def main() -> None:
             cfg = train_cfg.model_copy(update={"augment": side, "seed": seed})
             started = time.perf_counter()
             augmentation = resolve_augment(cfg.augment, subset_manifest.source, args.images, cfg.augment_auto_below)
-            result = fit(generator_spec(params.model, subset_manifest), discriminator_spec(params.model, subset_manifest),
-                         cfg, augmentation, subset_images, subset_labels, work / f"checkpoints-{side}-{seed}")
+            result = fit(TrainingJob(generator_spec(params.model, subset_manifest),
+                                     discriminator_spec(params.model, subset_manifest), cfg, augmentation, subset_images,
+                                     subset_labels, work / f"checkpoints-{side}-{seed}"))
             train_s = time.perf_counter() - started
             generator = result.G_ema.eval()
             sampled = sample_labels(labels, eval_cfg.num_samples, manifest.num_classes, eval_cfg.seed) \
                 if generator.spec.conditional else None
             draws = generated_draws(generator, sampled, eval_cfg.num_samples, eval_cfg.draws, eval_cfg.batch_size,
                                     eval_cfg.seed, device)
-            metrics = compute_metrics(reference, features_of_draws(backbone, draws, eval_cfg.batch_size), eval_cfg,
-                                      measurement, ("fd",))
+            metrics = score_draws(draws, sampled, [ReferencedBackbone(backbone, reference)], eval_cfg,
+                                  (METRICS["fd"],)).metrics
             fid = metrics[measurement.primary]
             low, high = metrics[f"{measurement.primary}_ci95_low"], metrics[f"{measurement.primary}_ci95_high"]
-            row = {"side": side, "seed": seed, "fid": fid, "ci95": [low, high], "augment_p": result.summary["augment_p"],
+            row = {"side": side, "seed": seed, "fid": fid, "ci95": [low, high], "augment_p": result.summary.augment_p,
                    "real_sign": result.log_rows[-1]["real_sign"], "train_s": round(train_s, 1)}
             results.append(row)
             print(f"round {round_index + 1} seed {seed} {side:>11}: {measurement.primary} {fid:.2f} [{low:.2f}, {high:.2f}]"

@@ -17,7 +17,7 @@ from ganops.models import GeneratorSpec, build_generator
 from ganops.stages.prepare import prepare
 from ganops.stages.train import discriminator_spec, generator_spec, train
 from ganops.training.augment import DRAWS_PER_IMAGE, OPERATIONS, AdaController, augment, resolve_augment
-from ganops.training.loop import fit
+from ganops.training.loop import TrainingJob, fit
 
 OP = {name: i for i, name in enumerate(OPERATIONS)}
 PARAM = len(OPERATIONS)  # where the operations' own uniforms start: brightness, saturation, contrast, dy, dx, top, left
@@ -141,8 +141,8 @@ def fit_on(prepared: Path, count: int, overrides: dict, checkpoints: Path):
     manifest, cfg = load_manifest(prepared), params.train
     images_u8, labels = load_split(prepared, "train")
     augmentation = resolve_augment(cfg.augment, manifest.source, count, cfg.augment_auto_below)
-    return fit(generator_spec(params.model, manifest), discriminator_spec(params.model, manifest), cfg, augmentation,
-               images_u8[:count], labels[:count], checkpoints)
+    return fit(TrainingJob(generator_spec(params.model, manifest), discriminator_spec(params.model, manifest), cfg,
+                           augmentation, images_u8[:count], labels[:count], checkpoints))
 
 
 def test_ada_steers_p_up_while_d_overfits_a_tiny_set_and_down_when_it_no_longer_does(tmp_path, digits16):
@@ -165,7 +165,7 @@ def test_ada_steers_p_up_while_d_overfits_a_tiny_set_and_down_when_it_no_longer_
     p = np.array([row["augment_p"] for row in ada.log_rows])
     peak = int(p.argmax())
     assert p[peak] > 0.5 and p[peak:].min() < p[peak] - 0.2  # up while D overfits, then down again
-    assert ada.summary["augment_p"] == p[-1]
+    assert ada.summary.augment_p == p[-1]
 
 
 def test_augmented_training_is_deterministic_resumes_with_its_p_and_differs_from_none(tmp_path, digits16):
@@ -176,11 +176,11 @@ def test_augmented_training_is_deterministic_resumes_with_its_p_and_differs_from
     a = fit_on(digits16, 64, recipe, tmp_path / "a")
     b = fit_on(digits16, 64, recipe, tmp_path / "b")
     assert torch.equal(weights(a), weights(b)) and p_log(a) == p_log(b)
-    assert a.summary["augment_p"] > 0  # p moved, so resuming has a p to restore
+    assert a.summary.augment_p > 0  # p moved, so resuming has a p to restore
     # stop at step 30 (a checkpoint), then run on to 60: the same weights and the same p along the way
     fit_on(digits16, 64, {**recipe, "steps": 30}, tmp_path / "resumed")
     resumed = fit_on(digits16, 64, recipe, tmp_path / "resumed")
-    assert resumed.summary["resumed_from_step"] == 30
+    assert resumed.summary.resumed_from_step == 30
     assert torch.equal(weights(resumed), weights(a))
     assert p_log(resumed) == p_log(a)
     other_seed = fit_on(digits16, 64, {**recipe, "seed": 1}, tmp_path / "seed1")
@@ -188,7 +188,7 @@ def test_augmented_training_is_deterministic_resumes_with_its_p_and_differs_from
     diff = fit_on(digits16, 64, {**recipe, "augment": "diffaugment"}, tmp_path / "diff")
     assert not torch.equal(weights(other_seed), weights(a))
     assert not torch.equal(weights(plain), weights(diff)) and not torch.equal(weights(plain), weights(a))
-    assert diff.summary["augment_p"] == 1.0 and plain.summary["augment_p"] == 0.0
+    assert diff.summary.augment_p == 1.0 and plain.summary.augment_p == 0.0
 
 
 def test_train_stage_logs_p_and_records_the_augmentation(tmp_path, digits16):

@@ -16,10 +16,11 @@ from ganops.config import EvalParams
 from ganops.data import load_split
 from ganops.metrics.backbones import DomainClassifierBackbone, extract_features, resolve_backbone
 from ganops.metrics.domain_classifier import DomainClassifier, DomainClassifierSpec, classifier_accuracy, load_domain_classifier
+from ganops.metrics.evaluation import score_draws
 from ganops.metrics.frechet import feature_statistics, frechet_distance_of_features
 from ganops.metrics.inception import default_weights_path
 from ganops.metrics.reference import ReferencedBackbone, ReferenceFeatures
-from ganops.metrics.scores import score_draws
+from ganops.metrics.scores import METRICS
 from ganops.paths import ProjectPaths
 from ganops.stages.evaluate import evaluate
 from ganops.stages.prepare import prepare
@@ -70,7 +71,8 @@ def test_score_draws_names_each_metric_by_its_backbone_and_the_first_is_primary(
     cfg = EvalParams(num_samples=120, draws=4, spread_rounds=3, kid_subsets=5, kid_subset_size=20, fid_protocol="clean")
     inception, other = PixelBackbone("inception", "tf"), PixelBackbone("domain", "domain")
     draws, reference = draws_and_reference(inception)
-    scores = score_draws(draws, None, [ReferencedBackbone(inception, reference), ReferencedBackbone(other, reference)], cfg)
+    scores = score_draws(draws, None, [ReferencedBackbone(inception, reference), ReferencedBackbone(other, reference)], cfg,
+                         METRICS.values())
     assert scores.primary == "fid120_tf_train"
     primary_names = {"fid120_tf_train", "fid120_tf_train_std", "fid120_tf_train_std_generated",
                      "fid120_tf_train_std_reference", "fid120_tf_train_ci95_low", "fid120_tf_train_ci95_high",
@@ -85,12 +87,12 @@ def test_score_draws_names_each_metric_by_its_backbone_and_the_first_is_primary(
     # the same features under both names: the same Fréchet distance; seeded, so the same numbers again
     assert scores.metrics["fid120_tf_train"] == scores.metrics["fd120_domain_train"]
     assert score_draws(draws, None, [ReferencedBackbone(inception, reference), ReferencedBackbone(other, reference)],
-                       cfg).metrics == scores.metrics
+                       cfg, METRICS.values()).metrics == scores.metrics
     # alone, the domain classifier is primary and gets every metric
-    alone = score_draws(draws, None, [ReferencedBackbone(other, reference)], cfg)
+    alone = score_draws(draws, None, [ReferencedBackbone(other, reference)], cfg, METRICS.values())
     assert alone.primary == "fd120_domain_train" and "kid120_domain_train_mean" in alone.metrics
     with pytest.raises(ValueError, match="at least one backbone"):
-        score_draws(draws, None, [], cfg)
+        score_draws(draws, None, [], cfg, METRICS.values())
 
 
 def test_score_draws_adds_class_consistency_for_labelled_draws_with_the_domain_classifier():
@@ -103,7 +105,7 @@ def test_score_draws_adds_class_consistency_for_labelled_draws_with_the_domain_c
     labels = torch.from_numpy(np.random.default_rng(1).integers(0, 3, 120))
     scored = score_draws(draws, labels, [ReferencedBackbone(PixelBackbone("inception", "tf"),
                                                             draws_and_reference(PixelBackbone("inception", "tf"))[1]),
-                                         ReferencedBackbone(domain, reference)], cfg)
+                                         ReferencedBackbone(domain, reference)], cfg, METRICS.values())
     expected = classifier_accuracy(domain.model, torch.cat(draws), labels, 64)
     assert list(scored.metrics)[-4:] == ["class_consistency120_domain_train"] + [
         f"class_consistency120_domain_train_class{index}" for index in range(3)]
@@ -114,11 +116,12 @@ def test_score_draws_adds_class_consistency_for_labelled_draws_with_the_domain_c
         assert scored.metrics[f"class_consistency120_domain_train_class{index}"] == round(
             classifier_accuracy(domain.model, images[own], labels[own], 64), 6)
     assert "class_consistency120_domain_train" not in score_draws(draws, None, [ReferencedBackbone(domain, reference)],
-                                                                  cfg).metrics
+                                                                  cfg, METRICS.values()).metrics
     # no domain classifier among the backbones: no class consistency either
     pixels = PixelBackbone("domain", "domain")
     assert not any(name.startswith("class") for name in
-                   score_draws(draws, labels, [ReferencedBackbone(pixels, draws_and_reference(pixels)[1])], cfg).metrics)
+                   score_draws(draws, labels, [ReferencedBackbone(pixels, draws_and_reference(pixels)[1])], cfg,
+                               METRICS.values()).metrics)
 
 
 def test_domain_classifier_report(trained_project):

@@ -110,7 +110,7 @@ def test_fd_against_the_factored_reference_equals_the_unfactored_distances():
     """fd's distances to the whole reference use its cached factor (the Gram path: fewer generated
     images than dimensions, as 2,000 images in 2,048 Inception features): the same numbers as
     frechet_distance on the same half-samples, drawn with the same seeded calls."""
-    from ganops.metrics.scores import half_of_draws
+    from ganops.metrics.draws import half_of_draws
 
     rng = np.random.default_rng(3)
     dim = 256

@@ -10,11 +10,12 @@ import torch
 from ganops.config import EvalParams
 from ganops.latents import check_truncation, truncate
 from ganops.metrics import neighbours
+from ganops.metrics.evaluation import score_draws
 from ganops.metrics.frechet import feature_statistics, frechet_distance, frechet_distance_of_features
 from ganops.metrics.names import Measurement
 from ganops.metrics.neighbours import neighbour_summary
 from ganops.metrics.reference import ReferencedBackbone, ReferenceFeatures
-from ganops.metrics.scores import density_coverage, fd_inf, memorisation, per_class, score_draws
+from ganops.metrics.scores import METRICS, density_coverage, fd_inf, memorisation, per_class
 
 MEASURED = Measurement("inception", "tf", 600, "train")
 
@@ -136,14 +137,14 @@ def test_score_draws_suspects_memorisation_of_copied_training_images_only_agains
     reference = reference_of(backbone(training).numpy())
     copies = [training[i * 30 : (i + 1) * 30] for i in range(4)]
     cfg = EvalParams(num_samples=120, draws=4, spread_rounds=0, kid_subsets=5, kid_subset_size=20)
-    scores = score_draws(copies, None, [ReferencedBackbone(backbone, reference)], cfg)
+    scores = score_draws(copies, None, [ReferencedBackbone(backbone, reference)], cfg, METRICS.values())
     assert scores.metrics["memorised120_tf_train_share"] == 1.0 and scores.nearest.share == 1.0
     assert list(scores.nearest.training) == list(np.flatnonzero(np.isin(np.arange(300), range(120)))[
         scores.nearest.generated])  # each copy's neighbour is its own original
     fresh = [torch.from_numpy(rng.integers(0, 256, (30, 1, 4, 4), dtype=np.uint8)) for _ in range(4)]
-    assert score_draws(fresh, None, [ReferencedBackbone(backbone, reference)], cfg).nearest.share < 0.05
+    assert score_draws(fresh, None, [ReferencedBackbone(backbone, reference)], cfg, METRICS.values()).nearest.share < 0.05
     test_split = score_draws(copies, None, [ReferencedBackbone(backbone, reference)],
-                             EvalParams(**{**cfg.model_dump(), "reference": "test"}))
+                             EvalParams(**{**cfg.model_dump(), "reference": "test"}), METRICS.values())
     assert test_split.nearest is None and not any(name.startswith("memorised") for name in test_split.metrics)
 
 

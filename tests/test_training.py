@@ -532,7 +532,8 @@ def test_step_reads_its_inputs_from_fixed_buffers():
     place, and the step reads nothing else that changes (checked here on CPU, where it runs eagerly)."""
     from ganops.models import DiscriminatorSpec, build_discriminator
     from ganops.training.loop import BatchStream, HeldImages
-    from ganops.training.step import STEP_STATS, TrainStep
+    from ganops.training.report import STEP_STATS
+    from ganops.training.step import Networks, TrainStep
 
     cfg = tiny({"train": {"loss": "wgan-gp", "d_steps": 2}}).train
     torch.manual_seed(0)
@@ -541,10 +542,9 @@ def test_step_reads_its_inputs_from_fixed_buffers():
     D = build_discriminator(DiscriminatorSpec(d_channels=8, resolution=8, channels=1, num_classes=3))
     images = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8)
     labels = torch.arange(40) % 3
-    step = TrainStep(cfg=cfg, G=G, D=D, D_raw=D, D_frozen=D, opt_g=torch.optim.Adam(G.parameters()),
-                     opt_d=torch.optim.Adam(D.parameters()), images=HeldImages(images.numpy(), torch.device("cpu")),
-                     labels=labels, batch_size=8, latent_dim=8,
-                     device=torch.device("cpu"), memory_format=torch.channels_last, cuda_graph=True)
+    networks = Networks(G, D, D, D, torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters()))
+    step = TrainStep(cfg, networks, HeldImages(images.numpy(), torch.device("cpu")), labels, batch_size=8, latent_dim=8,
+                     device=torch.device("cpu"), cuda_graph=True)
     assert not step.cuda_graph  # no graphs without CUDA
     buffers = [*step.real_u8, *step.y, *step.z, *step.alpha]
     addresses = [b.data_ptr() for b in buffers]

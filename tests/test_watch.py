@@ -163,13 +163,13 @@ def prepared(tmp_path_factory):
 def _fit(prepared, tmp_path, steps: int, score=None, rescore=None, **train):
     from ganops.data import load_manifest, open_split
     from ganops.stages.train import discriminator_spec, generator_spec
-    from ganops.training.loop import fit
+    from ganops.training.loop import Scoring, TrainingJob, fit
 
     params = tiny({"train": {"steps": steps, "eval_every": 5, "keep_best": 1, **train}})
     manifest = load_manifest(prepared / "data" / "prepared")
     images = open_split(prepared / "data" / "prepared", "train")
-    return fit(generator_spec(params.model, manifest), discriminator_spec(params.model, manifest), params.train, "none",
-               images, images.labels, tmp_path / "checkpoints", score=score, rescore=rescore)
+    return fit(TrainingJob(generator_spec(params.model, manifest), discriminator_spec(params.model, manifest), params.train,
+                           "none", images, images.labels, tmp_path / "checkpoints"), Scoring(score, rescore))
 
 
 def test_fit_ships_the_snapshot_the_scores_chose_and_evaluations_do_not_change_training(prepared, tmp_path):
@@ -180,21 +180,21 @@ def test_fit_ships_the_snapshot_the_scores_chose_and_evaluations_do_not_change_t
     plain10 = _fit(prepared, tmp_path / "plain10", 10)
     plain20 = _fit(prepared, tmp_path / "plain20", 20)
     shipped = {k: v for k, v in result.G_ema.state_dict().items()}
-    assert result.summary["chosen_step"] == 10 and [c["step"] for c in result.summary["candidates"]] == [10, 20]
+    assert result.summary.chosen_step == 10 and [c.step for c in result.summary.candidates] == [10, 20]
     assert all(torch.equal(shipped[k], v) for k, v in plain10.G_ema.state_dict().items())
-    assert result.summary["weights_sha256"] == plain20.summary["weights_sha256"]
-    assert result.summary["generator_sha256"] == plain10.summary["generator_sha256"] != plain20.summary["generator_sha256"]
+    assert result.summary.weights_sha256 == plain20.summary.weights_sha256
+    assert result.summary.generator_sha256 == plain10.summary.generator_sha256 != plain20.summary.generator_sha256
     assert [row["step"] for row in result.watch_rows] == [5, 10, 15, 20] and len(result.previews) == 4
     assert result.previews[0][1].shape == (10 * 8, 1, 8, 8) and result.previews[0][1].dtype == np.uint8
-    assert plain20.summary["chosen_step"] == 20 and plain20.watch_rows == []
+    assert plain20.summary.chosen_step == 20 and plain20.watch_rows == []
 
 
 def test_fit_stops_on_divergence_and_ships_the_best(prepared, tmp_path):
     result = _fit(prepared, tmp_path, 40, StepScorer([30.0, 10.0, 31.0, 9.0]), WeightRescore())
-    assert result.summary["steps_done"] == 15 and result.summary["stopped_early"].startswith("step 15: diverged")
-    assert result.summary["chosen_step"] == 10
+    assert result.summary.steps_done == 15 and result.summary.stopped_early.startswith("step 15: diverged")
+    assert result.summary.chosen_step == 10
     again = _fit(prepared, tmp_path, 40, StepScorer([]), WeightRescore())  # resumes the stopped run: no step, no score
-    assert again.summary["steps_done"] == 15 and again.summary["generator_sha256"] == result.summary["generator_sha256"]
+    assert again.summary.steps_done == 15 and again.summary.generator_sha256 == result.summary.generator_sha256
 
 
 def test_fit_stops_on_non_finite_losses(prepared, tmp_path, monkeypatch):
@@ -212,8 +212,8 @@ def test_fit_stops_on_non_finite_losses(prepared, tmp_path, monkeypatch):
 
     monkeypatch.setattr(step_module.TrainStep, "run", poisoned)
     result = _fit(prepared, tmp_path / "watched", 40, StepScorer([30.0, 10.0, 31.0]), WeightRescore())
-    assert result.summary["steps_done"] == 15 and "non-finite losses" in result.summary["stopped_early"]
-    assert result.summary["chosen_step"] == 10  # the last (15) was not scored: the best kept one ships
+    assert result.summary.steps_done == 15 and "non-finite losses" in result.summary.stopped_early
+    assert result.summary.chosen_step == 10  # the last (15) was not scored: the best kept one ships
     calls["n"] = 0
     unwatched = _fit(prepared, tmp_path / "plain", 40, eval_every=0)
-    assert unwatched.summary["stopped_early"].startswith("step 15: non-finite losses")
+    assert unwatched.summary.stopped_early.startswith("step 15: non-finite losses")

@@ -29,6 +29,7 @@ from ganops.metrics.report import EvaluationReport
 from ganops.paths import ProjectPaths
 from ganops.tools import run_tool, tool
 from ganops.tracking.registry import RegistryDecision
+from ganops.training.report import TrainSummary
 
 # ganops exits with 2 for errors that need a fix (bad params, bad data, missing inputs): retrying
 # can't help. Anything else (a service down: 75, a crash) is retried with backoff.
@@ -102,8 +103,8 @@ def _summary(repo: Path, results: list[StageResult]) -> str:
         low, high = (float("nan") if bound is None else bound for bound in report.ci95)
         facts.append(f"- {report.primary_metric}: {report.value:.4f} (95% interval {low:.4f} .. {high:.4f})")
     if paths.train_report.exists():
-        train = json.loads(paths.train_report.read_text())
-        facts.append(f"- training: {train['steps']} steps, {train['images_per_s']} images/s")
+        train = TrainSummary.load(paths.train_report)
+        facts.append(f"- training: {train.steps} steps, {train.images_per_s} images/s")
     if paths.mlflow_run.exists():
         facts.append(f"- MLflow run: {json.loads(paths.mlflow_run.read_text()).get('run_id')}")
     if paths.register_report.exists():

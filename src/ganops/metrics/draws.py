@@ -88,3 +88,9 @@ def features_of_draws(backbone: Backbone, draws: list[torch.Tensor], batch_size:
                             total, "generated")
     bounds = np.cumsum([0] + [len(d) for d in draws])
     return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def half_of_draws(draws: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """The features of a random half of the seeded draws, whole draws only: each half is itself a fresh
+    draw of about half the images (the half-sampling of ganops.noise.half_sample_std)."""
+    return np.concatenate([draws[i] for i in rng.choice(len(draws), size=len(draws) // 2, replace=False)])

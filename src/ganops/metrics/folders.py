@@ -20,7 +20,7 @@ from ganops.device import resolve_device
 from ganops.metrics.backbones import InceptionBackbone, resolve_backbone
 from ganops.metrics.frechet import FrechetReference, feature_statistics
 from ganops.metrics.inception import PROTOCOLS
-from ganops.metrics.reference import load_reference, resolve_reference
+from ganops.metrics.reference import ReferenceRecord, load_reference, resolve_reference
 from ganops.paths import ProjectPaths
 
 REFERENCE = "reference"  # as the second argument: the cached reference statistics
@@ -77,7 +77,8 @@ def folder_features(backbone: InceptionBackbone, folder: Path, batch_size: int, 
     return np.concatenate(parts)
 
 
-def fid_of_folders(backbone: InceptionBackbone, first: Path, second: Path | None, reference: tuple[Path, dict] | None,
+def fid_of_folders(backbone: InceptionBackbone, first: Path, second: Path | None,
+                   reference: tuple[Path, ReferenceRecord] | None,
                    batch_size: int, max_bytes: int, max_pixels: int) -> dict:
     """The FID between ``first`` and ``second``, or ``first`` and the cached reference statistics
     (``reference``: their folder and the record they must match). Returns the value with its name
@@ -91,7 +92,7 @@ def fid_of_folders(backbone: InceptionBackbone, first: Path, second: Path | None
         folder, expected = reference
         cached = load_reference(folder, expected)
         value = cached.frechet.distance(features)
-        against, count = f"{folder} (the {expected['reference']} split's statistics)", cached.record.get("num_reference")
+        against, count = f"{folder} (the {expected.reference} split's statistics)", cached.record.get("num_reference")
     if not np.isfinite(value):
         raise GanopsError(f"the Fréchet distance of {first} came out {value}: not a finite number")
     return {"metric": f"fid_{backbone.feature_space}", "value": float(value), "first": str(first),

@@ -57,20 +57,39 @@ class ReferencedBackbone(NamedTuple):
     reference: ReferenceFeatures
 
 
+@dataclass(frozen=True)
+class ReferenceRecord:
+    """What the reference statistics depend on: the head of data/reference/reference.json, and what
+    an evaluation checks before reusing them (all but ``weights``, the file they were read from)."""
+
+    backbone: str  # "inception", or "domain" when Inception's weights are not installed
+    reference: str  # the split
+    data_sha256: str  # the split's checksum (ganops.data.prepare.Manifest.checksum)
+    max_features: int
+    fallback_reason: str | None = None  # why the domain classifier stands in for Inception
+    fid_protocol: str | None = None  # inception only, as are the two below
+    weights: str | None = None
+    weights_digest: str | None = None
+
+    def as_dict(self) -> dict:
+        """The fields that apply to its backbone, in the order reference.json lists them."""
+        own = ("fid_protocol", "weights", "weights_digest") if self.backbone == "inception" else ("fallback_reason",)
+        fields = ("backbone", "reference", "data_sha256", "max_features", *own)
+        return {key: getattr(self, key) for key in fields}
+
+
 def resolve_reference(backbone_name: str, inception_weights: str | None, fid_protocol: str, reference: str,
-                      device: torch.device, manifest: Manifest, max_features: int) -> tuple[dict, InceptionBackbone | None]:
+                      device: torch.device, manifest: Manifest,
+                      max_features: int) -> tuple[ReferenceRecord, InceptionBackbone | None]:
     """What the reference statistics depend on (and what evaluate checks before reusing them), and for
     the inception backbone the network itself: loaded once, its weights digest read off it."""
     name, weights, fallback = resolve_backbone(backbone_name, inception_weights)
-    record = {"backbone": name, "reference": reference, "data_sha256": manifest.checksum(reference),
-              "max_features": max_features}
+    record = ReferenceRecord(name, reference, manifest.checksum(reference), max_features)
     if name != "inception":
-        record["fallback_reason"] = fallback
-        return record, None
+        return dataclasses.replace(record, fallback_reason=fallback), None
     backbone = InceptionBackbone(weights, fid_protocol, device)
-    record.update({"fid_protocol": fid_protocol, "weights": str(weights),
-                   "weights_digest": backbone.extractor.weights_digest})
-    return record, backbone
+    return dataclasses.replace(record, fid_protocol=fid_protocol, weights=str(weights),
+                               weights_digest=backbone.extractor.weights_digest), backbone
 
 
 class SplitReader(Protocol):
@@ -122,12 +141,12 @@ def kept_mask(count: int, max_features: int) -> np.ndarray:
     return keep
 
 
-def write_reference(folder: Path, record: dict, backbone: InceptionBackbone | None, split: SplitReader | None,
-                    batch_size: int, max_features: int) -> dict:
+def write_reference(folder: Path, expected: ReferenceRecord, backbone: InceptionBackbone | None,
+                    split: SplitReader | None, batch_size: int, max_features: int) -> dict:
     """Write ``folder``: the record, and for the inception backbone the features of the reference
     ``split`` (all of them, or a seeded subset of ``max_features``) and their statistics (over all of
     them); returns the record."""
-    reference = None
+    record, reference = expected.as_dict(), None
     if backbone is not None:
         reference = split_features(backbone, split, batch_size, max_features, f"reference ({record['reference']})")
         record.update(reference.record)
@@ -156,7 +175,7 @@ def referenced_backbones(inception: ReferencedBackbone | None, classifier: Domai
     return backbones
 
 
-def open_backbones(expected: dict, inception: InceptionBackbone | None, reference_folder: Path,
+def open_backbones(expected: ReferenceRecord, inception: InceptionBackbone | None, reference_folder: Path,
                    classifier_files: tuple[Path, Path], split: SplitReader, split_name: str, batch_size: int,
                    max_features: int, device: torch.device, primary_only: bool = False) -> list[ReferencedBackbone]:
     """The backbones to score with, primary first (see ``referenced_backbones``): the FID Inception
@@ -177,14 +196,14 @@ def open_backbones(expected: dict, inception: InceptionBackbone | None, referenc
     return referenced_backbones(cached, classifier, split, split_name, batch_size, max_features)
 
 
-def load_reference(folder: Path, expected: dict) -> ReferenceFeatures:
+def load_reference(folder: Path, expected: ReferenceRecord) -> ReferenceFeatures:
     """The cached reference features in ``folder``, if they were computed exactly as ``expected`` says;
     else a clear error."""
     try:
         record = json.loads((folder / RECORD).read_text())
     except FileNotFoundError:
         raise GanopsError(f"{folder / RECORD} is missing: run the reference_stats stage (`dvc repro reference_stats`)") from None
-    stale = {key: (record.get(key), value) for key, value in expected.items()
+    stale = {key: (record.get(key), value) for key, value in expected.as_dict().items()
              if key not in ("weights",) and record.get(key) != value}
     if stale:
         details = ", ".join(f"{key}: cached {old!r}, now {new!r}" for key, (old, new) in stale.items())

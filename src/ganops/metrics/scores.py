@@ -1,33 +1,34 @@
-"""Metrics on features, as small functions in a registry (the stylegan2-ada way), and
-``score_draws``, the one entry point that scores generated images with them.
+"""The evaluate stage's metrics, as entries of one registry (the stylegan2-ada way): ``METRICS``,
+which ``ganops.metrics.evaluation.Evaluation.score`` runs, each entry declaring what it needs.
 
-Each metric takes the reference features, the generated features as a list of seeded draws
-(float64, (n_i, D) each) and the eval params, and returns numbers keyed by (metric, suffix);
-``compute_metrics`` names them by their measurement (:mod:`ganops.metrics.names`). KID and
-precision/recall are torch-fidelity's own implementations, fed our features. The Fréchet distance is
-ours (:mod:`ganops.metrics.frechet`).
+The metrics on features take the reference features, the generated features as a list of seeded
+draws (float64, (n_i, D) each) and the eval params, and return numbers keyed by (metric, suffix),
+which their entry names by the measurement (:mod:`ganops.metrics.names`). KID and precision/recall
+are torch-fidelity's own implementations, fed our features. The Fréchet distance is ours
+(:mod:`ganops.metrics.frechet`). Evaluate-only: the train stage's in-training score is
+:mod:`ganops.metrics.snapshot`'s, and this module is not among its dependencies.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ganops.config import EvalParams
-from ganops.metrics.backbones import DomainClassifierBackbone
+from ganops.figures import memorisation_png, notice_png
 from ganops.metrics.domain_classifier import classifier_hits
-from ganops.metrics.draws import RESCORE, TRUNCATE, WATCH, features_of_draws, generated_draws, sample_labels
+from ganops.metrics.draws import TRUNCATE, features_of_draws, generated_draws, half_of_draws, sample_labels
+from ganops.metrics.evaluation import Evaluation, Found, Metric, Scored, Scores
 from ganops.metrics.frechet import FrechetReference, feature_statistics, frechet_distance
 from ganops.metrics.names import Measurement, truncation_label
 from ganops.metrics.neighbours import NeighbourSummary, neighbour_summary
-from ganops.metrics.reference import ReferencedBackbone, ReferenceFeatures
+from ganops.metrics.reference import ReferenceFeatures, kept_mask
+from ganops.noise import Z95, half_sample_std
 
 MetricFn = Callable[[ReferenceFeatures, list[np.ndarray], EvalParams], dict[tuple[str, str], float]]
-Z95 = 1.959963984540054
 
 SPREAD_METHOD = (
     "half-sampling: the Fréchet distance recomputed on {rounds} random halves of the generated images, each half "
@@ -36,11 +37,6 @@ SPREAD_METHOD = (
     "Var(FD at N) ~ Var(FD at N/2) x (N/2)/(N - N/2), so the two spreads' variances add as they are. "
     "Interval: estimate +- {z:.2f} x std (normal approximation), so it contains the estimate."
 )
-
-
-def half_of_draws(draws: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    """The features of a random half of the seeded draws, whole draws only (see SPREAD_METHOD)."""
-    return np.concatenate([draws[i] for i in rng.choice(len(draws), size=len(draws) // 2, replace=False)])
 
 
 def fd(reference: ReferenceFeatures, draws: list[np.ndarray], cfg: EvalParams) -> dict[tuple[str, str], float]:
@@ -63,10 +59,9 @@ def fd(reference: ReferenceFeatures, draws: list[np.ndarray], cfg: EvalParams) -
             by_generated.append(reference.frechet.distance(half_of_draws(draws, rng)))
             subset = rng.choice(len(real), size=half, replace=False)
             by_reference.append(generated.distance(real[subset]))
-        var_generated, var_reference = float(np.var(by_generated, ddof=1)), float(np.var(by_reference, ddof=1))
-        std = math.sqrt(var_generated + var_reference)
-        out.update({("fd", "std"): std, ("fd", "std_generated"): math.sqrt(var_generated),
-                    ("fd", "std_reference"): math.sqrt(var_reference),
+        std = half_sample_std(by_generated, by_reference)
+        out.update({("fd", "std"): std, ("fd", "std_generated"): half_sample_std(by_generated),
+                    ("fd", "std_reference"): half_sample_std(by_reference),
                     ("fd", "ci95_low"): value - Z95 * std, ("fd", "ci95_high"): value + Z95 * std})
     return out
 
@@ -128,20 +123,6 @@ def fd_inf(reference: ReferenceFeatures, draws: list[np.ndarray], cfg: EvalParam
     return {("fd_inf", ""): float(intercept), ("fd_inf", "slope"): float(slope)}
 
 
-METRICS: dict[str, MetricFn] = {"fd": fd, "kid": kid, "prc": precision_recall, "fd_inf": fd_inf}
-
-
-def compute_metrics(reference: ReferenceFeatures, draws: list[np.ndarray], cfg: EvalParams, measurement: Measurement,
-                    metrics: tuple[str, ...] = tuple(METRICS)) -> dict[str, float]:
-    """Every metric in ``metrics``, named by ``measurement``, rounded for the report."""
-    results: dict[str, float] = {}
-    for key in metrics:
-        for (metric, suffix), value in METRICS[key](reference, draws, cfg).items():
-            name = measurement.floor_name() if metric == "floor" else measurement.name(metric, suffix)
-            results[name] = round(float(value), 6)
-    return results
-
-
 def spread_method(cfg: EvalParams, num_draws: int) -> str:
     return SPREAD_METHOD.format(rounds=cfg.spread_rounds, draws=num_draws, per_draw=cfg.num_samples // num_draws, z=Z95)
 
@@ -174,8 +155,8 @@ def per_class(reference: ReferenceFeatures, draws: list[np.ndarray], draw_labels
             generated = FrechetReference.of_features(fake)
             by_reference = [generated.distance(real[rng.choice(len(real), size=len(real) // 2, replace=False)])
                             for _ in range(cfg.spread_rounds)]
-            if len(by_generated) >= 2 and len(by_reference) >= 2:  # a rare class can leave halves without 2 images
-                std = math.sqrt(float(np.var(by_generated, ddof=1)) + float(np.var(by_reference, ddof=1)))
+            std = half_sample_std(by_generated, by_reference)
+            if std is not None:  # a rare class can leave halves without 2 images
                 out.update({("fd", "std"): std, ("fd", "ci95_low"): value - Z95 * std,
                             ("fd", "ci95_high"): value + Z95 * std})
         precision, recall = precision_recall_of(fake, real, cfg.prc_neighborhood)
@@ -226,53 +207,15 @@ def memorisation(summary: NeighbourSummary, cfg: EvalParams, measurement: Measur
     return metrics, NearestTraining(closest, nearest[closest], distance[closest], threshold, share)
 
 
-@dataclass(frozen=True)
-class Scores:
-    metrics: dict[str, float]  # named by measurement, in the order eval.json lists them
-    primary: str               # the primary metric's name
-    nearest: NearestTraining | None = None  # None: the reference is not the training split
-
-
-def score_draws(draws: list[torch.Tensor], labels: torch.Tensor | None, backbones: Sequence[ReferencedBackbone],
-                cfg: EvalParams) -> Scores:
-    """The one scoring entry point: every metric of generated uint8 ``draws`` (as ``generated_draws``
-    returns them, with their ``labels`` when the generator is conditional).
-
-    The first backbone is primary and gets every metric in METRICS; each other backbone is a second
-    opinion and gets the Fréchet distance only. Each name is built from the backbone that computed
-    the features. Conditional draws also get class consistency when the domain classifier is among
-    the backbones. Reads only its arguments and loads nothing: the caller builds the backbones and
-    their reference features once and hands them to every call."""
-    if not backbones:
-        raise ValueError("score_draws needs at least one backbone")
-    count = sum(len(draw) for draw in draws)
-    measurements = [Measurement(b.backbone.name, b.backbone.feature_space, count, cfg.reference) for b in backbones]
-    bounds = np.cumsum([0] + [len(draw) for draw in draws])
-    draw_labels = [labels[a:b].numpy() for a, b in zip(bounds[:-1], bounds[1:])] if labels is not None else None
-    metrics: dict[str, float] = {}
-    nearest = None
-    for index, ((backbone, reference), measurement) in enumerate(zip(backbones, measurements)):
-        chosen = tuple(METRICS) if index == 0 else ("fd",)
-        features = features_of_draws(backbone, draws, cfg.batch_size)
-        metrics.update(compute_metrics(reference, features, cfg, measurement, chosen))
-        if index == 0 and draw_labels is not None and reference.labels is not None:
-            metrics.update(per_class(reference, features, draw_labels, cfg, measurement))
-        if index == 0:
-            summary = neighbour_summary(reference.features, np.concatenate(features), cfg.dc_neighborhood)
-            metrics.update({measurement.name(metric, suffix): round(value, 6)
-                            for (metric, suffix), value in density_coverage(summary).items()})
-            if cfg.reference == "train":
-                found, nearest = memorisation(summary, cfg, measurement)
-                metrics.update(found)
-    for (backbone, _), measurement in zip(backbones, measurements):
-        if labels is not None and isinstance(backbone, DomainClassifierBackbone):
-            # the share of images the domain classifier assigns to the label they were generated for
-            hits = classifier_hits(backbone.model, torch.cat(draws), labels, cfg.batch_size)
-            metrics[measurement.name("class_consistency")] = round(float(hits.mean()), 6)
-            for label in np.unique(labels.numpy()):
-                metrics[measurement.class_name("class_consistency", int(label))] = round(
-                    float(hits[labels.numpy() == label].mean()), 6)
-    return Scores(metrics, measurements[0].primary, nearest)
+def memorisation_picture(evaluation: Evaluation, scores: Scores) -> bytes:
+    """The generated images nearest to a training image beside it, or a notice why there are none."""
+    if scores.nearest is None:
+        return notice_png(f"memorisation not measured: eval.reference is {evaluation.cfg.reference}, "
+                          "not the training split")
+    kept = np.flatnonzero(kept_mask(len(evaluation.split), evaluation.cfg.reference_max_features))
+    generated = torch.cat(scores.draws)[scores.nearest.generated].numpy()
+    return memorisation_png(generated, evaluation.split.gather(kept[scores.nearest.training]),
+                            scores.nearest.distances, scores.nearest.threshold)
 
 
 TRUNCATION_METHOD = (
@@ -285,12 +228,10 @@ TRUNCATION_METHOD = (
 
 
 def truncation_curve(generator: torch.nn.Module, reference_labels: np.ndarray | None, num_classes: int,
-                     primary: ReferencedBackbone, cfg: EvalParams) -> dict[str, float]:
-    """The Fréchet distance, precision and recall against truncation psi (TRUNCATION_METHOD), named
-    e.g. fid500_tf_train_psi0.7; empty when eval.truncation is []."""
-    if not cfg.truncation:
-        return {}
-    backbone, reference = primary
+                     scored: Scored) -> dict[str, float]:
+    """The Fréchet distance, precision and recall against truncation psi (TRUNCATION_METHOD) on the
+    primary backbone, named e.g. fid500_tf_train_psi0.7."""
+    cfg, backbone, reference = scored.cfg, scored.backbone, scored.reference
     count = cfg.truncation_samples
     measurement = Measurement(backbone.name, backbone.feature_space, count, cfg.reference)
     labels = sample_labels(reference_labels, count, num_classes, cfg.seed, TRUNCATE) if reference_labels is not None else None
@@ -312,36 +253,87 @@ def truncation_method(cfg: EvalParams) -> str:
     return TRUNCATION_METHOD.format(count=cfg.truncation_samples, values=values, total=cfg.num_samples)
 
 
-class SnapshotScorer:
-    """Scores snapshots of one training run: the Fréchet distance of ``count`` generated images, in
-    ``cfg.draws`` seeded draws, against the primary backbone's reference, and its standard deviation
-    over ``cfg.spread_rounds`` half-samples of the draws. Only the generated side is resampled: every
-    snapshot of a run is scored against the same reference, so this is the noise in comparing them.
-    Each call uses the same seeds (``use``: WATCH in training, RESCORE for the final choice), so
-    snapshots differ by their weights only. ``name`` is the metric's, e.g. fid200_tf_train."""
-
-    def __init__(self, backbone: ReferencedBackbone, reference_labels: np.ndarray | None, num_classes: int,
-                 count: int, cfg: EvalParams, use: int) -> None:
-        self.backbone, self.count, self.cfg, self.use = backbone.backbone, count, cfg, use
-        self.name = Measurement(self.backbone.name, self.backbone.feature_space, count, cfg.reference).primary
-        self.labels = (sample_labels(reference_labels, count, num_classes, cfg.seed, use)
-                       if reference_labels is not None else None)
-        self.reference = FrechetReference(backbone.reference.mu, backbone.reference.sigma)
-
-    def __call__(self, generator: torch.nn.Module) -> tuple[float, float]:
-        """(distance, std) of ``generator``'s images; std is 0 without half-samples (eval.spread_rounds: 0)."""
-        draws = generated_draws(generator, self.labels, self.count, self.cfg.draws, self.cfg.batch_size, self.cfg.seed,
-                                next(generator.parameters()).device, self.use)
-        features = features_of_draws(self.backbone, draws, self.cfg.batch_size)
-        value = self.reference.distance(np.concatenate(features))
-        rng = np.random.default_rng([self.cfg.seed, self.use])
-        halves = [self.reference.distance(half_of_draws(features, rng)) for _ in range(self.cfg.spread_rounds)]
-        return value, float(np.std(halves, ddof=1)) if len(halves) >= 2 else 0.0
+def class_consistency(scored: Scored) -> dict[str, float]:
+    """The share of images the domain classifier assigns to the label they were generated for, overall
+    and per class."""
+    labels = torch.from_numpy(np.concatenate(scored.labels))
+    hits = classifier_hits(scored.backbone.model, torch.cat(scored.draws), labels, scored.cfg.batch_size)
+    metrics = {scored.measurement.name("class_consistency"): round(float(hits.mean()), 6)}
+    for label in np.unique(labels.numpy()):
+        metrics[scored.measurement.class_name("class_consistency", int(label))] = round(
+            float(hits[labels.numpy() == label].mean()), 6)
+    return metrics
 
 
-def snapshot_scorers(backbone: ReferencedBackbone, reference_labels: np.ndarray | None, num_classes: int, count: int,
-                     cfg: EvalParams) -> tuple[SnapshotScorer, SnapshotScorer]:
-    """The in-training scorer (``count`` images) and the re-scorer (the full protocol, eval.num_samples
-    images), on seeds that neither each other nor the evaluate stage use."""
-    return (SnapshotScorer(backbone, reference_labels, num_classes, count, cfg, WATCH),
-            SnapshotScorer(backbone, reference_labels, num_classes, cfg.num_samples, cfg, RESCORE))
+# --- the registry: each entry one metric of eval.json, in eval.json's order -------------------------
+def _named(measurement: Measurement, found: dict[tuple[str, str], float]) -> dict[str, float]:
+    """Numbers keyed by (metric, suffix), named by ``measurement`` and rounded for the report."""
+    return {measurement.floor_name() if metric == "floor" else measurement.name(metric, suffix): round(float(value), 6)
+            for (metric, suffix), value in found.items()}
+
+
+def _on_features(metric: MetricFn) -> Callable[[Scored], Found]:
+    return lambda scored: Found(_named(scored.measurement, metric(scored.reference, scored.features, scored.cfg)))
+
+
+def _neighbours(scored: Scored) -> NeighbourSummary:
+    """The neighbour distances density, coverage and memorisation share, computed once per scoring."""
+    if "neighbours" not in scored.shared:
+        scored.shared["neighbours"] = neighbour_summary(scored.reference.features, np.concatenate(scored.features),
+                                                        scored.cfg.dc_neighborhood)
+    return scored.shared["neighbours"]
+
+
+def _fd_entry(scored: Scored) -> Found:
+    cfg = scored.cfg
+    method = spread_method(cfg, cfg.draws) if cfg.spread_rounds else "none (eval.spread_rounds: 0)"
+    return Found(_named(scored.measurement, fd(scored.reference, scored.features, cfg)),
+                 {"interval_method": method} if scored.primary else {})
+
+
+def _fd_inf_entry(scored: Scored) -> Found:
+    counts = ", ".join(map(str, fd_inf_counts(scored.cfg.num_samples, scored.cfg.fid_inf_points)))
+    return Found(_named(scored.measurement, fd_inf(scored.reference, scored.features, scored.cfg)),
+                 {"fd_inf_method": FD_INF_METHOD.format(counts=counts)})
+
+
+def _per_class_entry(scored: Scored) -> Found:
+    found = per_class(scored.reference, scored.features, scored.labels, scored.cfg, scored.measurement)
+    names = scored.evaluation.class_names if scored.evaluation is not None else None
+    return Found(found, {"class_names": names} if names is not None else {})
+
+
+def _density_coverage_entry(scored: Scored) -> Found:
+    return Found(_named(scored.measurement, density_coverage(_neighbours(scored))))
+
+
+def _memorisation_entry(scored: Scored) -> Found:
+    cfg = scored.cfg
+    found, nearest = memorisation(_neighbours(scored), cfg, scored.measurement)
+    method = MEMORISATION_METHOD.format(space=scored.backbone.feature_space, count=len(scored.reference.features),
+                                        quantile=cfg.memorisation_quantile, limit=cfg.memorisation_max_share)
+    return Found(found, {"memorisation_method": method, "memorisation_suspected": nearest.share > cfg.memorisation_max_share},
+                 nearest)
+
+
+def _truncation_entry(scored: Scored) -> Found:
+    cfg, evaluation = scored.cfg, scored.evaluation
+    if not cfg.truncation:
+        return Found({})
+    curve = truncation_curve(scored.generator, evaluation.reference_labels, evaluation.spec.num_classes, scored)
+    return Found(curve, {"truncation_method": truncation_method(cfg), "truncation": cfg.truncation,
+                         "truncation_samples": cfg.truncation_samples})
+
+
+METRICS: dict[str, Metric] = {
+    "fd": Metric(_fd_entry, every_backbone=True),  # every other backbone is a second opinion on the distance
+    "kid": Metric(_on_features(kid)),
+    "prc": Metric(_on_features(precision_recall)),
+    "fd_inf": Metric(_fd_inf_entry),
+    "per_class": Metric(_per_class_entry, frozenset({"labels", "reference_labels"})),
+    "density_coverage": Metric(_density_coverage_entry),
+    "memorisation": Metric(_memorisation_entry, frozenset({"training_reference"})),
+    "class_consistency": Metric(lambda scored: Found(class_consistency(scored)),
+                                frozenset({"labels", "domain_classifier"}), every_backbone=True),
+    "truncation": Metric(_truncation_entry, frozenset({"own_draws"})),
+}

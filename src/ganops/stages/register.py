@@ -20,7 +20,6 @@ from ganops.serving.runtime import onnx_metadata
 from ganops.tracking.card import (
     CardInputs,
     attach_model_card,
-    read_json,
     read_watch_rows,
     run_lineage,
     run_recipe,
@@ -28,6 +27,7 @@ from ganops.tracking.card import (
 )
 from ganops.tracking.registry import evaluation_signature, register_onnx
 from ganops.tracking.store import connect, pipeline_run_id
+from ganops.training.report import TrainSummary
 
 
 def register(params: Params, root: Path = Path(".")) -> dict:
@@ -62,7 +62,7 @@ def register(params: Params, root: Path = Path(".")) -> dict:
               "counts": {"train": manifest.num_train, "test": manifest.num_test},
               "checksums": {split: manifest.checksum(split) for split in ("train", "test")}},
         recipe=run_recipe(run_tags), lineage=run_lineage(run_tags),
-        train_report=read_json(paths.train_report),
+        train_report=TrainSummary.load(paths.train_report) if paths.train_report.exists() else None,
         watch_rows=read_watch_rows(paths.train_watch), samples_png=paths.eval_samples,
         memorisation_png=paths.eval_memorisation if report.memorisation_suspected is not None else None)
     write_model_card(paths.model_card, inputs)

@@ -1,9 +1,9 @@
 """Stage train: data/prepared/ -> the chosen EMA generator (models/generator.*), its samples, loss
-log, in-training evaluations and report; opens the pipeline's MLflow run (reports/mlflow_run.json).
-The stage builds the networks' specs from the model params and the manifest, resolves train.augment,
-and builds the in-training scorers from the metrics package (against the reference_stats stage's
-cached statistics, or the domain classifier's features): the loop, ganops.training.loop.fit, only
-calls them. With train.nproc > 1 the CLI relaunches this stage under torchrun.
+log, in-training evaluations and report (reports/train.json, a ``TrainSummary``); opens the
+pipeline's MLflow run (reports/mlflow_run.json). The stage builds the networks' specs from the model
+params and the manifest, resolves train.augment, and opens the evaluation's primary backbone for
+the in-training scorers (ganops.metrics.snapshot): the loop, ganops.training.loop.fit, only calls
+them. With train.nproc > 1 the CLI relaunches this stage under torchrun.
 """
 
 from __future__ import annotations
@@ -22,18 +22,18 @@ from ganops.data import load_manifest, open_split
 from ganops.data.prepare import Manifest
 from ganops.device import resolve_device
 from ganops.io import write_bytes_atomic, write_json_atomic
-from ganops.metrics.reference import open_backbones, resolve_reference
-from ganops.metrics.scores import SnapshotScorer, snapshot_scorers
+from ganops.metrics.evaluation import ReferenceFiles, open_evaluation
+from ganops.metrics.snapshot import SnapshotScorer, snapshot_scorers
 from ganops.models import DiscriminatorSpec, GeneratorSpec
 from ganops.paths import ProjectPaths
 from ganops.pixels import to_uint8
 from ganops.tracking.runs import lineage_tags, log_training, preflight
-from ganops.trial import TrialReporter
 from ganops.training.augment import resolve_augment
-from ganops.training.loop import LOG_FIELDS, fit, preview_inputs
+from ganops.training.loop import Scoring, TrainingJob, fit, preview_inputs
+from ganops.training.report import LOG_FIELDS, WATCH_FIELDS, SweepTrialRecord
+from ganops.trial import TrialReporter
 from ganops.visualize import sample_grid, sample_grid_png
 
-WATCH_FIELDS = ("step", "metric", "value", "std")  # the columns of reports/train_watch.csv
 log = logging.getLogger(__name__)
 
 
@@ -50,30 +50,31 @@ def train(params: Params, root: Path = Path(".")) -> dict:
     trial = TrialReporter.from_environment()  # set when a sweep (ganops sweep) runs this pipeline as a trial
     # what this run trains on, taken now: a commit or a data change made while it trains is not it
     lineage = lineage_tags(root, manifest, params)
-    result = fit(g_spec, discriminator_spec(params.model, manifest), cfg, augmentation, images, images.labels,
-                 paths.checkpoints, before_training=lambda: preflight(params.mlflow, root), score=score, rescore=rescore,
-                 report=trial)
+    job = TrainingJob(g_spec, discriminator_spec(params.model, manifest), cfg, augmentation, images, images.labels,
+                      paths.checkpoints)
+    result = fit(job, Scoring(score, rescore, trial), before_training=lambda: preflight(params.mlflow, root))
     if result is None:
         return {}
+    summary = result.summary
     if trial is not None:
-        result.summary["sweep_trial"] = {"study": trial.context.study, "trial": trial.context.trial_number,
-                                         "pruned": trial.pruned}
+        summary = summary.model_copy(update={"sweep_trial": SweepTrialRecord(
+            study=trial.context.study, trial=trial.context.trial_number, pruned=trial.pruned)})
     weights = {name: tensor.detach().cpu().contiguous() for name, tensor in result.G_ema.state_dict().items()}
     write_bytes_atomic(paths.generator_weights, safetensors_save(weights, metadata={"format": "pt"}))
     g_spec.save(paths.generator_spec)
     _write_csv(paths.train_log, LOG_FIELDS, result.log_rows)
     _write_csv(paths.train_watch, WATCH_FIELDS, result.watch_rows)
     _write_samples(result.G_ema, g_spec, paths.samples, result.device, params.train.seed)
-    write_json_atomic(paths.train_report, result.summary)
+    write_json_atomic(paths.train_report, summary.as_json())
     _, preview_labels = preview_inputs(g_spec, cfg.seed)
     labels = preview_labels.numpy() if preview_labels is not None else None
     previews = [(step, sample_grid(samples, labels, g_spec.num_classes)) for step, samples in result.previews]
     # Tracking comes last: if the store fails now, every output above is kept and a re-run resumes
     # from the final checkpoint straight to this point.
-    log_training(params, root, paths.mlflow_run, lineage, result.summary, result.log_rows, result.started_at,
+    log_training(params, root, paths.mlflow_run, lineage, summary, result.log_rows, result.started_at,
                  [paths.samples, paths.train_log, paths.train_watch, paths.generator_spec], result.watch_rows, previews,
                  run_id=trial.run_id if trial is not None else None)
-    return result.summary
+    return summary.as_json()
 
 
 def snapshot_scorers_of(params: Params, paths: ProjectPaths, manifest: Manifest,
@@ -81,14 +82,10 @@ def snapshot_scorers_of(params: Params, paths: ProjectPaths, manifest: Manifest,
     """The in-training scorer and the final re-scorer: the primary backbone of the evaluation (the FID
     Inception network with the reference_stats stage's statistics, else the domain classifier)."""
     cfg = params.eval
-    device = resolve_device(cfg.device, "eval.device")
-    real = open_split(paths.prepared, cfg.reference)
-    expected, inception = resolve_reference(cfg.backbone, cfg.inception_weights, cfg.fid_protocol, cfg.reference,
-                                            device, manifest, cfg.reference_max_features)
-    primary = open_backbones(expected, inception, paths.reference, (paths.evaluator_weights, paths.evaluator_spec), real,
-                             cfg.reference, cfg.batch_size, cfg.reference_max_features, device, primary_only=True)[0]
-    labels = real.labels if g_spec.conditional else None
-    return snapshot_scorers(primary, labels, g_spec.num_classes, params.train.eval_samples, cfg)
+    files = ReferenceFiles(paths.reference, paths.evaluator_weights, paths.evaluator_spec)
+    evaluation = open_evaluation(cfg, manifest, open_split(paths.prepared, cfg.reference), g_spec, files,
+                                 resolve_device(cfg.device, "eval.device"), primary_only=True)
+    return snapshot_scorers(evaluation, params.train.eval_samples)
 
 
 def generator_spec(model: ModelParams, manifest: Manifest) -> GeneratorSpec:

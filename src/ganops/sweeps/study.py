@@ -231,7 +231,7 @@ class Objective:
                     raise TrialFailed("interrupted: the sweep was stopped") from None
                 outcomes.append(outcome)
                 trial.set_user_attr("experiments", [o.experiment for o in outcomes])
-                trial.set_user_attr("steps_trained", sum(int(o.train.get("steps_done", 0)) for o in outcomes))
+                trial.set_user_attr("steps_trained", sum(o.train.steps_done for o in outcomes if o.train))
                 if seed_run != run_id:
                     self._end_seed(seed_run, outcome)
                 if outcome.state != "complete":
@@ -244,7 +244,7 @@ class Objective:
             self._end(run_id, "failed", {}, {"error": last.error}, trial, last.log_path)
             raise TrialFailed(f"trial {trial.number} ({last.experiment}) failed: {last.error}")
         if last.state == "pruned":
-            pruned = last.train["sweep_trial"]["pruned"]
+            pruned = last.train.sweep_trial.pruned
             trial.set_user_attr("pruned_at_step", pruned["step"])
             trial.set_user_attr("pruned_because", pruned["reason"])
             self._end(run_id, "pruned", {"pruned_at_step": pruned["step"]}, {"pruned_because": pruned["reason"]}, trial,

@@ -15,7 +15,6 @@ take the project's lock.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import re
@@ -24,7 +23,7 @@ import signal
 import subprocess
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -32,6 +31,7 @@ from ganops.metrics.report import EvaluationReport
 from ganops.paths import ProjectPaths
 from ganops.sweeps.spec import Scalar, SweepError
 from ganops.tools import run_tool, tool, tool_env
+from ganops.training.report import TrainSummary
 
 log = logging.getLogger(__name__)
 TARGET = "evaluate"  # a trial's pipeline ends with its evaluation; export and register are the best trial's
@@ -155,7 +155,7 @@ class Outcome:
 
     state: Literal["complete", "pruned", "failed"]
     experiment: str
-    train: dict = field(default_factory=dict)  # reports/train.json
+    train: TrainSummary | None = None  # reports/train.json
     report: EvaluationReport | None = None  # reports/eval.json (complete only)
     error: str = ""
     log_path: Path | None = None
@@ -237,12 +237,12 @@ def run_trial(pipeline: Pipeline, lock: ProjectLock, processes: TrialProcesses, 
                     outcome.error = _error_of(log_path, stage, code)
                     return outcome
                 if stage == FIRST_TRAINED:
-                    outcome.train = json.loads(ProjectPaths(tree).train_report.read_text())
-                    ran = outcome.train.get("sweep_trial") or {}
-                    if ran.get("trial") != trial_number or ran.get("study") != study:
+                    outcome.train = TrainSummary.load(ProjectPaths(tree).train_report)
+                    ran = outcome.train.sweep_trial
+                    if ran is None or ran.trial != trial_number or ran.study != study:
                         outcome.error = f"`dvc repro {stage}` did not train this trial (reports/train.json: {ran})"
                         return outcome
-                    if ran.get("pruned"):
+                    if ran.pruned:
                         outcome.state = "pruned"
                         break
         if outcome.state != "pruned":

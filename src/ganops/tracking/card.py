@@ -15,8 +15,10 @@ from pathlib import Path
 
 import yaml
 
+from ganops.figures import training_curve_png, truncation_png
 from ganops.io import atomic_dir
 from ganops.metrics.report import EvaluationReport
+from ganops.training.report import TrainSummary
 
 CARD = "MODEL_CARD.md"
 ARTIFACT_PATH = "model_card"  # in the version's run: model_card/v<version>/ (one run can register several versions)
@@ -37,7 +39,7 @@ class CardInputs:
     data: dict         # source, resolution, channels, class names, counts, split checksums
     recipe: dict       # model and training knobs as params.yaml holds them
     lineage: dict      # the run's git commit and lineage digests
-    train_report: dict | None
+    train_report: TrainSummary | None
     watch_rows: list[dict]  # reports/train_watch.csv
     samples_png: Path
     memorisation_png: Path | None
@@ -68,59 +70,6 @@ def _front_matter(inputs: CardInputs) -> str:
             "metrics": metrics}]}],
     }
     return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n"
-
-
-def training_curve_png(rows: list[dict], chosen_step: int | None) -> bytes | None:
-    """The in-training FID against the step, with its ±1.96 std band and the chosen snapshot marked."""
-    if not rows:
-        return None
-    from ganops.visualize import figure_png
-
-    steps = [int(row["step"]) for row in rows]
-    values = [float(row["value"]) for row in rows]
-    stds = [float(row.get("std") or 0.0) for row in rows]
-
-    def draw(axes):
-        (axis,) = axes
-        axis.plot(steps, values, marker="o", label=rows[0]["metric"])
-        axis.fill_between(steps, [v - 1.96 * s for v, s in zip(values, stds)],
-                          [v + 1.96 * s for v, s in zip(values, stds)], alpha=0.25, label="±1.96 std (half-samples)")
-        if chosen_step is not None:
-            axis.axvline(chosen_step, color="black", linestyle="--", label=f"shipped: step {chosen_step}")
-        axis.set_xlabel("generator step")
-        axis.set_ylabel(rows[0]["metric"])
-        axis.legend(fontsize=8)
-
-    return figure_png(draw, 1, "in-training evaluation of the EMA generator")
-
-
-def truncation_png(points: list[dict]) -> bytes | None:
-    """FID, precision and recall against the truncation psi (none drawn at the right)."""
-    if len(points) < 2:
-        return None
-    from ganops.visualize import figure_png
-
-    measured = [p for p in points if p["psi"] is not None]
-    none = next((p for p in points if p["psi"] is None), None)
-
-    def draw(axes):
-        left, right = axes
-        psis = [p["psi"] for p in measured]
-        left.plot(psis, [p["value"] for p in measured], marker="o")
-        right.plot(psis, [p["precision"] for p in measured], marker="o", label="precision")
-        right.plot(psis, [p["recall"] for p in measured], marker="o", label="recall")
-        if none is not None:
-            left.axhline(none["value"], color="gray", linestyle="--", label="no truncation")
-            right.axhline(none["precision"], color="C0", linestyle=":", label="precision, no truncation")
-            right.axhline(none["recall"], color="C1", linestyle=":", label="recall, no truncation")
-            left.legend(fontsize=8)
-        left.set_xlabel("truncation psi")
-        left.set_ylabel(points[0]["metric"].rsplit("_psi", 1)[0])
-        right.set_xlabel("truncation psi")
-        right.set_ylim(0, 1)
-        right.legend(fontsize=7)
-
-    return figure_png(draw, 2, "the truncation trick: quality against diversity")
 
 
 def _evaluation_section(inputs: CardInputs) -> list[str]:
@@ -167,8 +116,8 @@ def card_markdown(inputs: CardInputs, figures: dict[str, str]) -> str:
     lines += ["", "## Training recipe", "", "| knob | value |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in inputs.recipe.items()]
     if inputs.train_report:
-        lines += ["", f"Shipped snapshot: step {inputs.train_report.get('chosen_step')} "
-                  f"({inputs.train_report.get('chosen_because')})."]
+        lines += ["", f"Shipped snapshot: step {inputs.train_report.chosen_step} "
+                  f"({inputs.train_report.chosen_because})."]
     lines += [""] + _evaluation_section(inputs)
     for key, title in (("training_curve", "In-training FID"), ("truncation", "Truncation curve"),
                        ("samples", "Samples, one row per class"), ("memorisation", "Memorisation")):
@@ -200,7 +149,7 @@ def card_markdown(inputs: CardInputs, figures: dict[str, str]) -> str:
 
 def write_model_card(folder: Path, inputs: CardInputs) -> Path:
     """Write ``folder``: MODEL_CARD.md and its figures, all at once (a failure leaves the old card)."""
-    chosen = inputs.train_report.get("chosen_step") if inputs.train_report else None
+    chosen = inputs.train_report.chosen_step if inputs.train_report else None
     with atomic_dir(folder) as tmp:
         figures: dict[str, str] = {}
         for key, picture in (("training_curve", training_curve_png(inputs.watch_rows, chosen)),
@@ -236,10 +185,6 @@ def read_watch_rows(path: Path) -> list[dict]:
         return []
     with path.open(newline="") as handle:
         return list(csv.DictReader(handle))
-
-
-def read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 LINEAGE_TAGS = ("git.commit", "git.dirty", "lineage.sha256", "lineage.params.sha256")

@@ -18,13 +18,13 @@ from ganops.config import MlflowParams, Params
 from ganops.io import file_sha256, write_json_atomic
 from ganops.paths import TRAINING_CODE
 from ganops.tracking.store import connect, experiment_id, pipeline_run_id, tracking_uri
+from ganops.training.report import LOG_CURVES, TrainSummary
 from ganops.visualize import as_pil
 
 if TYPE_CHECKING:  # the type only: the prepared data format is the stage's to read
     from ganops.data.prepare import Manifest
 
 log = logging.getLogger(__name__)
-TRAINING_CURVES = ("loss_d", "loss_g", "d_real", "d_fake", "penalty", "real_sign", "augment_p", "images_per_s")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -136,7 +136,7 @@ def run_name(started_at: float) -> str:
     return os.environ.get("DVC_EXP_NAME") or f"train-{time.strftime('%Y%m%d-%H%M%S', time.localtime(started_at))}"
 
 
-def log_training(params: Params, root: Path, run_file: Path, lineage: dict[str, str], summary: dict,
+def log_training(params: Params, root: Path, run_file: Path, lineage: dict[str, str], summary: TrainSummary,
                  log_rows: list[dict], started_at: float, artifacts: list[Path], watch_rows: list[dict] = (),
                  previews: list[tuple[int, np.ndarray]] = (), run_id: str | None = None) -> str | None:
     """Open the pipeline's run and record its id in ``run_file``: every param (the whole tree: a run
@@ -164,17 +164,17 @@ def log_training(params: Params, root: Path, run_file: Path, lineage: dict[str, 
         client.log_batch(run_id, params=flat[start : start + 100])
     now = int(time.time() * 1000)
     metrics = [Metric(f"train/{key}", float(row[key]), now, int(row["step"]))
-               for row in log_rows for key in TRAINING_CURVES if key in row]
-    metrics += [Metric(f"train/{key}_final" if key in TRAINING_CURVES else f"train/{key}", float(value), now, params.train.steps)
-                for key, value in summary.items() if isinstance(value, (int, float)) and not isinstance(value, bool)]
+               for row in log_rows for key in LOG_CURVES if key in row]
+    metrics += [Metric(f"train/{key}_final" if key in LOG_CURVES else f"train/{key}", float(value), now, params.train.steps)
+                for key, value in summary.as_json().items() if isinstance(value, (int, float)) and not isinstance(value, bool)]
     metrics += [Metric(f"train/{row['metric']}{suffix}", float(row[key]), now, int(row["step"]))
                 for row in watch_rows for key, suffix in (("value", ""), ("std", "_std"))]
     _log_metrics(client, run_id, metrics)
     for step, picture in previews:
         client.log_image(run_id, as_pil(picture), key="samples", step=step)
     for key in ("chosen_because", "stopped_early", "watch_metric"):
-        if summary.get(key):
-            client.set_tag(run_id, f"train.{key}", str(summary[key])[:5000])
+        if getattr(summary, key):
+            client.set_tag(run_id, f"train.{key}", str(getattr(summary, key))[:5000])
     for artifact in artifacts:
         client.log_artifact(run_id, str(artifact), artifact_path="train")
     if owned:

@@ -1,5 +1,2 @@
-"""The training loop and its parts: the step, losses, EMA, checkpoints, DDP."""
-
-from ganops.training.loop import FitResult, fit
-
-__all__ = ["FitResult", "fit"]
+"""The training loop and its parts: the loop, the step, losses, EMA, checkpoints, DDP, the watch and
+the run's report. Import the module you need; this package imports nothing."""

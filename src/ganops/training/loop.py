@@ -1,7 +1,11 @@
 """The training loop, read top to bottom: ``fit`` trains a generator and discriminator from their
-specs on uint8 images and returns the EMA generator with its log. Checkpoints in a folder of its own
-per setup let a killed run pick up where it stopped and end with the same weights. Files, params and
-MLflow are the train stage's (ganops.stages.train).
+specs on uint8 images and returns the chosen EMA generator with its log, in three parts:
+``set_up`` (device and processes, seeds, networks and optimisers, data held or streamed, fingerprint
+and resume, the step) returns a ``Run``; ``train`` loops, each step followed by its named sections
+(log a window, watch and report, checkpoint); ``finish`` chooses the snapshot to ship and returns a
+typed ``TrainSummary``. Checkpoints in a folder of their own per setup let a killed run pick up where
+it stopped and end with the same weights. Files, params and MLflow are the train stage's
+(ganops.stages.train).
 """
 
 from __future__ import annotations
@@ -36,18 +40,17 @@ from ganops.training.checkpoint import (
     TrainingState,
     load_resumable,
     prune_stale,
+    read_checkpoint,
     remove_partial_writes,
     run_folder,
     save_checkpoint,
 )
 from ganops.training.ema import ema_decay, update_ema
-from ganops.training.step import REAL_SIGN, STEP_STATS, TrainStep
+from ganops.training.report import FINAL_STATS, STEP_STATS, Candidate, TrainSummary
+from ganops.training.step import MEMORY_FORMAT, REAL_SIGN, Networks, TrainStep
 from ganops.training.watch import Choice, Scorer, Watch, choose_snapshot, cpu_weights, finite_weights
 
 log = logging.getLogger(__name__)
-# The columns of reports/train_log.csv: each row's step, the means of the step stats since the last
-# row, the augmentation probability, the speed and the wall time.
-LOG_FIELDS = ("step", *STEP_STATS, "augment_p", "images_per_s", "wall_time_s")
 # The recipe but its length: a longer run of the same recipe resumes a shorter one's checkpoints.
 _FINGERPRINTED = tuple(key for key in TRAIN_RECIPE if key != "steps")
 
@@ -92,7 +95,7 @@ def _resumable(ctx, checkpoints: Path, fingerprint: str, steps: int) -> dict | N
     resumed = load_resumable(checkpoints, fingerprint, steps) if ctx.is_main else None
     path = ctx.all_gather(str(resumed["path"]) if resumed else None)[0]
     if path and not ctx.is_main:
-        resumed = torch.load(path, map_location="cpu", weights_only=True)
+        resumed = read_checkpoint(Path(path))  # the file rank 0 checked, checked again here
     return resumed
 
 
@@ -176,6 +179,72 @@ def _hold_or_stream(images: np.ndarray | ImageReader, shape: tuple[int, ...], ma
     return StreamedImages(images, shape)
 
 
+def preview_inputs(spec: GeneratorSpec, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Fixed noise for the samples shown at every evaluation: 8 per class when conditional, else 64
+    (the same noise as reports/samples.png)."""
+    rows, cols = (spec.num_classes, 8) if spec.conditional else (8, 8)
+    z = torch.randn(rows * cols, spec.latent_dim, generator=torch.Generator().manual_seed(seed + 2))
+    return z, torch.arange(rows).repeat_interleave(cols) if spec.conditional else None
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """What ``fit`` trains: the networks' specs, the train params, train.augment resolved (none,
+    diffaugment or ada), uint8 images (N, C, H, W) — an array, or a reader of a prepared split: held
+    in memory up to train.in_memory_max_mb, read from the shards a batch at a time beyond (the same
+    batches either way) — with their int labels, and the root of the checkpoint folders."""
+
+    generator: GeneratorSpec
+    discriminator: DiscriminatorSpec
+    cfg: TrainParams
+    augmentation: str
+    images: np.ndarray | ImageReader
+    labels: np.ndarray
+    checkpoints: Path
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How a run is watched. ``score`` (train.eval_every > 0) scores the EMA generator every eval_every
+    steps and at the last (on rank 0; ganops.training.watch keeps the best snapshots and says when to
+    stop), and ``rescore`` re-scores the kept ones at the end. ``report`` (a sweep's trial,
+    ganops.trial) is handed each evaluation's step, value and std and returns why the run must stop
+    now, or "": a run it stops ships its last snapshot without re-scoring (a pruned trial is not
+    evaluated further)."""
+
+    score: Scorer | None = None
+    rescore: Scorer | None = None
+    report: Callable[[int, float, float], str] | None = None
+
+
+@dataclass
+class Run:
+    """One training run as ``set_up`` leaves it: everything the loop and the finish read."""
+
+    job: TrainingJob
+    scoring: Scoring
+    ctx: distributed.Dist
+    device: torch.device
+    G_raw: torch.nn.Module
+    D_raw: torch.nn.Module
+    G_ema: torch.nn.Module
+    state: TrainingState  # what a checkpoint holds: weights, optimisers, batch order, log, watch
+    step: TrainStep
+    ada: AdaController | None
+    augment_p: torch.Tensor | None  # on the device: 1 for DiffAugment, ADA's p, None without augmentation
+    watch: Watch | None
+    fingerprint: str
+    checkpoints: Path  # this setup's folder
+    images_from: str  # "memory" or "shards"
+    started_at: float  # time.time() when training began, for the MLflow run
+    start_step: int = 0
+    elapsed_before: float = 0.0  # training time of the runs this one resumed
+    started: float = 0.0  # perf_counter() when this process's loop began
+    last_log: tuple[float, int] = (0.0, 0)  # (perf_counter, step) of the last log row
+    stopped_by_report: str = ""
+    wall_time_s: float = 0.0
+
+
 @dataclass
 class FitResult:
     """What ``fit`` returns on rank 0 (other ranks get None)."""
@@ -185,40 +254,82 @@ class FitResult:
     log_rows: list[dict]
     watch_rows: list[dict]  # the in-training evaluations: step, metric, value, std
     previews: list[tuple[int, np.ndarray]]  # (step, uint8 fixed-noise samples) per evaluation
-    summary: dict
+    summary: TrainSummary
     device: torch.device
     started_at: float  # time.time() when training began, for the MLflow run
 
 
-def preview_inputs(spec: GeneratorSpec, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Fixed noise for the samples shown at every evaluation: 8 per class when conditional, else 64
-    (the same noise as reports/samples.png)."""
-    rows, cols = (spec.num_classes, 8) if spec.conditional else (8, 8)
-    z = torch.randn(rows * cols, spec.latent_dim, generator=torch.Generator().manual_seed(seed + 2))
-    return z, torch.arange(rows).repeat_interleave(cols) if spec.conditional else None
-
-
-def fit(g_spec: GeneratorSpec, d_spec: DiscriminatorSpec, cfg: TrainParams, augmentation: str,
-        images_u8: np.ndarray | ImageReader, labels_all: np.ndarray, checkpoint_root: Path,
-        before_training: Callable[[], None] = lambda: None, score: Scorer | None = None,
-        rescore: Scorer | None = None, report: Callable[[int, float, float], str] | None = None) -> FitResult | None:
-    """Train the networks of ``g_spec`` and ``d_spec`` on uint8 images (N, C, H, W) with int labels and
-    return the EMA generator and its log. ``augmentation`` is train.augment resolved (none,
-    diffaugment or ada). The images are an array, or a reader of a prepared split: held in memory up
-    to train.in_memory_max_mb, read from the shards a batch at a time beyond (the same batches either way).
+def fit(job: TrainingJob, scoring: Scoring = Scoring(), before_training: Callable[[], None] = lambda: None) -> FitResult | None:
+    """Train ``job`` and return the chosen EMA generator and its log.
 
     Under torchrun every process runs this function: DDP keeps the networks in sync, each rank
     draws its own share of every batch and its own noise, and only rank 0 writes checkpoints and
     gets a result; ``before_training`` runs on rank 0 once the processes are up (the tracking check).
+    Non-finite losses always stop the run, which then ships its best snapshot."""
+    run = set_up(job, scoring, before_training)
+    train(run)
+    return finish(run)
 
-    ``score`` (train.eval_every > 0) scores the EMA generator every eval_every steps and at the last
-    (on rank 0; ganops.training.watch keeps the best snapshots and says when to stop), and
-    ``rescore`` re-scores the kept ones at the end: the result's generator is the chosen snapshot.
-    Non-finite losses always stop the run, which then ships its best snapshot. ``report`` (a sweep's
-    trial, ganops.trial) is handed each evaluation's step, value and std and returns why the
-    run must stop now, or "": a run it stops ships its last snapshot without re-scoring (a pruned trial
-    is not evaluated further).
-    """
+
+# --- 1. set-up ------------------------------------------------------------------------------------
+def set_up(job: TrainingJob, scoring: Scoring, before_training: Callable[[], None]) -> Run:
+    cfg, g_spec = job.cfg, job.generator
+    # Device and processes.
+    ctx, device = _open_processes(cfg)
+    local_batch = cfg.batch_size // ctx.world_size
+    if ctx.is_main:
+        before_training()
+    started_at = time.time()
+
+    # Seeds: the same initial weights on every rank.
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    # Networks and optimisers. One CUDA graph per training step: a single process on a GPU, eager
+    # networks (torch.compile brings its own graphs); the optimisers then keep their step counts on the device.
+    G_raw = build_generator(g_spec).to(device, memory_format=MEMORY_FORMAT)
+    D_raw = build_discriminator(job.discriminator).to(device, memory_format=MEMORY_FORMAT)
+    G_ema = copy.deepcopy(G_raw).eval().requires_grad_(False)
+    cuda_graph = device.type == "cuda" and cfg.cuda_graphs and not ctx.enabled and not cfg.compile
+    adam = {"fused": True, "capturable": cuda_graph} if device.type == "cuda" else {"foreach": True}
+    opt_g = torch.optim.Adam(G_raw.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2), **adam)
+    opt_d = torch.optim.Adam(D_raw.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2), **adam)
+    noise = torch.Generator(device=device).manual_seed(cfg.seed + 1 + 7919 * ctx.rank)  # per-rank noise
+
+    # Training data, held or streamed (uint8; scaled per batch).
+    shape = (g_spec.channels, g_spec.resolution, g_spec.resolution)
+    images = _hold_or_stream(job.images, shape, cfg.in_memory_max_mb * 2**20, device)
+    labels = torch.from_numpy(job.labels).to(images.device)
+    stream = BatchStream(len(job.labels), local_batch, cfg.seed, ctx.rank, ctx.world_size, device=images.device)
+
+    # Fingerprint, augmentation, watch, and resume from this setup's newest checkpoint.
+    watching = scoring.score is not None and cfg.eval_every > 0
+    fingerprint = _fingerprint(g_spec, job.discriminator, cfg, job.augmentation, ctx.world_size,
+                               scoring.score.name if watching else None)
+    ada = (AdaController(cfg.ada_target, cfg.ada_kimg, cfg.ada_interval, cfg.batch_size, device)
+           if job.augmentation == "ada" else None)
+    augment_p = ada.p if ada else torch.ones((), device=device) if job.augmentation == "diffaugment" else None
+    watch = (Watch(scoring.score.name, cfg.keep_best, cfg.early_stop_patience, cfg.diverge_factor, cfg.noise_z)
+             if watching else None)
+    state = TrainingState(generator=G_raw, discriminator=D_raw, generator_ema=G_ema, opt_g=opt_g, opt_d=opt_d,
+                          stream=stream, window=torch.zeros(len(STEP_STATS), device=device), ada=ada, noise=noise,
+                          watch=watch)
+    checkpoints = _resume(ctx, state, job, fingerprint)
+
+    # The step, on the networks wrapped for DDP or torch.compile.
+    networks = _wrap(ctx, cfg, device, G_raw, D_raw, opt_g, opt_d)
+    step = TrainStep(cfg, networks, images, labels if g_spec.conditional else None, local_batch, g_spec.latent_dim,
+                     device, cuda_graph, augment_p)
+    images_from = "shards" if isinstance(images, StreamedImages) else "memory"
+    if ctx.is_main:
+        _log_setup(device, ctx.world_size, images, cuda_graph, job.augmentation, cfg.augment)
+    return Run(job, scoring, ctx, device, G_raw, D_raw, G_ema, state, step, ada, augment_p, watch, fingerprint,
+               checkpoints, images_from, started_at, state.step, state.elapsed_s)
+
+
+def _open_processes(cfg: TrainParams) -> tuple[distributed.Dist, torch.device]:
+    """This process's place among the ranks (one, outside torchrun) and its device."""
     requested = resolve_device(cfg.device, "train.device")
     ctx = distributed.init(requested.type)
     on_cuda = requested.type == "cuda"
@@ -228,195 +339,200 @@ def fit(g_spec: GeneratorSpec, d_spec: DiscriminatorSpec, cfg: TrainParams, augm
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest conv kernels
     if cfg.batch_size % ctx.world_size:
         raise GanopsError(f"train.batch_size={cfg.batch_size} must divide evenly over {ctx.world_size} processes")
-    local_batch = cfg.batch_size // ctx.world_size
-    if ctx.is_main:
-        before_training()
-    run_started_at = time.time()
+    return ctx, device
 
-    # --- networks, optimisers, state -------------------------------------------------------------
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    memory_format = torch.channels_last  # the faster conv layout for both cuDNN and oneDNN (CPU)
-    G_raw = build_generator(g_spec).to(device, memory_format=memory_format)
-    D_raw = build_discriminator(d_spec).to(device, memory_format=memory_format)
-    G_ema = copy.deepcopy(G_raw).eval().requires_grad_(False)
-    # One CUDA graph per training step: a single process on a GPU, eager networks (torch.compile
-    # brings its own graphs); the optimisers must then keep their step counts on the device.
-    cuda_graph = on_cuda and cfg.cuda_graphs and not ctx.enabled and not cfg.compile
-    adam = {"fused": True, "capturable": cuda_graph} if on_cuda else {"foreach": True}
-    opt_g = torch.optim.Adam(G_raw.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2), **adam)
-    opt_d = torch.optim.Adam(D_raw.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2), **adam)
-    noise = torch.Generator(device=device).manual_seed(cfg.seed + 1 + 7919 * ctx.rank)  # per-rank noise
-    shape = (g_spec.channels, g_spec.resolution, g_spec.resolution)
-    images = _hold_or_stream(images_u8, shape, cfg.in_memory_max_mb * 2**20, device)  # uint8; scaled per batch
-    labels = torch.from_numpy(labels_all).to(images.device)
-    stream = BatchStream(len(labels_all), local_batch, cfg.seed, ctx.rank, ctx.world_size, device=images.device)
 
-    watching = score is not None and cfg.eval_every > 0
-    fingerprint = _fingerprint(g_spec, d_spec, cfg, augmentation, ctx.world_size, score.name if watching else None)
-    # Augmentation's probability p, on the device: fixed at 1 for DiffAugment, steered by ADA.
-    ada = AdaController(cfg.ada_target, cfg.ada_kimg, cfg.ada_interval, cfg.batch_size, device) if augmentation == "ada" else None
-    augment_p = ada.p if ada else torch.ones((), device=device) if augmentation == "diffaugment" else None
-    watch = Watch(score.name, cfg.keep_best, cfg.early_stop_patience, cfg.diverge_factor, cfg.noise_z) if watching else None
-    state = TrainingState(generator=G_raw, discriminator=D_raw, generator_ema=G_ema, opt_g=opt_g, opt_d=opt_d,
-                          stream=stream, window=torch.zeros(len(STEP_STATS), device=device), ada=ada, noise=noise,
-                          watch=watch)
-    checkpoints = run_folder(checkpoint_root, fingerprint)
+def _resume(ctx: distributed.Dist, state: TrainingState, job: TrainingJob, fingerprint: str) -> Path:
+    """This setup's checkpoint folder, tidied by rank 0; ``state`` restored from its newest checkpoint."""
+    checkpoints = run_folder(job.checkpoints, fingerprint)
     if ctx.is_main:
-        prune_stale(checkpoint_root, checkpoints, cfg.checkpoint_retention_days)
+        prune_stale(job.checkpoints, checkpoints, job.cfg.checkpoint_retention_days)
         remove_partial_writes(checkpoints)
-    resumed = _resumable(ctx, checkpoints, fingerprint, cfg.steps)
+    resumed = _resumable(ctx, checkpoints, fingerprint, job.cfg.steps)
     if resumed is not None:
         state.restore(resumed, ctx.rank)
         if ctx.is_main:
             log.info("resuming from checkpoint at step %d", state.step)
-    start_step, elapsed_before = state.step, state.elapsed_s
+    return checkpoints
 
-    # DDP wraps the networks for the steps whose gradients must be averaged over ranks; the raw
-    # modules serve the passes that need no sync (penalties, the generator step through a frozen D).
+
+def _wrap(ctx: distributed.Dist, cfg: TrainParams, device: torch.device, G_raw: torch.nn.Module,
+          D_raw: torch.nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer) -> Networks:
+    """DDP wraps the networks for the passes whose gradients are averaged over ranks; the raw modules
+    serve the passes that need no sync (penalties, the generator step through a frozen D)."""
     G, D = G_raw, D_raw
     if ctx.enabled:
-        device_ids = [device.index] if on_cuda else None
-        # Buffers are averaged after every step instead of broadcast from rank 0 (see below).
+        device_ids = [device.index] if device.type == "cuda" else None
+        # Buffers are averaged after every step instead of broadcast from rank 0 (see train's step).
         G = DistributedDataParallel(G_raw, device_ids=device_ids, broadcast_buffers=False)
         D = DistributedDataParallel(D_raw, device_ids=device_ids, broadcast_buffers=False)
     D_frozen = D_raw
     if cfg.compile:
         G, D, D_frozen = torch.compile(G), torch.compile(D), torch.compile(D_raw)
+    return Networks(G, D, D_raw, D_frozen, opt_g, opt_d)
 
-    training_step = TrainStep(cfg=cfg, G=G, D=D, D_raw=D_raw, D_frozen=D_frozen, opt_g=opt_g, opt_d=opt_d,
-                              images=images, labels=labels if g_spec.conditional else None, batch_size=local_batch,
-                              latent_dim=g_spec.latent_dim, device=device, memory_format=memory_format,
-                              cuda_graph=cuda_graph, augment_p=augment_p)
-    images_from = "shards" if isinstance(images, StreamedImages) else "memory"
-    if ctx.is_main:
-        log.info("training on %s x %d, images %s%s%s", device, ctx.world_size,
-                 "read from their shards per batch" if images_from == "shards" else f"held in {images.device.type} memory",
-                 ", one CUDA graph per step" if cuda_graph else "",
-                 f", augmentation {augmentation}" + (" (train.augment: auto)" if cfg.augment == "auto" else "")
-                 if augmentation != "none" else "")
 
-    # --- the loop ----------------------------------------------------------------------------------
-    preview = preview_inputs(g_spec, cfg.seed)
-    stopped_by_report = ""
-    started = time.perf_counter()
-    last_log_time, last_log_step = started, start_step
-    progress = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", mininterval=1.0,
-                    dynamic_ncols=True, disable=not ctx.is_main or None)
-    G_raw.train()
-    D_raw.train()
-    for step in range(start_step, cfg.steps):
+def _log_setup(device: torch.device, world_size: int, images: HeldImages | StreamedImages, cuda_graph: bool,
+               augmentation: str, augment: str) -> None:
+    log.info("training on %s x %d, images %s%s%s", device, world_size,
+             "read from their shards per batch" if isinstance(images, StreamedImages) else f"held in {images.device.type} memory",
+             ", one CUDA graph per step" if cuda_graph else "",
+             f", augmentation {augmentation}" + (" (train.augment: auto)" if augment == "auto" else "")
+             if augmentation != "none" else "")
+
+
+# --- 2. the loop ----------------------------------------------------------------------------------
+def train(run: Run) -> None:
+    """Step from where the run starts to train.steps, or until something stops it."""
+    cfg, state = run.job.cfg, run.state
+    run.started = time.perf_counter()
+    run.last_log = (run.started, run.start_step)
+    progress = tqdm(total=cfg.steps, initial=run.start_step, desc="train", unit="step", mininterval=1.0,
+                    dynamic_ncols=True, disable=not run.ctx.is_main or None)
+    run.G_raw.train()
+    run.D_raw.train()
+    for step in range(run.start_step, cfg.steps):
         if state.stopped:  # a resumed run that had stopped early
             break
-        training_step.fill(stream.next, noise)
-        stats = training_step.run()
-        distributed.average_buffers(ctx, G_raw, D_raw)  # batch-norm statistics from every rank's share
-        update_ema(G_raw, G_ema, ema_decay(cfg.ema_decay, step - cfg.ema_start))
-        done = step + 1
-        if ada:
-            ada.observe(stats[REAL_SIGN], done, ctx.all_reduce_mean)
-
-        # Bookkeeping stays on the device; it is read (a host sync) only every log_every steps.
-        state.step = done
-        state.window += stats
-        state.window_steps += 1
+        done = _step(run, step)
         if done % cfg.log_every == 0 or done == cfg.steps:
-            ctx.all_reduce_mean(state.window)  # the logged losses are averages over all ranks
-            now = time.perf_counter()
-            means = (state.window / state.window_steps).tolist()
-            row = dict(zip(STEP_STATS, (round(v, 6) for v in means)))
-            row["augment_p"] = round(augment_p.item(), 6) if augment_p is not None else 0.0
-            row.update(step=done, images_per_s=round((done - last_log_step) * cfg.batch_size / (now - last_log_time), 2),
-                       wall_time_s=round(elapsed_before + now - started, 3))
-            state.log.append(row)
-            progress.set_postfix(loss_d=f"{row['loss_d']:.3f}", loss_g=f"{row['loss_g']:.3f}", img_s=f"{row['images_per_s']:.0f}")
-            state.window.zero_()
-            state.window_steps, last_log_time, last_log_step = 0, now, done
-            if not all(math.isfinite(value) for value in means):
-                state.stopped = f"step {done}: non-finite losses ({', '.join(f'{k} {v}' for k, v in row.items())})"
-        if watch is not None and not state.stopped and (done % cfg.eval_every == 0 or done == cfg.steps):
-            reason = ""
-            if ctx.is_main:
-                scored_at = time.perf_counter()
-                value, std = score(G_ema)
-                samples = to_uint8(G_ema(preview[0].to(device), preview[1].to(device) if preview[1] is not None
-                                         else None)).cpu()
-                reason = watch.observe(done, value, std, lambda: cpu_weights(G_ema), samples)
-                state.watch_s += time.perf_counter() - scored_at
-                log.info("step %d: %s %.4f (std %.4f)", done, watch.metric, value, std)
-                if not reason and report is not None:
-                    reason = stopped_by_report = report(done, value, std)
-            state.stopped = ctx.all_gather(reason)[0]  # every rank stops where rank 0 does
-        if state.stopped and ctx.is_main:
+            _log_window(run, done, progress)
+        if run.watch is not None and not state.stopped and (done % cfg.eval_every == 0 or done == cfg.steps):
+            _watch_and_report(run, done)
+        if state.stopped and run.ctx.is_main:
             log.warning("training stops early, at %s", state.stopped)
         if done % cfg.checkpoint_every == 0 or done == cfg.steps or state.stopped:
-            noise_per_rank = ctx.all_gather(noise.get_state().cpu())
-            if ctx.enabled:  # at every checkpoint (one process agrees with itself)
-                digest = _check_ranks_agree(ctx, done, G_raw, D_raw, G_ema)
-                if ctx.is_main:
-                    log.info("step %d: all %d ranks hold identical weights (%s)", done, ctx.world_size, digest[:16])
-            if ctx.is_main:
-                state.elapsed_s = elapsed_before + time.perf_counter() - started
-                save_checkpoint(checkpoints, done, state.capture(fingerprint, noise_per_rank), cfg.keep_checkpoints)
-            ctx.barrier()
+            _checkpoint(run, done)
         progress.update(1)
         if state.stopped:
             break
     progress.close()
-    wall_time = elapsed_before + time.perf_counter() - started
+    run.wall_time_s = run.elapsed_before + time.perf_counter() - run.started
 
-    # --- every rank must hold the same networks ------------------------------------------------------
-    digest = _check_ranks_agree(ctx, state.step, G_raw, D_raw, G_ema)
+
+def _step(run: Run, step: int) -> int:
+    """One training step, then the EMA and ADA updates; its stats are summed on the device (read, a
+    host sync, only when a window is logged). Returns the steps done."""
+    cfg, state = run.job.cfg, run.state
+    run.step.fill(state.stream.next, state.noise)
+    stats = run.step.run()
+    distributed.average_buffers(run.ctx, run.G_raw, run.D_raw)  # batch-norm statistics from every rank's share
+    update_ema(run.G_raw, run.G_ema, ema_decay(cfg.ema_decay, step - cfg.ema_start))
+    done = step + 1
+    if run.ada:
+        run.ada.observe(stats[REAL_SIGN], done, run.ctx.all_reduce_mean)
+    state.step = done
+    state.window += stats
+    state.window_steps += 1
+    return done
+
+
+def _log_window(run: Run, done: int, progress: tqdm) -> None:
+    """One row of reports/train_log.csv: the step stats' means over the window, averaged over all
+    ranks; non-finite means stop the run."""
+    cfg, state = run.job.cfg, run.state
+    run.ctx.all_reduce_mean(state.window)
+    now = time.perf_counter()
+    means = (state.window / state.window_steps).tolist()
+    row = dict(zip(STEP_STATS, (round(v, 6) for v in means)))
+    row["augment_p"] = round(run.augment_p.item(), 6) if run.augment_p is not None else 0.0
+    last_time, last_step = run.last_log
+    row.update(step=done, images_per_s=round((done - last_step) * cfg.batch_size / (now - last_time), 2),
+               wall_time_s=round(run.elapsed_before + now - run.started, 3))
+    state.log.append(row)
+    progress.set_postfix(loss_d=f"{row['loss_d']:.3f}", loss_g=f"{row['loss_g']:.3f}", img_s=f"{row['images_per_s']:.0f}")
+    state.window.zero_()
+    state.window_steps, run.last_log = 0, (now, done)
+    if not all(math.isfinite(value) for value in means):
+        state.stopped = f"step {done}: non-finite losses ({', '.join(f'{k} {v}' for k, v in row.items())})"
+
+
+def _watch_and_report(run: Run, done: int) -> None:
+    """Score the EMA generator (rank 0), let the watch keep it or stop the run, and a sweep's
+    pruner stop it; every rank stops where rank 0 does."""
+    reason = ""
+    if run.ctx.is_main:
+        scored_at = time.perf_counter()
+        value, std = run.scoring.score(run.G_ema)
+        z, y = preview_inputs(run.job.generator, run.job.cfg.seed)
+        samples = to_uint8(run.G_ema(z.to(run.device), y.to(run.device) if y is not None else None)).cpu()
+        reason = run.watch.observe(done, value, std, lambda: cpu_weights(run.G_ema), samples)
+        run.state.watch_s += time.perf_counter() - scored_at
+        log.info("step %d: %s %.4f (std %.4f)", done, run.watch.metric, value, std)
+        if not reason and run.scoring.report is not None:
+            reason = run.stopped_by_report = run.scoring.report(done, value, std)
+    run.state.stopped = run.ctx.all_gather(reason)[0]
+
+
+def _checkpoint(run: Run, done: int) -> None:
+    """Every rank's noise state, the ranks' agreement (under DDP), and the checkpoint (rank 0)."""
+    ctx = run.ctx
+    noise_per_rank = ctx.all_gather(run.state.noise.get_state().cpu())
+    if ctx.enabled:  # at every checkpoint (one process agrees with itself)
+        digest = _check_ranks_agree(ctx, done, run.G_raw, run.D_raw, run.G_ema)
+        if ctx.is_main:
+            log.info("step %d: all %d ranks hold identical weights (%s)", done, ctx.world_size, digest[:16])
+    if ctx.is_main:
+        run.state.elapsed_s = run.elapsed_before + time.perf_counter() - run.started
+        save_checkpoint(run.checkpoints, done, run.state.capture(run.fingerprint, noise_per_rank),
+                        run.job.cfg.keep_checkpoints)
+    ctx.barrier()
+
+
+# --- 3. finish ------------------------------------------------------------------------------------
+def finish(run: Run) -> FitResult | None:
+    """Every rank must hold the same networks; rank 0 chooses the snapshot to ship and reports."""
+    ctx, state, watch = run.ctx, run.state, run.watch
+    digest = _check_ranks_agree(ctx, state.step, run.G_raw, run.D_raw, run.G_ema)
     if not ctx.is_main:
         ctx.barrier()
         distributed.shutdown()
         return None
-
-    # --- the snapshot to ship (rank 0) ---------------------------------------------------------------
     chosen_at = time.perf_counter()
-    snapshot = copy.deepcopy(G_ema)
+    shipped, choice = _choose(run)
+    summary = _summary(run, digest, shipped, choice, time.perf_counter() - chosen_at)
+    log.info("trained %d steps in %.1f s on %s x %d; weights %s on every rank", state.step, run.wall_time_s,
+             run.device, ctx.world_size, digest[:16])
+    ctx.barrier()
+    distributed.shutdown()
+    previews = [(e["step"], e["samples"].numpy()) for e in watch.history] if watch is not None else []
+    return FitResult(G_ema=shipped, spec=run.job.generator, log_rows=state.log, watch_rows=watch.rows() if watch else [],
+                     previews=previews, summary=summary, device=run.device, started_at=run.started_at)
+
+
+def _choose(run: Run) -> tuple[torch.nn.Module, Choice]:
+    """The snapshot to ship (ganops.training.watch.choose_snapshot), loaded into a copy of the EMA
+    generator: the last one when a sweep's report stopped the run."""
+    snapshot = copy.deepcopy(run.G_ema)
 
     def load(weights: dict[str, torch.Tensor]) -> torch.nn.Module:
         snapshot.load_state_dict(weights)
         return snapshot
 
-    if stopped_by_report and finite_weights(last := cpu_weights(G_ema)):
-        choice = Choice(state.step, last, "the last step: the run was stopped by its report (not re-scored)", [])
+    if run.stopped_by_report and finite_weights(last := cpu_weights(run.G_ema)):
+        choice = Choice(run.state.step, last, "the last step: the run was stopped by its report (not re-scored)", [])
     else:
-        choice = choose_snapshot(watch, state.step, cpu_weights(G_ema), rescore, load)
+        choice = choose_snapshot(run.watch, run.state.step, cpu_weights(run.G_ema), run.scoring.rescore, load)
     shipped = load(choice.weights)
-    choose_s = time.perf_counter() - chosen_at
     log.info("shipping the snapshot of %s", choice.reason)
+    return shipped, choice
 
-    # --- the result (rank 0) -------------------------------------------------------------------------
+
+def _summary(run: Run, digest: str, shipped: torch.nn.Module, choice: Choice, choose_s: float) -> TrainSummary:
+    cfg, state, watch = run.job.cfg, run.state, run.watch
     final = state.log[-1] if state.log else {}
-    training_s = wall_time - state.watch_s
-    summary = {
-        "steps": cfg.steps,
-        "steps_done": state.step,
-        "wall_time_s": round(wall_time, 3),  # the loop's, in-training evaluations included
-        "images_per_s": round(state.step * cfg.batch_size / training_s, 2) if training_s > 0 else 0.0,
-        "resumed_from_step": start_step,
-        "world_size": ctx.world_size,
-        "weights_sha256": digest[:16],  # every network at the last step, equal on every rank
-        "generator_sha256": distributed.weights_digest(shipped)[:16],  # the shipped EMA generator
-        "images_from": images_from,
-        "augment": augmentation,
-        "augment_p": round(augment_p.item(), 6) if augment_p is not None else 0.0,
-        **{key: final[key] for key in ("loss_d", "loss_g", "d_real", "d_fake") if key in final},
-        "stopped_early": state.stopped or None,
-        "chosen_step": choice.step,
-        "chosen_because": choice.reason,
-    }
+    training_s = run.wall_time_s - state.watch_s
+    watched = {}
     if watch is not None:
-        summary.update({"watch_metric": watch.metric, "watch_s": round(state.watch_s, 3), "choose_s": round(choose_s, 3),
-                        "rescore_metric": rescore.name if rescore is not None else None,
-                        "candidates": choice.candidates})
-    log.info("trained %d steps in %.1f s on %s x %d; weights %s on every rank", state.step, wall_time, device,
-             ctx.world_size, digest[:16])
-    ctx.barrier()
-    distributed.shutdown()
-    previews = [(e["step"], e["samples"].numpy()) for e in watch.history] if watch is not None else []
-    return FitResult(G_ema=shipped, spec=g_spec, log_rows=state.log, watch_rows=watch.rows() if watch else [],
-                     previews=previews, summary=summary, device=device, started_at=run_started_at)
+        rescore = run.scoring.rescore
+        watched = {"watch_metric": watch.metric, "watch_s": round(state.watch_s, 3), "choose_s": round(choose_s, 3),
+                   "rescore_metric": rescore.name if rescore is not None else None,
+                   "candidates": [Candidate(**c) for c in choice.candidates]}
+    return TrainSummary(
+        steps=cfg.steps, steps_done=state.step, wall_time_s=round(run.wall_time_s, 3),
+        images_per_s=round(state.step * cfg.batch_size / training_s, 2) if training_s > 0 else 0.0,
+        resumed_from_step=run.start_step, world_size=run.ctx.world_size, weights_sha256=digest[:16],
+        generator_sha256=distributed.weights_digest(shipped)[:16], images_from=run.images_from,
+        augment=run.job.augmentation, augment_p=round(run.augment_p.item(), 6) if run.augment_p is not None else 0.0,
+        **{key: final[key] for key in FINAL_STATS if key in final},
+        stopped_early=state.stopped or None, chosen_step=choice.step, chosen_because=choice.reason, **watched)

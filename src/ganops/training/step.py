@@ -14,6 +14,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -22,40 +23,37 @@ from ganops.config import TrainParams
 from ganops.pixels import from_uint8
 from ganops.training.augment import DRAWS_PER_IMAGE, augment
 from ganops.training.losses import LOSSES, discriminator_loss, generator_loss, gradient_penalty, r1_penalty
+from ganops.training.report import STEP_STATS
 
-# What a step returns, in this order: the last D update's losses, mean D outputs on real and fake
-# images and penalty, and ADA's overfitting heuristic real_sign = E[sign(D(real))].
-STEP_STATS = ("loss_d", "loss_g", "d_real", "d_fake", "penalty", "real_sign")
+MEMORY_FORMAT = torch.channels_last  # the faster conv layout for both cuDNN and oneDNN (CPU)
 REAL_SIGN = STEP_STATS.index("real_sign")
 # Eager steps before capture: cuDNN picks its algorithms, the optimisers create their state and
 # autograd its gradient buffers, all outside the graph (as PyTorch's CUDA-graph notes require).
 WARMUP_STEPS = 3
 
 
+@dataclass(frozen=True)
+class Networks:
+    """What a step trains with. ``G`` and ``D`` are what the averaged passes call (wrapped by DDP or
+    torch.compile when the run asks); ``D_raw`` is the discriminator itself, for the penalties, and
+    ``D_frozen`` the one the generator's step goes through; the optimisers update the raw networks."""
+
+    G: Callable
+    D: Callable
+    D_raw: nn.Module
+    D_frozen: Callable
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+
+
 class TrainStep:
-    def __init__(
-        self,
-        *,
-        cfg: TrainParams,
-        G: Callable,
-        D: Callable,
-        D_raw: nn.Module,
-        D_frozen: Callable,
-        opt_g: torch.optim.Optimizer,
-        opt_d: torch.optim.Optimizer,
-        images,  # loop.HeldImages or loop.StreamedImages: .gather(index, out), .device, .shape
-        labels: torch.Tensor | None,
-        batch_size: int,
-        latent_dim: int,
-        device: torch.device,
-        memory_format: torch.memory_format,
-        cuda_graph: bool,
-        augment_p: torch.Tensor | None = None,
-    ) -> None:
-        self.cfg, self.G, self.D, self.D_raw, self.D_frozen = cfg, G, D, D_raw, D_frozen
-        self.opt_g, self.opt_d = opt_g, opt_d
+    def __init__(self, cfg: TrainParams, networks: Networks, images, labels: torch.Tensor | None, batch_size: int,
+                 latent_dim: int, device: torch.device, cuda_graph: bool, augment_p: torch.Tensor | None = None) -> None:
+        """``images``: loop.HeldImages or loop.StreamedImages (.gather(index, out), .device, .shape)."""
+        self.cfg, self.G, self.D, self.D_raw, self.D_frozen = cfg, networks.G, networks.D, networks.D_raw, networks.D_frozen
+        self.opt_g, self.opt_d = networks.opt_g, networks.opt_d
         self.images, self.labels, self.batch_size = images, labels, batch_size
-        self.device, self.memory_format = device, memory_format
+        self.device, self.memory_format = device, MEMORY_FORMAT
         n = cfg.d_steps
         self.real_u8 = [torch.empty((batch_size, *images.shape), dtype=torch.uint8, device=device) for _ in range(n)]
         self.y = [torch.zeros(batch_size, dtype=torch.long, device=device) for _ in range(n)] if labels is not None else None
