@@ -132,7 +132,11 @@ def test_changing_train_params_retrains_without_preparing(dvc_project):
 
 @pytest.mark.parametrize("edited, stale", [
     ("src/ganops/stages/export.py", {"export"}),
-    ("src/ganops/metrics/scores.py", {"train", "evaluate"}),  # train scores its snapshots (its checkpoints stay valid)
+    # an evaluate-only metric, or a report's figure, reruns no training (train's scorer is metrics/snapshot.py)
+    ("src/ganops/metrics/scores.py", {"evaluate"}),
+    ("src/ganops/metrics/neighbours.py", {"evaluate"}),
+    ("src/ganops/figures.py", {"evaluate", "register"}),
+    ("src/ganops/metrics/snapshot.py", {"train"}),  # the in-training score (its checkpoints stay valid)
     ("src/ganops/serving/app.py", set()),  # the HTTP service is no stage's code
     ("src/ganops/serving/runtime.py", {"export", "register"}),  # not the FID reference statistics, not evaluate
     ("src/ganops/metrics/fid_weights.py", set()),  # installing the FID weights is no stage's code

@@ -217,6 +217,35 @@ def _reusable_shards(previous: Path, data_params: DataParams) -> dict[str, tuple
             if shard.sources and all((previous / name).is_file() for name in (shard.images, shard.labels))}
 
 
+def _chunk_of(data_params: DataParams, listing: FileListing, chunk: np.ndarray, match, work, digests: list[bytes],
+              skipped: list) -> tuple[np.ndarray | None, np.ndarray, dict[str, str]]:
+    """One shard's worth of the listing: (images, labels, the files skipped and why). A shard unchanged
+    since the previous prepare (``match``) had its files only hashed (``work``: their digests), and its
+    images stay in that shard (None); else ``work`` is the decoded files."""
+    root, names = str(listing.root), [listing.files[i] for i in chunk]
+    if match is not None:
+        for i, file_digest in zip(chunk, work):
+            digests[i] = file_digest
+        problems = match[1].skipped
+        for name, problem in problems.items():
+            _invalid(data_params, skipped, f"{root}/{name}", problem)
+        labels = np.asarray([listing.labels[i] for i, name in zip(chunk, names) if name not in problems], dtype=np.int64)
+        return None, labels, problems
+    shape = (data_params.channels, data_params.resolution, data_params.resolution)
+    images = np.empty((len(chunk), *shape), dtype=np.uint8)
+    labels = np.empty(len(chunk), dtype=np.int64)
+    kept, problems = 0, {}
+    for i, name, (image, problem, digest) in zip(chunk, names, work):
+        digests[i] = digest
+        if problem is not None:
+            _invalid(data_params, skipped, f"{root}/{name}", problem)
+            problems[name] = problem
+            continue
+        images[kept], labels[kept] = image, listing.labels[i]
+        kept += 1
+    return images[:kept], labels[:kept], problems
+
+
 def _write_files(data_params: DataParams, listing: FileListing, staging: Path, previous: Path) -> dict:
     """Decode the listed files over data.workers processes, one shard's worth at a time, in the
     split's order; each shard is written as soon as its images are decoded, while the workers
@@ -256,27 +285,7 @@ def _write_files(data_params: DataParams, listing: FileListing, staging: Path, p
             for k, chunk in enumerate(chunks):
                 match, work = pending
                 names = [listing.files[i] for i in chunk]
-                if match is not None:  # unchanged since the previous prepare: its files were only hashed
-                    for i, file_digest in zip(chunk, work):
-                        digests[i] = file_digest
-                    problems = match[1].skipped
-                    for name, problem in problems.items():
-                        _invalid(data_params, skipped, f"{root}/{name}", problem)
-                    labels = np.asarray([listing.labels[i] for i, name in zip(chunk, names) if name not in problems],
-                                        dtype=np.int64)
-                else:
-                    images = np.empty((len(chunk), *shape), dtype=np.uint8)
-                    labels = np.empty(len(chunk), dtype=np.int64)
-                    kept, problems = 0, {}
-                    for i, name, (image, problem, digest) in zip(chunk, names, work):
-                        digests[i] = digest
-                        if problem is not None:
-                            _invalid(data_params, skipped, f"{root}/{name}", problem)
-                            problems[name] = problem
-                            continue
-                        images[kept], labels[kept] = image, listing.labels[i]
-                        kept += 1
-                    images, labels = images[:kept], labels[:kept]
+                images, labels, problems = _chunk_of(data_params, listing, chunk, match, work, digests, skipped)
                 # the workers start on the next shard before this one is written
                 pending = start(chunks[k + 1]) if k + 1 < len(chunks) else None
                 if match is not None:
