@@ -150,10 +150,16 @@ class EvalParams(_Section):
         "default: the file ./setup.sh installs in the ganops cache")
     num_samples: int = Field(2000, ge=4, description="generated images compared with the reference split")
     draws: int = Field(10, ge=2, description="the generated images come in this many draws, each with its own seed")
-    reference: Literal["train", "test"] = "train"
+    reference: Literal["train", "validation", "test"] = Field(
+        "train", description="the split generated images are compared with; validation: the one the source ships or "
+        "carves from its training images (mnist, fashion-mnist), for choosing recipes without touching test")
     reference_max_features: int = Field(
         10000, ge=10, description="the reference's mean and covariance are over all its images; beyond this many, "
         "the features kept for KID, precision/recall and the half-sample spreads are a seeded subset of this size")
+    native_size: int | None = Field(
+        None, ge=4, le=128, description="the data's native side (28 for MNIST, Fashion-MNIST): generated and reference "
+        "images are cropped to their centre this size (undoing prepare's zero padding) before the Inception network, "
+        "as the literature scores them; the names say it (fid10k_tf_test_28x28); null: scored as generated")
     batch_size: int = Field(250, ge=1)
     seed: int = Field(0, ge=0)
     spread_rounds: int = Field(10, ge=0, description="half-samples per side for the Fréchet distance's std and "
