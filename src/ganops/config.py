@@ -65,6 +65,10 @@ class DataParams(_Section):
 
 
 class ModelParams(_Section):
+    arch: Literal["dcgan", "resnet"] = Field(
+        "dcgan", description="the networks: dcgan (strided convolutions, ganops.models.dcgan) | resnet (SNGAN/BigGAN "
+        "pre-activation residual blocks, ganops.models.resnet); both with conditional batch norm in G and a projection D "
+        "when conditional")
     latent_dim: int = Field(64, ge=1, le=1024)
     g_channels: int = Field(32, ge=4, le=2048, description="generator width one block below full resolution; doubles towards 4x4")
     d_channels: int = Field(32, ge=4, le=2048, description="discriminator width after its first layer; doubles towards 4x4")

@@ -6,21 +6,31 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 from ganops import GanopsError
 from ganops.models.dcgan import Discriminator, Generator
-from ganops.models.spec import DiscriminatorSpec, GeneratorSpec, SpecError
+from ganops.models.resnet import ResNetDiscriminator, ResNetGenerator
+from ganops.models.spec import Arch, DiscriminatorSpec, GeneratorSpec, SpecError
+
+# Each arch (spec.arch, from model.arch) names its two networks; building one draws the same random
+# numbers as calling its class directly (a DCGAN of a given seed has the weights it always had).
+GENERATORS: dict[str, type[nn.Module]] = {"dcgan": Generator, "resnet": ResNetGenerator}
+DISCRIMINATORS: dict[str, type[nn.Module]] = {"dcgan": Discriminator, "resnet": ResNetDiscriminator}
 
 
-def build_generator(spec: GeneratorSpec) -> Generator:
-    return Generator(spec)
+def build_generator(spec: GeneratorSpec) -> Generator | ResNetGenerator:
+    """The generator ``spec`` describes: z (N, latent) [+ labels (N,)] -> images (N, C, R, R) in [-1, 1]."""
+    return GENERATORS[spec.arch](spec)
 
 
-def build_discriminator(spec: DiscriminatorSpec) -> Discriminator:
-    return Discriminator(spec)
+def build_discriminator(spec: DiscriminatorSpec) -> Discriminator | ResNetDiscriminator:
+    """The discriminator ``spec`` describes: images (N, C, R, R) [+ labels (N,)] -> one logit per image."""
+    return DISCRIMINATORS[spec.arch](spec)
 
 
-def load_generator(weights: Path, spec_path: Path, device: torch.device = torch.device("cpu")) -> Generator:
+def load_generator(weights: Path, spec_path: Path,
+                   device: torch.device = torch.device("cpu")) -> Generator | ResNetGenerator:
     """A trained generator from its safetensors weights, rebuilt from its spec file (never from params.yaml)."""
     spec = GeneratorSpec.load(spec_path)
     if not weights.exists():
@@ -40,10 +50,15 @@ def load_generator(weights: Path, spec_path: Path, device: torch.device = torch.
 
 
 __all__ = [
+    "DISCRIMINATORS",
+    "GENERATORS",
+    "Arch",
     "Discriminator",
     "DiscriminatorSpec",
     "Generator",
     "GeneratorSpec",
+    "ResNetDiscriminator",
+    "ResNetGenerator",
     "SpecError",
     "build_discriminator",
     "build_generator",

@@ -12,7 +12,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from ganops.models.spec import DiscriminatorSpec, GeneratorSpec
 
 
-def _widths(base: int, levels: int, cap: int) -> list[int]:
+def channel_widths(base: int, levels: int, cap: int) -> list[int]:
     """Channel widths from the 4x4 level outwards: ``base`` at the widest level, doubling inwards."""
     return [min(base * 2 ** (levels - 1 - i), cap) for i in range(levels)]
 
@@ -32,8 +32,8 @@ class ConditionalBatchNorm2d(nn.Module):
         return self.norm(x) * self.scale(labels)[:, :, None, None] + self.shift(labels)[:, :, None, None]
 
 
-class _Norm(nn.Module):
-    """Plain batch norm, or conditional batch norm when the network has classes."""
+class Norm(nn.Module):
+    """Plain batch norm, or conditional batch norm when the network has classes (DCGAN's and ResNet's G)."""
 
     def __init__(self, num_features: int, num_classes: int) -> None:
         super().__init__()
@@ -52,13 +52,13 @@ class Generator(nn.Module):
         super().__init__()
         self.spec = spec
         levels = int(math.log2(spec.resolution)) - 2  # 4x4 up to R/2 x R/2
-        widths = _widths(spec.g_channels, levels, spec.max_channels)
+        widths = channel_widths(spec.g_channels, levels, spec.max_channels)
         self.stem = nn.Linear(spec.latent_dim, widths[0] * 16, bias=False)
-        self.stem_norm = _Norm(widths[0], spec.num_classes)
+        self.stem_norm = Norm(widths[0], spec.num_classes)
         self.ups = nn.ModuleList(
             nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False) for c_in, c_out in zip(widths, widths[1:])
         )
-        self.norms = nn.ModuleList(_Norm(c, spec.num_classes) for c in widths[1:])
+        self.norms = nn.ModuleList(Norm(c, spec.num_classes) for c in widths[1:])
         self.to_image = nn.ConvTranspose2d(widths[-1], spec.channels, 4, 2, 1)
         self._widths = widths
         _dcgan_init(self)
@@ -80,7 +80,7 @@ class Discriminator(nn.Module):
         super().__init__()
         self.spec = spec
         levels = int(math.log2(spec.resolution)) - 2  # R down to 4x4
-        widths = _widths(spec.d_channels, levels, spec.max_channels)[::-1]
+        widths = channel_widths(spec.d_channels, levels, spec.max_channels)[::-1]
         wrap = spectral_norm if spec.spectral_norm else (lambda module: module)
         channels_in = [spec.channels] + widths[:-1]
         self.downs = nn.ModuleList(wrap(nn.Conv2d(c_in, c_out, 4, 2, 1)) for c_in, c_out in zip(channels_in, widths))

@@ -10,11 +10,14 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer
 
 from ganops import GanopsError
 
 RESOLUTIONS = (8, 16, 32, 64, 128)
+# The network families (ganops.models.build_generator / build_discriminator): "dcgan" (ganops.models.dcgan,
+# the default) and "resnet" (ganops.models.resnet). ModelParams.arch lists the same names (tests/test_models.py).
+Arch = Literal["dcgan", "resnet"]
 
 
 class SpecError(GanopsError):
@@ -42,7 +45,7 @@ class _Spec(BaseModel):
 
 
 class GeneratorSpec(_Spec):
-    arch: Literal["dcgan"] = "dcgan"
+    arch: Arch = "dcgan"
     latent_dim: int = Field(ge=1)
     g_channels: int = Field(ge=1)
     class_names: list[str] = Field(default_factory=list)
@@ -69,3 +72,13 @@ class GeneratorSpec(_Spec):
 class DiscriminatorSpec(_Spec):
     d_channels: int = Field(ge=1)
     spectral_norm: bool = True
+    arch: Arch = "dcgan"
+
+    @model_serializer(mode="wrap")
+    def _arch_only_when_not_dcgan(self, handler):
+        # A DCGAN discriminator's record is what it was before there was a choice (the field came later):
+        # the same dump, so the same training fingerprint. Any other arch is written out.
+        data = handler(self)
+        if self.arch == "dcgan":
+            data.pop("arch", None)
+        return data
