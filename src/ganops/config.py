@@ -80,13 +80,16 @@ class ModelParams(_Section):
 class TrainParams(_Section):
     steps: int = Field(4000, ge=1, description="generator steps")
     batch_size: int = Field(64, ge=2, le=65536)
-    loss: Literal["minimax", "hinge", "wgan-gp"] = "minimax"
+    loss: Literal["minimax", "hinge", "wgan-gp", "rpgan"] = Field(
+        "minimax", description="minimax (non-saturating G step) | hinge | wgan-gp | rpgan (relativistic pairing; with "
+        "r1_gamma > 0 it is R3GAN's objective: R1 on real and R2 on generated images, both at r1_gamma)")
     lr_g: float = Field(1.5e-3, gt=0.0, le=1.0)
     lr_d: float = Field(1.5e-4, gt=0.0, le=1.0)
     beta1: float = Field(0.0, ge=0.0, lt=1.0)
     beta2: float = Field(0.99, ge=0.0, lt=1.0)
     d_steps: int = Field(1, ge=1, le=100, description="discriminator steps per generator step")
-    r1_gamma: float = Field(0.0, ge=0.0, description="R1 penalty weight on real images; 0 disables")
+    r1_gamma: float = Field(0.0, ge=0.0, description="R1 penalty weight on real images (and R2 on generated ones "
+                            "for a loss that declares it: rpgan); 0 disables")
     gp_weight: float = Field(10.0, ge=0.0, description="gradient penalty weight for wgan-gp")
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0, description="EMA of generator weights; 0 keeps a plain copy")
     ema_start: int = Field(0, ge=0, description="steps before the EMA starts averaging")
