@@ -276,3 +276,36 @@ def test_generate_cli_files_and_seeds(exported, tmp_path):
     assert bad.returncode == 2 and "label 12 is outside 0..9" in bad.stderr and "Traceback" not in bad.stderr
     missing = run_cli("generate", "--model", "nope.onnx", cwd=tmp_path, check=False)
     assert missing.returncode == 2 and "model file not found: nope.onnx" in missing.stderr
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "resnet"])
+@pytest.mark.parametrize("num_classes", [0, 3])
+def test_each_arch_exports_with_parity(tmp_path, arch, num_classes):
+    """Each model.arch exports (dynamic batch, its spec in the metadata) and the ONNX model gives the
+    torch generator's images, with trained-like batch-norm statistics and per-class parameters."""
+    from ganops.config import ExportParams
+    from ganops.models import GeneratorSpec, build_generator
+    from ganops.serving.export import max_error, write_onnx
+
+    torch.manual_seed(0)
+    spec = GeneratorSpec(latent_dim=8, g_channels=4, max_channels=16, resolution=16, channels=3,
+                         num_classes=num_classes, class_names=[str(c) for c in range(num_classes)], arch=arch)
+    generator = build_generator(spec)
+    with torch.no_grad():  # running statistics and class parameters away from their initial values
+        for module in generator.modules():
+            if isinstance(module, torch.nn.Embedding):
+                module.weight.normal_(1.0, 0.3)
+        for _ in range(3):
+            generator(torch.randn(16, 8), torch.randint(0, 3, (16,)) if num_classes else None)
+    generator.eval()
+    write_onnx(generator, tmp_path / "g.onnx", ExportParams(), {"model": {"arch": arch}})
+    assert max_error(generator, tmp_path / "g.onnx", ExportParams()) <= 1e-4
+    session = OnnxGenerator(tmp_path / "g.onnx")
+    assert session.spec == spec and session.spec.arch == arch
+    for batch in (1, 5):
+        z = torch.randn(batch, 8, generator=torch.Generator().manual_seed(batch))
+        labels = torch.arange(batch) % 3 if num_classes else None
+        with torch.no_grad():
+            expected = generator(z, labels).numpy()
+        got = session.run(z.numpy(), labels.numpy() if num_classes else None)
+        assert got.shape == (batch, 3, 16, 16) and np.abs(got - expected).max() <= 1e-4

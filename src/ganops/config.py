@@ -34,8 +34,10 @@ SOURCES_READING_A_PATH = ("imagefolder", "mnist-idx", "cifar10")
 
 
 class DataParams(_Section):
-    source: Literal["mnist5k", "digits", "imagefolder", "mnist-idx", "cifar10"] = "mnist5k"
-    path: str | None = Field(None, description="input folder or file for imagefolder, mnist-idx, cifar10")
+    source: Literal["mnist5k", "digits", "imagefolder", "mnist-idx", "cifar10", "mnist", "fashion-mnist"] = "mnist5k"
+    path: str | None = Field(None, description="input folder or file for imagefolder, mnist-idx, cifar10; for mnist "
+                             "and fashion-mnist (optional): a folder of the four official IDX files, instead of the "
+                             "copy ./setup.sh installs in the ganops cache")
     resolution: int = Field(32, description="side of the square images; a power of two from 8 to 128")
     channels: Literal[1, 3] = 1
     test_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="held-out share for sources without a split")

@@ -25,6 +25,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "ganops"
 
 
+def datasets_dir() -> Path:
+    """Where ./setup.sh installs the pinned full data sets (the mnist and fashion-mnist sources, one
+    folder each), in the ganops cache beside the FID weights."""
+    return cache_dir() / "datasets"
+
+
 @dataclass(frozen=True)
 class ProjectPaths:
     root: Path = Path(".")

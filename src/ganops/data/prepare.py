@@ -1,5 +1,6 @@
 """The prepared data format: validated uint8 train/test images in fixed-size shards, and a manifest
-that indexes them, in one folder.
+that indexes them, in one folder. A source that sets training images aside for choosing (mnist,
+fashion-mnist) gets a third split, "validation", beside them; every other folder is as it was.
 
 The prepare stage writes the folder and every later stage reads it. How a shard is laid out is
 ganops.data.shards' business."""
@@ -49,6 +50,19 @@ def _split(labels: np.ndarray, is_test: np.ndarray | None, test_fraction: float,
         train, test = np.concatenate(train_parts), np.concatenate(test_parts)
     # Shuffled once here, so class-sorted sources don't give class-sorted arrays.
     return rng.permutation(train), rng.permutation(test)
+
+
+def _orders(data: SourceData, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """Each split's indices, in the order the split is written: train and test (``_split``), and the
+    source's validation images when it has some (drawn after the others, so a source without them
+    is split exactly as before)."""
+    if data.is_validation is None:
+        return dict(zip(("train", "test"), _split(data.labels, data.is_test, test_fraction, seed)))
+    if data.is_test is None or (data.is_test & data.is_validation).any():
+        raise ValueError("a source's validation images are training images of a format with its own test split")
+    rng = np.random.default_rng(seed)
+    masks = {"train": ~data.is_test & ~data.is_validation, "test": data.is_test, "validation": data.is_validation}
+    return {split: rng.permutation(np.flatnonzero(mask)) for split, mask in masks.items()}
 
 
 def _check_classes(where: str, labels: np.ndarray, class_names: list[str]) -> None:
@@ -171,13 +185,13 @@ def _write_arrays(data_params: DataParams, data: SourceData, staging: Path) -> d
         raise DataError(f"{data_params.source}: only {len(data.images)} usable image(s); need at least 2")
     where = data_params.source + (f" at {data_params.path}" if data_params.path else "")
     _check_classes(where, data.labels, data.class_names)
-    orders = _split(data.labels, data.is_test, data_params.test_fraction, data_params.seed)
-    _check_splits(where, {"train": len(orders[0]), "test": len(orders[1])},
+    orders = _orders(data, data_params.test_fraction, data_params.seed)
+    _check_splits(where, {split: len(order) for split, order in orders.items()},
                   "the format's own files for it hold no images" if data.is_test is not None
                   else _stratified(data.labels, data.class_names, data_params.test_fraction))
     size = data_params.shard_size
     splits = {}
-    for split, order in zip(("train", "test"), orders):
+    for split, order in orders.items():
         chunks = [order[start : start + size] for start in range(0, len(order), size)]
         shards = [write_shard(staging, split, k, data.images[chunk], data.labels[chunk]) for k, chunk in enumerate(chunks)]
         splits[split] = (split_index(shards, size, data.images.shape[1:]), data.labels[order])
@@ -335,7 +349,8 @@ def open_split(prepared_dir: Path, split: str) -> PreparedSplit:
     """One prepared split, read from its shards on demand."""
     manifest = load_manifest(prepared_dir)
     if split not in manifest.files:
-        raise DataError(f"{prepared_dir}: no {split!r} split (has {', '.join(manifest.files)})")
+        having = "; the mnist and fashion-mnist sources have a validation split" if split == "validation" else ""
+        raise DataError(f"{prepared_dir}: no {split!r} split (has {', '.join(manifest.files)}){having}")
     return PreparedSplit(prepared_dir, manifest.files[split])
 
 

