@@ -39,9 +39,8 @@ from ganops.metrics.report import EvaluationReport
 from ganops.models import Generator, GeneratorSpec
 from ganops.visualize import sample_grid_png
 
-if TYPE_CHECKING:  # the types only
+if TYPE_CHECKING:  # the type only: the prepared data format is the stage's to read
     from ganops.data.prepare import Manifest
-    from ganops.metrics.scores import NearestTraining
 
 MIN_REFERENCE = 10
 # What a registry entry may need; where it is missing the entry is skipped.
@@ -88,6 +87,18 @@ class Scored:
     evaluation: Evaluation | None = None  # the evaluation scoring (None: draws scored on their own)
     generator: Generator | None = None  # for the entries that draw their own images (``own_draws``)
     shared: dict[str, Any] = field(default_factory=dict)  # what entries compute once and share (neighbours)
+
+
+@dataclass(frozen=True)
+class NearestTraining:
+    """The generated images nearest to their training neighbours, closest first: what the
+    memorisation picture shows."""
+
+    generated: np.ndarray  # indices into the concatenated draws
+    training: np.ndarray   # indices into the reference features (their kept order)
+    distances: np.ndarray
+    threshold: float       # nearer than this: suspiciously close
+    share: float           # of all generated images, those suspiciously close
 
 
 @dataclass

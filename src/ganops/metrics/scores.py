@@ -12,7 +12,6 @@ are torch-fidelity's own implementations, fed our features. The Fréchet distanc
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,7 +20,7 @@ from ganops.config import EvalParams
 from ganops.figures import memorisation_png, notice_png
 from ganops.metrics.domain_classifier import classifier_hits
 from ganops.metrics.draws import TRUNCATE, features_of_draws, generated_draws, half_of_draws, sample_labels
-from ganops.metrics.evaluation import Evaluation, Found, Metric, Scored, Scores
+from ganops.metrics.evaluation import Evaluation, Found, Metric, NearestTraining, Scored, Scores
 from ganops.metrics.frechet import FrechetReference, feature_statistics, frechet_distance
 from ganops.metrics.names import Measurement, truncation_label
 from ganops.metrics.neighbours import NeighbourSummary, neighbour_summary
@@ -177,18 +176,6 @@ MEMORISATION_METHOD = (
     "those. Images drawn fresh from the data distribution land there about {quantile:.0%} of the time, copies "
     "of training images always; suspected when the share exceeds {limit:g}."
 )
-
-
-@dataclass(frozen=True)
-class NearestTraining:
-    """The generated images nearest to their training neighbours, closest first: what the
-    memorisation picture shows."""
-
-    generated: np.ndarray  # indices into the concatenated draws
-    training: np.ndarray   # indices into the reference features (their kept order)
-    distances: np.ndarray
-    threshold: float       # nearer than this: suspiciously close
-    share: float           # of all generated images, those suspiciously close
 
 
 def memorisation(summary: NeighbourSummary, cfg: EvalParams, measurement: Measurement,
