@@ -258,13 +258,90 @@ def test_a_version_better_overall_but_worse_beyond_noise_on_one_class_is_not_pro
     _edit_eval(root, **{metric: fd - 30 * std - 3, f"{metric}_class5": per_class[5][0] + 50 * per_class[5][1] + 5})
     assert register(tiny(), root)["promoted"] is False
     assert register(tiny({"register": {"per_class_gate": False}}), root)["promoted"] is True
-    # no per-class interval (eval.spread_rounds: 0): the gate is not applied rather than refusing on zero noise
+
+
+INTERVAL_SUFFIXES = ("_std", "_ci95_low", "_ci95_high")
+
+
+def _without_intervals(root: Path, metric: str, overall: bool = False, per_class: bool = False, **changes) -> None:
+    """eval.json as an evaluation without half-samples leaves it: no std, no interval (per class, overall)."""
     path = root / "reports" / "eval.json"
-    evaluation = {name: value for name, value in json.loads(path.read_text()).items()
-                  if not (name.startswith(f"{metric}_class") and name.endswith(("_std", "_ci95_low", "_ci95_high")))}
-    path.write_text(json.dumps({**evaluation, metric: fd - 60 * std - 6}))
-    ungated = register(tiny(), root)
-    assert ungated["promoted"] is True and "per-class gate not applied: a per-class interval is missing" in ungated["reason"]
+    report = json.loads(path.read_text())
+    kept = {name: value for name, value in report.items() if not name.endswith(INTERVAL_SUFFIXES) or not (
+        (per_class and name.startswith(f"{metric}_class")) or (overall and name in {metric + s for s in INTERVAL_SUFFIXES}))}
+    path.write_text(json.dumps({**kept, **changes}))
+
+
+def test_a_per_class_gate_that_cannot_be_computed_never_promotes(project, tmp_path):
+    """Clearly better overall, but a per-class interval missing on either side (eval.spread_rounds: 0
+    there): not promoted, saying what is missing and how to get it; only turning the gate off promotes,
+    and the version records it."""
+    root = Path(shutil.copytree(project, tmp_path / "p"))
+    original = (root / "reports" / "eval.json").read_text()
+    metric, fd, std = _primary(root)
+    _new_pipeline_run(root)
+    _without_intervals(root, metric, per_class=True, **{metric: fd - 10 * std - 1})  # this version's side
+    ours = register(tiny(), root)
+    assert ours["promoted"] is False and ours["champion"] == "1", ours["reason"]
+    assert "per-class gate cannot be computed: no per-class interval in this version's evaluation" in ours["reason"]
+    assert "set eval.spread_rounds > 0 and re-run evaluate" in ours["reason"]
+    client = client_for(root)
+    per_class = json.loads(client.get_model_version("ganops-generator", "1").tags["per_class"])
+    client.set_model_version_tag("ganops-generator", "1", "per_class",  # the champion's side, one class
+                                 json.dumps({**per_class, next(iter(per_class)): [per_class[next(iter(per_class))][0], None]}))
+    (root / "reports" / "eval.json").write_text(original)
+    _new_pipeline_run(root)
+    _edit_eval(root, **{metric: fd - 10 * std - 1})
+    theirs = register(tiny(), root)
+    assert theirs["promoted"] is False and f"no per-class interval in champion v1's evaluation for class " \
+        f"{next(iter(per_class))!r}" in theirs["reason"]
+    _new_pipeline_run(root)
+    off = register(tiny({"register": {"per_class_gate": False}}), root)  # the only way past it: recorded
+    assert off["promoted"] is True and "per-class gate off (register.per_class_gate: false)" in off["reason"]
+    tags = {v: client.get_model_version("ganops-generator", v).tags for v in (ours["version"], off["version"])}
+    assert tags[ours["version"]]["per_class_gate"] == "on" and tags[off["version"]]["per_class_gate"] == "off"
+
+
+def _primary(root: Path) -> tuple[str, float, float]:
+    report = json.loads((root / "reports" / "eval.json").read_text())
+    metric = report["primary_metric"]
+    return metric, report[metric], report[f"{metric}_std"]
+
+
+def test_a_missing_std_is_never_taken_as_zero(project, tmp_path):
+    root = Path(shutil.copytree(project, tmp_path / "p"))
+    metric, fd, std = _primary(root)
+    original = (root / "reports" / "eval.json").read_text()
+    _without_intervals(root, metric, overall=True, **{metric: fd - 10 * std - 1})  # better by 10 of the champion's stds
+    for gate in (True, False):
+        _new_pipeline_run(root)
+        missing = register(tiny({"register": {"per_class_gate": gate}}), root)
+        assert missing["promoted"] is False and missing["champion"] == "1", missing["reason"]
+        assert f"this version's evaluation has no {metric}_std" in missing["reason"]
+        assert "never taken as 0" in missing["reason"] and "eval.spread_rounds" in missing["reason"]
+    client_for(root).delete_model_version_tag("ganops-generator", "1", "metric_std")  # the champion's std missing
+    (root / "reports" / "eval.json").write_text(original)
+    _edit_eval(root, **{metric: fd - 10 * std - 1})
+    _new_pipeline_run(root)
+    theirs = register(tiny(), root)
+    assert theirs["promoted"] is False and "champion v1 has no metric_std" in theirs["reason"]
+
+
+def test_versions_scored_with_and_without_intervals_are_not_comparable(project, tmp_path):
+    root = Path(shutil.copytree(project, tmp_path / "p"))
+    metric, fd, std = _primary(root)
+    original = (root / "reports" / "eval.json").read_text()
+    _without_intervals(root, metric, overall=True, per_class=True,  # as eval.spread_rounds: 0 writes it
+                       interval_method="none (eval.spread_rounds: 0)", **{metric: fd - 10 * std - 1})
+    _new_pipeline_run(root)
+    without = register(tiny({"register": {"per_class_gate": False}}), root)
+    assert without["promoted"] is False and "not comparable with champion v1" in without["reason"]
+    draws = json.loads(original)["draws"]
+    (root / "reports" / "eval.json").write_text(original)
+    _edit_eval(root, **{metric: fd - 10 * std - 1, "draws": draws * 2})  # the half-samples' draws differ
+    _new_pipeline_run(root)
+    other = register(tiny(), root)
+    assert other["promoted"] is False and "not comparable with champion v1" in other["reason"]
 
 
 def test_register_refuses_an_evaluation_of_another_generator(project, tmp_path):

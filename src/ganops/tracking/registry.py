@@ -42,11 +42,14 @@ ATTEMPT_TAG = "ganops.registration"  # which registration (run, model file, eval
 
 
 def evaluation_signature(report: EvaluationReport, manifest: Manifest, evaluator: Path) -> str:
-    """Numbers are comparable only under the same protocol (metric, weights, sample count, reference) and
-    data; a domain metric also only under the same domain evaluator (its weights file)."""
+    """Numbers are comparable only under the same protocol (metric, weights, sample count, reference),
+    interval settings (the draws and the half-sampling that give the std: eval.draws, eval.spread_rounds,
+    as eval.json's ``draws`` and ``interval_method`` say) and data; a domain metric also only under the
+    same domain evaluator (its weights file)."""
     parts = {"metric": report.primary_metric, "backbone": report.backbone, "num_samples": report.num_samples,
              "reference": report.reference, "fid_protocol": report.fid_protocol,
-             "weights": report.weights_digest, "data": manifest.checksum(report.reference)}
+             "weights": report.weights_digest, "data": manifest.checksum(report.reference),
+             "draws": report.draws, "intervals": report.interval_method}
     if report.primary_metric.endswith(f"_domain_{report.reference}") and evaluator.exists():
         parts["evaluator"] = file_sha256(evaluator)
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
@@ -83,6 +86,9 @@ class RegistryDecision(BaseModel):
         return cls.model_validate_json(Path(path).read_text())
 
 
+GET_INTERVALS = "set eval.spread_rounds > 0 and re-run evaluate (`dvc repro evaluate`), then register"
+
+
 def _decide(cfg: RegisterParams, new: dict, champion) -> tuple[bool, str]:
     if champion is None:
         return True, "first registered version: no champion yet"
@@ -90,33 +96,53 @@ def _decide(cfg: RegisterParams, new: dict, champion) -> tuple[bool, str]:
     if tags.get("eval_signature") != new["eval_signature"]:
         return False, (f"not comparable with champion v{champion.version}: it was judged by {tags.get('metric')} "
                        f"(signature {tags.get('eval_signature')}), this version by {new['metric']} "
-                       f"(signature {new['eval_signature']}): another protocol, weights or data")
+                       f"(signature {new['eval_signature']}): another protocol, interval settings, weights or data")
     old, value = float(tags["metric_value"]), new["metric_value"]
     if not math.isfinite(old):  # a champion registered before non-finite metrics were refused
         return True, (f"champion v{champion.version}'s {tags.get('metric')} is {old}, not a finite number: "
                       f"{new['metric']} {value:.4f} replaces it")
-    std, old_std = new["metric_std"], float(tags.get("metric_std", 0.0))
+    std, old_std = new["metric_std"], tags.get("metric_std")
+    missing = ([f"this version's evaluation has no {new['metric']}_std"] if std is None else []) + (
+        [f"champion v{champion.version} has no metric_std"] if old_std is None else [])
+    if missing:
+        return False, (f"{new['metric']} {value:.4f} vs champion v{champion.version} {old:.4f}: the noise cannot be "
+                       f"judged, {' and '.join(missing)} (a missing std is never taken as 0): not promoted; "
+                       f"{GET_INTERVALS}")
+    old_std = float(old_std)
     better = beyond_noise(value, std, old, old_std, cfg.noise_z, cfg.min_improvement)
     needed, gain = noise_threshold(std, old_std, cfg.noise_z, cfg.min_improvement), old - value
     verdict = (f"{new['metric']} {value:.4f} vs champion v{champion.version} {old:.4f}: improvement {gain:.4f} "
                f"{'>' if better else '<='} required {needed:.4f} (max of min_improvement "
                f"{cfg.min_improvement:g} and {cfg.noise_z:g} x std of the difference)")
-    if not better or not cfg.per_class_gate or not json.loads(new.get("per_class") or "{}"):
-        return better, verdict
-    return _per_class_gate(cfg, new, champion, verdict)
+    if not better:
+        return False, verdict
+    ours, theirs = json.loads(new["per_class"]), json.loads(tags.get("per_class") or "{}")
+    if not (ours or theirs or new["classes"] or int(tags.get("classes") or 0)):
+        return True, verdict  # unconditional on both sides: no classes to gate
+    if not cfg.per_class_gate:
+        return True, f"{verdict}; per-class gate off (register.per_class_gate: false): promoted on the overall metric alone"
+    return _per_class_gate(cfg, new, ours, champion, theirs, verdict)
 
 
-def _per_class_gate(cfg: RegisterParams, new: dict, champion, verdict: str) -> tuple[bool, str]:
+def _per_class_gate(cfg: RegisterParams, new: dict, ours: dict, champion, theirs: dict, verdict: str) -> tuple[bool, str]:
     """Better overall, but is any class worse beyond noise? Each class's distance against the
-    champion's (its ``per_class`` tag), the noise from both std's at the Bonferroni z."""
-    theirs = json.loads(champion.tags.get("per_class") or "{}")
-    ours = json.loads(new["per_class"])
-    shared = [name for name in ours if name in theirs]
-    if not shared:
-        return True, f"{verdict}; per-class gate not applied: champion v{champion.version} has no per-class metrics"
-    if any(ours[name][1] is None or theirs[name][1] is None for name in shared):
-        return True, (f"{verdict}; per-class gate not applied: a per-class interval is missing (eval.spread_rounds: 0 "
-                      f"for this version or champion v{champion.version})")
+    champion's (its ``per_class`` tag), the noise from both std's at the Bonferroni z. A gate that
+    cannot be computed (a class or its interval missing on either side) refuses."""
+    missing = []
+    for side, mine, other in (("this version's evaluation", ours, theirs),
+                              (f"champion v{champion.version}'s evaluation", theirs, ours)):
+        if not mine:
+            missing.append(f"no per-class metrics in {side}")
+            continue
+        if unscored := [name for name in other if name not in mine]:
+            missing.append(f"{_classes(unscored, other)} not scored in {side}")
+        if no_interval := [name for name in mine if mine[name][1] is None]:
+            missing.append(f"no per-class interval in {side} for {_classes(no_interval, mine)}")
+    if missing:
+        return False, (f"{verdict}, but the per-class gate cannot be computed: {'; '.join(missing)}: not promoted; "
+                       f"{GET_INTERVALS} (register.per_class_gate: false promotes on the overall metric alone, and "
+                       "the version records it)")
+    shared = list(ours)
     z = bonferroni_z(cfg.noise_z, len(shared))
     worst = None
     for name in shared:
@@ -132,6 +158,14 @@ def _per_class_gate(cfg: RegisterParams, new: dict, champion, verdict: str) -> t
                    f"{value:.4f} vs champion v{champion.version} {old:.4f} (worse by {loss:.4f} > {noise:.4f} = "
                    f"{z:.2f} x std of the difference, Bonferroni over {len(shared)} classes): not promoted "
                    "(register.per_class_gate)")
+
+
+def _classes(names: list[str], of: dict) -> str:
+    """Some classes by name, for a reason: "every class", "class 'a'", "classes 'a', 'b' and 3 more"."""
+    if len(names) == len(of) > 1:
+        return "every class"
+    shown = ", ".join(repr(name) for name in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return f"class {shown}" if len(names) == 1 else f"classes {shown}"
 
 
 MAX_TAG_CHARS = 8000  # MLflow's longest tag value
@@ -259,11 +293,12 @@ def register_onnx(onnx_path: Path, interface: ModelInterface, report: Evaluation
         "metric": metric, "metric_value": float(report.value),
         "metric_ci95_low": float(report.value if low is None else low),
         "metric_ci95_high": float(report.value if high is None else high),
-        "metric_std": float(report.std or 0.0),
+        "metric_std": None if report.std is None else float(report.std),  # None: no tag, never 0
         "backbone": report.backbone, "num_samples": report.num_samples, "reference": report.reference,
-        "eval_signature": eval_signature,
+        "eval_signature": eval_signature, "classes": interface.num_classes,
         "per_class": json.dumps({name: [row["value"], row["std"]] for name, row in report.per_class().items()},
                                 separators=(",", ":")),
+        "per_class_gate": "on" if cfg.per_class_gate else "off",  # off: promoted, if at all, without it
     }
     name = cfg.model_name
     digest, evaluation = file_sha256(onnx_path), evaluation_tag(report)
@@ -282,9 +317,9 @@ def register_onnx(onnx_path: Path, interface: ModelInterface, report: Evaluation
             client.set_model_version_tag(name, version, ATTEMPT_TAG, attempt)
         else:
             log.info("%s v%s is this registration's own version (a retry): reusing it", name, version)
-        for key, value in {**new, "run_id": run_id, "classes": interface.num_classes, "evaluation": evaluation,
-                           ONNX_DIGEST_TAG: digest}.items():
-            client.set_model_version_tag(name, version, key, str(value))
+        for key, value in {**new, "run_id": run_id, "evaluation": evaluation, ONNX_DIGEST_TAG: digest}.items():
+            if value is not None:
+                client.set_model_version_tag(name, version, key, str(value))
         try:
             champion = _champion(client, name)
         except TrackingError as error:
