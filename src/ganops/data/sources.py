@@ -581,19 +581,19 @@ def _check_pinned(name: str, array: np.ndarray, pinned: PinnedSet, stem: str) ->
 
 def read_pinned_idx(root: Path, pinned: PinnedSet, max_bytes: int) -> dict[str, np.ndarray]:
     """The four IDX files of ``pinned`` in folder ``root`` (gzipped or not, as ``_find_one`` finds
-    them), each checked against the known class list, then against its pinned digest."""
+    them): each label checked against the known class list, then each file against its pinned digest."""
     if not root.is_dir():
         raise DataError(f"{root} is not a folder of the four {pinned.title} IDX files; {pinned.how_to_get}")
-    arrays = {}
-    for stem in IDX_FILES:
-        path = _find_one(root, stem)
+    paths = {stem: _find_one(root, stem) for stem in IDX_FILES}
+    for stem, path in paths.items():
         if path is None:
             raise DataError(f"{root}: missing {stem}[.gz]; {pinned.how_to_get}")
-        array = _parse_idx(str(path), read_bounded(path, max_bytes), 3 if "-images-" in stem else 1, max_bytes)
-        if "-labels-" in stem:
-            check_labels(str(path), array, pinned.class_names, pinned.title)
-        _check_pinned(str(path), array, pinned, stem)
-        arrays[stem] = array
+    arrays = {stem: _parse_idx(str(path), read_bounded(path, max_bytes), 3 if "-images-" in stem else 1, max_bytes)
+              for stem, path in paths.items()}
+    for stem in ("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"):
+        check_labels(str(paths[stem]), arrays[stem], pinned.class_names, pinned.title)
+    for stem, path in paths.items():
+        _check_pinned(str(path), arrays[stem], pinned, stem)
     return arrays
 
 
