@@ -62,6 +62,24 @@ def test_digits_scaled_to_full_range(tmp_path):
     assert np.array_equal(images[:, 0], images[:, 2])  # gray repeated into RGB
 
 
+def test_sources_without_a_validation_split_prepare_as_before(tmp_path):
+    """Only the sources that set images aside for choosing (mnist, fashion-mnist) get a third split:
+    every other prepared folder is byte for byte what it was before validation splits existed (these
+    digests were recorded then), so the default pipeline's data/prepared does not change."""
+    import hashlib
+
+    manifest = prepare(params(source="mnist5k"), tmp_path / "mnist5k")
+    assert list(manifest.files) == ["train", "test"] and list(manifest.counts) == ["train", "test"]
+    manifest_file = prepared_files(tmp_path / "mnist5k")["manifest.json"]
+    assert hashlib.sha256(manifest_file).hexdigest() == "3fe976ded7d03e4280b8dcf1636023994c9d5432563a21384c3eb444d3d14d97"
+    manifest = prepare(params(source="digits", resolution=8), tmp_path / "digits")
+    assert (manifest.checksum("train"), manifest.checksum("test")) == (
+        "sha256:2d1bb3ebe4ffb29a4b35e996999b091b7fb3dea30d9c7323e182e2ec51c84768",
+        "sha256:b7ea4c23935678f6eb5ca934bd5becff235ba33c8d92550c465dc2c93589c636")
+    with pytest.raises(DataError, match="no 'validation' split \\(has train, test\\); the mnist and fashion-mnist"):
+        load_split(tmp_path / "digits" / "data" / "prepared", "validation")
+
+
 def test_prepare_is_deterministic_for_a_seed(tmp_path):
     prepare(params(source="digits", resolution=16), tmp_path / "a")
     prepare(params(source="digits", resolution=16), tmp_path / "b")
