@@ -188,6 +188,21 @@ def clean_input(images_u8: torch.Tensor) -> torch.Tensor:
 PROTOCOLS = {"tf": tf_input, "pytorch-fid": pytorch_fid_input, "clean": clean_input}
 
 
+def crop_to(images: torch.Tensor, size: int | None) -> torch.Tensor:
+    """The centre ``size`` x ``size`` of (N, C, H, W) images (eval.native_size): undoes prepare's zero
+    padding of a smaller square (ganops.data.images.fit_array puts MNIST's 28x28 at offset
+    (32 - 28) // 2 of a 32 grid), so a 32x32 generator's images and the padded reference are both
+    scored at the data's native size, as the literature scores them. None: the images as they are."""
+    if size is None:
+        return images
+    height, width = images.shape[-2:]
+    if height != width or size > height:
+        raise GanopsError(f"eval.native_size={size} can't be cut from {height}x{width} images: it is the side of the "
+                          f"data's own images inside the generator's (28 for MNIST at data.resolution 32), or null")
+    start = (height - size) // 2
+    return images[..., start : start + size, start : start + size]
+
+
 # --- running the network ------------------------------------------------------------------------------
 
 
@@ -209,13 +224,16 @@ class InceptionFeatureExtractor:
     """uint8 images -> 2048-d FID features, under a named protocol.
 
     ``engine="onnxruntime"`` (CPU default) or ``"torch"`` (CUDA, or where onnxruntime is not wanted).
+    ``native_size``: each image's centre of that side is what the protocol sees (``crop_to``).
     """
 
     def __init__(self, weights: Path, protocol: str = "tf", device: torch.device = torch.device("cpu"),
-                 engine: str | None = None, batch_size: int = 50, threads: int | None = None) -> None:
+                 engine: str | None = None, batch_size: int = 50, threads: int | None = None,
+                 native_size: int | None = None) -> None:
         if protocol not in PROTOCOLS:
             raise GanopsError(f"unknown FID protocol {protocol!r}; one of {sorted(PROTOCOLS)}")
         self.weights, self.protocol, self.device = Path(weights), protocol, device
+        self.native_size = native_size
         self.batch_size = batch_size
         self.to_input = PROTOCOLS[protocol]
         self.network, self.weights_digest = load_network(self.weights)
@@ -240,6 +258,7 @@ class InceptionFeatureExtractor:
     @torch.no_grad()
     def __call__(self, images_u8: torch.Tensor) -> torch.Tensor:
         out = []
+        images_u8 = crop_to(images_u8, self.native_size)
         for start in range(0, len(images_u8), self.batch_size):
             x = self.to_input(images_u8[start : start + self.batch_size].cpu() if self.engine == "onnxruntime"
                               else images_u8[start : start + self.batch_size].to(self.device))

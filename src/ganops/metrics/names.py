@@ -2,10 +2,14 @@
 
 A name says which feature space it was computed in (``tf``, ``pytorch-fid`` or ``clean``: the FID
 Inception network under that FID protocol's resize and scaling; ``domain``: the domain classifier),
-how many images were generated and which split was the reference. ``fid2k_tf_train`` is the standard
-FID of 2,000 generated images against the whole training split, under torch-fidelity's (the original
-TF code's) protocol. Numbers under different names are never compared: evaluate, register, the
-registry listing and the Prefect summary all build and read names through this module.
+how many images were generated, which split was the reference (``train``, ``validation``, ``test``)
+and, when both sides were cropped to the data's native size before the backbone (eval.native_size),
+that size. ``fid2k_tf_train`` is the standard FID of 2,000 generated images against the whole
+training split, under torch-fidelity's (the original TF code's) protocol, at the generator's size;
+``fid10k_tf_test_28x28`` is the literature's FID on MNIST and Fashion-MNIST (Lucic et al. 2018,
+google/compare_gan): 10,000 generated images against the 10,000 test images, both at 28x28.
+Numbers under different names are never compared: evaluate, register, the registry listing and the
+Prefect summary all build and read names through this module.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ class Measurement:
     backbone: str             # "inception" or "domain"
     feature_space: str        # the backbone's label: "tf" | "pytorch-fid" | "clean" (inception) or "domain"
     num_samples: int          # generated images
-    reference: str            # "train" or "test": the whole split is the reference
+    reference: str            # "train", "validation" or "test": the whole split is the reference
+    native_size: int | None = None  # both sides cropped to this side before the backbone; None: as generated
 
     @property
     def distance(self) -> str:
@@ -35,12 +40,17 @@ class Measurement:
         fid_inf2k_tf_train (extrapolated from at most 2k images); ``ifd`` -> ifid2k_tf_train (the mean
         of the per-class distances, whose names end in ``_class<index>``)."""
         metric = DISTANCES[metric].format(distance=self.distance) if metric in DISTANCES else metric
-        base = f"{metric}{count_label(self.num_samples)}_{self.feature_space}_{self.reference}"
+        base = f"{metric}{count_label(self.num_samples)}_{self.feature_space}_{self.reference}{self._size}"
         return f"{base}_{suffix}" if suffix else base
 
     def floor_name(self) -> str:
         """The distance between two halves of the reference split (no generated images involved)."""
-        return f"{self.distance}_real_halves_{self.feature_space}_{self.reference}"
+        return f"{self.distance}_real_halves_{self.feature_space}_{self.reference}{self._size}"
+
+    @property
+    def _size(self) -> str:
+        """``_28x28`` when the images were cropped to the data's native 28x28; nothing otherwise."""
+        return f"_{self.native_size}x{self.native_size}" if self.native_size is not None else ""
 
     @property
     def primary(self) -> str:
