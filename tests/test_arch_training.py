@@ -62,16 +62,6 @@ def test_resnet_trains_under_the_loop(prepared, tmp_path, model, train):
         assert sum(m > 0 for m in moved) >= 0.8 * len(names), (network, dict(zip(names, moved)))
 
 
-# The three marks below come off once ganops/stages/train.py passes model.arch into both specs and
-# ganops/training/step.py applies R2 and hands the rpgan generator loss D's real logits (issue 38, item 4);
-# strict: each then passes, and the mark turns that into a failure until it is removed.
-NEEDS_STAGE_ARCH = pytest.mark.xfail(raises=AssertionError, strict=True,
-                                     reason="stages/train.py does not pass model.arch into the specs yet")
-NEEDS_STEP_RPGAN = pytest.mark.xfail(raises=ValueError, strict=True,
-                                     reason="training/step.py does not pass d_real to the rpgan generator loss yet")
-
-
-@NEEDS_STAGE_ARCH
 def test_the_stage_builds_the_networks_model_arch_names(prepared):
     from ganops.config import ModelParams
 
@@ -81,7 +71,6 @@ def test_the_stage_builds_the_networks_model_arch_names(prepared):
         assert generator_spec(model, manifest).arch == arch and discriminator_spec(model, manifest).arch == arch
 
 
-@NEEDS_STEP_RPGAN
 @pytest.mark.parametrize("arch", ["dcgan", "resnet"])
 def test_rpgan_with_r1_and_r2_trains_under_the_loop(prepared, tmp_path, arch):
     result, _, _ = _fit(prepared, tmp_path / "checkpoints", arch, {"conditional": True},
@@ -91,7 +80,6 @@ def test_rpgan_with_r1_and_r2_trains_under_the_loop(prepared, tmp_path, arch):
     assert rows[-1]["penalty"] > 0 and all(row["loss_d"] > 0 and row["loss_g"] > 0 for row in rows)
 
 
-@NEEDS_STEP_RPGAN
 @pytest.mark.parametrize("conditional", [True, False])
 def test_the_step_adds_r2_at_the_fakes_and_the_rpgan_generator_reads_the_paired_real_logits(conditional):
     """One rpgan step, recomputed by hand: the penalty is r1_gamma/2 * (R1 at the real images + R2 at the

@@ -91,6 +91,7 @@ def snapshot_scorers_of(params: Params, paths: ProjectPaths, manifest: Manifest,
 def generator_spec(model: ModelParams, manifest: Manifest) -> GeneratorSpec:
     """The generator the model params describe for the prepared data (its checksum included)."""
     return GeneratorSpec(
+        arch=model.arch,
         latent_dim=model.latent_dim,
         g_channels=model.g_channels,
         max_channels=model.max_channels,
@@ -104,6 +105,7 @@ def generator_spec(model: ModelParams, manifest: Manifest) -> GeneratorSpec:
 
 def discriminator_spec(model: ModelParams, manifest: Manifest) -> DiscriminatorSpec:
     return DiscriminatorSpec(
+        arch=model.arch,
         d_channels=model.d_channels,
         max_channels=model.max_channels,
         spectral_norm=model.spectral_norm,

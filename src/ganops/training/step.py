@@ -22,7 +22,14 @@ from torch import nn
 from ganops.config import TrainParams
 from ganops.pixels import from_uint8
 from ganops.training.augment import DRAWS_PER_IMAGE, augment
-from ganops.training.losses import LOSSES, discriminator_loss, generator_loss, gradient_penalty, r1_penalty
+from ganops.training.losses import (
+    LOSSES,
+    discriminator_loss,
+    generator_loss,
+    gradient_penalty,
+    r1_penalty,
+    r2_penalty,
+)
 from ganops.training.report import STEP_STATS
 
 MEMORY_FORMAT = torch.channels_last  # the faster conv layout for both cuDNN and oneDNN (CPU)
@@ -165,6 +172,11 @@ class TrainStep:
                 seen_r1 = real_r1 if self.augment_p is None else augment(
                     real_r1, self.augment_draws[d][:batch], self.augment_p).contiguous(memory_format=self.memory_format)
                 penalty = penalty + 0.5 * cfg.r1_gamma * r1_penalty(self.D_raw(seen_r1, y).float(), real_r1)
+            if cfg.r1_gamma > 0 and LOSSES[cfg.loss].penalty_on_fakes:  # R2: the same, at the generated images
+                fake_r2 = fake.detach().requires_grad_(True)
+                seen_r2 = fake_r2 if self.augment_p is None else augment(
+                    fake_r2, self.augment_draws[d][batch:], self.augment_p).contiguous(memory_format=self.memory_format)
+                penalty = penalty + 0.5 * cfg.r1_gamma * r2_penalty(self.D_raw(seen_r2, y).float(), fake_r2)
             self.opt_d.zero_grad(set_to_none=True)
             (loss_d + penalty).backward()
             self.opt_d.step()
@@ -174,7 +186,12 @@ class TrainStep:
         if self.augment_p is not None:  # G is judged on augmented images too, the gradient passing through
             fake = augment(fake, self.augment_draws_g, self.augment_p).contiguous(memory_format=self.memory_format)
         with self.autocast():
-            loss_g = generator_loss(cfg.loss, self.D_frozen(fake, y).float())
+            if LOSSES[cfg.loss].generator_reads_real:  # rpgan: D's logits on the same pairs, real as D last saw it
+                real_seen = seen[:batch].detach()
+                both = self.D_frozen(torch.cat([real_seen, fake]), torch.cat([y, y]) if y is not None else None).float()
+                loss_g = generator_loss(cfg.loss, both[batch:], both[:batch])
+            else:
+                loss_g = generator_loss(cfg.loss, self.D_frozen(fake, y).float())
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
