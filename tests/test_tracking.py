@@ -471,6 +471,96 @@ def _new_run_in(client, experiment: str, roots: list[Path]) -> None:
         (root / "reports" / "mlflow_run.json").write_text(json.dumps({"enabled": True, "run_id": run_id}))
 
 
+# --- the registry lock's fence: a register that lost its lock moves nothing -----------------------------
+
+
+def _champion_and_history(client, name: str) -> tuple[dict, list[str]]:
+    from ganops.tracking.registry import HISTORY_TAG
+
+    model = client.get_registered_model(name)
+    return {alias: str(version) for alias, version in model.aliases.items()}, json.loads(model.tags.get(HISTORY_TAG, "[]"))
+
+
+def test_a_register_whose_lock_file_was_taken_over_moves_nothing(project, tmp_path, monkeypatch):
+    """A local store: while register is paused at its decision, its lock file is removed and another
+    process takes the lock on a fresh one; the first must not move the alias."""
+    import ganops.tracking.registry as registry
+
+    root = Path(shutil.copytree(project, tmp_path / "p"))
+    client, before = client_for(root), _champion_and_history(client_for(root), "ganops-generator")
+    _make_excellent(root)  # clearly better: it would be promoted
+    takers, decide = [], registry._decide
+
+    def paused_while_another_takes_the_lock(cfg, new, champion):
+        lock_file = root / "mlflow.db.register.lock"
+        lock_file.unlink()
+        takers.append(registry.FileRegistryLock(lock_file).__enter__())  # another register, on a fresh lock file
+        return decide(cfg, new, champion)
+
+    monkeypatch.setattr(registry, "_decide", paused_while_another_takes_the_lock)
+    with pytest.raises(registry.LockLost, match="was replaced and taken over by .*: nothing moved"):
+        register(tiny(), root)
+    assert _champion_and_history(client, "ganops-generator") == before == ({"champion": "1"}, ["1"])
+    left_out = client.get_model_version("ganops-generator", "2").tags
+    assert left_out["promoted"] == "false" and "not decided: the registry lock file" in left_out["promotion_reason"]
+    takers[0].check_held()  # the new holder holds it still: the first one's exit left it alone
+    takers[0].__exit__(None, None, None)
+
+
+def test_a_register_whose_lease_ran_out_and_was_taken_over_moves_nothing(project, mlflow_server, tmp_path, monkeypatch):
+    """A tracking server: register paused past its lease (the taker's clock is the lease later), another
+    register takes the lock over; the first must not move the alias, nor release the taker's lock."""
+    from mlflow import MlflowClient
+
+    import ganops.tracking.registry as registry
+
+    root = Path(shutil.copytree(project, tmp_path / "p", ignore=shutil.ignore_patterns("mlflow.db*", "mlartifacts")))
+    on_server = {"mlflow": {"tracking_uri": mlflow_server}, "register": {"model_name": "fenced"}}
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    experiment = client.create_experiment("fenced")
+    _new_run_in(client, experiment, [root])
+    assert register(tiny(on_server), root)["promoted"] is True  # v1, the champion
+    _new_run_in(client, experiment, [root])
+    _make_excellent(root)
+    takers, decide = [], registry._decide
+
+    def paused_past_the_lease(cfg, new, champion):
+        later = lambda: time.time() + registry.LOCK_TIMEOUT_S + 1  # noqa: E731  the lease has run out by then
+        takers.append(registry.RegistryLock(client, "fenced", clock=later).__enter__())
+        return decide(cfg, new, champion)
+
+    monkeypatch.setattr(registry, "_decide", paused_past_the_lease)
+    with pytest.raises(registry.LockLost, match="registry lock fenced.lock was taken over by .*: nothing moved"):
+        register(tiny(on_server), root)
+    assert _champion_and_history(client, "fenced") == ({"champion": "1"}, ["1"])
+    assert client.get_model_version("fenced", "2").tags["promoted"] == "false"
+    takers[0].check_held()  # still the taker's: the first register's exit did not delete it
+    takers[0].__exit__(None, None, None)
+    assert [m.name for m in client.search_registered_models("name = 'fenced.lock'")] == []
+
+
+def test_the_alias_moves_only_with_enough_of_the_lease_left(tmp_path):
+    """The lease's clock driven by hand: held, then paused until less than the fence's margin is left
+    (no one else came): the holder refuses to move the alias rather than race a take-over."""
+    from mlflow import MlflowClient
+
+    from ganops.tracking.registry import FENCE_MARGIN_S, LockLost, RegistryLock, _set_champion
+
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model("m")
+    now = [1000.0]
+    with RegistryLock(client, "m", hold_s=600, clock=lambda: now[0]) as lock:
+        lock.check_held()
+        now[0] += 600 - FENCE_MARGIN_S - 1  # one second more than the margin left
+        lock.check_held()
+        now[0] += 2  # one second less
+        with pytest.raises(LockLost, match="too little to move the alias"):
+            _set_champion(client, "m", "1", ["1"], lock)
+        assert client.get_registered_model("m").aliases == {} and "ganops.champion_history" not in \
+            client.get_registered_model("m").tags
+
+
 def test_serving_resolves_the_champion_and_follows_it(project, tmp_path, monkeypatch):
     root = Path(shutil.copytree(project, tmp_path / "p"))
     cfg = tiny().mlflow

@@ -19,6 +19,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ganops import GanopsError
 from ganops.config import MlflowParams, RegisterParams
-from ganops.io import file_sha256
+from ganops.io import file_sha256, write_bytes_atomic
 from ganops.metrics.report import EvaluationReport
 from ganops.noise import beyond_noise, bonferroni_z, noise_threshold
 from ganops.tracking.store import ONNX_DIGEST_TAG, TrackingError, connect, http_settings, lock_path, tracking_uri
@@ -182,29 +183,83 @@ def evaluation_tag(report: EvaluationReport) -> str:
     return text
 
 
-def _registry_lock(cfg: MlflowParams, root: Path, client, name: str):
+def _registry_lock(cfg: MlflowParams, root: Path, client, name: str) -> FileRegistryLock | RegistryLock:
     """One registry change at a time (read the champion, decide, move the alias): for a local store
     (sqlite, files), a lock file on this machine; for a tracking server, a lock held in the registry
-    itself, so register processes on different hosts exclude each other too."""
-    from filelock import FileLock
-
+    itself, so register processes on different hosts exclude each other too. Either way the holder
+    calls ``check_held()`` right before it moves the alias (``_set_champion``): a holder whose lock was
+    taken over meanwhile gives up, having moved nothing (``LockLost``)."""
     uri = tracking_uri(cfg, root)
     if uri.startswith(("http://", "https://")):
         return RegistryLock(client, name)
-    return FileLock(str(lock_path(uri)), timeout=LOCK_TIMEOUT_S)
+    return FileRegistryLock(lock_path(uri))
 
 
 LOCK_TIMEOUT_S = 600.0
+FENCE_MARGIN_S = 60.0  # the alias moves only with this much of the lease left (at most a quarter of it)
+
+
+class LockLost(TrackingError):
+    """This process no longer holds the registry lock it took: another holder may be changing the registry."""
+
+
+def _lock_token() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class FileRegistryLock:
+    """A lock file on this machine (an OS lock, held while the process lives) for a local store. Once
+    it holds the lock the process writes its token to ``<lock file>.holder``; ``check_held`` confirms
+    that the lock file is still the one it locked and the token still its own, so a holder whose lock
+    file was removed (and taken by another process on a fresh file) gives up."""
+
+    def __init__(self, path: Path, timeout_s: float = LOCK_TIMEOUT_S) -> None:
+        from filelock import FileLock
+
+        self.path, self.holder = Path(path), Path(f"{path}.holder")
+        self.lock, self.token, self.inode = FileLock(str(path), timeout=timeout_s), _lock_token(), -1
+
+    def __enter__(self) -> FileRegistryLock:
+        self.lock.acquire()
+        try:
+            self.inode = os.stat(self.path).st_ino
+            write_bytes_atomic(self.holder, self.token.encode())
+        except BaseException:
+            self.lock.release()
+            raise
+        return self
+
+    def check_held(self) -> None:
+        try:
+            inode, holder = os.stat(self.path).st_ino, self.holder.read_text()
+        except OSError as error:
+            raise LockLost(f"the registry lock file {self.path} is gone ({error.strerror}): another process may hold "
+                           "the registry now; nothing moved (run it again)") from None
+        if inode != self.inode or holder != self.token:
+            raise LockLost(f"the registry lock file {self.path} was replaced and taken over by {holder} while this "
+                           f"process ({self.token}) held it: nothing moved (run it again)")
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self.holder.read_text() == self.token:
+                self.holder.unlink()
+        except OSError:
+            pass
+        self.lock.release()
 
 
 class RegistryLock:
     """A mutex kept by the tracking server: the registered model ``<name>.lock``, whose creation the
-    server's database makes atomic (a second create fails with RESOURCE_ALREADY_EXISTS). The holder
-    deletes it when done; one left by a crashed holder is taken over once its ``expires`` tag passes."""
+    server's database makes atomic (a second create fails with RESOURCE_ALREADY_EXISTS), tagged with its
+    holder's token and when its lease ``expires``. The holder deletes it when done; one left by a
+    crashed (or paused) holder is taken over once its lease has run out, so ``check_held`` confirms
+    before the alias moves that the token is still this holder's and enough of the lease is left that
+    no one can take it over meanwhile. ``clock`` (seconds since the epoch) is the lease's clock."""
 
-    def __init__(self, client, name: str, hold_s: float = LOCK_TIMEOUT_S, timeout_s: float = LOCK_TIMEOUT_S) -> None:
+    def __init__(self, client, name: str, hold_s: float = LOCK_TIMEOUT_S, timeout_s: float = LOCK_TIMEOUT_S,
+                 clock: Callable[[], float] = time.time) -> None:
         self.client, self.name, self.hold_s, self.timeout_s = client, f"{name}.lock", hold_s, timeout_s
-        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.clock, self.token = clock, _lock_token()
 
     def __enter__(self) -> RegistryLock:
         from mlflow.exceptions import MlflowException
@@ -213,7 +268,7 @@ class RegistryLock:
         while True:
             try:
                 self.client.create_registered_model(
-                    self.name, tags={"holder": self.token, "expires": str(time.time() + self.hold_s)},
+                    self.name, tags={"holder": self.token, "expires": str(self.clock() + self.hold_s)},
                     description="ganops: held while a register process decides the champion; deleted after")
                 return self
             except MlflowException as error:
@@ -228,11 +283,27 @@ class RegistryLock:
     def _take_over_if_expired(self) -> None:
         try:
             tags = self.client.get_registered_model(self.name).tags
-            if float(tags.get("expires", "inf")) < time.time():
+            if float(tags.get("expires", "inf")) < self.clock():
                 log.warning("the registry lock %s of %s expired: taking it over", self.name, tags.get("holder"))
                 self.client.delete_registered_model(self.name)
         except Exception:  # deleted meanwhile, or taken over by another waiter: try to create it again
             pass
+
+    def check_held(self) -> None:
+        try:
+            tags = self.client.get_registered_model(self.name).tags
+        except Exception as error:
+            raise LockLost(f"could not confirm that this process still holds the registry lock {self.name} "
+                           f"({type(error).__name__}: {str(error)[:300]}): nothing moved (run it again)") from None
+        if tags.get("holder") != self.token:
+            raise LockLost(f"the registry lock {self.name} was taken over by {tags.get('holder')} while this process "
+                           f"({self.token}) held it (its lease of {self.hold_s:g} s ran out: a paused process?): "
+                           "nothing moved (run it again)")
+        left = float(tags.get("expires", "-inf")) - self.clock()
+        if left < min(FENCE_MARGIN_S, self.hold_s / 4):
+            raise LockLost(f"the lease on the registry lock {self.name} has {max(left, 0):.0f} s left of "
+                           f"{self.hold_s:g} s: too little to move the alias before another process may take it "
+                           "over; nothing moved (run it again)")
 
     def __exit__(self, *exc) -> None:
         try:
@@ -271,7 +342,8 @@ def _history(client, name: str) -> list[str]:
     return json.loads(client.get_registered_model(name).tags.get(HISTORY_TAG, "[]"))
 
 
-def _set_champion(client, name: str, version: str, history: list[str]) -> None:
+def _set_champion(client, name: str, version: str, history: list[str], lock: FileRegistryLock | RegistryLock) -> None:
+    lock.check_held()  # the fence: a holder whose lock was taken over moves nothing (LockLost)
     # history first: if the alias write then fails, the history names a champion-to-be, and rollback
     # goes by the alias, so nothing is lost; the other order could move the alias with no way back
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
@@ -304,7 +376,7 @@ def register_onnx(onnx_path: Path, interface: ModelInterface, report: Evaluation
     digest, evaluation = file_sha256(onnx_path), evaluation_tag(report)
     # a retry of this same registration (same run, model file and evaluation) reuses its version
     attempt = hashlib.sha256(f"{run_id}|{digest}|{evaluation}".encode()).hexdigest()[:16]
-    with _registry_lock(mlflow_cfg, root, client, name):
+    with _registry_lock(mlflow_cfg, root, client, name) as lock:
         version = _version_of_attempt(client, name, run_id, attempt)
         if version is None:
             with http_settings(mlflow_cfg), mlflow.start_run(run_id=run_id):
@@ -322,6 +394,17 @@ def register_onnx(onnx_path: Path, interface: ModelInterface, report: Evaluation
                 client.set_model_version_tag(name, version, key, str(value))
         try:
             champion = _champion(client, name)
+            history = _history(client, name)
+            if champion is not None and str(champion.version) == version:  # the first try got as far as the alias
+                reason = client.get_model_version(name, version).tags.get("promotion_reason")
+                promoted, reason = True, reason or "promoted by an earlier try of this registration"
+                earlier = [v for v in history if v != version]
+                previous = earlier[-1] if earlier else None
+            else:
+                promoted, reason = _decide(cfg, new, champion)
+                previous = str(champion.version) if champion else None
+                if promoted:
+                    _set_champion(client, name, version, history + [version], lock)
         except TrackingError as error:
             try:  # say why this version was left out, where the registry still answers
                 client.set_model_version_tag(name, version, "promoted", "false")
@@ -329,17 +412,6 @@ def register_onnx(onnx_path: Path, interface: ModelInterface, report: Evaluation
             except Exception:
                 pass
             raise
-        history = _history(client, name)
-        if champion is not None and str(champion.version) == version:  # the first try got as far as the alias
-            reason = client.get_model_version(name, version).tags.get("promotion_reason")
-            promoted, reason = True, reason or "promoted by an earlier try of this registration"
-            earlier = [v for v in history if v != version]
-            previous = earlier[-1] if earlier else None
-        else:
-            promoted, reason = _decide(cfg, new, champion)
-            previous = str(champion.version) if champion else None
-            if promoted:
-                _set_champion(client, name, version, history + [version])
         client.set_model_version_tag(name, version, "promoted", str(promoted).lower())
         client.set_model_version_tag(name, version, "promotion_reason", reason)
     log.info("registered %s v%s: %s — %s", name, version, "promoted to champion" if promoted else "not promoted", reason)
@@ -381,13 +453,13 @@ def promote(mlflow_cfg: MlflowParams, cfg: RegisterParams, version: str, root: P
     """Make ``version`` the champion by hand (recorded in its tags and the champion history)."""
     client = connect(mlflow_cfg, root)
     name = cfg.model_name
-    with _registry_lock(mlflow_cfg, root, client, name):
+    with _registry_lock(mlflow_cfg, root, client, name) as lock:
         try:
             client.get_model_version(name, str(version))
         except Exception:
             raise GanopsError(f"{name} has no version {version}") from None
         previous = _champion(client, name)
-        _set_champion(client, name, str(version), _history(client, name) + [str(version)])
+        _set_champion(client, name, str(version), _history(client, name) + [str(version)], lock)
         client.set_model_version_tag(name, str(version), "promotion_reason",
                                      f"promoted by hand on {time.strftime('%Y-%m-%d %H:%M:%S')}")
     return {"champion": str(version), "previous_champion": str(previous.version) if previous else None}
@@ -404,7 +476,7 @@ def rollback(mlflow_cfg: MlflowParams, cfg: RegisterParams, root: Path = Path(".
     """Move champion back to the version that held it before the current one."""
     client = connect(mlflow_cfg, root)
     name = cfg.model_name
-    with _registry_lock(mlflow_cfg, root, client, name):
+    with _registry_lock(mlflow_cfg, root, client, name) as lock:
         history = _history(client, name)
         champion = _champion(client, name)
         if champion is not None and history and history[-1] != str(champion.version):
@@ -412,7 +484,7 @@ def rollback(mlflow_cfg: MlflowParams, cfg: RegisterParams, root: Path = Path(".
         if len(history) < 2:
             raise GanopsError(f"{name} has no earlier champion to roll back to (history: {history or 'empty'})")
         current, previous = history[-1], history[-2]
-        _set_champion(client, name, previous, history[:-1])
+        _set_champion(client, name, previous, history[:-1], lock)
         when = time.strftime("%Y-%m-%d %H:%M:%S")
         client.set_model_version_tag(name, current, "rolled_back", f"replaced by v{previous} on {when}")
         client.set_model_version_tag(name, previous, "restored_by_rollback_from", current)
