@@ -14,6 +14,7 @@ from conftest import merge, tiny
 from ganops import GanopsError
 from ganops.config import EvalParams
 from ganops.data import load_split
+from ganops.io import file_sha256
 from ganops.metrics.backbones import DomainClassifierBackbone, extract_features, resolve_backbone
 from ganops.metrics.domain_classifier import DomainClassifier, DomainClassifierSpec, classifier_accuracy, load_domain_classifier
 from ganops.metrics.evaluation import score_draws
@@ -142,6 +143,8 @@ def test_evaluate_writes_measurement_named_metrics(trained_project, tmp_path):
                  "class_consistency200_domain_train"):
         assert np.isfinite(report[name]), name
     assert not any(key.startswith("fid") for key in report)
+    # every network that scored is named by its digest: here the domain classifier's weights file
+    assert report["evaluator_sha256"] == file_sha256(ProjectPaths(root).evaluator_weights)
     # the interval is the estimate +- 1.96 half-sampling std (so it contains it), the std is a real spread,
     # and the method says so; whether that std matches the estimate's true spread is test_frechet's
     value, std = report["fd200_domain_train"], report["fd200_domain_train_std"]

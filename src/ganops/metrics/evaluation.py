@@ -23,7 +23,7 @@ import torch
 
 from ganops import GanopsError
 from ganops.config import EvalParams
-from ganops.io import first_non_finite
+from ganops.io import file_sha256, first_non_finite
 from ganops.metrics.backbones import Backbone, DomainClassifierBackbone
 from ganops.metrics.draws import EVALUATE, check_compatible, features_of_draws, generated_draws, sample_labels
 from ganops.metrics.names import Measurement
@@ -195,6 +195,7 @@ class Evaluation:
     spec: GeneratorSpec
     reference_labels: np.ndarray | None  # the reference split's labels, for a conditional generator
     class_names: list[str] | None  # the data's, for a conditional generator
+    evaluator_sha256: str | None = None  # the domain classifier's weights file, when it is a backbone
 
     def plan(self, count: int | None = None, use: int = EVALUATE) -> DrawPlan:
         """The draw plan of ``count`` images (eval.num_samples) for one use of generated images."""
@@ -232,6 +233,8 @@ class Evaluation:
             report.update({"fid_protocol": cfg.fid_protocol, "weights_digest": record.weights_digest})
         else:
             report["backbone_fallback"] = record.fallback_reason
+        if self.evaluator_sha256 is not None:  # every network that scored is named by its digest
+            report["evaluator_sha256"] = self.evaluator_sha256
         return {**report, "primary_metric": scores.primary, **scores.record, **scores.metrics}
 
     def samples_picture(self, scores: Scores) -> bytes:
@@ -252,9 +255,12 @@ def open_evaluation(cfg: EvalParams, manifest: Manifest, split: SplitReader, spe
                                           device, manifest, cfg.reference_max_features)
     backbones = open_backbones(record, inception, files.folder, (files.classifier_weights, files.classifier_spec),
                                split, cfg.reference, cfg.batch_size, cfg.reference_max_features, device, primary_only)
+    backbones = backbones[:1] if primary_only else backbones
+    classifier = any(isinstance(b.backbone, DomainClassifierBackbone) for b in backbones)
     conditional = spec.conditional
-    return Evaluation(cfg, record, backbones[:1] if primary_only else backbones, split, spec,
-                      split.labels if conditional else None, manifest.class_names if conditional else None)
+    return Evaluation(cfg, record, backbones, split, spec, split.labels if conditional else None,
+                      manifest.class_names if conditional else None,
+                      file_sha256(files.classifier_weights) if classifier else None)
 
 
 def _check_sizes(cfg: EvalParams, num_reference: int) -> None:

@@ -25,7 +25,8 @@ class EvaluationReport(BaseModel):
     primary_metric: str
     interval_method: str
     fid_protocol: str | None = None
-    weights_digest: str | None = None
+    weights_digest: str | None = None  # the FID Inception weights' tensor digest (inception backbone)
+    evaluator_sha256: str | None = None  # the domain classifier's weights file, when it scored (None: it did not)
     backbone_fallback: str | None = None
     class_names: list[str] | None = None  # conditional generators: class index -> name
     truncation: list[float] | None = None  # the truncation curve's psi values (beside none) ...

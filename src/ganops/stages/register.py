@@ -13,6 +13,8 @@ from ganops import GanopsError
 from ganops.config import Params
 from ganops.data import load_manifest
 from ganops.io import file_sha256, write_json_atomic
+from ganops.metrics.backbones import resolve_backbone
+from ganops.metrics.inception import load_network
 from ganops.metrics.report import EvaluationReport
 from ganops.paths import ProjectPaths
 from ganops.serving.export import GENERATOR_DIGEST_KEY, model_interface
@@ -40,6 +42,7 @@ def register(params: Params, root: Path = Path(".")) -> dict:
         raise GanopsError("the register stage needs MLflow: set mlflow.enabled: true")
     report = EvaluationReport.load(paths.eval_report)
     check_same_generator(paths.onnx, report, paths.eval_report)
+    check_same_networks(report, paths, params.eval.inception_weights)
     for name in (report.primary_metric, f"{report.primary_metric}_std", f"{report.primary_metric}_ci95_low",
                  f"{report.primary_metric}_ci95_high"):
         value = report.metric(name)
@@ -82,3 +85,22 @@ def check_same_generator(onnx_path: Path, report: EvaluationReport, report_path:
         raise GanopsError(f"{report_path} scored generator {report.generator_sha256[:16]}..., but {onnx_path} was "
                           f"exported from generator {exported_from[:16]}...: refusing to register a model on another "
                           "generator's numbers (run `dvc repro` so evaluate and export see the same generator)")
+
+
+def check_same_networks(report: EvaluationReport, paths: ProjectPaths, inception_weights: str | None) -> None:
+    """Every network that scored the evaluation must be the one in place now, or its numbers are not
+    those of the version's signature: the domain classifier's weights file and the FID Inception
+    weights against the digests eval.json recorded; the stage refuses, naming both."""
+    if report.evaluator_sha256 is not None:
+        now = file_sha256(paths.evaluator_weights) if paths.evaluator_weights.exists() else "missing"
+        if now != report.evaluator_sha256:
+            raise GanopsError(f"{paths.eval_report} was scored with the domain classifier {report.evaluator_sha256[:16]}..., "
+                              f"but {paths.evaluator_weights} is now {now[:16]}...: refusing to register on another "
+                              "classifier's numbers (run `dvc repro evaluate`)")
+    if report.backbone == "inception":
+        _, weights, _ = resolve_backbone("inception", inception_weights)  # refuses when they are gone
+        _, now = load_network(weights)
+        if now != report.weights_digest:
+            raise GanopsError(f"{paths.eval_report} was scored with the FID Inception weights {report.weights_digest[:16]}..., "
+                              f"but {weights} now holds {now[:16]}...: refusing to register on other weights' numbers "
+                              "(run `dvc repro reference_stats evaluate`)")
