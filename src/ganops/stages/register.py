@@ -52,7 +52,7 @@ def register(params: Params, root: Path = Path(".")) -> dict:
             raise GanopsError(f"{paths.eval_report}: {name} is {value!r}, not a finite number; a generator is "
                               "never registered on it (rerun `dvc repro evaluate`)")
     manifest = load_manifest(paths.prepared)
-    eval_signature = evaluation_signature(report, manifest, paths.evaluator_weights)
+    eval_signature = evaluation_signature(report, manifest)
     decision = register_onnx(paths.onnx, model_interface(paths.onnx), report, eval_signature,
                              pipeline_run_id(paths.mlflow_run), params.mlflow, params.register, root)
     client = connect(params.mlflow, root)

@@ -42,17 +42,18 @@ HISTORY_TAG = "ganops.champion_history"  # JSON list of champion versions, oldes
 ATTEMPT_TAG = "ganops.registration"  # which registration (run, model file, evaluation) made a version
 
 
-def evaluation_signature(report: EvaluationReport, manifest: Manifest, evaluator: Path) -> str:
+def evaluation_signature(report: EvaluationReport, manifest: Manifest) -> str:
     """Numbers are comparable only under the same protocol (metric, weights, sample count, reference),
     interval settings (the draws and the half-sampling that give the std: eval.draws, eval.spread_rounds,
     as eval.json's ``draws`` and ``interval_method`` say) and data; a domain metric also only under the
-    same domain evaluator (its weights file)."""
+    same domain evaluator (the weights file eval.json names: the register stage has checked that it is
+    the one in place)."""
     parts = {"metric": report.primary_metric, "backbone": report.backbone, "num_samples": report.num_samples,
              "reference": report.reference, "fid_protocol": report.fid_protocol,
              "weights": report.weights_digest, "data": manifest.checksum(report.reference),
              "draws": report.draws, "intervals": report.interval_method}
-    if report.primary_metric.endswith(f"_domain_{report.reference}") and evaluator.exists():
-        parts["evaluator"] = file_sha256(evaluator)
+    if report.primary_metric.endswith(f"_domain_{report.reference}"):
+        parts["evaluator"] = report.evaluator_sha256
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
