@@ -359,6 +359,21 @@ def test_register_refuses_an_evaluation_of_another_generator(project, tmp_path):
     assert len(client_for(root).search_model_versions("name = 'ganops-generator'")) == 1  # nothing registered
 
 
+def test_register_refuses_an_evaluation_scored_by_another_classifier(project, tmp_path):
+    """The domain classifier retrained after `evaluate` (eval.evaluator.seed: 1): its numbers came from the
+    old one, so register refuses, naming both digests, and registers nothing (issue 37, item 2)."""
+    from ganops import GanopsError
+
+    root = Path(shutil.copytree(project, tmp_path / "p"))
+    scored = json.loads((root / "reports" / "eval.json").read_text())["evaluator_sha256"]
+    train_evaluator(tiny({"eval": {"evaluator": {"seed": 1}}}), root)
+    now = file_sha256(root / "models" / "evaluator.safetensors")
+    assert now != scored
+    with pytest.raises(GanopsError, match=f"domain classifier {scored[:16]}.*is now {now[:16]}"):
+        register(tiny(), root)
+    assert len(client_for(root).search_model_versions("name = 'ganops-generator'")) == 1  # nothing registered
+
+
 def test_register_refuses_non_finite_metrics_and_replaces_a_non_finite_champion(project, tmp_path):
     from ganops import GanopsError
 
