@@ -109,5 +109,6 @@ def test_recipes_are_valid_params():
     recipes = sorted((REPO / "recipes").glob("*.yaml"))
     assert recipes
     for recipe in recipes:
-        params = load_params(recipe)
-        assert params.data.source == "cifar10" and params.train.loss == "hinge" and params.model.spectral_norm
+        params = load_params(recipe)  # each a complete, valid params set
+        if recipe.stem == "cifar10":  # the literature's recipes are test_literature_protocol.py's
+            assert params.data.source == "cifar10" and params.train.loss == "hinge" and params.model.spectral_norm
