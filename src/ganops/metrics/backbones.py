@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 class Backbone(Protocol):
     name: str            # "inception" | "domain"
     feature_space: str   # what metric names say: the FID protocol, or "domain"
+    native_size: int | None  # the images' centre of this side is what it sees (eval.native_size); None: whole
 
     def __call__(self, images_u8: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) -> float features (N, D)."""
@@ -35,9 +36,9 @@ class Backbone(Protocol):
 class InceptionBackbone:
     name = "inception"
 
-    def __init__(self, weights: Path, protocol: str, device: torch.device) -> None:
-        self.feature_space = protocol
-        self.extractor = InceptionFeatureExtractor(weights, protocol, device)
+    def __init__(self, weights: Path, protocol: str, device: torch.device, native_size: int | None = None) -> None:
+        self.feature_space, self.native_size = protocol, native_size
+        self.extractor = InceptionFeatureExtractor(weights, protocol, device, native_size=native_size)
 
     def __call__(self, images_u8: torch.Tensor) -> torch.Tensor:
         return self.extractor(images_u8)
@@ -48,6 +49,7 @@ class DomainClassifierBackbone:
 
     name = "domain"
     feature_space = "domain"
+    native_size = None  # trained on the prepared images as they are
 
     def __init__(self, model: DomainClassifier) -> None:
         self.model = model

@@ -154,7 +154,7 @@ def score_draws(draws: list[torch.Tensor], labels: torch.Tensor | None, backbone
     found = Found({})
     scored_primary = None
     for index, (backbone, reference) in enumerate(backbones):
-        measurement = Measurement(backbone.name, backbone.feature_space, count, cfg.reference)
+        measurement = Measurement(backbone.name, backbone.feature_space, count, cfg.reference, backbone.native_size)
         scored = Scored(backbone, reference, measurement, index == 0, draws,
                         features_of_draws(backbone, draws, cfg.batch_size), draw_labels, plan, cfg, evaluation)
         scored_primary = scored_primary or scored
@@ -207,7 +207,7 @@ class Evaluation:
     def measurement(self, count: int) -> Measurement:
         """How ``count`` images of this evaluation are measured on its primary backbone."""
         backbone = self.backbones[0].backbone
-        return Measurement(backbone.name, backbone.feature_space, count, self.cfg.reference)
+        return Measurement(backbone.name, backbone.feature_space, count, self.cfg.reference, backbone.native_size)
 
     def score(self, generator: Generator, metrics: Collection[Metric], plan: DrawPlan | None = None) -> Scores:
         """Every entry of ``metrics`` for ``generator``'s images drawn by ``plan`` (the evaluation's own by default)."""
@@ -231,6 +231,8 @@ class Evaluation:
                         "reference": cfg.reference, "num_reference": len(self.split), "generator_sha256": generator_sha256}
         if record.backbone == "inception":
             report.update({"fid_protocol": cfg.fid_protocol, "weights_digest": record.weights_digest})
+            if record.native_size is not None:  # both sides cropped to the data's native size
+                report["native_size"] = record.native_size
         else:
             report["backbone_fallback"] = record.fallback_reason
         if self.evaluator_sha256 is not None:  # every network that scored is named by its digest
@@ -252,7 +254,7 @@ def open_evaluation(cfg: EvalParams, manifest: Manifest, split: SplitReader, spe
     if not primary_only:
         _check_sizes(cfg, len(split))
     record, inception = resolve_reference(cfg.backbone, cfg.inception_weights, cfg.fid_protocol, cfg.reference,
-                                          device, manifest, cfg.reference_max_features)
+                                          device, manifest, cfg.reference_max_features, cfg.native_size)
     backbones = open_backbones(record, inception, files.folder, (files.classifier_weights, files.classifier_spec),
                                split, cfg.reference, cfg.batch_size, cfg.reference_max_features, device, primary_only)
     backbones = backbones[:1] if primary_only else backbones

@@ -112,7 +112,7 @@ def score_folders(params: Params, first: Path, second: str, protocol: str | None
     limits = (cfg.batch_size, params.data.max_file_bytes, params.data.max_image_pixels)
     if second == REFERENCE:
         expected, backbone = resolve_reference("inception", cfg.inception_weights, protocol, cfg.reference, device,
-                                               load_manifest(paths.prepared), cfg.reference_max_features)
+                                               load_manifest(paths.prepared), cfg.reference_max_features, cfg.native_size)
         return fid_of_folders(backbone, first, None, (paths.reference, expected), *limits)
     _, weights, _ = resolve_backbone("inception", cfg.inception_weights)
     return fid_of_folders(InceptionBackbone(weights, protocol, device), first, Path(second), None, *limits)

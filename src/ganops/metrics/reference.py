@@ -70,26 +70,29 @@ class ReferenceRecord:
     fid_protocol: str | None = None  # inception only, as are the two below
     weights: str | None = None
     weights_digest: str | None = None
+    native_size: int | None = None  # inception: the images' centre of this side is what it sees
 
     def as_dict(self) -> dict:
-        """The fields that apply to its backbone, in the order reference.json lists them."""
+        """The fields that apply to its backbone, in the order reference.json lists them (native_size
+        only when set)."""
         own = ("fid_protocol", "weights", "weights_digest") if self.backbone == "inception" else ("fallback_reason",)
         fields = ("backbone", "reference", "data_sha256", "max_features", *own)
-        return {key: getattr(self, key) for key in fields}
+        sized = {"native_size": self.native_size} if self.native_size is not None else {}
+        return {**{key: getattr(self, key) for key in fields}, **sized}
 
 
 def resolve_reference(backbone_name: str, inception_weights: str | None, fid_protocol: str, reference: str,
-                      device: torch.device, manifest: Manifest,
-                      max_features: int) -> tuple[ReferenceRecord, InceptionBackbone | None]:
+                      device: torch.device, manifest: Manifest, max_features: int,
+                      native_size: int | None = None) -> tuple[ReferenceRecord, InceptionBackbone | None]:
     """What the reference statistics depend on (and what evaluate checks before reusing them), and for
     the inception backbone the network itself: loaded once, its weights digest read off it."""
     name, weights, fallback = resolve_backbone(backbone_name, inception_weights)
     record = ReferenceRecord(name, reference, manifest.checksum(reference), max_features)
     if name != "inception":
         return dataclasses.replace(record, fallback_reason=fallback), None
-    backbone = InceptionBackbone(weights, fid_protocol, device)
+    backbone = InceptionBackbone(weights, fid_protocol, device, native_size)
     return dataclasses.replace(record, fid_protocol=fid_protocol, weights=str(weights),
-                               weights_digest=backbone.extractor.weights_digest), backbone
+                               weights_digest=backbone.extractor.weights_digest, native_size=native_size), backbone
 
 
 class SplitReader(Protocol):
@@ -203,7 +206,8 @@ def load_reference(folder: Path, expected: ReferenceRecord) -> ReferenceFeatures
         record = json.loads((folder / RECORD).read_text())
     except FileNotFoundError:
         raise GanopsError(f"{folder / RECORD} is missing: run the reference_stats stage (`dvc repro reference_stats`)") from None
-    stale = {key: (record.get(key), value) for key, value in expected.as_dict().items()
+    wanted = {**expected.as_dict(), "native_size": expected.native_size}  # an uncropped one too must match
+    stale = {key: (record.get(key), value) for key, value in wanted.items()
              if key not in ("weights",) and record.get(key) != value}
     if stale:
         details = ", ".join(f"{key}: cached {old!r}, now {new!r}" for key, (old, new) in stale.items())

@@ -26,6 +26,7 @@ class EvaluationReport(BaseModel):
     interval_method: str
     fid_protocol: str | None = None
     weights_digest: str | None = None  # the FID Inception weights' tensor digest (inception backbone)
+    native_size: int | None = None  # both sides cropped to the data's native size (eval.native_size)
     evaluator_sha256: str | None = None  # the domain classifier's weights file, when it scored (None: it did not)
     backbone_fallback: str | None = None
     class_names: list[str] | None = None  # conditional generators: class index -> name
@@ -45,8 +46,13 @@ class EvaluationReport(BaseModel):
     @property
     def measurement(self) -> Measurement:
         """How the primary metric was measured."""
+        return self._measured(self.num_samples)
+
+    def _measured(self, count: int) -> Measurement:
+        """How ``count`` images were measured on the primary backbone (as the evaluation named them)."""
         feature_space = self.fid_protocol if self.backbone == "inception" else "domain"
-        return Measurement(self.backbone, feature_space, self.num_samples, self.reference)
+        native = self.native_size if self.backbone == "inception" else None
+        return Measurement(self.backbone, feature_space, count, self.reference, native)
 
     @property
     def value(self) -> float:
@@ -83,8 +89,7 @@ class EvaluationReport(BaseModel):
         precision and recall; [] when it was not measured."""
         if self.truncation_samples is None:
             return []
-        feature_space = self.fid_protocol if self.backbone == "inception" else "domain"
-        measurement = Measurement(self.backbone, feature_space, self.truncation_samples, self.reference)
+        measurement = self._measured(self.truncation_samples)
         points = []
         for psi in [None, *(self.truncation or [])]:
             label = truncation_label(psi)
@@ -113,7 +118,8 @@ class EvaluationReport(BaseModel):
             "truncation": self.truncation_curve(),
             "protocol": {"backbone": self.backbone, "fid_protocol": self.fid_protocol, "num_samples": self.num_samples,
                          "reference": self.reference, "num_reference": self.num_reference,
-                         "weights_digest": self.weights_digest},
+                         "weights_digest": self.weights_digest,
+                         **({"native_size": self.native_size} if self.native_size is not None else {})},
             "interval_method": self.interval_method,
             "generator_sha256": self.generator_sha256,
         }

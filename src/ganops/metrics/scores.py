@@ -220,7 +220,7 @@ def truncation_curve(generator: torch.nn.Module, reference_labels: np.ndarray | 
     primary backbone, named e.g. fid500_tf_train_psi0.7."""
     cfg, backbone, reference = scored.cfg, scored.backbone, scored.reference
     count = cfg.truncation_samples
-    measurement = Measurement(backbone.name, backbone.feature_space, count, cfg.reference)
+    measurement = Measurement(backbone.name, backbone.feature_space, count, cfg.reference, backbone.native_size)
     labels = sample_labels(reference_labels, count, num_classes, cfg.seed, TRUNCATE) if reference_labels is not None else None
     device = next(generator.parameters()).device
     out: dict[str, float] = {}

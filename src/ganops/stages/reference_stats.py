@@ -18,6 +18,6 @@ def reference_stats(params: Params, root: Path = Path(".")) -> dict:
     paths = ProjectPaths(root)
     record, backbone = resolve_reference(cfg.backbone, cfg.inception_weights, cfg.fid_protocol, cfg.reference,
                                          resolve_device(cfg.device, "eval.device"), load_manifest(paths.prepared),
-                                         cfg.reference_max_features)
+                                         cfg.reference_max_features, cfg.native_size)
     split = open_split(paths.prepared, cfg.reference) if backbone is not None else None
     return write_reference(paths.reference, record, backbone, split, cfg.batch_size, cfg.reference_max_features)
