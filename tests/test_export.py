@@ -148,17 +148,27 @@ def test_an_fp16_model_measured_non_finite_is_never_written(exported, tmp_path, 
     assert not [p for p in (root / "models").iterdir() if p.name.startswith(".")]  # no staging, no temporary file
 
 
-def test_a_model_that_cannot_run_here_is_not_measurable_and_one_that_runs_is_measured(exported, tmp_path):
+def test_a_model_that_cannot_run_here_is_not_measurable_a_broken_one_is_refused_and_one_that_runs_is_measured(exported, tmp_path):
     """The two failures max_error tells apart: onnxruntime unable to run a model, and a model that ran."""
     from ganops.config import ExportParams
-    from ganops.serving.export import NonFiniteOutput, ParityNotMeasurable, max_error
+    from ganops.serving.export import NonFiniteOutput, ParityNotMeasurable, UnrunnableModel, max_error
 
     paths = ProjectPaths(exported)
     generator = load_generator(paths.generator_weights, paths.generator_spec)
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x08\x07 not a protobuf")
-    with pytest.raises(ParityNotMeasurable, match="garbage.onnx can't be run here"):
-        max_error(generator, garbage, ExportParams())
+    with pytest.raises(UnrunnableModel, match="garbage.onnx is not a model onnxruntime can run"):
+        max_error(generator, garbage, ExportParams())  # broken everywhere: not merely "not measurable here"
+    # a valid model with an op this onnxruntime has no kernel for (Mod on bfloat16): not measurable here
+    bf16 = onnx.TensorProto.BFLOAT16
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Mod", ["z", "z"], ["images"])], "no_kernel",
+                                   [onnx.helper.make_tensor_value_info("z", bf16, None)],
+                                   [onnx.helper.make_tensor_value_info("images", bf16, None)])
+    no_kernel = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    no_kernel.ir_version = 8
+    onnx.save(no_kernel, str(tmp_path / "no_kernel.onnx"))
+    with pytest.raises(ParityNotMeasurable, match="no_kernel.onnx can't be run here"):
+        max_error(generator, tmp_path / "no_kernel.onnx", ExportParams())
     model = onnx.load(str(paths.onnx))
     (bias,) = [init for init in model.graph.initializer if init.name.endswith("to_image.bias")]
     bias.CopyFrom(onnx.numpy_helper.from_array(np.full(bias.dims, np.nan, np.float32), bias.name))

@@ -302,6 +302,26 @@ def test_a_per_class_gate_that_cannot_be_computed_never_promotes(project, tmp_pa
     assert tags[ours["version"]]["per_class_gate"] == "on" and tags[off["version"]]["per_class_gate"] == "off"
 
 
+def test_a_class_scored_on_neither_side_never_promotes(project, tmp_path):
+    """A class with too few images to be scored, in the candidate and in the champion (whose tag, from
+    before every class was named, leaves it out): the gate cannot see that class, so it refuses."""
+    root = Path(shutil.copytree(project, tmp_path / "p"))
+    metric, fd, std = _primary(root)
+    report = json.loads((root / "reports" / "eval.json").read_text())
+    rare = report["class_names"][2]
+    client = client_for(root)
+    per_class = json.loads(client.get_model_version("ganops-generator", "1").tags["per_class"])
+    client.set_model_version_tag("ganops-generator", "1", "per_class",
+                                 json.dumps({name: row for name, row in per_class.items() if name != rare}))
+    kept = {name: value for name, value in report.items() if not name.startswith(f"{metric}_class2")}
+    (root / "reports" / "eval.json").write_text(json.dumps({**kept, metric: fd - 10 * std - 1}))
+    _new_pipeline_run(root)
+    refused = register(tiny(), root)
+    assert refused["promoted"] is False and refused["champion"] == "1", refused["reason"]
+    assert f"class {rare!r} not scored in this version's evaluation" in refused["reason"]
+    assert f"class {rare!r} not scored in champion v1's evaluation" in refused["reason"]
+
+
 def _primary(root: Path) -> tuple[str, float, float]:
     report = json.loads((root / "reports" / "eval.json").read_text())
     metric = report["primary_metric"]

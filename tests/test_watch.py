@@ -214,6 +214,9 @@ def test_fit_stops_on_non_finite_losses(prepared, tmp_path, monkeypatch):
     result = _fit(prepared, tmp_path / "watched", 40, StepScorer([30.0, 10.0, 31.0]), WeightRescore())
     assert result.summary.steps_done == 15 and "non-finite losses" in result.summary.stopped_early
     assert result.summary.chosen_step == 10  # the last (15) was not scored: the best kept one ships
+    # train.json can still be written: its losses are the last finite row's (step 10), not NaN
+    assert [row["step"] for row in result.log_rows] == [5, 10, 15] and math.isnan(result.log_rows[-1]["loss_d"])
+    assert result.summary.loss_d == result.log_rows[1]["loss_d"] and math.isfinite(result.summary.loss_g)
     calls["n"] = 0
     unwatched = _fit(prepared, tmp_path / "plain", 40, eval_every=0)
     assert unwatched.summary.stopped_early.startswith("step 15: non-finite losses")

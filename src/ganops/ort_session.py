@@ -42,5 +42,5 @@ def make_session(path: Path, providers: list[str] | None = None, intra_op_thread
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers or available_providers())
-    except Exception as error:  # onnxruntime raises its own exception types for bad files
-        raise ModelError(f"{path}: not a loadable ONNX model ({str(error).strip()[:300]})") from None
+    except Exception as error:  # onnxruntime raises its own exception types (kept as the cause)
+        raise ModelError(f"{path}: not a loadable ONNX model ({str(error).strip()[:300]})") from error

@@ -23,7 +23,7 @@ import torch
 
 from ganops import GanopsError
 from ganops.config import EvalParams
-from ganops.io import file_sha256, first_non_finite
+from ganops.io import file_sha256
 from ganops.metrics.backbones import Backbone, DomainClassifierBackbone
 from ganops.metrics.draws import EVALUATE, check_compatible, features_of_draws, generated_draws, sample_labels
 from ganops.metrics.names import Measurement
@@ -35,14 +35,11 @@ from ganops.metrics.reference import (
     open_backbones,
     resolve_reference,
 )
-from ganops.metrics.report import EvaluationReport
 from ganops.models import Generator, GeneratorSpec
-from ganops.visualize import sample_grid_png
 
 if TYPE_CHECKING:  # the type only: the prepared data format is the stage's to read
     from ganops.data.prepare import Manifest
 
-MIN_REFERENCE = 10
 # What a registry entry may need; where it is missing the entry is skipped.
 NEEDS = {
     "labels": "the generated images have labels (a conditional generator)",
@@ -124,7 +121,7 @@ class Metric:
         have = {"labels": scored.labels is not None, "reference_labels": scored.reference.labels is not None,
                 "training_reference": scored.cfg.reference == "train",
                 "domain_classifier": isinstance(scored.backbone, DomainClassifierBackbone),
-                "own_draws": scored.generator is not None}
+                "own_draws": scored.generator is not None and scored.evaluation is not None}
         return (self.every_backbone or scored.primary) and all(have[need] for need in self.needs)
 
 
@@ -214,65 +211,24 @@ class Evaluation:
         plan = plan or self.plan()
         return score_draws(plan.draw(generator), plan.labels, self.backbones, self.cfg, metrics, plan, self, generator)
 
-    def report(self, scores: Scores, generator_sha256: str, extra: dict | None = None) -> dict:
-        """eval.json's fields in their order: what was measured, how, the metrics, then ``extra``;
-        checked finite and against ``EvaluationReport`` (the record later stages read back), so that
-        nothing is written when it is not."""
-        report = {**self._measured(scores, generator_sha256), **(extra or {})}
-        where = first_non_finite(report)
-        if where is not None:
-            raise GanopsError(f"the evaluation's {where} is not a finite number; nothing written")
-        EvaluationReport.model_validate(report)
-        return report
-
-    def _measured(self, scores: Scores, generator_sha256: str) -> dict:
-        cfg, record = self.cfg, self.record
-        report: dict = {"backbone": record.backbone, "num_samples": cfg.num_samples, "draws": cfg.draws,
-                        "reference": cfg.reference, "num_reference": len(self.split), "generator_sha256": generator_sha256}
-        if record.backbone == "inception":
-            report.update({"fid_protocol": cfg.fid_protocol, "weights_digest": record.weights_digest})
-            if record.native_size is not None:  # both sides cropped to the data's native size
-                report["native_size"] = record.native_size
-        else:
-            report["backbone_fallback"] = record.fallback_reason
-        if self.evaluator_sha256 is not None:  # every network that scored is named by its digest
-            report["evaluator_sha256"] = self.evaluator_sha256
-        return {**report, "primary_metric": scores.primary, **scores.record, **scores.metrics}
-
-    def samples_picture(self, scores: Scores) -> bytes:
-        """The scored images as a grid, a row per class when conditional."""
-        labels = scores.labels.numpy() if scores.labels is not None else None
-        return sample_grid_png(torch.cat(scores.draws).numpy(), labels, self.spec.num_classes)
-
 
 def open_evaluation(cfg: EvalParams, manifest: Manifest, split: SplitReader, spec: GeneratorSpec,
                     files: ReferenceFiles, device: torch.device, primary_only: bool = False) -> Evaluation:
     """The evaluation of ``spec``'s generators against the reference ``split``: its record checked
     against the cached statistics, its backbones (``primary_only``: the first alone, as training
-    scores), and the sizes the metrics need checked (for the full evaluation)."""
+    scores), and the digest of the domain classifier's weights when it is one of them."""
     check_compatible(spec, manifest)
-    if not primary_only:
-        _check_sizes(cfg, len(split))
+    classifier_before = file_sha256(files.classifier_weights) if files.classifier_weights.exists() else None
     record, inception = resolve_reference(cfg.backbone, cfg.inception_weights, cfg.fid_protocol, cfg.reference,
                                           device, manifest, cfg.reference_max_features, cfg.native_size)
     backbones = open_backbones(record, inception, files.folder, (files.classifier_weights, files.classifier_spec),
                                split, cfg.reference, cfg.batch_size, cfg.reference_max_features, device, primary_only)
     backbones = backbones[:1] if primary_only else backbones
-    classifier = any(isinstance(b.backbone, DomainClassifierBackbone) for b in backbones)
+    evaluator_sha256 = None
+    if any(isinstance(b.backbone, DomainClassifierBackbone) for b in backbones):
+        evaluator_sha256 = file_sha256(files.classifier_weights)
+        if evaluator_sha256 != classifier_before:  # the digest must be of the weights that were loaded
+            raise GanopsError(f"{files.classifier_weights} changed while it was loaded; run the evaluation again")
     conditional = spec.conditional
     return Evaluation(cfg, record, backbones, split, spec, split.labels if conditional else None,
-                      manifest.class_names if conditional else None,
-                      file_sha256(files.classifier_weights) if classifier else None)
-
-
-def _check_sizes(cfg: EvalParams, num_reference: int) -> None:
-    if num_reference < MIN_REFERENCE:
-        raise GanopsError(f"the {cfg.reference} split holds {num_reference} images; evaluation needs at least "
-                          f"{MIN_REFERENCE} (set eval.reference or data.test_fraction)")
-    neighbours = max(cfg.prc_neighborhood, cfg.dc_neighborhood)
-    smallest = min(cfg.num_samples, cfg.truncation_samples) if cfg.truncation else cfg.num_samples
-    if smallest <= neighbours or min(num_reference, cfg.reference_max_features) <= neighbours:
-        raise GanopsError(f"eval.num_samples={cfg.num_samples}, eval.truncation_samples={cfg.truncation_samples} and "
-                          f"the reference features kept (the fewer of its {num_reference} images and "
-                          f"eval.reference_max_features) must all exceed eval.prc_neighborhood="
-                          f"{cfg.prc_neighborhood} and eval.dc_neighborhood={cfg.dc_neighborhood}")
+                      manifest.class_names if conditional else None, evaluator_sha256)

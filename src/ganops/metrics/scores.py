@@ -16,8 +16,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ganops import GanopsError
 from ganops.config import EvalParams
 from ganops.figures import memorisation_png, notice_png
+from ganops.io import first_non_finite
 from ganops.metrics.domain_classifier import classifier_hits
 from ganops.metrics.draws import TRUNCATE, features_of_draws, generated_draws, half_of_draws, sample_labels
 from ganops.metrics.evaluation import Evaluation, Found, Metric, NearestTraining, Scored, Scores
@@ -25,7 +27,9 @@ from ganops.metrics.frechet import FrechetReference, feature_statistics, frechet
 from ganops.metrics.names import Measurement, truncation_label
 from ganops.metrics.neighbours import NeighbourSummary, neighbour_summary
 from ganops.metrics.reference import ReferenceFeatures, kept_mask
+from ganops.metrics.report import EvaluationReport
 from ganops.noise import Z95, half_sample_std
+from ganops.visualize import sample_grid_png
 
 MetricFn = Callable[[ReferenceFeatures, list[np.ndarray], EvalParams], dict[tuple[str, str], float]]
 
@@ -192,6 +196,57 @@ def memorisation(summary: NeighbourSummary, cfg: EvalParams, measurement: Measur
                measurement.name("nn_distance", "median"): round(float(np.median(distance)), 6),
                measurement.name("nn_distance", "training_median"): round(float(np.median(own)), 6)}
     return metrics, NearestTraining(closest, nearest[closest], distance[closest], threshold, share)
+
+
+MIN_REFERENCE = 10
+
+
+def check_sizes(cfg: EvalParams, num_reference: int) -> None:
+    """Enough reference images, and more images on each side than the metrics' neighbourhoods."""
+    if num_reference < MIN_REFERENCE:
+        raise GanopsError(f"the {cfg.reference} split holds {num_reference} images; evaluation needs at least "
+                          f"{MIN_REFERENCE} (set eval.reference or data.test_fraction)")
+    neighbours = max(cfg.prc_neighborhood, cfg.dc_neighborhood)
+    smallest = min(cfg.num_samples, cfg.truncation_samples) if cfg.truncation else cfg.num_samples
+    if smallest <= neighbours or min(num_reference, cfg.reference_max_features) <= neighbours:
+        raise GanopsError(f"eval.num_samples={cfg.num_samples}, eval.truncation_samples={cfg.truncation_samples} and "
+                          f"the reference features kept (the fewer of its {num_reference} images and "
+                          f"eval.reference_max_features) must all exceed eval.prc_neighborhood="
+                          f"{cfg.prc_neighborhood} and eval.dc_neighborhood={cfg.dc_neighborhood}")
+
+
+def evaluation_report(evaluation: Evaluation, scores: Scores, generator_sha256: str, extra: dict | None = None) -> dict:
+    """eval.json's fields in their order: what was measured, how, the metrics, then ``extra``;
+    checked finite and against ``EvaluationReport`` (the record later stages read back), so that
+    nothing is written when it is not."""
+    report = {**_measured(evaluation, scores, generator_sha256), **(extra or {})}
+    where = first_non_finite(report)
+    if where is not None:
+        raise GanopsError(f"the evaluation's {where} is not a finite number; nothing written")
+    EvaluationReport.model_validate(report)
+    return report
+
+
+def _measured(evaluation: Evaluation, scores: Scores, generator_sha256: str) -> dict:
+    cfg, record = evaluation.cfg, evaluation.record
+    report: dict = {"backbone": record.backbone, "num_samples": cfg.num_samples, "draws": cfg.draws,
+                    "reference": cfg.reference, "num_reference": len(evaluation.split),
+                    "generator_sha256": generator_sha256}
+    if record.backbone == "inception":
+        report.update({"fid_protocol": cfg.fid_protocol, "weights_digest": record.weights_digest})
+        if record.native_size is not None:  # both sides cropped to the data's native size
+            report["native_size"] = record.native_size
+    else:
+        report["backbone_fallback"] = record.fallback_reason
+    if evaluation.evaluator_sha256 is not None:  # every network that scored is named by its digest
+        report["evaluator_sha256"] = evaluation.evaluator_sha256
+    return {**report, "primary_metric": scores.primary, **scores.record, **scores.metrics}
+
+
+def samples_picture(evaluation: Evaluation, scores: Scores) -> bytes:
+    """The scored images as a grid, a row per class when conditional."""
+    labels = scores.labels.numpy() if scores.labels is not None else None
+    return sample_grid_png(torch.cat(scores.draws).numpy(), labels, evaluation.spec.num_classes)
 
 
 def memorisation_picture(evaluation: Evaluation, scores: Scores) -> bytes:

@@ -328,7 +328,7 @@ class ServiceRoutes:
     def __init__(self, source: ModelSource, settings: ServeParams) -> None:
         self.source, self.settings = source, settings
         self.limiter = GenerationLimiter(settings.max_concurrent, settings.max_queue)
-        # a test's hook: called in a request's worker thread with the snapshot it holds, right before it generates
+        # a test's hook: called in a request's worker thread with the snapshot it holds, as soon as it has a thread
         self.before_generating: Callable[[Served], object] = lambda served: None
 
     @asynccontextmanager
@@ -423,12 +423,12 @@ class ServiceRoutes:
 
     def generated_response(self, served: Served, request: GenerateRequest, deadline: float) -> Response:
         """In a worker thread: wait for a slot, generate, encode."""
+        self.before_generating(served)  # the tests' hook: the model may be swapped from here on
         generator = served.generator
         z = generator.latents(request.n, request.seed, request.truncation) if request.z is None else request.z
         seed = request.seed if request.z is None else None
         try:
             with self.limiter.generation(max(0.0, deadline - time.monotonic()), self.settings.request_timeout_s):
-                self.before_generating(served)
                 floats, labels = generator.generate(z, request.labels, timeout_s=max(0.0, deadline - time.monotonic()))
         except ValueError as error:
             raise HTTPException(422, detail=str(error)) from None

@@ -30,6 +30,11 @@ class ParityNotMeasurable(GanopsError):
     The only error export.fp16_unverified may write a model past."""
 
 
+class UnrunnableModel(GanopsError):
+    """onnxruntime refuses the model for a reason other than a missing kernel (an invalid graph, a broken
+    file, a failure while running): broken wherever it would run, never written."""
+
+
 class NonFiniteOutput(GanopsError):
     """The model ran, and its images hold NaN or infinite values: measured broken, never written."""
 
@@ -118,16 +123,22 @@ def _run(model_path: Path, inputs: tuple[torch.Tensor, ...], providers: list[str
         session = make_session(Path(model_path), providers)
         feeds = dict(zip(("z", "labels"), (tensor.numpy() for tensor in inputs)))
         (images,) = session.run(["images"], feeds)
-    except Exception as error:  # noqa: BLE001 -- onnxruntime's own types: a session or kernel it lacks
-        raise ParityNotMeasurable(f"{Path(model_path).name} can't be run here "
-                                  f"({type(error).__name__}: {str(error).strip()[:300]})") from None
+    except Exception as error:  # noqa: BLE001 -- onnxruntime's own types
+        from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as NoKernel
+
+        why = f"{type(error).__name__}: {str(error).strip()[:300]}"
+        if isinstance(error, NoKernel) or isinstance(error.__cause__, NoKernel):  # a kernel this onnxruntime lacks
+            raise ParityNotMeasurable(f"{Path(model_path).name} can't be run here ({why})") from None
+        raise UnrunnableModel(f"{Path(model_path).name} is not a model onnxruntime can run ({why}): never written, "
+                              "whatever export.fp16_unverified says") from None
     return np.asarray(images)
 
 
 def max_error(generator: Generator, model_path: Path, cfg: ExportParams, providers: list[str] | None = None) -> float:
     """max |onnxruntime - torch| over ``cfg.parity_samples`` seeded inputs.
 
-    Two different failures: ParityNotMeasurable when onnxruntime can't run the model here, and
+    Three different failures: ParityNotMeasurable when this onnxruntime lacks a kernel the model needs,
+    UnrunnableModel when onnxruntime refuses it for any other reason, and
     NonFiniteOutput when it runs and an image holds NaN or infinite values (a measurement: the model
     is broken, wherever it would run)."""
     inputs = _example_inputs(generator, cfg.parity_samples, 1)

@@ -13,7 +13,7 @@ from ganops.data import load_manifest, open_split
 from ganops.device import resolve_device
 from ganops.io import file_sha256, write_bytes_atomic, write_json_atomic
 from ganops.metrics.evaluation import ReferenceFiles, open_evaluation
-from ganops.metrics.scores import METRICS, memorisation_picture
+from ganops.metrics.scores import METRICS, check_sizes, evaluation_report, memorisation_picture, samples_picture
 from ganops.models import load_generator
 from ganops.paths import ProjectPaths
 from ganops.tracking.runs import log_to_pipeline_run
@@ -27,11 +27,12 @@ def evaluate(params: Params, root: Path = Path(".")) -> dict:
     device = resolve_device(cfg.device, "eval.device")
     generator = load_generator(paths.generator_weights, paths.generator_spec, device)
     files = ReferenceFiles(paths.reference, paths.evaluator_weights, paths.evaluator_spec)
-    evaluation = open_evaluation(cfg, load_manifest(paths.prepared), open_split(paths.prepared, cfg.reference),
-                                 generator.spec, files, device)
+    split = open_split(paths.prepared, cfg.reference)
+    check_sizes(cfg, len(split))
+    evaluation = open_evaluation(cfg, load_manifest(paths.prepared), split, generator.spec, files, device)
     scores = evaluation.score(generator, METRICS.values())
-    report = evaluation.report(scores, file_sha256(paths.generator_weights), _evaluator_accuracy(paths))
-    write_bytes_atomic(paths.eval_samples, evaluation.samples_picture(scores))
+    report = evaluation_report(evaluation, scores, file_sha256(paths.generator_weights), _evaluator_accuracy(paths))
+    write_bytes_atomic(paths.eval_samples, samples_picture(evaluation, scores))
     write_bytes_atomic(paths.eval_memorisation, memorisation_picture(evaluation, scores))
     write_json_atomic(paths.eval_report, report)
     log_to_pipeline_run(params.mlflow, root, paths.mlflow_run, "eval", report,

@@ -136,14 +136,17 @@ def _per_class_gate(cfg: RegisterParams, new: dict, ours: dict, champion, theirs
         if not mine:
             missing.append(f"no per-class metrics in {side}")
             continue
-        if unscored := [name for name in other if name not in mine]:
-            missing.append(f"{_classes(unscored, other)} not scored in {side}")
-        if no_interval := [name for name in mine if mine[name][1] is None]:
+        named = {**mine, **other}  # a class unscored on both sides is named on each (per_class_tag)
+        if unscored := [name for name in named if name not in mine or mine[name][0] is None]:
+            missing.append(f"{_classes(unscored, named)} not scored in {side}")
+        if no_interval := [name for name in mine if mine[name][0] is not None and mine[name][1] is None]:
             missing.append(f"no per-class interval in {side} for {_classes(no_interval, mine)}")
     if missing:
         return False, (f"{verdict}, but the per-class gate cannot be computed: {'; '.join(missing)}: not promoted; "
-                       f"{GET_INTERVALS} (register.per_class_gate: false promotes on the overall metric alone, and "
-                       "the version records it)")
+                       f"{GET_INTERVALS}, with eval.num_samples large enough that every class gets more than "
+                       "eval.prc_neighborhood + 1 images (the champion's side: promote a version scored so, with "
+                       "`ganops models promote`); register.per_class_gate: false promotes on the overall metric alone, "
+                       "and the version records it")
     shared = list(ours)
     z = bonferroni_z(cfg.noise_z, len(shared))
     worst = None
@@ -160,6 +163,14 @@ def _per_class_gate(cfg: RegisterParams, new: dict, ours: dict, champion, theirs
                    f"{value:.4f} vs champion v{champion.version} {old:.4f} (worse by {loss:.4f} > {noise:.4f} = "
                    f"{z:.2f} x std of the difference, Bonferroni over {len(shared)} classes): not promoted "
                    "(register.per_class_gate)")
+
+
+def per_class_tag(report: EvaluationReport) -> dict[str, list]:
+    """Each class's [distance, std] by name, every class of the data: [None, None] for a class that was
+    not scored (too few images on a side), so that a class missing on both sides is still seen."""
+    scored = report.per_class()
+    return {name: [scored[name]["value"], scored[name]["std"]] if name in scored else [None, None]
+            for name in report.class_names or []}
 
 
 def _classes(names: list[str], of: dict) -> str:
@@ -369,8 +380,7 @@ def register_onnx(onnx_path: Path, interface: ModelInterface, report: Evaluation
         "metric_std": None if report.std is None else float(report.std),  # None: no tag, never 0
         "backbone": report.backbone, "num_samples": report.num_samples, "reference": report.reference,
         "eval_signature": eval_signature, "classes": interface.num_classes,
-        "per_class": json.dumps({name: [row["value"], row["std"]] for name, row in report.per_class().items()},
-                                separators=(",", ":")),
+        "per_class": json.dumps(per_class_tag(report), separators=(",", ":")),
         "per_class_gate": "on" if cfg.per_class_gate else "off",  # off: promoted, if at all, without it
     }
     name = cfg.model_name

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from ganops import GanopsError
 from ganops.io import atomic_path, file_sha256, write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -229,7 +230,7 @@ def prune_stale(checkpoints: Path, keep: Path, retention_days: float) -> list[Pa
     return removed
 
 
-class DamagedCheckpoint(Exception):
+class DamagedCheckpoint(GanopsError):
     """A checkpoint that must not be resumed; the message says why."""
 
 

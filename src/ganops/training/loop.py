@@ -229,7 +229,7 @@ class Run:
     D_raw: torch.nn.Module
     G_ema: torch.nn.Module
     state: TrainingState  # what a checkpoint holds: weights, optimisers, batch order, log, watch
-    step: TrainStep
+    train_step: TrainStep
     ada: AdaController | None
     augment_p: torch.Tensor | None  # on the device: 1 for DiffAugment, ADA's p, None without augmentation
     watch: Watch | None
@@ -319,13 +319,15 @@ def set_up(job: TrainingJob, scoring: Scoring, before_training: Callable[[], Non
 
     # The step, on the networks wrapped for DDP or torch.compile.
     networks = _wrap(ctx, cfg, device, G_raw, D_raw, opt_g, opt_d)
-    step = TrainStep(cfg, networks, images, labels if g_spec.conditional else None, local_batch, g_spec.latent_dim,
-                     device, cuda_graph, augment_p)
+    train_step = TrainStep(cfg, networks, images, labels if g_spec.conditional else None, batch_size=local_batch,
+                           latent_dim=g_spec.latent_dim, device=device, cuda_graph=cuda_graph, augment_p=augment_p)
     images_from = "shards" if isinstance(images, StreamedImages) else "memory"
     if ctx.is_main:
         _log_setup(device, ctx.world_size, images, cuda_graph, job.augmentation, cfg.augment)
-    return Run(job, scoring, ctx, device, G_raw, D_raw, G_ema, state, step, ada, augment_p, watch, fingerprint,
-               checkpoints, images_from, started_at, state.step, state.elapsed_s)
+    return Run(job=job, scoring=scoring, ctx=ctx, device=device, G_raw=G_raw, D_raw=D_raw, G_ema=G_ema, state=state,
+               train_step=train_step, ada=ada, augment_p=augment_p, watch=watch, fingerprint=fingerprint,
+               checkpoints=checkpoints, images_from=images_from, started_at=started_at, start_step=state.step,
+               elapsed_before=state.elapsed_s)
 
 
 def _open_processes(cfg: TrainParams) -> tuple[distributed.Dist, torch.device]:
@@ -414,8 +416,8 @@ def _step(run: Run, step: int) -> int:
     """One training step, then the EMA and ADA updates; its stats are summed on the device (read, a
     host sync, only when a window is logged). Returns the steps done."""
     cfg, state = run.job.cfg, run.state
-    run.step.fill(state.stream.next, state.noise)
-    stats = run.step.run()
+    run.train_step.fill(state.stream.next, state.noise)
+    stats = run.train_step.run()
     distributed.average_buffers(run.ctx, run.G_raw, run.D_raw)  # batch-norm statistics from every rank's share
     update_ema(run.G_raw, run.G_ema, ema_decay(cfg.ema_decay, step - cfg.ema_start))
     done = step + 1
@@ -520,7 +522,8 @@ def _choose(run: Run) -> tuple[torch.nn.Module, Choice]:
 
 def _summary(run: Run, digest: str, shipped: torch.nn.Module, choice: Choice, choose_s: float) -> TrainSummary:
     cfg, state, watch = run.job.cfg, run.state, run.watch
-    final = state.log[-1] if state.log else {}
+    # the last row's stats, or the last finite ones when the run stopped on non-finite losses
+    final = next((row for row in reversed(state.log) if all(math.isfinite(row[key]) for key in FINAL_STATS)), {})
     training_s = run.wall_time_s - state.watch_s
     watched = {}
     if watch is not None:

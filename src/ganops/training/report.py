@@ -67,7 +67,7 @@ class TrainSummary(BaseModel):
     loss_g: float | None = None
     d_real: float | None = None
     d_fake: float | None = None
-    stopped_early: str | None
+    stopped_early: str | None  # why the run stopped before train.steps; the losses above are then the last finite ones
     chosen_step: int
     chosen_because: str
     watch_metric: str | None = None  # the in-training metric's name, when the run was watched
@@ -77,7 +77,8 @@ class TrainSummary(BaseModel):
     candidates: list[Candidate] | None = None
     sweep_trial: SweepTrialRecord | None = None
 
-    @field_validator("wall_time_s", "images_per_s", "augment_p", "watch_s", "choose_s")
+    @field_validator("wall_time_s", "images_per_s", "augment_p", "loss_d", "loss_g", "d_real", "d_fake", "watch_s",
+                     "choose_s")
     @classmethod
     def _finite(cls, value: float | None) -> float | None:
         if value is not None and not math.isfinite(value):

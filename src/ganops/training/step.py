@@ -54,7 +54,7 @@ class Networks:
 
 
 class TrainStep:
-    def __init__(self, cfg: TrainParams, networks: Networks, images, labels: torch.Tensor | None, batch_size: int,
+    def __init__(self, cfg: TrainParams, networks: Networks, images, labels: torch.Tensor | None, *, batch_size: int,
                  latent_dim: int, device: torch.device, cuda_graph: bool, augment_p: torch.Tensor | None = None) -> None:
         """``images``: loop.HeldImages or loop.StreamedImages (.gather(index, out), .device, .shape)."""
         self.cfg, self.G, self.D, self.D_raw, self.D_frozen = cfg, networks.G, networks.D, networks.D_raw, networks.D_frozen
