@@ -169,6 +169,7 @@ class PixelFeatures:
     """A backbone whose features are the first 24 pixels: enough to check the arithmetic exactly."""
 
     name = feature_space = "pixels"
+    native_size = None
 
     def __call__(self, images_u8):
         return images_u8.flatten(1)[:, :24].double() / 255

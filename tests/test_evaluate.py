@@ -54,7 +54,7 @@ class PixelBackbone:
     """Mean pixel per row as features: a cheap stand-in backbone with the names of a real one."""
 
     def __init__(self, name: str, feature_space: str) -> None:
-        self.name, self.feature_space = name, feature_space
+        self.name, self.feature_space, self.native_size = name, feature_space, None
 
     def __call__(self, images_u8: torch.Tensor) -> torch.Tensor:
         return images_u8.double().mean(dim=(1, 3))

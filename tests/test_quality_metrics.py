@@ -124,7 +124,7 @@ def test_memorisation_flags_a_generator_that_returns_training_images_and_not_fre
 
 
 class PixelBackbone:
-    name, feature_space = "inception", "tf"
+    name, feature_space, native_size = "inception", "tf", None
 
     def __call__(self, images_u8: torch.Tensor) -> torch.Tensor:
         return images_u8.double().flatten(1)
