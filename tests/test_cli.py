@@ -23,8 +23,13 @@ def test_prepare_then_train_from_the_command_line(tiny_project):
 
 
 def test_data_error_names_the_file(tmp_path):
+    from PIL import Image
+
+    for name in ("class_a", "class_b"):  # enough images for both splits: the bad file is what fails
+        (tmp_path / "raw" / name).mkdir(parents=True)
+        for index in range(6):
+            Image.new("L", (8, 8), color=40 * index).save(tmp_path / "raw" / name / f"{index}.png")
     raw = tmp_path / "raw" / "class_a"
-    raw.mkdir(parents=True)
     (raw / "x.png").write_bytes(b"not a png")
     write_params(tmp_path / "params.yaml", {"data": {"source": "imagefolder", "path": str(tmp_path / "raw")}})
     result = run_cli("prepare", cwd=tmp_path, check=False)
