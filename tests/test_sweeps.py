@@ -18,7 +18,7 @@ import yaml
 
 from conftest import make_repo, run_cli, sh
 from ganops.config import Params, RegisterParams, load_params
-from ganops.sweeps.ranking import rank
+from ganops.sweeps.ranking import rank, table_markdown
 from ganops.sweeps.spec import SweepError, SweepSpec
 from ganops.sweeps.workspace import _error_of, write_overrides
 
@@ -99,6 +99,12 @@ def test_trials_within_noise_share_a_rank_by_the_registry_test():
     assert [r["rank"] for r in exact] == [1, 2, 3, 4]
     strict = rank([dict(r) for r in rows], RegisterParams(min_improvement=5.0))  # the gate's other half
     assert [r["rank"] for r in strict] == [1, 1, 1, 4]  # 20 is beaten beyond 5 by the three others
+    # a trial without an interval (eval.spread_rounds: 0): its noise is unknown, never 0, so nothing is
+    # judged beyond noise against it, however far apart the values
+    unknown = rank([dict(r, std=None if r["trial"] == 2 else r["std"], ci95=None, experiments=[]) for r in rows],
+                   RegisterParams())
+    assert {r["trial"]: r["rank"] for r in unknown} == {0: 1, 1: 1, 3: 2, 2: 1}
+    assert "20.000 (-)" in table_markdown(unknown, "fid", "noise")
 
 
 # --- ganops sweep on a real repository --------------------------------------------------------------

@@ -42,13 +42,19 @@ def rank(rows: list[dict], cfg: RegisterParams) -> list[dict]:
     complete = sorted((r for r in rows if r["state"] == "complete"), key=lambda r: (r["value"], r["trial"]))
     for row in complete:
         beaten_by = [o for o in complete if o is not row and beyond_noise(
-            o["value"], o["std"] or 0.0, row["value"], row["std"] or 0.0, cfg.noise_z, cfg.min_improvement)]
+            o["value"], _noise(o), row["value"], _noise(row), cfg.noise_z, cfg.min_improvement)]
         row["rank"] = 1 + len(beaten_by)
     for row in complete:
         row["tied_with"] = [o["trial"] for o in complete if o is not row and o["rank"] == row["rank"]]
     rest = sorted((r for r in rows if r["state"] != "complete"),
                   key=lambda r: (STATE_ORDER[r["state"]], -(r.get("pruned_at_step") or 0), r["trial"]))
     return complete + rest
+
+
+def _noise(row: dict) -> float:
+    """A trial's std; unknown (no interval: eval.spread_rounds 0) is NaN, never 0, so that no trial is
+    judged beyond noise against it: it ties with every trial within reach."""
+    return math.nan if row.get("std") is None else row["std"]
 
 
 def table_markdown(rows: list[dict], metric: str | None, noise: str) -> str:
@@ -60,7 +66,7 @@ def table_markdown(rows: list[dict], metric: str | None, noise: str) -> str:
         if r["state"] == "complete":
             tie = "=" if r["tied_with"] else ""
             low, high = r["ci95"] or (None, None)
-            cells = [f"{tie}{r['rank']}", str(r["trial"]), "complete", f"{r['value']:.3f} ({r['std']:.3f})",
+            cells = [f"{tie}{r['rank']}", str(r["trial"]), "complete", f"{r['value']:.3f} ({_cell(r['std'])})",
                      f"[{low:.3f}, {high:.3f}]" if low is not None and math.isfinite(low) else "-"]
         elif r["state"] == "pruned":
             last = r.get("last_in_training")

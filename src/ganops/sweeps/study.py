@@ -263,7 +263,7 @@ class Objective:
                                  f"{sorted(report.model_extra or {})[:40]}); fix `metric:` in the sweep file")
             std = report.metric(f"{metric}_std")
             low, high = report.metric(f"{metric}_ci95_low"), report.metric(f"{metric}_ci95_high")
-            seeds.append({"experiment": outcome.experiment, "value": value, "std": std or 0.0,
+            seeds.append({"experiment": outcome.experiment, "value": value, "std": std,  # None: no interval
                           "ci95": [low, high] if low is not None else None})
         values = [s["value"] for s in seeds]
         if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
@@ -282,7 +282,8 @@ class Objective:
         for key, attr in (("metric", metric), ("std", std), ("ci95", ci95), ("interval", interval), ("seeds", seeds),
                           ("best_experiment", best["experiment"])):
             trial.set_user_attr(key, attr)
-        numbers = {"value": value, "std": std} | ({"ci95_low": ci95[0], "ci95_high": ci95[1]} if ci95 else {})
+        numbers = ({"value": value} | ({"std": std} if std is not None else {})
+                   | ({"ci95_low": ci95[0], "ci95_high": ci95[1]} if ci95 else {}))
         self._end(run_id, "complete", numbers, {"metric": metric, "interval": interval}, trial, outcomes[-1].log_path)
         return value
 
@@ -301,7 +302,8 @@ class Objective:
             return
         metrics = {}
         if outcome.report is not None:
-            metrics = {"value": outcome.report.value, "std": outcome.report.std or 0.0}
+            std = outcome.report.std  # none without an interval: never written as 0
+            metrics = {"value": outcome.report.value} | ({"std": std} if std is not None else {})
         sweep_runs.end_trial_run(self.params.mlflow, self.root, run_id, outcome.state, metrics,
                                  {"error": outcome.error} if outcome.error else {}, None, outcome.log_path)
 
