@@ -353,6 +353,11 @@ def test_with_a_key_every_path_but_the_probes_needs_it(models, monkeypatch):
                 answer = client.request(method, path, headers={"X-API-Key": "s3cret"}, **send)
                 assert answer.status_code == 200, (method, path, answer.text)
         assert client.get("/v1/nope").status_code == 401  # a path that is no route: refused, not 404
+        from starlette.websockets import WebSocketDisconnect
+
+        with pytest.raises(WebSocketDisconnect) as closed, client.websocket_connect("/v1/stream"):
+            pass  # a WebSocket route added later would be refused too: closed as a policy violation, unread
+        assert closed.value.code == 1008 and closed.value.reason == "missing or wrong X-API-Key"
 
 
 def test_exposed_only_on_loopback_unless_keyed(models, tmp_path, monkeypatch):

@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocketClose
 
 from ganops.config import ServeParams
 from ganops.latents import MAX_TRUNCATION, MIN_TRUNCATION
@@ -300,7 +301,8 @@ class BodySizeLimit:
 class RequireKey:
     """With the key's environment variable set, 401 for every HTTP request that does not send the key as
     X-API-Key, whatever its path: the API, FastAPI's docs and schema, a route added later, a path that is
-    no route. The probes alone answer without it. Checked before the body is read."""
+    no route (a WebSocket is closed with 1008 before it is accepted). The probes alone answer without
+    it. Checked before the body is read."""
 
     OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
@@ -308,7 +310,10 @@ class RequireKey:
         self.app, self.key_env = app, key_env
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in self.OPEN_PATHS and not self._has_key(scope):
+        if scope["type"] in ("http", "websocket") and scope["path"] not in self.OPEN_PATHS and not self._has_key(scope):
+            if scope["type"] == "websocket":  # closed before it is accepted: 1008, policy violation
+                await WebSocketClose(code=1008, reason="missing or wrong X-API-Key")(scope, receive, send)
+                return
             await JSONResponse({"detail": "missing or wrong X-API-Key"}, status_code=401)(scope, receive, send)
             return
         await self.app(scope, receive, send)
