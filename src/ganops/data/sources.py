@@ -392,10 +392,12 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         ("_codecs", "encode"),
     }
 
+    _ONLY = "only arrays and containers"  # what the refusal says is allowed
+
     def find_class(self, module: str, name: str):  # noqa: ANN201
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
-        raise _ForbiddenGlobal(f"refusing to load {module}.{name} (only arrays and containers)")
+        raise _ForbiddenGlobal(f"refusing to load {module}.{name} ({self._ONLY})")
 
 
 def _unpickle_batch(name: str, data: bytes) -> dict:
@@ -597,7 +599,7 @@ def read_pinned_idx(root: Path, pinned: PinnedSet, max_bytes: int) -> dict[str, 
     return arrays
 
 
-class _MnistPickleUnpickler(pickle.Unpickler):
+class _MnistPickleUnpickler(_ArrayOnlyUnpickler):
     """The classic MNIST pickle holds three (float32 images, int64 labels) pairs of numpy arrays:
     ``pickletools.dis`` finds only numpy's array reconstructor, ndarray and dtype in it, and nothing
     else is allowed (numpy 2 names the reconstructor numpy._core.multiarray)."""
@@ -608,11 +610,7 @@ class _MnistPickleUnpickler(pickle.Unpickler):
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
     }
-
-    def find_class(self, module: str, name: str):  # noqa: ANN201
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise _ForbiddenGlobal(f"refusing to load {module}.{name} (only numpy arrays)")
+    _ONLY = "only numpy arrays"
 
 
 def read_mnist_pickle(path: Path, max_bytes: int) -> dict[str, np.ndarray]:

@@ -126,16 +126,27 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _fid_tensors(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """The file's FID tensors (a classifier layer and batch-norm counters left out) and their digest."""
+    state = load_state_dict_file(path)
+    state = {k: v for k, v in state.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+    return state, tensors_digest(state)
+
+
+def fid_weights_digest(path: Path) -> str:
+    """The :func:`tensors_digest` of the FID weights in ``path``, as ``load_network`` reads it, without
+    building the network (what register checks eval.json's ``weights_digest`` against)."""
+    return _fid_tensors(Path(path))[1]
+
+
 def load_network(path: Path) -> tuple[FIDInceptionV3, str]:
     """:class:`FIDInceptionV3` with the weights in ``path`` and their :func:`tensors_digest`.
 
     A classifier layer in the file (torch-fidelity's and pytorch-fid's files have one) is ignored. The
     file at the default location must hold exactly the tensors setup converts."""
     path = Path(path)
-    state = load_state_dict_file(path)
+    state, digest = _fid_tensors(path)
     network = FIDInceptionV3()
-    state = {k: v for k, v in state.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
-    digest = tensors_digest(state)
     if path == default_weights_path() and digest != CONVERTED_DIGEST:
         raise InceptionWeightsError(
             f"{path} does not hold the converted FID Inception weights (tensor digest {digest[:16]}..., expected "

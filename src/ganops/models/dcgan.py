@@ -93,13 +93,18 @@ class Discriminator(nn.Module):
         h = x
         for down in self.downs:
             h = nn.functional.leaky_relu(down(h), 0.2)
-        h = h.flatten(1)
-        logits = self.head(h).squeeze(1)
-        if self.embed is not None:
-            if labels is None:
-                raise ValueError("this discriminator is conditional: pass labels")
-            logits = logits + (self.embed(labels) * h).sum(dim=1)
-        return logits
+        return projected_logits(self.head, self.embed, h.flatten(1), labels)
+
+
+def projected_logits(head: nn.Module, embed: nn.Module | None, h: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """D's logit of pooled features ``h``, plus the projection of the class embedding on them
+    (Miyato & Koyama 2018) when the discriminator is conditional."""
+    logits = head(h).squeeze(1)
+    if embed is not None:
+        if labels is None:
+            raise ValueError("this discriminator is conditional: pass labels")
+        logits = logits + (embed(labels) * h).sum(dim=1)
+    return logits
 
 
 def _dcgan_init(module: nn.Module) -> None:

@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
-from ganops.models.dcgan import Norm, channel_widths
+from ganops.models.dcgan import Norm, channel_widths, projected_logits
 from ganops.models.spec import DiscriminatorSpec, GeneratorSpec
 
 
@@ -127,13 +127,7 @@ class ResNetDiscriminator(nn.Module):
         h = x
         for block in self.blocks:
             h = block(h)
-        h = F.relu(h).sum(dim=(2, 3))
-        logits = self.head(h).squeeze(1)
-        if self.embed is not None:
-            if labels is None:
-                raise ValueError("this discriminator is conditional: pass labels")
-            logits = logits + (self.embed(labels) * h).sum(dim=1)
-        return logits
+        return projected_logits(self.head, self.embed, F.relu(h).sum(dim=(2, 3)), labels)
 
 
 def _init(network: nn.Module) -> None:

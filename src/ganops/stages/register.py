@@ -14,7 +14,7 @@ from ganops.config import Params
 from ganops.data import load_manifest
 from ganops.io import file_sha256, write_json_atomic
 from ganops.metrics.backbones import resolve_backbone
-from ganops.metrics.inception import load_network
+from ganops.metrics.inception import fid_weights_digest
 from ganops.metrics.report import EvaluationReport
 from ganops.paths import ProjectPaths
 from ganops.serving.export import GENERATOR_DIGEST_KEY, model_interface
@@ -99,7 +99,7 @@ def check_same_networks(report: EvaluationReport, paths: ProjectPaths, inception
                               "classifier's numbers (run `dvc repro evaluate`)")
     if report.backbone == "inception":
         _, weights, _ = resolve_backbone("inception", inception_weights)  # refuses when they are gone
-        _, now = load_network(weights)
+        now = fid_weights_digest(weights)
         if now != report.weights_digest:
             raise GanopsError(f"{paths.eval_report} was scored with the FID Inception weights {report.weights_digest[:16]}..., "
                               f"but {weights} now holds {now[:16]}...: refusing to register on other weights' numbers "

@@ -236,6 +236,7 @@ class Run:
     fingerprint: str
     checkpoints: Path  # this setup's folder
     images_from: str  # "memory" or "shards"
+    preview: tuple[torch.Tensor, torch.Tensor | None]  # the fixed noise (and labels) of every evaluation's samples
     started_at: float  # time.time() when training began, for the MLflow run
     start_step: int = 0
     elapsed_before: float = 0.0  # training time of the runs this one resumed
@@ -326,7 +327,8 @@ def set_up(job: TrainingJob, scoring: Scoring, before_training: Callable[[], Non
         _log_setup(device, ctx.world_size, images, cuda_graph, job.augmentation, cfg.augment)
     return Run(job=job, scoring=scoring, ctx=ctx, device=device, G_raw=G_raw, D_raw=D_raw, G_ema=G_ema, state=state,
                train_step=train_step, ada=ada, augment_p=augment_p, watch=watch, fingerprint=fingerprint,
-               checkpoints=checkpoints, images_from=images_from, started_at=started_at, start_step=state.step,
+               checkpoints=checkpoints, images_from=images_from, preview=preview_inputs(g_spec, cfg.seed),
+               started_at=started_at, start_step=state.step,
                elapsed_before=state.elapsed_s)
 
 
@@ -456,7 +458,7 @@ def _watch_and_report(run: Run, done: int) -> None:
     if run.ctx.is_main:
         scored_at = time.perf_counter()
         value, std = run.scoring.score(run.G_ema)
-        z, y = preview_inputs(run.job.generator, run.job.cfg.seed)
+        z, y = run.preview
         samples = to_uint8(run.G_ema(z.to(run.device), y.to(run.device) if y is not None else None)).cpu()
         reason = run.watch.observe(done, value, std, lambda: cpu_weights(run.G_ema), samples)
         run.state.watch_s += time.perf_counter() - scored_at
