@@ -1,0 +1,258 @@
+"""The evaluation's decisions at their boundaries, on small fake features and tiny generators (unit tier:
+no stage, no subprocess): the shipped snapshot's re-scoring (the real snapshot scorers, the full-protocol
+count, seeds apart from the in-training and evaluate ones, what train.json records), the truncation
+curve's shared latents, the memorisation decision eval.json carries, and both sides of the per-class
+spread."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny
+from ganops.config import EvalParams
+from ganops.io import write_json_atomic
+from ganops.metrics.draws import EVALUATE, RESCORE, WATCH, generated_draws, sample_labels
+from ganops.metrics.evaluation import Evaluation, score_draws
+from ganops.metrics.frechet import feature_statistics
+from ganops.metrics.reference import ReferencedBackbone, ReferenceFeatures, ReferenceRecord
+from ganops.metrics.report import EvaluationReport
+from ganops.metrics.scores import METRICS, evaluation_report, per_class
+from ganops.metrics.snapshot import SNAPSHOT_METRICS, SnapshotScorer, snapshot_scorers
+from ganops.pixels import to_uint8
+from test_quality_metrics import MEASURED, PixelBackbone, reference_of
+from test_watch import StepScorer
+
+CLASSES = 3
+
+
+class LatentRecorder(torch.nn.Module):
+    """A generator whose image is its latents (4x4, one pixel per latent value, shifted by the label):
+    it records every (z, y) it is called with, so a test sees which latents each scoring drew."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spec = SimpleNamespace(latent_dim=16, num_classes=CLASSES)  # all that drawing reads of a spec
+        self.scale = torch.nn.Parameter(torch.ones(()))  # the device is read from a parameter
+        self.calls: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        self.calls.append((z.clone(), None if y is None else y.clone()))
+        shift = 0.0 if y is None else 0.4 * (y.float() - 1.0)[:, None]
+        return torch.tanh(self.scale * z * 0.7 + shift).view(len(z), 1, 4, 4)
+
+    def latents(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every latent and label it was called with, in order."""
+        return torch.cat([z for z, _ in self.calls]), torch.cat([y for _, y in self.calls])
+
+
+def fake_evaluation(cfg: EvalParams, reference_images: torch.Tensor | None = None,
+                    reference_labels: np.ndarray | None = None) -> Evaluation:
+    """An opened evaluation, as open_evaluation returns one, on PixelBackbone (named as the FID Inception
+    network, so its metrics are fid<count>_tf_train) with an in-memory reference: labelled (conditional)
+    by default."""
+    if reference_images is None:
+        rng = np.random.default_rng(11)
+        reference_labels = rng.integers(0, CLASSES, 300)
+        z = torch.from_numpy(rng.standard_normal((300, 16)).astype(np.float32))
+        shift = 0.4 * (torch.from_numpy(reference_labels).float() - 1.0)[:, None]
+        reference_images = to_uint8(torch.tanh(0.7 * z + shift).view(300, 1, 4, 4))
+    backbone = PixelBackbone()
+    features = backbone(reference_images).numpy()
+    reference = ReferenceFeatures(features, *feature_statistics(features), {}, reference_labels)
+    record = ReferenceRecord("inception", cfg.reference, "data", cfg.reference_max_features, fid_protocol="tf",
+                             weights_digest="0" * 64)
+    conditional = reference_labels is not None
+    return Evaluation(cfg, record, [ReferencedBackbone(backbone, reference)], reference_images,
+                      SimpleNamespace(num_classes=CLASSES if conditional else 0), reference_labels,
+                      ["a", "b", "c"] if conditional else None)
+
+
+def distance_of(evaluation: Evaluation, generator: torch.nn.Module, count: int, use: int) -> float:
+    """The Fréchet distance of ``count`` images drawn for ``use``, computed from the draws module's seeds
+    directly (not through the snapshot scorers): what a scorer for that use must give."""
+    cfg, (backbone, reference) = evaluation.cfg, evaluation.backbones[0]
+    labels = sample_labels(evaluation.reference_labels, count, CLASSES, cfg.seed, use)
+    draws = generated_draws(generator, labels, count, cfg.draws, cfg.batch_size, cfg.seed, torch.device("cpu"), use)
+    return reference.frechet.distance(backbone(torch.cat(draws)).numpy())
+
+
+def shared_rows(a: torch.Tensor, b: torch.Tensor) -> int:
+    """How many latent vectors of ``a`` also occur in ``b``."""
+    return int((torch.cdist(a, b) == 0).any(dim=1).sum())
+
+
+SNAPSHOT_CFG = EvalParams(num_samples=120, draws=4, spread_rounds=4, batch_size=50)
+
+
+# --- the shipped snapshot's re-scoring --------------------------------------------------------------------
+def test_the_re_scorer_draws_the_full_protocol_on_seeds_apart_from_training_and_evaluate():
+    """The real snapshot scorers: the in-training one draws train.eval_samples images, the re-scorer
+    eval.num_samples; each draws the same latents at every call (snapshots differ by weights only), and
+    no latent (nor the label sequence) of one use is drawn by another: WATCH, RESCORE, EVALUATE."""
+    evaluation = fake_evaluation(SNAPSHOT_CFG)
+    score, rescore = snapshot_scorers(evaluation, 40)
+    assert (score.plan.count, rescore.plan.count) == (40, SNAPSHOT_CFG.num_samples)
+    assert (score.name, rescore.name) == ("fid40_tf_train", "fid120_tf_train")
+
+    generator = LatentRecorder()
+    drawn = {}
+    for use, scoring in (("watch", lambda: score(generator)), ("rescore", lambda: rescore(generator)),
+                         ("evaluate", lambda: evaluation.score(generator, SNAPSHOT_METRICS))):
+        generator.calls.clear()
+        scoring()
+        drawn[use] = generator.latents()
+        generator.calls.clear()
+        scoring()
+        again = generator.latents()
+        assert torch.equal(again[0], drawn[use][0]) and torch.equal(again[1], drawn[use][1]), use
+    assert [len(z) for z, _ in drawn.values()] == [40, 120, 120]
+    for first, second in (("watch", "rescore"), ("watch", "evaluate"), ("rescore", "evaluate")):
+        assert shared_rows(drawn[first][0], drawn[second][0]) == 0, (first, second)
+    assert not torch.equal(drawn["rescore"][1], drawn["evaluate"][1])  # the labels are drawn per use too
+
+    # and each scorer's number is the distance of its own use's images, computed from the seeds directly
+    assert score(generator)[0] == pytest.approx(distance_of(evaluation, generator, 40, WATCH), rel=1e-12)
+    assert rescore(generator)[0] == pytest.approx(distance_of(evaluation, generator, 120, RESCORE), rel=1e-12)
+
+
+def test_the_train_stage_opens_the_primary_backbone_and_counts_eval_samples_then_num_samples(monkeypatch, tmp_path):
+    """snapshot_scorers_of: the in-training scorer on train.eval_samples, the re-scorer on eval.num_samples,
+    both on the primary backbone alone (the evaluation is opened with primary_only)."""
+    from ganops.stages import train as train_stage
+
+    params = tiny({"train": {"eval_every": 5, "eval_samples": 40}, "eval": {"num_samples": 120, "draws": 4}})
+    opened = {}
+
+    def open_evaluation(cfg, manifest, split, spec, files, device, primary_only=False):
+        opened.update(cfg=cfg, primary_only=primary_only)
+        return fake_evaluation(cfg)
+
+    monkeypatch.setattr(train_stage, "open_evaluation", open_evaluation)
+    monkeypatch.setattr(train_stage, "open_split", lambda folder, split: split)
+    score, rescore = train_stage.snapshot_scorers_of(params, train_stage.ProjectPaths(tmp_path), None, None)
+    assert opened == {"cfg": params.eval, "primary_only": True}
+    assert (score.plan.count, score.plan.use, rescore.plan.count, rescore.plan.use) == (40, WATCH, 120, RESCORE)
+
+
+def test_train_json_records_the_real_re_score_of_each_candidate(tmp_path):
+    """fit with the real re-scorer: a scripted in-training curve (best at step 10, 15 next, the last at
+    20 worse beyond noise) puts three snapshots to the re-scorer; train.json (the summary's as_json)
+    names the re-scorer's metric and holds, for each candidate, the full-protocol distance of that
+    snapshot on RESCORE's seeds (not on WATCH's, nor EVALUATE's): each snapshot is the EMA generator of
+    a plain run of that many steps (tests/test_watch.py: watching does not change training)."""
+    from ganops.models import DiscriminatorSpec, GeneratorSpec
+    from ganops.training.loop import Scoring, TrainingJob, fit
+    from ganops.training.report import TrainSummary
+
+    rng = np.random.default_rng(5)
+    images, labels = rng.integers(0, 256, (160, 1, 8, 8), dtype=np.uint8), rng.integers(0, CLASSES, 160)
+    reference = fake_evaluation(SNAPSHOT_CFG, torch.from_numpy(images), labels)
+    g_spec = GeneratorSpec(latent_dim=8, g_channels=8, max_channels=32, resolution=8, channels=1, num_classes=CLASSES,
+                           class_names=["a", "b", "c"])
+    d_spec = DiscriminatorSpec(d_channels=8, max_channels=32, resolution=8, channels=1, num_classes=CLASSES)
+
+    def run(steps: int, scoring: Scoring):
+        cfg = tiny({"train": {"steps": steps, "eval_every": 5, "keep_best": 2}}).train
+        return fit(TrainingJob(g_spec, d_spec, cfg, "none", images, labels, tmp_path / f"{steps}"), scoring)
+
+    _, rescore = snapshot_scorers(reference, 40)
+    result = run(20, Scoring(StepScorer([30.0, 10.0, 25.0, 28.0]), rescore))
+    written = TrainSummary.model_validate(result.summary.as_json())  # train.json, read back
+    assert written.rescore_metric == "fid120_tf_train"
+    assert [c.step for c in written.candidates] == [10, 15, 20]
+    full = SNAPSHOT_CFG.num_samples
+    for candidate in written.candidates:
+        snapshot = run(candidate.step, Scoring()).G_ema
+        assert candidate.rescored == pytest.approx(distance_of(reference, snapshot, full, RESCORE), rel=1e-12)
+        assert (candidate.rescored, candidate.rescored_std) == SnapshotScorer(reference, full, RESCORE)(snapshot)
+        for other_use in (WATCH, EVALUATE):  # the seeds matter: the other uses' draws score differently
+            assert distance_of(reference, snapshot, full, other_use) != pytest.approx(candidate.rescored, rel=1e-9)
+        assert candidate.in_training == {10: 10.0, 15: 25.0, 20: 28.0}[candidate.step]  # the scripted score, apart
+    chosen = next(c for c in written.candidates if c.step == written.chosen_step)
+    assert chosen.rescored == pytest.approx(distance_of(reference, result.G_ema, full, RESCORE), rel=1e-12)
+
+
+# --- the truncation curve ---------------------------------------------------------------------------------
+def test_the_truncation_curve_truncates_the_same_latents_at_every_psi():
+    """The registry's truncation entry, run by Evaluation.score: one draw of latents (TRUNCATE's own
+    seeds, not the evaluation's), and at each psi exactly those latents with only the values beyond
+    +-psi redrawn; the same labels at every psi; each point the distance of the images it drew."""
+    cfg = EvalParams(num_samples=60, draws=2, spread_rounds=0, batch_size=100, truncation=[0.5, 1.0],
+                     truncation_samples=40)
+    evaluation = fake_evaluation(cfg)
+    generator = LatentRecorder()
+    scores = evaluation.score(generator, [METRICS["truncation"]])
+    evaluated = generator.calls[:2]  # the evaluation's own two draws come first
+    (z_none, y_none), (z_half, y_half), (z_one, y_one) = generator.calls[2:]
+    assert len(generator.calls) == 5 and len(z_none) == 40
+    assert shared_rows(z_none, torch.cat([z for z, _ in evaluated])) == 0
+    for psi, z, y in ((0.5, z_half, y_half), (1.0, z_one, y_one)):
+        kept = z_none.abs() <= psi
+        assert 0.3 < kept.float().mean() < 0.9  # the comparison below sees hundreds of values
+        assert torch.equal(z[kept], z_none[kept]), psi
+        assert bool((z.abs() <= psi).all()) and torch.equal(y, y_none)
+    backbone, reference = evaluation.backbones[0]
+    for label, (z, y) in zip(("psinone", "psi0.5", "psi1"), generator.calls[2:]):
+        features = backbone(to_uint8(generator(z, y))).numpy()
+        assert scores.metrics[f"fid40_tf_train_{label}"] == round(reference.frechet.distance(features), 6)
+    assert scores.record["truncation"] == [0.5, 1.0] and scores.record["truncation_samples"] == 40
+
+
+# --- the memorisation decision ----------------------------------------------------------------------------
+@pytest.mark.parametrize(("copies", "max_share", "suspected"), [
+    (12, 0.1, False),                       # 12 of 120 = 0.1: at the threshold is not above it
+    (13, 0.1, True),                        # one image more
+    (12, float(np.nextafter(0.1, 0.0)), True),  # the threshold a hair below the share
+])
+def test_eval_json_suspects_memorisation_only_above_the_max_share(copies, max_share, suspected, tmp_path):
+    """Generated images that are exact copies of training images (distance 0) or far from all of them (a
+    constant image): the share suspiciously close is copies / 120 exactly, and eval.json, written and read
+    back as register reads it, says memorisation_suspected only when the share exceeds
+    eval.memorisation_max_share."""
+    rng = np.random.default_rng(7)
+    training = torch.from_numpy(rng.integers(0, 100, (200, 1, 4, 4), dtype=np.uint8))
+    cfg = EvalParams(num_samples=120, draws=4, spread_rounds=0, memorisation_max_share=max_share)
+    evaluation = fake_evaluation(cfg, training)
+    generated = torch.full((120, 1, 4, 4), 255, dtype=torch.uint8)
+    positions = rng.choice(120, copies, replace=False)  # copies spread over the four draws
+    generated[positions] = training[rng.choice(200, copies, replace=False)]
+    scores = score_draws(list(generated.split(30)), None, evaluation.backbones, cfg,
+                         [METRICS["fd"], METRICS["memorisation"]], evaluation=evaluation)
+    write_json_atomic(tmp_path / "eval.json", evaluation_report(evaluation, scores, "0" * 64))
+    report = EvaluationReport.load(tmp_path / "eval.json")
+    assert report.metric("memorised120_tf_train_share") == round(copies / 120, 6)  # eval.json rounds
+    assert report.memorisation_suspected is suspected
+    assert report.summary()["memorisation_suspected"] is suspected
+
+
+# --- the per-class spread's two sides ---------------------------------------------------------------------
+@pytest.mark.parametrize("varying", ["generated", "reference"])
+def test_the_per_class_std_takes_the_spread_of_each_side(varying):
+    """Each class's std is the half-sample spread of both sides: data built so that only one side's
+    halves vary (the other's halves are identical arrays: equal distances, variance exactly 0) must
+    still give a real std, whichever side it is. ``generated``: each class of the reference is one
+    point repeated; ``reference``: the generated draws are six copies of one draw."""
+    rng = np.random.default_rng(8)
+    centres = rng.normal(0, 2, (CLASSES, 4))
+    real_labels = np.repeat(np.arange(CLASSES), 40)
+    if varying == "generated":
+        real = centres[real_labels]  # all of a class the same point: every reference half the same
+        fake_labels = rng.integers(0, CLASSES, 180)
+        fake = centres[fake_labels] + rng.normal(size=(180, 4))
+        draws = list(np.split(fake, 6))
+        draw_labels = list(np.split(fake_labels, 6))
+    else:
+        real = centres[real_labels] + rng.normal(size=(len(real_labels), 4))
+        one_labels = np.repeat(np.arange(CLASSES), 10)
+        one = centres[one_labels] + rng.normal(size=(30, 4))
+        draws, draw_labels = [one] * 6, [one_labels] * 6  # every half of the draws the same three copies
+    cfg = EvalParams(num_samples=180, draws=6, spread_rounds=8)
+    metrics = per_class(reference_of(real, real_labels), draws, draw_labels, cfg, MEASURED)
+    for index in range(CLASSES):
+        value, std = metrics[f"fid600_tf_train_class{index}"], metrics[f"fid600_tf_train_class{index}_std"]
+        assert std > 0.01 * value > 0, (varying, index, value, std)
+        assert metrics[f"fid600_tf_train_class{index}_ci95_high"] > value > metrics[f"fid600_tf_train_class{index}_ci95_low"]
