@@ -220,13 +220,7 @@ def _cancelled(mode: str):
     return start
 
 
-@pytest.mark.parametrize("mode", [
-    "anyio",
-    pytest.param("native", marks=pytest.mark.xfail(strict=True, reason=(
-        "known bug (issue 39): a natively cancelled request leaves the limiter while its worker thread still "
-        "waits for a slot (anyio's shield does not hold against Task.cancel), so its place is given to another "
-        "request and the waiting threads exceed max_queue; each such thread then generates for nobody"))),
-])
+@pytest.mark.parametrize("mode", ["anyio", "native"])
 def test_a_cancelled_waiter_is_counted_as_long_as_its_thread_holds_a_place(model_file, mode):
     """The bound on threads: whatever cancels a waiting request, the limiter counts every thread that waits
     for a slot until that thread is gone. Requests are sent and cancelled while they wait, three times,
@@ -253,6 +247,45 @@ def test_a_cancelled_waiter_is_counted_as_long_as_its_thread_holds_a_place(model
                     assert limiter.admitted - 1 >= threads.inside, "a thread waits for a slot the limiter doesn't count"
             await until(lambda: threads.inside == 0 and limiter.admitted == 0 and limiter.running == 0)
             await asyncio.wait(tasks, timeout=30)
+
+    asyncio.run(scenario())
+
+
+def session_runs(routes) -> list[int]:
+    """Counts the onnxruntime session's runs of the served model: one per generation, however it is reached."""
+    runs: list[int] = []
+    session = routes.source.served.generator.session
+    run = session.run
+
+    def counted(*args, **kwargs):
+        runs.append(1)
+        return run(*args, **kwargs)
+
+    session.run = counted
+    return runs
+
+
+@pytest.mark.parametrize("mode", ["anyio", "native"])
+def test_a_cancelled_waiter_stops_waiting_at_once_and_never_generates(model_file, mode):
+    """A request cancelled while its thread waits for the slot the test holds: the thread stops waiting and
+    ends while the slot is still held (its place back long before its 30 s time-out), and once the slot is
+    free no generation runs for it; the next request is generated exactly once."""
+    app, routes, threads = service(model_file, max_concurrent=1, max_queue=1, request_timeout_s=30)
+    limiter, runs = routes.limiter, session_runs(routes)
+
+    async def scenario() -> None:
+        async with client(app) as http:
+            with limiter.slot(wait_s=0):
+                task, cancel = _cancelled(mode)(http)
+                await until(lambda: len(threads.slot_waits) == 1)  # its thread is at the slot, waiting
+                cancel()
+                await asyncio.wait([task], timeout=5)
+                assert task.done(), "the cancelled request still waits for its thread"
+                assert threads.inside == 0 and limiter.admitted == 1  # gone, the slot still held: the test's alone
+            await asyncio.sleep(0.2)  # the slot free: a thread still waiting would take it now
+            assert runs == [] and threads.generation_limits == [], "a generation ran for the cancelled request"
+            assert (await http.post("/v1/generate", json=ONE)).status_code == 200
+            assert len(runs) == 1 and limiter.admitted == 0 and limiter.running == 0
 
     asyncio.run(scenario())
 

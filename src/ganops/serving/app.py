@@ -186,6 +186,10 @@ class Busy(Exception):
     """No generation slot within the bounds: answered 503 with Retry-After."""
 
 
+class Abandoned(Exception):
+    """The request was cancelled while its thread waited for a slot: nobody reads an answer."""
+
+
 class GenerationLimiter:
     """At most ``max_concurrent`` generations run at once and ``max_queue`` more wait for a slot, each
     at most ``wait_s``; a request beyond either bound is refused at once (Busy), so memory and
@@ -195,8 +199,8 @@ class GenerationLimiter:
 
     def __init__(self, max_concurrent: int, max_queue: int) -> None:
         self.max_concurrent, self.max_queue = max_concurrent, max_queue
-        self._slots = threading.Semaphore(max_concurrent)
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # notified when a slot is freed or a waiter cancelled
         self.admitted = 0  # running or waiting
         self.running = 0
         self.peak_running = 0
@@ -218,23 +222,32 @@ class GenerationLimiter:
                 self.admitted -= 1
 
     @contextmanager
-    def generation(self, wait_s: float, timeout_s: float | None = None):
+    def generation(self, wait_s: float, timeout_s: float | None = None, cancelled: threading.Event | None = None):
         """One of the ``max_concurrent`` slots, waited for at most ``wait_s`` (by an admitted request:
-        what is left of its ``timeout_s``)."""
-        if not self._slots.acquire(timeout=wait_s):
-            with self._lock:
+        what is left of its ``timeout_s``); a request ``cancelled`` meanwhile stops waiting (Abandoned)."""
+        cancelled = cancelled or threading.Event()
+        with self._changed:
+            free = self._changed.wait_for(lambda: cancelled.is_set() or self.running < self.max_concurrent, wait_s)
+            if cancelled.is_set():  # before a free slot: a cancelled request never generates
+                raise Abandoned("cancelled while waiting for a generation slot")
+            if not free:
                 self.rejected += 1
-            raise Busy(f"no generation slot free within {wait_s if timeout_s is None else timeout_s:g} s "
-                       "(serve.request_timeout_s)")
-        with self._lock:
+                raise Busy(f"no generation slot free within {wait_s if timeout_s is None else timeout_s:g} s "
+                           "(serve.request_timeout_s)")
             self.running += 1
             self.peak_running = max(self.peak_running, self.running)
         try:
             yield
         finally:
-            with self._lock:
+            with self._changed:
                 self.running -= 1
-            self._slots.release()
+                self._changed.notify()  # one waiter takes the slot (a cancelled one is woken by abandon, not here)
+
+    def abandon(self, cancelled: threading.Event) -> None:
+        """Tells the thread of a request that was cancelled to stop waiting for a slot."""
+        with self._changed:
+            cancelled.set()
+            self._changed.notify_all()  # every waiter checks: the cancelled one leaves, the others wait on
 
     @contextmanager
     def slot(self, wait_s: float):
@@ -419,21 +432,34 @@ class ServiceRoutes:
         deadline = time.monotonic() + settings.request_timeout_s
         try:
             with self.limiter.admission():  # on the event loop: refused here, a request takes no thread
-                # shielded: a cancelled request stays counted until its thread is done with it
-                with anyio.CancelScope(shield=True):
-                    return await run_in_threadpool(self.generated_response, served, request, deadline)
+                return await self.in_thread(served, request, deadline)
         except (Busy, GenerationTimeout) as error:
             raise HTTPException(503, detail=f"busy: {error}; try again later",
                                 headers={"Retry-After": str(settings.retry_after_s)}) from None
 
-    def generated_response(self, served: Served, request: GenerateRequest, deadline: float) -> Response:
-        """In a worker thread: wait for a slot, generate, encode."""
+    async def in_thread(self, served: Served, request: GenerateRequest, deadline: float) -> Response:
+        """``generated_response`` in a worker thread. Cancelled, the request tells its thread to stop
+        waiting for a slot and waits for the thread to end before the cancellation goes on: its place
+        in the limiter (and the thread pool's) stays taken as long as the thread runs."""
+        cancelled = threading.Event()
+        work = asyncio.ensure_future(run_in_threadpool(self.generated_response, served, request, deadline, cancelled))
+        try:
+            return await asyncio.shield(work)  # a cancellation ends this await, not the thread's task
+        except asyncio.CancelledError:
+            self.limiter.abandon(cancelled)
+            await _finished(work)
+            raise
+
+    def generated_response(self, served: Served, request: GenerateRequest, deadline: float,
+                           cancelled: threading.Event) -> Response:
+        """In a worker thread: wait for a slot (unless ``cancelled`` first), generate, encode."""
         self.before_generating(served)  # the tests' hook: the model may be swapped from here on
         generator = served.generator
         z = generator.latents(request.n, request.seed, request.truncation) if request.z is None else request.z
         seed = request.seed if request.z is None else None
         try:
-            with self.limiter.generation(max(0.0, deadline - time.monotonic()), self.settings.request_timeout_s):
+            with self.limiter.generation(max(0.0, deadline - time.monotonic()), self.settings.request_timeout_s,
+                                         cancelled):
                 floats, labels = generator.generate(z, request.labels, timeout_s=max(0.0, deadline - time.monotonic()))
         except ValueError as error:
             raise HTTPException(422, detail=str(error)) from None
@@ -452,6 +478,19 @@ class ServiceRoutes:
             "shape": list(images.shape), "dtype": "uint8", "layout": "NCHW", "labels": label_list,
             "seed": seed, "data": base64.b64encode(images.tobytes()).decode(),
         }, headers=headers)
+
+
+async def _finished(work: asyncio.Future) -> None:
+    """Waits until ``work`` is done, whatever cancels the waiting task meanwhile: anyio's cancellation
+    is held off by the shield, asyncio's own (``Task.cancel``, which that shield lets through) is let pass."""
+    with anyio.CancelScope(shield=True):
+        while not work.done():
+            try:
+                await asyncio.wait([work])
+            except asyncio.CancelledError:
+                continue  # the caller re-raises its cancellation once the work is done
+    if not work.cancelled():
+        work.exception()  # retrieved: nobody reads what a cancelled request's thread answered or raised
 
 
 async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
