@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from conftest import merge, tiny, write_params
 from ganops import GanopsError
+from ganops.config import Params
 from ganops.models import GeneratorSpec, build_generator
 from ganops.stages.prepare import prepare
 from ganops.stages.train import train
@@ -140,6 +141,47 @@ def test_training_fits_a_tiny_fixed_dataset(tmp_path, prepared_digits):
     trained = project_with_data(tmp_path / "trained", prepared_digits)
     train(tiny({"train": {"steps": 200, "lr_g": 1e-3, "lr_d": 1e-3, "checkpoint_every": 200, "log_every": 50}}), trained)
     assert distance(trained) < distance(barely) / 3
+
+
+SHIPPED_OPTIMISER = {key: getattr(Params().train, key) for key in ("lr_g", "lr_d", "beta1", "beta2")}
+
+
+def test_the_shipped_optimiser_fits_a_tiny_fixed_dataset(tmp_path, prepared_digits):
+    """The optimiser params.yaml ships (not the tiny params' own) trains: 200 steps bring the images
+    towards the data, as the test above asks of the tiny params' optimiser."""
+    from ganops.data import load_split
+    from ganops.models import load_generator
+    from ganops.paths import ProjectPaths
+
+    real, _ = load_split(prepared_digits, "train")
+    real = torch.from_numpy(real).float() / 127.5 - 1
+
+    def distance(root: Path) -> float:
+        generator = load_generator(ProjectPaths(root).generator_weights, ProjectPaths(root).generator_spec)
+        with torch.no_grad():
+            fake = generator(torch.randn(512, generator.spec.latent_dim, generator=torch.Generator().manual_seed(0)),
+                             torch.arange(512) % generator.spec.num_classes)
+        return float((fake.mean(0) - real.mean(0)).pow(2).mean() + (fake.std(0) - real.std(0)).pow(2).mean())
+
+    barely = project_with_data(tmp_path / "barely", prepared_digits)
+    train(tiny({"train": {**SHIPPED_OPTIMISER, "steps": 1, "ema_decay": 0.0}}), barely)
+    trained = project_with_data(tmp_path / "trained", prepared_digits)
+    train(tiny({"train": {**SHIPPED_OPTIMISER, "steps": 200, "checkpoint_every": 200, "log_every": 50}}), trained)
+    assert distance(trained) < distance(barely) / 3
+
+
+def test_each_network_is_optimised_with_its_own_learning_rate_and_the_shipped_betas(tmp_path, prepared_digits):
+    """The optimisers as the checkpoint keeps them: G at lr_g, D at lr_d, both with (beta1, beta2)."""
+    from ganops.training.checkpoint import read_checkpoint
+
+    root = project_with_data(tmp_path, prepared_digits)
+    train(tiny({"train": {**SHIPPED_OPTIMISER, "steps": 10, "checkpoint_every": 10}}), root)
+    state = read_checkpoint(all_checkpoints(root)[0][1])
+    groups = {name: state[name]["param_groups"] for name in ("opt_g", "opt_d")}
+    betas = (SHIPPED_OPTIMISER["beta1"], SHIPPED_OPTIMISER["beta2"])
+    assert [(g["lr"], tuple(g["betas"])) for g in groups["opt_g"]] == [(SHIPPED_OPTIMISER["lr_g"], betas)]
+    assert [(g["lr"], tuple(g["betas"])) for g in groups["opt_d"]] == [(SHIPPED_OPTIMISER["lr_d"], betas)]
+    assert SHIPPED_OPTIMISER["lr_g"] != SHIPPED_OPTIMISER["lr_d"]  # else a swap could not show
 
 
 def test_two_cpu_runs_give_identical_weights(tmp_path, prepared_digits):
