@@ -6,8 +6,8 @@
 - "evaluations are comparable" (``evaluation_signature``): one case per thing it compares;
 - the registry locks: a lease at its expiry is live, just after it is taken over; the fence
   (``check_held``) refuses after a take-over and with too little of the lease left;
-- rollback across an inconsistent history: the alias against the history tag, versions without their
-  evaluation's tags, versions deleted since.
+- rollback across an inconsistent history: the alias against the history tag (and a promotion on top
+  of one), versions without their evaluation's tags, versions deleted since.
 
 Unit tier: ``_decide`` is called with the champion as the registry returns it (tags as strings), the
 server lock on an in-memory registry that answers as MLflow's stores do, the lock file on tmp_path.
@@ -39,6 +39,7 @@ from ganops.tracking.registry import (
     _champion,
     _decide,
     evaluation_signature,
+    promote,
     rollback,
 )
 from ganops.tracking.store import TrackingError
@@ -435,8 +436,6 @@ class AliasWriteFailsOnce:
 
 
 @pytest.mark.stage
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="bug: rollback reads a history that a failed rollback "
-                   "left (the tag moved back, the alias not) as a failed promotion, and goes back two steps")
 def test_a_rollback_retried_after_its_alias_move_failed_goes_back_one_step(store, registry_at, tmp_path, monkeypatch):
     mlflow_cfg, cfg = registry_at("retried", 4, ["1", "2", "3", "4"], "4")
     connect = registry.connect
@@ -450,24 +449,47 @@ def test_a_rollback_retried_after_its_alias_move_failed_goes_back_one_step(store
 
 
 @pytest.mark.stage
-@pytest.mark.xfail(strict=True, raises=Exception, reason="bug: rollback to a deleted version writes the shortened "
-                   "history, then fails at the alias with MLflow's error: the current champion drops out of the history")
 def test_rollback_to_a_deleted_version_refuses_and_moves_nothing(store, registry_at, tmp_path):
     mlflow_cfg, cfg = registry_at("deleted-previous", 2, ["1", "2"], "2")
     store.client.delete_model_version("deleted-previous", "1")
     try:
-        with pytest.raises(GanopsError, match="1"):
+        with pytest.raises(GanopsError, match="v1, the champion before v2, was deleted from the registry: nothing moved"):
             rollback(mlflow_cfg, cfg, tmp_path)
     finally:
         assert state(store.client, "deleted-previous") == ("2", ["1", "2"])
 
 
 @pytest.mark.stage
-@pytest.mark.xfail(strict=True, raises=Exception, reason="bug: after the champion's version was deleted (MLflow drops "
-                   "its alias), rollback moves the alias back and then fails tagging the deleted version")
 def test_rollback_after_the_champion_version_was_deleted_restores_the_one_before(store, registry_at, tmp_path):
     mlflow_cfg, cfg = registry_at("deleted-champion", 3, ["1", "2", "3"], "3")
     store.client.delete_model_version("deleted-champion", "3")
     assert state(store.client, "deleted-champion") == (None, ["1", "2", "3"])  # the alias went with the version
-    assert rollback(mlflow_cfg, cfg, tmp_path)["champion"] == "2"
+    assert rollback(mlflow_cfg, cfg, tmp_path) == {"champion": "2", "rolled_back_from": "3"}
     assert state(store.client, "deleted-champion") == ("2", ["1", "2"])
+    assert store.client.get_model_version("deleted-champion", "2").tags["restored_by_rollback_from"] == "3"
+
+
+@pytest.mark.stage
+@pytest.mark.parametrize(("history", "alias", "back_to", "left"), [
+    (["1", "2", "3", "4"], "2", "1", ["1"]),  # two promotions whose alias moves failed
+    (["1", "2"], "3", "2", ["1", "2"]),  # the alias moved by hand to a version the history lacks
+    (["1", "2", "3", "2"], "2", "3", ["1", "2", "3"]),  # v2 promoted again by hand
+], ids=["two-failed-promotions", "alias-moved-by-hand", "champion-twice"])
+def test_rollback_reads_the_history_as_the_alias_has_it(store, registry_at, tmp_path, history, alias, back_to, left):
+    name = f"as-the-alias-{''.join(history)}-{alias}"
+    mlflow_cfg, cfg = registry_at(name, 4, history, alias)
+    assert rollback(mlflow_cfg, cfg, tmp_path) == {"champion": back_to, "rolled_back_from": alias}
+    assert state(store.client, name) == (back_to, left)
+
+
+@pytest.mark.stage
+@pytest.mark.parametrize(("alias", "promoted", "back_to"), [("2", ["1", "2", "5"], "2"), ("4", ["1", "2", "3", "4", "5"], "4")],
+                         ids=["after-a-failed-promotion", "after-a-failed-rollback"])
+def test_a_promotion_extends_the_history_as_the_alias_has_it(store, registry_at, tmp_path, alias, promoted, back_to):
+    """Over the tag [1, 2, 3] with the alias on 2 (the move to 3 failed) or on 4 (a rollback from 4 whose
+    alias move failed), v5 promoted by hand follows the champion, and rollback brings that champion back."""
+    name = f"promoted-over-{alias}"
+    mlflow_cfg, cfg = registry_at(name, 5, ["1", "2", "3"], alias)
+    assert promote(mlflow_cfg, cfg, "5", tmp_path) == {"champion": "5", "previous_champion": alias}
+    assert state(store.client, name) == ("5", promoted)
+    assert rollback(mlflow_cfg, cfg, tmp_path) == {"champion": back_to, "rolled_back_from": "5"}

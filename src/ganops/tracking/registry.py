@@ -350,14 +350,40 @@ def _champion(client, name: str):
         raise TrackingError(f"could not read champion v{aliases[CHAMPION]} of {name}: {str(error)[:300]}") from None
 
 
-def _history(client, name: str) -> list[str]:
-    return json.loads(client.get_registered_model(name).tags.get(HISTORY_TAG, "[]"))
+def _history(client, name: str, champion) -> list[str]:
+    """The champion history, oldest first, as the alias ``champion`` has it: the alias says who is
+    champion, the history tag who held it before. ``_set_champion`` writes the tag before it moves the
+    alias, so an alias write that failed leaves the tag out of step with it: a promotion's champion-to-be
+    after the champion's last entry (cut off), or a rollback's shortened history without the champion
+    (put back at the end, as is an alias moved by hand to a version the history lacks). One case reads
+    wrong: a rollback from a champion that held it before ([1, 2, 3, 2]) whose alias write failed leaves
+    a tag ([1, 2, 3]) that reads as a failed promotion (of 3)."""
+    history = json.loads(client.get_registered_model(name).tags.get(HISTORY_TAG, "[]"))
+    if champion is None:  # no alias: no champion yet, or MLflow dropped the alias with its deleted version
+        return history
+    version = str(champion.version)
+    if version not in history:
+        return [*history, version]
+    return history[:len(history) - history[::-1].index(version)]  # up to the champion's last entry
+
+
+def _exists(client, name: str, version: str) -> bool:
+    """Whether ``version`` is still in the registry; a failure to tell stops, moving nothing."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_model_version(name, version)
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):  # or not a version number
+            return False
+        raise TrackingError(f"could not read v{version} of {name} from the registry: {str(error)[:300]}") from None
+    return True
 
 
 def _set_champion(client, name: str, version: str, history: list[str], lock: FileRegistryLock | RegistryLock) -> None:
     lock.check_held()  # the fence: a holder whose lock was taken over moves nothing (LockLost)
-    # history first: if the alias write then fails, the history names a champion-to-be, and rollback
-    # goes by the alias, so nothing is lost; the other order could move the alias with no way back
+    # history first: if the alias write then fails, the alias still names the champion and _history
+    # reads the tag against it; the other order could move the alias with no record of the way back
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
     client.set_registered_model_alias(name, CHAMPION, version)
 
@@ -405,7 +431,7 @@ def register_onnx(onnx_path: Path, interface: ModelInterface, report: Evaluation
                 client.set_model_version_tag(name, version, key, str(value))
         try:
             champion = _champion(client, name)
-            history = _history(client, name)
+            history = _history(client, name, champion)
             if champion is not None and str(champion.version) == version:  # the first try got as far as the alias
                 reason = client.get_model_version(name, version).tags.get("promotion_reason")
                 promoted, reason = True, reason or "promoted by an earlier try of this registration"
@@ -465,12 +491,10 @@ def promote(mlflow_cfg: MlflowParams, cfg: RegisterParams, version: str, root: P
     client = connect(mlflow_cfg, root)
     name = cfg.model_name
     with _registry_lock(mlflow_cfg, root, client, name) as lock:
-        try:
-            client.get_model_version(name, str(version))
-        except Exception:
-            raise GanopsError(f"{name} has no version {version}") from None
+        if not _exists(client, name, str(version)):
+            raise GanopsError(f"{name} has no version {version}")
         previous = _champion(client, name)
-        _set_champion(client, name, str(version), _history(client, name) + [str(version)], lock)
+        _set_champion(client, name, str(version), _history(client, name, previous) + [str(version)], lock)
         client.set_model_version_tag(name, str(version), "promotion_reason",
                                      f"promoted by hand on {time.strftime('%Y-%m-%d %H:%M:%S')}")
     return {"champion": str(version), "previous_champion": str(previous.version) if previous else None}
@@ -484,19 +508,22 @@ def model_card(mlflow_cfg: MlflowParams, cfg: RegisterParams, version: str, out:
 
 
 def rollback(mlflow_cfg: MlflowParams, cfg: RegisterParams, root: Path = Path(".")) -> dict:
-    """Move champion back to the version that held it before the current one."""
+    """Move champion back to the version that held it before the current one (the history as the alias
+    has it, ``_history``). With no such version, or one deleted since, it refuses and moves nothing."""
     client = connect(mlflow_cfg, root)
     name = cfg.model_name
     with _registry_lock(mlflow_cfg, root, client, name) as lock:
-        history = _history(client, name)
-        champion = _champion(client, name)
-        if champion is not None and history and history[-1] != str(champion.version):
-            history = history[:-1]  # a champion-to-be whose alias move failed: the alias is the truth
+        history = _history(client, name, _champion(client, name))
         if len(history) < 2:
             raise GanopsError(f"{name} has no earlier champion to roll back to (history: {history or 'empty'})")
         current, previous = history[-1], history[-2]
+        if not _exists(client, name, previous):
+            raise GanopsError(f"{name} v{previous}, the champion before v{current}, was deleted from the registry: "
+                              "nothing moved; make another version champion with `ganops models promote <version>`")
+        current_exists = _exists(client, name, current)  # deleted, it lost its alias and takes no tag
         _set_champion(client, name, previous, history[:-1], lock)
         when = time.strftime("%Y-%m-%d %H:%M:%S")
-        client.set_model_version_tag(name, current, "rolled_back", f"replaced by v{previous} on {when}")
+        if current_exists:
+            client.set_model_version_tag(name, current, "rolled_back", f"replaced by v{previous} on {when}")
         client.set_model_version_tag(name, previous, "restored_by_rollback_from", current)
     return {"champion": previous, "rolled_back_from": current}
