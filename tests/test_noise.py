@@ -11,7 +11,7 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from ganops.noise import Z95, beyond_noise, bonferroni_z, half_sample_std, noise_threshold, seed_mean, t_quantile
+from ganops.noise import Z95, beyond_noise, bonferroni_z, half_sample_std, noise_threshold, seed_mean
 
 
 def test_z95_is_the_normal_quantile_of_a_two_sided_95_percent_interval():
@@ -110,22 +110,6 @@ def test_the_seed_mean_by_hand_with_the_t_table():
     assert (mean.low, mean.high) == pytest.approx((mean.value - half, mean.value + half), rel=1e-14)
     two = seed_mean([1.0, 3.0])  # t(0.975, 1) = 12.706, the std of the mean 1
     assert (two.value, two.std) == (2.0, 1.0) and two.high - two.value == pytest.approx(math.tan(0.475 * math.pi), rel=1e-14)
-
-
-def test_t_quantiles_match_the_table():
-    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 10: 2.228, 30: 2.042, 120: 1.980}
-    for df, value in table.items():
-        assert t_quantile(0.975, df) == pytest.approx(value, abs=5e-4), df
-    assert t_quantile(0.025, 4) == -t_quantile(0.975, 4) and t_quantile(0.5, 7) == 0.0
-    with pytest.raises(ValueError):
-        t_quantile(0.975, 0)
-
-
-def test_t_quantiles_match_scipy():
-    stats = pytest.importorskip("scipy.stats")
-    for df in range(1, 101):
-        for p in (0.975, 0.995, 0.9, 0.6, 0.025):
-            assert t_quantile(p, df) == pytest.approx(float(stats.t.ppf(p, df)), rel=1e-13), (p, df)
 
 
 def test_a_single_seed_has_no_interval_and_equal_seeds_a_zero_one():

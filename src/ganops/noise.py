@@ -11,7 +11,7 @@ lower, and the spreads and intervals that say how noisy a number is.
 - ``seed_mean``: the mean over training seeds, its standard error and its t interval (a sweep's trial
   trained with several seeds).
 
-Floor 0: the standard library and numpy only.
+Floor 0: the standard library and numpy (scipy for the t quantile, imported where it is used).
 """
 
 from __future__ import annotations
@@ -82,52 +82,7 @@ def seed_mean(values: Sequence[float]) -> SeedMean:
         raise ValueError(f"a mean over seeds needs at least two values, got {len(values)}")
     value = statistics.fmean(values)
     std = statistics.stdev(values) / math.sqrt(len(values))
-    half = t_quantile(0.975, len(values) - 1) * std
+    from scipy.stats import t  # imported here: the ground floor's other users need no scipy
+
+    half = float(t.ppf(0.975, len(values) - 1)) * std
     return SeedMean(value, std, value - half, value + half)
-
-
-def t_quantile(p: float, df: int) -> float:
-    """Student's t distribution's ``p`` quantile with ``df`` (a whole number >= 1) degrees of freedom:
-    Newton's method on the exact distribution function (below), from the normal quantile."""
-    if not (0.0 < p < 1.0) or df < 1 or int(df) != df:
-        raise ValueError(f"t_quantile needs 0 < p < 1 and whole df >= 1, got p={p}, df={df}")
-    df = int(df)
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    if p == 0.5:
-        return 0.0
-    if df == 1:  # Cauchy
-        return math.tan(math.pi * (p - 0.5))
-    if df == 2:
-        return (2 * p - 1) / math.sqrt(2 * p * (1 - p))
-    # the distribution function is concave above 0 and the normal quantile lies below the t quantile,
-    # so Newton's steps rise to the root without overshooting it
-    t = NormalDist().inv_cdf(p)
-    scale = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-    for _ in range(200):
-        density = math.exp(scale - (df + 1) / 2 * math.log1p(t * t / df))
-        step = (_t_cdf(t, df) - p) / density
-        t -= step
-        if abs(step) <= 2 * math.ulp(t):
-            break
-    return t
-
-
-def _t_cdf(t: float, df: int) -> float:
-    """Student's t distribution function at t >= 0 for whole df >= 2 (Abramowitz & Stegun 26.7.3-4:
-    a finite series in theta = atan(t / sqrt(df)))."""
-    theta = math.atan(t / math.sqrt(df))
-    cos2, sin = math.cos(theta) ** 2, math.sin(theta)
-    if df % 2:  # odd: (2/pi) (theta + sin cos (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ...))
-        term = total = math.cos(theta)
-        for k in range(3, df, 2):
-            term *= (k - 1) / k * cos2
-            total += term
-        a = 2 / math.pi * (theta + sin * total)
-    else:  # even: sin (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...)
-        term = total = 1.0
-        for k in range(2, df, 2):
-            term *= (k - 1) / k * cos2
-            total += term
-        a = sin * total
-    return 0.5 + 0.5 * a
