@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import subprocess
 import time
 from pathlib import Path
 
@@ -68,10 +67,16 @@ def recipe(dataset: str, overrides: dict[str, object], seed: int, reference: str
 
 
 def code_version() -> str:
-    """The git tree of src/ (what trains and scores), with a mark when it differs from the commit."""
-    tree = subprocess.run(["git", "rev-parse", "HEAD:src"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=REPO, capture_output=True, text=True).stdout
-    return tree + ("+uncommitted" if dirty.strip() else "")
+    """The sha256 of the code that prepares, trains and scores: every src/ dependency that dvc.yaml
+    lists for those stages (a change elsewhere, serving say, keeps the seeds already scored)."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    deps = {dep for name in ("prepare", "reference_stats", "train", "evaluate") for dep in stages[name]["deps"]
+            if dep.startswith("src/")}
+    files = sorted(f for dep in deps for f in ([REPO / dep] if (REPO / dep).is_file() else (REPO / dep).rglob("*.py")))
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def shared_inputs(dataset: str, folder: Path) -> Path:
