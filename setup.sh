@@ -42,7 +42,7 @@ if ! .venv/bin/python -m ganops.data.install check fashion-mnist >/dev/null 2>&1
       if [[ "$(id -u)" == 0 ]]; then apt-get update -qq; fi
       (cd "$debs" && apt-get download -qq dataset-fashion-mnist) || {
         echo "Fashion-MNIST not installed: apt-get found no dataset-fashion-mnist (run 'sudo apt-get update' and ./setup.sh again," \
-             "or see the fashion-mnist source's data.path in README)" >&2; }
+             "or see the fashion-mnist source's data.path in docs/data.md)" >&2; }
     fi
     if compgen -G "$debs/dataset-fashion-mnist_*.deb" >/dev/null; then
       dpkg-deb -x "$debs"/dataset-fashion-mnist_*.deb "$debs/unpacked"
