@@ -143,7 +143,7 @@ def card_markdown(inputs: CardInputs, figures: dict[str, str]) -> str:
               "- The memorisation check compares feature-space distances; it finds near-copies of training images, "
               "not every way a model can leak its data.",
               "- The interval covers evaluation noise (which images were drawn), not training noise: another training "
-              "seed of the same recipe can land several intervals away (README: quality claims)."]
+              "seed of the same recipe can land several intervals away (docs/evaluation.md: the interval)."]
     return "\n".join(lines) + "\n"
 
 
