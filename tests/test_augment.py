@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny
+from conftest import copy_project, tiny
 from ganops.data import load_manifest, load_split
 from ganops.models import GeneratorSpec, build_generator
 from ganops.stages.prepare import prepare
@@ -129,11 +129,9 @@ def test_ada_controller_moves_p_towards_its_target():
 
 
 @pytest.fixture(scope="module")
-def digits16(tmp_path_factory) -> Path:
-    """The 8x8 digits prepared at 16 x 16, where a translation is 2 px and a cutout 8 x 8."""
-    root = tmp_path_factory.mktemp("digits16")
-    prepare(tiny({"data": {"resolution": 16}}), root)
-    return root / "data" / "prepared"
+def digits16(tiny_prepared16) -> Path:
+    """The 8x8 digits prepared at 16 x 16 (conftest's shared project, read only)."""
+    return tiny_prepared16 / "data" / "prepared"
 
 
 def fit_on(prepared: Path, count: int, overrides: dict, checkpoints: Path):
@@ -145,6 +143,7 @@ def fit_on(prepared: Path, count: int, overrides: dict, checkpoints: Path):
                            augmentation, images_u8[:count], labels[:count], checkpoints))
 
 
+@pytest.mark.stage
 def test_ada_steers_p_up_while_d_overfits_a_tiny_set_and_down_when_it_no_longer_does(tmp_path, digits16):
     """32 images: without augmentation D ends sure of every real image; with ada, p follows r_t up and
     down, one adjustment per interval (logged at the same period, so each log row is one interval)."""
@@ -168,6 +167,7 @@ def test_ada_steers_p_up_while_d_overfits_a_tiny_set_and_down_when_it_no_longer_
     assert ada.summary.augment_p == p[-1]
 
 
+@pytest.mark.stage
 def test_augmented_training_is_deterministic_resumes_with_its_p_and_differs_from_none(tmp_path, digits16):
     recipe = {"augment": "ada", "steps": 60, "batch_size": 16, "ada_kimg": 0.5, "checkpoint_every": 30,
               "log_every": 10}
@@ -191,6 +191,7 @@ def test_augmented_training_is_deterministic_resumes_with_its_p_and_differs_from
     assert diff.summary.augment_p == 1.0 and plain.summary.augment_p == 0.0
 
 
+@pytest.mark.stage
 def test_train_stage_logs_p_and_records_the_augmentation(tmp_path, digits16):
     root = tmp_path
     shutil.copytree(digits16, root / "data" / "prepared")
@@ -216,6 +217,7 @@ def _artefacts(x: torch.Tensor) -> dict[str, float]:
             "centre_y": float(centre_y.mean()), "centre_x": float(centre_x.mean())}
 
 
+@pytest.mark.stage
 def test_generated_images_do_not_inherit_translation_or_cutout(tmp_path, digits16, monkeypatch):
     """256 images, 3000 steps with DiffAugment's translation and cutout on every image D sees: the
     samples have the real images' borders, no gray squares, the same centre of ink. The control --
@@ -249,7 +251,8 @@ def test_generated_images_do_not_inherit_translation_or_cutout(tmp_path, digits1
     assert leaky["gray_patch_share"] > 0.2 and leaky["gray_border"] > 0.2, leaky
 
 
-def test_auto_augments_a_small_image_folder_only(tmp_path, digits16):
+@pytest.mark.stage
+def test_auto_augments_a_small_image_folder_only(tmp_path, digits16, tiny_prepared16):
     """train.augment: auto (the default) is diffaugment for a user's own folder below augment_auto_below
     training images, and none for a larger folder and for the built-in data sets."""
     from PIL import Image
@@ -269,5 +272,5 @@ def test_auto_augments_a_small_image_folder_only(tmp_path, digits16):
         assert train(params, root)["augment"] == expected
     builtin = tmp_path / "builtin"  # digits: 1,617 training images, below 5000, but not a folder of the user's
     digits = tiny({"data": {"resolution": 16}, "train": {"augment_auto_below": 5000}})
-    prepare(digits, builtin)
+    copy_project(tiny_prepared16, builtin)  # what prepare(digits, builtin) writes: prepare reads no train key
     assert train(digits, builtin)["augment"] == "none"

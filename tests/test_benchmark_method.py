@@ -75,6 +75,7 @@ def test_the_reload_blip_is_read_from_the_requests_around_the_swap():
     assert blip["max_ms"] == pytest.approx(500.0)
 
 
+@pytest.mark.system
 def test_cuda_graphs_cpu_control_runs_and_catches_a_skipped_update(tmp_path):
     """The CUDA-graph check's CPU half (the eager-vs-broken control) runs on the current train stage:
     a change to the stage's defaults (as the in-training evaluation once was) must not break it unseen."""

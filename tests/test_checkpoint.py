@@ -145,18 +145,17 @@ def test_set_aside_files_are_pruned_with_the_checkpoints(tmp_path):
     assert load_resumable(tmp_path, "setup", max_step=40)["step"] == 40
 
 
-def test_a_run_whose_newest_checkpoint_is_damaged_ends_with_the_uninterrupted_weights(tmp_path, caplog):
+@pytest.mark.stage
+def test_a_run_whose_newest_checkpoint_is_damaged_ends_with_the_uninterrupted_weights(tmp_path, caplog, tiny_built):
     """The issue's reproduction through the train stage: the newest checkpoint damaged inside a tensor
     (the zip intact). The rerun sets it aside, resumes the one before, and ends bit-identical to the
-    run that was never damaged."""
+    run that was never damaged (the shared tiny project's, trained with the same params)."""
     from safetensors.torch import load_file
 
-    from conftest import tiny
-    from ganops.stages.prepare import prepare
+    from conftest import copy_project, tiny
     from ganops.stages.train import train
 
-    prepare(tiny(), tmp_path)
-    train(tiny(), tmp_path)
+    copy_project(tiny_built, tmp_path)
     straight = load_file(tmp_path / "models" / "generator.safetensors")
     (folder,) = (tmp_path / "models" / "checkpoints").iterdir()
     (_, newest), _ = list_checkpoints(folder)

@@ -1,4 +1,10 @@
+"""`ganops` as a user runs it: the installed console script in a subprocess (system tier)."""
+
+import pytest
+
 from conftest import run_cli, write_params
+
+pytestmark = pytest.mark.system
 
 
 def test_help_lists_the_stages(tmp_path):

@@ -33,6 +33,7 @@ def prepared_files(root: Path) -> dict[str, bytes]:
 # --- bundled sets -------------------------------------------------------------------------------
 
 
+@pytest.mark.stage
 def test_mnist5k_pads_28_to_32_and_splits_by_class(tmp_path):
     manifest = prepare(params(source="mnist5k", resolution=32), tmp_path)
     train_x, train_y = load_split(tmp_path / "data" / "prepared", "train")
@@ -53,6 +54,7 @@ def test_mnist5k_pads_28_to_32_and_splits_by_class(tmp_path):
     assert manifest.source_checksum.startswith("sha256:")
 
 
+@pytest.mark.stage
 def test_digits_scaled_to_full_range(tmp_path):
     manifest = prepare(params(source="digits", resolution=8, channels=3), tmp_path)
     images, labels = load_split(tmp_path / "data" / "prepared", "train")
@@ -62,6 +64,7 @@ def test_digits_scaled_to_full_range(tmp_path):
     assert np.array_equal(images[:, 0], images[:, 2])  # gray repeated into RGB
 
 
+@pytest.mark.stage
 def test_sources_without_a_validation_split_prepare_as_before(tmp_path):
     """Only the sources that set images aside for choosing (mnist, fashion-mnist) get a third split:
     every other prepared folder is byte for byte what it was before validation splits existed (these
@@ -80,6 +83,7 @@ def test_sources_without_a_validation_split_prepare_as_before(tmp_path):
         load_split(tmp_path / "digits" / "data" / "prepared", "validation")
 
 
+@pytest.mark.stage
 def test_prepare_is_deterministic_for_a_seed(tmp_path):
     prepare(params(source="digits", resolution=16), tmp_path / "a")
     prepare(params(source="digits", resolution=16), tmp_path / "b")
@@ -112,6 +116,7 @@ def make_imagefolder(root: Path) -> Path:
     return root
 
 
+@pytest.mark.stage
 def test_imagefolder_any_size_and_mode(tmp_path):
     source = make_imagefolder(tmp_path / "raw")
     manifest = prepare(params(source="imagefolder", path=str(source), resolution=16, channels=3, test_fraction=0.25), tmp_path)
@@ -127,6 +132,7 @@ def test_imagefolder_any_size_and_mode(tmp_path):
     assert images.shape[1:] == (1, 8, 8) and gray.channels == 1
 
 
+@pytest.mark.stage
 @pytest.mark.parametrize(
     ("name", "payload", "reason"),
     [
@@ -158,6 +164,7 @@ def test_imagefolder_bad_file_named_or_skipped(tmp_path, name, payload, reason):
     assert manifest.num_train + manifest.num_test == 14
 
 
+@pytest.mark.stage
 def test_imagefolder_layout_errors(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         prepare(params(source="imagefolder", path=str(tmp_path / "missing")), tmp_path)
@@ -172,6 +179,7 @@ def test_imagefolder_layout_errors(tmp_path):
         prepare(params(source="imagefolder", path=str(empty)), tmp_path)
 
 
+@pytest.mark.stage
 def test_failed_prepare_keeps_previous_outputs(tmp_path):
     source = make_imagefolder(tmp_path / "raw")
     prepare(params(source="imagefolder", path=str(source), resolution=16), tmp_path)
@@ -205,6 +213,7 @@ def make_idx(root: Path, n_train=40, n_test=10, gz=True, dotted=False) -> Path:
     return root
 
 
+@pytest.mark.stage
 @pytest.mark.parametrize("gz", [True, False])
 def test_mnist_idx_keeps_its_split(tmp_path, gz):
     source = make_idx(tmp_path / "idx", gz=gz, dotted=not gz)
@@ -215,6 +224,7 @@ def test_mnist_idx_keeps_its_split(tmp_path, gz):
     assert sorted(labels.tolist()) == list(range(10))
 
 
+@pytest.mark.stage
 def test_mnist_idx_errors_name_the_file(tmp_path):
     source = make_idx(tmp_path / "idx", gz=False)
     labels_file = source / "train-labels-idx1-ubyte"
@@ -239,6 +249,7 @@ def test_mnist_idx_errors_name_the_file(tmp_path):
         prepare(params(source="mnist-idx", path=str(source)), tmp_path)
 
 
+@pytest.mark.stage
 def test_mnist_idx_corrupt_test_files_skipped_when_allowed(tmp_path):
     source = make_idx(tmp_path / "idx", gz=True)
     (source / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b\x08\x00broken")
@@ -269,6 +280,7 @@ def make_cifar(root: Path) -> Path:
     return root
 
 
+@pytest.mark.stage
 def test_cifar10_folder_and_archive(tmp_path):
     source = make_cifar(tmp_path / "cifar-10-batches-py")
     manifest = prepare(params(source="cifar10", path=str(source), channels=3), tmp_path / "a")
@@ -295,6 +307,7 @@ class _Exploit:
         return (os.system, ("touch pwned",))
 
 
+@pytest.mark.stage
 def test_cifar10_refuses_code_in_pickles(tmp_path):
     source = make_cifar(tmp_path / "cifar")
     (source / "data_batch_2").write_bytes(pickle.dumps({b"data": _Exploit()}))
@@ -304,6 +317,7 @@ def test_cifar10_refuses_code_in_pickles(tmp_path):
     assert not Path("pwned").exists() and not (tmp_path / "pwned").exists()
 
 
+@pytest.mark.stage
 def test_cifar10_bad_batches_named_or_skipped(tmp_path):
     source = make_cifar(tmp_path / "cifar")
     (source / "data_batch_2").write_bytes(cifar_batch(20, 2)[:500])
@@ -330,6 +344,7 @@ def test_fit_keeps_or_pads_or_resizes():
     assert fitted.shape == (1, 32, 32) and fitted[0, 16, 16] == 76  # luma of pure red
 
 
+@pytest.mark.stage
 def test_manifest_is_readable_json(tmp_path):
     prepare(params(source="digits", resolution=8), tmp_path)
     manifest = load_manifest(tmp_path / "data" / "prepared")
@@ -365,6 +380,7 @@ def _peak_bytes(work) -> tuple[object, int]:
     return result, peak
 
 
+@pytest.mark.stage
 def test_an_idx_gzip_bomb_is_refused_from_its_header(tmp_path):
     """A gzipped IDX file whose header promises 64 MB (and whose body is 64 MB of zeros, 64 KB once
     compressed) is refused before it is decompressed, over a 1 MiB data.max_file_bytes."""
@@ -395,6 +411,7 @@ def _png_declaring(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.stage
 def test_image_files_are_bounded_in_bytes_and_pixels_before_decoding(tmp_path):
     source = make_imagefolder(tmp_path / "raw")
     huge = source / "dog" / "huge.png"
@@ -414,6 +431,7 @@ def test_image_files_are_bounded_in_bytes_and_pixels_before_decoding(tmp_path):
         prepare(params(source="imagefolder", path=str(source), resolution=16, max_file_bytes=4096, workers=1), tmp_path)
 
 
+@pytest.mark.stage
 def test_cifar_reads_only_its_batches_each_bounded(tmp_path):
     source = make_cifar(tmp_path / "cifar")
     (source / "data_batch_2").write_bytes(cifar_batch(20, 2) + bytes(200_000))  # over the bound below
@@ -428,6 +446,7 @@ def test_cifar_reads_only_its_batches_each_bounded(tmp_path):
         assert manifest.num_train == 20 and manifest.skipped["count"] == 1
 
 
+@pytest.mark.stage
 def test_imagefolder_reads_nothing_outside_data_path(tmp_path):
     source = make_imagefolder(tmp_path / "raw")
     secret = tmp_path / "elsewhere" / "secret.png"
@@ -463,6 +482,7 @@ def refused_leaving_previous(root: Path, before: dict[str, bytes], match: str, *
     return error.value
 
 
+@pytest.mark.stage
 @pytest.mark.parametrize("split", ["train", "t10k"])
 def test_an_idx_label_outside_the_ten_classes_is_refused(tmp_path, good_prepared, split):
     """One label byte of 255 (counts still equal) made a 256-class data set, 245 classes empty."""
@@ -476,6 +496,7 @@ def test_an_idx_label_outside_the_ten_classes_is_refused(tmp_path, good_prepared
     assert f"{labels_file}: label 255 at index 7" in str(error)
 
 
+@pytest.mark.stage
 def test_an_idx_data_set_missing_a_class_is_refused(tmp_path, good_prepared):
     source = make_idx(tmp_path / "idx", gz=False)
     for split, n in (("train", 40), ("t10k", 10)):
@@ -485,6 +506,7 @@ def test_an_idx_data_set_missing_a_class_is_refused(tmp_path, good_prepared):
     assert str(source) in str(error)
 
 
+@pytest.mark.stage
 def test_cifar_labels_are_checked_against_cifar10s_classes(tmp_path, good_prepared):
     source = make_cifar(tmp_path / "cifar")
     for name, n, seed in (("data_batch_1", 20, 1), ("data_batch_2", 20, 2), ("test_batch", 10, 9)):
@@ -506,6 +528,7 @@ def test_cifar_labels_are_checked_against_cifar10s_classes(tmp_path, good_prepar
                              source="cifar10", path=str(tmp_path / "other"), channels=3)
 
 
+@pytest.mark.stage
 def test_an_empty_split_is_refused(tmp_path, good_prepared):
     """A tiny data set whose split by class holds nothing out: 7 images a class and data.test_fraction
     0.05 round to no test image; no setting asks for an empty test split (test_fraction > 0)."""
@@ -525,6 +548,7 @@ def test_an_empty_split_is_refused(tmp_path, good_prepared):
                              source="mnist-idx", path=str(idx))
 
 
+@pytest.mark.stage
 def test_a_split_emptied_by_skipped_files_is_refused(tmp_path, good_prepared):
     from ganops.data.prepare import _split
     from ganops.data.sources import list_imagefolder

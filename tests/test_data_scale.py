@@ -28,6 +28,7 @@ def tree(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.stage
 def test_shards_hold_the_split_in_order_whatever_their_size(tmp_path):
     one = prepare(tiny({"shard_size": 8192}), tmp_path / "one")
     many = prepare(tiny({"shard_size": 100}), tmp_path / "many")
@@ -52,6 +53,7 @@ def test_shards_hold_the_split_in_order_whatever_their_size(tmp_path):
     assert many.checksum("train") == prepare(tiny({"shard_size": 100}), tmp_path / "again").checksum("train")
 
 
+@pytest.mark.stage
 def test_a_damaged_shard_is_a_clear_error(tmp_path):
     prepare(tiny({"shard_size": 500}), tmp_path)
     prepared = tmp_path / "data" / "prepared"
@@ -68,6 +70,7 @@ def test_a_damaged_shard_is_a_clear_error(tmp_path):
         load_split(prepared, "train")
 
 
+@pytest.mark.stage
 def test_a_shard_changed_in_place_trains_nothing(tmp_path):
     """Same size, one pixel changed: every checksum downstream would still name the original data."""
     prepare(tiny({"shard_size": 500}), tmp_path)
@@ -87,6 +90,7 @@ def test_a_shard_changed_in_place_trains_nothing(tmp_path):
         train(tiny(train={"in_memory_max_mb": 0}), tmp_path)  # streamed from the shards too
 
 
+@pytest.mark.stage
 def test_a_manifest_cannot_point_outside_its_folder(tmp_path):
     import json
 
@@ -99,6 +103,7 @@ def test_a_manifest_cannot_point_outside_its_folder(tmp_path):
         load_manifest(tmp_path / "data" / "prepared")
 
 
+@pytest.mark.stage
 def test_a_manifest_of_the_earlier_format_asks_for_a_new_prepare(tmp_path):
     prepare(tiny(), tmp_path)
     manifest = tmp_path / "data" / "prepared" / "manifest.json"
@@ -119,6 +124,7 @@ def _digit_folder(root: Path, count: int) -> Path:
     return root
 
 
+@pytest.mark.stage
 def test_parallel_prepare_writes_what_one_process_writes(tmp_path):
     raw = _digit_folder(tmp_path / "raw", 700)  # above the count where workers start
     data = {"source": "imagefolder", "path": str(raw), "shard_size": 128}
@@ -148,6 +154,7 @@ def test_ranks_read_disjoint_shares_of_every_epoch():
         assert not seen[0] & seen[1] and len(seen[0]) == len(seen[1]) == 50
 
 
+@pytest.mark.stage
 def test_training_from_the_shards_gives_the_weights_of_training_from_memory(tmp_path):
     prepare(tiny({"shard_size": 300}), tmp_path / "data-root")
     weights = {}
@@ -159,6 +166,7 @@ def test_training_from_the_shards_gives_the_weights_of_training_from_memory(tmp_
     assert weights["held"] == weights["streamed"]
 
 
+@pytest.mark.stage
 def test_batch_larger_than_a_streamed_split_is_a_clear_error(tmp_path):
     prepare(tiny(), tmp_path)
     with pytest.raises(GanopsError, match="larger than the"):
@@ -175,6 +183,7 @@ class PixelFeatures:
         return images_u8.flatten(1)[:, :24].double() / 255
 
 
+@pytest.mark.stage
 def test_reference_statistics_over_all_images_with_a_bounded_subset_of_features(tmp_path):
     from ganops.metrics.frechet import feature_statistics
     from ganops.metrics.reference import split_features
@@ -260,6 +269,7 @@ def test_fast_png_decoding_gives_pil_pixels_and_pil_errors(tmp_path, monkeypatch
     assert fast["cut-40"][1].startswith("corrupt or truncated image")
 
 
+@pytest.mark.stage
 def test_a_file_changed_in_place_reprepares_only_its_shard(tmp_path, monkeypatch):
     """prepare again after one file changed: only that file's shard is decoded again, the others are
     taken from the previous data/prepared/, and the result is byte for byte a fresh prepare's."""

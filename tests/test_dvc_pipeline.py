@@ -14,6 +14,8 @@ import yaml
 
 from conftest import REPO, write_params
 
+pytestmark = pytest.mark.system
+
 
 def _env() -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)  # where `ganops` and `dvc` are installed

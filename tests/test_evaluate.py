@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import merge, tiny
+import conftest
+from conftest import merge, need_fid_weights, tiny
 from ganops import GanopsError
 from ganops.config import EvalParams
 from ganops.data import load_split
@@ -24,7 +25,6 @@ from ganops.metrics.reference import ReferencedBackbone, ReferenceFeatures
 from ganops.metrics.scores import METRICS
 from ganops.paths import ProjectPaths
 from ganops.stages.evaluate import evaluate
-from ganops.stages.prepare import prepare
 from ganops.stages.reference_stats import reference_stats
 from ganops.stages.train import train
 from ganops.stages.train_evaluator import train_evaluator
@@ -34,11 +34,11 @@ TRAINED = {"train": {"steps": 300, "batch_size": 32, "lr_g": 1e-3, "lr_d": 1e-3,
 
 
 @pytest.fixture(scope="module")
-def trained_project(tmp_path_factory) -> Path:
-    """digits at 8x8: prepared, a generator trained for a few hundred steps, the domain classifier."""
-    root = tmp_path_factory.mktemp("evaluated")
+def trained_project(tmp_path_factory, tiny_prepared) -> Path:
+    """digits at 8x8: prepared (conftest's shared data), a generator trained for a few hundred steps, the
+    domain classifier."""
+    root = copy_project(tiny_prepared, tmp_path_factory.mktemp("evaluated"))
     params = tiny(TRAINED)
-    prepare(params, root)
     train(params, root)
     train_evaluator(tiny({"eval": {"evaluator": {"epochs": 4}}}), root)
     reference_stats(params, root)  # TINY evaluates on the domain classifier: the record says so
@@ -46,8 +46,7 @@ def trained_project(tmp_path_factory) -> Path:
 
 
 def copy_project(source: Path, target: Path) -> Path:
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("checkpoints"))
-    return target
+    return conftest.copy_project(source, target, checkpoints=False)
 
 
 class PixelBackbone:
@@ -125,6 +124,7 @@ def test_score_draws_adds_class_consistency_for_labelled_draws_with_the_domain_c
                                METRICS.values()).metrics)
 
 
+@pytest.mark.stage
 def test_domain_classifier_report(trained_project):
     report = json.loads((trained_project / "reports" / "evaluator.json").read_text())
     assert report["test_accuracy"] >= 0.8  # 8x8 digits, a tiny network, 4 epochs
@@ -132,6 +132,7 @@ def test_domain_classifier_report(trained_project):
     assert (trained_project / "models" / "evaluator.safetensors").is_file()
 
 
+@pytest.mark.stage
 def test_evaluate_writes_measurement_named_metrics(trained_project, tmp_path):
     root = copy_project(trained_project, tmp_path / "p")
     report = evaluate(tiny(TRAINED), root)
@@ -158,6 +159,7 @@ def test_evaluate_writes_measurement_named_metrics(trained_project, tmp_path):
     assert evaluate(tiny(TRAINED), root) == report  # seeded: the same numbers again
 
 
+@pytest.mark.stage
 def test_sanity_real_halves_below_generator_below_noise(trained_project, tmp_path):
     """Two halves of the real data are close, noise is far, and a trained generator lies between."""
     root = copy_project(trained_project, tmp_path / "p")
@@ -186,6 +188,7 @@ def test_sanity_real_halves_below_generator_below_noise(trained_project, tmp_pat
     assert untrained_report["fd400_domain_train"] > report["fd400_domain_train_ci95_high"]
 
 
+@pytest.mark.stage
 def test_class_consistency_scores_images_against_their_labels(trained_project):
     model = load_domain_classifier(ProjectPaths(trained_project).evaluator_weights,
                                    ProjectPaths(trained_project).evaluator_spec, torch.device("cpu"))
@@ -197,7 +200,8 @@ def test_class_consistency_scores_images_against_their_labels(trained_project):
     assert classifier_accuracy(model, images, (labels + 1) % 10, 64) < 0.15
 
 
-def test_errors_leave_earlier_outputs_intact(trained_project, tmp_path):
+@pytest.mark.stage
+def test_errors_leave_earlier_outputs_intact(trained_project, tmp_path, tiny_prepared16):
     root = copy_project(trained_project, tmp_path / "p")
     evaluate(tiny(TRAINED), root)
     before = (root / "reports" / "eval.json").read_bytes()
@@ -208,7 +212,8 @@ def test_errors_leave_earlier_outputs_intact(trained_project, tmp_path):
         tiny(merge(TRAINED, {"eval": {"num_samples": 30, "draws": 20}}))
 
     other = copy_project(root, tmp_path / "mismatch")
-    prepare(tiny({"data": {"resolution": 16}}), other)
+    shutil.rmtree(other / "data" / "prepared")
+    copy_project(tiny_prepared16, other)  # the data prepared at 16x16: prepare(tiny(resolution 16), other)
     with pytest.raises(GanopsError, match="makes 8x8 images with 1 channel.* holds 16x16"):
         evaluate(tiny(), other)
 
@@ -221,8 +226,10 @@ def test_errors_leave_earlier_outputs_intact(trained_project, tmp_path):
     assert (root / "reports" / "eval.json").read_bytes() == before
 
 
+@pytest.mark.stage
 def test_inception_stage_reports_standard_fid_with_reference_stats(trained_project, tmp_path):
     """The real FID Inception network (installed by ./setup.sh): reference statistics once, FID named by its measurement."""
+    need_fid_weights()
     root = copy_project(trained_project, tmp_path / "p")
     overrides = merge(TRAINED, {"eval": {"backbone": "inception", "reference": "test", "num_samples": 40, "draws": 4,
                                          "kid_subset_size": 20, "spread_rounds": 4}})
@@ -244,6 +251,7 @@ def test_inception_stage_reports_standard_fid_with_reference_stats(trained_proje
         evaluate(tiny(merge(overrides, {"eval": {"fid_protocol": "clean"}})), root)
 
 
+@pytest.mark.stage
 def test_auto_backbone_falls_back_to_domain_and_says_so(trained_project, tmp_path, monkeypatch):
     monkeypatch.setenv("GANOPS_CACHE", str(tmp_path / "empty-cache"))
     backbone, weights, reason = resolve_backbone("auto", None)

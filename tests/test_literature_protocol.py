@@ -63,6 +63,7 @@ def mnist_train_and_test() -> tuple[np.ndarray, np.ndarray]:
             arrays["t10k-images-idx3-ubyte"][:N_IMAGES, None].copy())
 
 
+@pytest.mark.system
 def test_the_literature_protocol_equals_torch_fidelity_on_28x28_pngs(installed, reference_pth, mnist_train_and_test,  # noqa: F811
                                                                     tmp_path):
     """ganops' side: the images as prepare stores them (28x28 centred in 32x32), cropped back to 28x28

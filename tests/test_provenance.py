@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import need_fid_weights
 from ganops import GanopsError
 from ganops.io import file_sha256
-from ganops.metrics.inception import CONVERTED_DIGEST, default_weights_path
+from ganops.metrics.inception import CONVERTED_DIGEST
 from ganops.metrics.report import EvaluationReport
 from ganops.paths import ProjectPaths
 from ganops.stages.register import check_same_networks
@@ -36,7 +37,7 @@ def test_a_classifier_retrained_after_the_evaluation_is_refused_naming_both_dige
 
 def test_inception_weights_other_than_those_that_scored_are_refused(tmp_path):
     """The installed FID weights (./setup.sh puts them in place; CI has them) against eval.json's digest."""
-    assert default_weights_path().is_file(), "the FID Inception weights are not installed: run ./setup.sh"
+    need_fid_weights()
     paths = ProjectPaths(tmp_path)
     inception = {"backbone": "inception", "primary_metric": "fid10_tf_train", "fid_protocol": "tf"}
     check_same_networks(_report(**inception, weights_digest=CONVERTED_DIGEST), paths, None)

@@ -22,26 +22,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import free_port, spawn, stop, tiny, wait_for_http, write_params
+from conftest import copy_project, free_port, spawn, stop, tiny, wait_for_http, write_params
 from ganops.pixels import to_uint8
 from ganops.serving import OnnxGenerator
 from ganops.stages.export import export
-from ganops.stages.prepare import prepare
 from ganops.stages.train import train
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
-    """Two exported generators: conditional (seed 0) and another of the same shape (seed 1)."""
-    out = {}
-    for name, seed in (("a", 0), ("b", 1)):
-        root = tmp_path_factory.mktemp(f"model_{name}")
-        params = tiny({"train": {"seed": seed}})
-        prepare(params, root)
-        train(params, root)
-        export(params, root)
-        out[name] = root / "models" / "generator.onnx"
-    return out
+def models(tmp_path_factory, tiny_prepared, tiny_exported) -> dict[str, Path]:
+    """Two exported generators: conditional (seed 0: conftest's shared tiny project) and another of the
+    same shape (seed 1, trained here on the shared prepared data)."""
+    root = copy_project(tiny_prepared, tmp_path_factory.mktemp("model_b"))
+    params = tiny({"train": {"seed": 1}})
+    train(params, root)
+    export(params, root)
+    return {"a": tiny_exported / "models" / "generator.onnx", "b": root / "models" / "generator.onnx"}
 
 
 class Server:
@@ -79,6 +75,7 @@ def post(server, body=None, **kwargs) -> httpx.Response:
     return httpx.post(server.url + "/v1/generate", content=json.dumps(body), headers=headers, timeout=30, **kwargs)
 
 
+@pytest.mark.system
 def test_health_ready_and_model_info(server):
     assert httpx.get(server.url + "/healthz").json() == {"status": "ok"}
     assert httpx.get(server.url + "/readyz").json()["status"] == "ready"
@@ -95,6 +92,7 @@ def test_health_ready_and_model_info(server):
     assert info["metrics"] == {} and info["registry"] is None  # exported before any evaluation: no numbers to show
 
 
+@pytest.mark.system
 def test_generate_png_grid(server):
     response = post(server, {"n": 9, "seed": 1})
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
@@ -102,6 +100,7 @@ def test_generate_png_grid(server):
     assert image.size == (3 * 34 + 2, 3 * 34 + 2)  # 3x3 cells of 8px enlarged 4x, 2px borders
 
 
+@pytest.mark.system
 def test_generate_array_is_seeded_and_matches_the_library(server, models):
     body = {"n": 4, "seed": 11, "labels": [1, 2, 3, 4], "format": "array"}
     first, second = post(server, body).json(), post(server, body).json()
@@ -114,6 +113,7 @@ def test_generate_array_is_seeded_and_matches_the_library(server, models):
     assert other["data"] != first["data"]
 
 
+@pytest.mark.system
 def test_truncation_is_the_librarys_and_redraws_only_what_lies_beyond_psi(server, models):
     body = {"n": 6, "seed": 11, "labels": 3, "format": "floats"}
     plain, truncated = post(server, body).json(), post(server, {**body, "truncation": 0.5}).json()
@@ -130,6 +130,7 @@ def test_truncation_is_the_librarys_and_redraws_only_what_lies_beyond_psi(server
     assert post(server, {**body, "truncation": 10}).json()["images"] == plain["images"]
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
@@ -159,6 +160,7 @@ def test_bad_requests_get_a_clear_4xx(server, body, status, message):
     assert message in response.text
 
 
+@pytest.mark.system
 def test_malformed_bodies(server):
     url = server.url + "/v1/generate"
     assert httpx.post(url, content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
@@ -176,6 +178,7 @@ def test_malformed_bodies(server):
     assert httpx.get(server.url + "/v1/nope").status_code == 404
 
 
+@pytest.mark.system
 def test_z_gives_the_seed_images_and_floats_are_the_model_output(server, models):
     library = OnnxGenerator(models["a"])
     z = library.latents(4, 11)
@@ -206,6 +209,7 @@ def test_z_gives_the_seed_images_and_floats_are_the_model_output(server, models)
     assert seeded["images"] == floats["images"] and seeded["seed"] == 11
 
 
+@pytest.mark.system
 def test_labels_with_z(server, models):
     library = OnnxGenerator(models["a"])
     z = library.latents(3, 2)
@@ -229,6 +233,7 @@ def test_labels_with_z(server, models):
 ROW = [0.5] * 8  # the test generators' latent_dim is 8
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -259,6 +264,7 @@ def test_bad_z_gets_a_specific_422(server, body, message):
     assert message in response.text, response.text
 
 
+@pytest.mark.system
 def test_bad_z_leaves_the_server_serving(server):
     for body in ({"z": [[math.nan] * 8]}, {"z": [[0.0] * 3]}, {"z": [[1e39] * 8]}, {"z": [[0.0] * 8] * 17}):
         assert post(server, body).status_code == 422
@@ -287,6 +293,7 @@ request_bodies = st.fixed_dictionaries(
 ) | json_values
 
 
+@pytest.mark.system
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=request_bodies)
 def test_fuzz_never_a_server_error(server, body):
@@ -295,6 +302,7 @@ def test_fuzz_never_a_server_error(server, body):
     assert response.status_code in (200, 413, 422)
 
 
+@pytest.mark.system
 def test_bounded_load_with_zero_errors(server):
     def call(i: int) -> int:
         return post(server, {"n": 4, "seed": i, "format": "array"}).status_code
@@ -306,6 +314,7 @@ def test_bounded_load_with_zero_errors(server):
     assert time.monotonic() - started < 120
 
 
+@pytest.mark.system
 def test_api_key_in_constant_time(models, tmp_path):
     running = Server(tmp_path, models["a"], api_key="s3cret")
     try:
@@ -330,6 +339,7 @@ def test_api_key_in_constant_time(models, tmp_path):
 OPEN_PATHS = {"/healthz", "/readyz"}  # the probes: all that answers without the key
 
 
+@pytest.mark.stage
 def test_with_a_key_every_path_but_the_probes_needs_it(models, monkeypatch):
     """Every route the app has, FastAPI's docs and schema included, and any route added later: refused
     without the key or with a wrong one (the API's own 401), answered with it."""
@@ -360,6 +370,7 @@ def test_with_a_key_every_path_but_the_probes_needs_it(models, monkeypatch):
         assert closed.value.code == 1008 and closed.value.reason == "missing or wrong X-API-Key"
 
 
+@pytest.mark.system
 def test_exposed_only_on_loopback_unless_keyed(models, tmp_path, monkeypatch):
     from conftest import run_cli
     from ganops.serving.commands import is_loopback
@@ -383,6 +394,7 @@ def test_exposed_only_on_loopback_unless_keyed(models, tmp_path, monkeypatch):
     assert "WITHOUT an API key" in output
 
 
+@pytest.mark.system
 def test_model_swap_drops_no_request(models, tmp_path):
     """Under load, a swap by rename drops no request. (That a request in flight keeps its model is proven
     without a race by test_a_model_swapped_in_the_middle_of_a_request_makes_none_of_its_images.)"""
@@ -435,6 +447,7 @@ def test_model_swap_drops_no_request(models, tmp_path):
     assert "keeping the current model" in output
 
 
+@pytest.mark.stage
 def test_a_model_swapped_in_the_middle_of_a_request_makes_none_of_its_images(models, tmp_path):
     """The model is swapped exactly between the moment a request takes its snapshot and the moment it
     generates (the service's hook runs there, in the request's worker thread): that request is answered
@@ -496,6 +509,7 @@ def _until(condition, seconds: float = 30.0):
     raise AssertionError(f"not within {seconds} s")
 
 
+@pytest.mark.system
 def test_reload_survives_any_bad_model_and_says_it_is_stale(models, tmp_path):
     """A model whose spec does not validate (pydantic, not a ganops error), then a vanished file: the
     watcher logs each, keeps serving the last good model, says it is stale, and still picks up the next one."""
@@ -529,6 +543,7 @@ def test_reload_survives_any_bad_model_and_says_it_is_stale(models, tmp_path):
     assert "keeping the current model" in output and "ValidationError" in output and "Traceback" not in output
 
 
+@pytest.mark.system
 def test_a_stale_replica_can_ask_to_be_drained(models, tmp_path):
     served = tmp_path / "generator.onnx"
     shutil.copy(models["a"], served)
@@ -542,6 +557,7 @@ def test_a_stale_replica_can_ask_to_be_drained(models, tmp_path):
         running.stop()
 
 
+@pytest.mark.stage
 def test_a_nan_generator_is_never_served(models, tmp_path):
     """NaN weights give NaN images, which uint8 conversion would turn into plausible black squares."""
     import onnx
@@ -571,6 +587,7 @@ def _in_process(model: Path, **serve):
     return app, TestClient(app)
 
 
+@pytest.mark.stage
 def test_generations_beyond_the_bounds_get_503_with_retry_after(models):
     """The limiter's slots are held by the test itself, so what is full is known, not raced for."""
     app, client = _in_process(models["a"], max_concurrent=1, max_queue=0, retry_after_s=3)
@@ -589,6 +606,7 @@ def test_generations_beyond_the_bounds_get_503_with_retry_after(models):
         assert 0.2 <= time.monotonic() - started < 10
 
 
+@pytest.mark.stage
 def test_health_and_refusals_answer_while_every_worker_thread_waits(models):
     """Admission runs on the event loop: with the one worker thread held by a request waiting for a
     slot, /readyz still answers and a request beyond the bounds is refused, both before that wait ends
@@ -609,6 +627,7 @@ def test_health_and_refusals_answer_while_every_worker_thread_waits(models):
         assert waiting.result(timeout=60).status_code == 200  # the slot freed: it is served
 
 
+@pytest.mark.stage
 def test_a_response_over_its_byte_bound_is_refused_before_generating(models):
     from ganops.serving.app import response_bound
 
@@ -622,6 +641,7 @@ def test_a_response_over_its_byte_bound_is_refused_before_generating(models):
             assert ok.status_code == 200 and len(ok.content) <= response_bound(fmt, (60, 1, 8, 8))
 
 
+@pytest.mark.stage
 def test_a_generation_past_its_time_is_stopped(models):
     from ganops.serving.runtime import GenerationTimeout
 
@@ -639,6 +659,7 @@ def _peak_rss_bytes(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
+@pytest.mark.system
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the server's peak RSS from /proc")
 def test_memory_stays_bounded_under_a_burst_of_large_requests(models, tmp_path):
     """48 clients at once asking for the largest float responses: at most max_concurrent generate, the
@@ -683,6 +704,7 @@ def test_models_uris_parse_in_one_place():
     assert _model_name("/srv/models/generator.onnx") == "generator"
 
 
+@pytest.mark.system
 def test_serve_opens_the_model_once_and_refuses_a_missing_one(models, tmp_path, monkeypatch):
     """`ganops serve` loads the model before the server starts (a clear error, not a failed startup)
     and the service then uses that same load: one onnxruntime session, not two."""

@@ -172,6 +172,7 @@ def params_read(tmp_path_factory) -> dict[str, set[str]]:
     return reads
 
 
+@pytest.mark.stage
 @pytest.mark.parametrize("stage", STAGES)
 def test_params_are_exactly_what_the_stage_reads(params_read, stage):
     read = set().union(*(_leaves(key) for key in params_read[stage]))

@@ -147,6 +147,7 @@ def mlflow_runs(root: Path) -> list:
     return client.search_runs([experiment_id(client, cfg, root)], max_results=1000)
 
 
+@pytest.mark.system
 def test_a_sweep_prunes_the_hopeless_trial_records_each_and_registers_the_best(project):
     # sequential here, so that the pruning is certain: the good trial completes before the bad one reports
     result = sweep(project, str(spec(project, "lr.yaml", enqueue=[{"train.lr_g": GOOD}, {"train.lr_g": BAD}])))
@@ -185,6 +186,7 @@ def test_a_sweep_prunes_the_hopeless_trial_records_each_and_registers_the_best(p
     assert json.loads((project / "reports" / "train.json").read_text())["generator_sha256"] == trained
 
 
+@pytest.mark.system
 def test_resuming_runs_only_the_new_budget_two_trials_at_a_time(project):
     before = {name: e["rev"] for name, e in experiments(project).items()}
     spec4 = spec(project, "lr4.yaml", trials=4, enqueue=[{"train.lr_g": 3e-3}, {"train.lr_g": 3e-4}])
@@ -203,6 +205,7 @@ def test_resuming_runs_only_the_new_budget_two_trials_at_a_time(project):
     assert len(study_trials(project, "lr")) == 4
 
 
+@pytest.mark.system
 def test_another_search_under_the_same_study_name_is_refused(project):
     other = spec(project, "other.yaml", space={"train.lr_d": {"choices": [GOOD, BAD]}})
     result = sweep(project, str(other), check=False)
@@ -235,6 +238,7 @@ def test_a_stage_killed_by_a_signal_is_named(tmp_path, said):
     assert "killed" not in _error_of(log, "train", 255)
 
 
+@pytest.mark.system
 def test_a_killed_trial_is_failed_and_the_sweep_goes_on(project):
     spec_file = spec(project, "kill.yaml", study="kill", trials=2, pruner={"name": "none"}, register=False,
                      enqueue=[{"train.lr_g": GOOD}, {"train.lr_g": 3e-3}])
@@ -253,6 +257,7 @@ def test_a_killed_trial_is_failed_and_the_sweep_goes_on(project):
     assert not list((project / ".dvc" / "tmp" / "sweeps" / "kill").glob("kill-t*"))  # no worktree left behind
 
 
+@pytest.mark.system
 def test_an_interrupted_sweep_queues_its_running_trial_and_resumes_it(project):
     spec_file = spec(project, "stop.yaml", study="stop", trials=1, pruner={"name": "none"}, register=False,
                      enqueue=[{"train.lr_g": 3e-4}])
@@ -271,6 +276,7 @@ def test_an_interrupted_sweep_queues_its_running_trial_and_resumes_it(project):
     assert rerun.state.name == "COMPLETE" and rerun.params == {"train.lr_g": 3e-4}
 
 
+@pytest.mark.system
 def test_a_sweep_killed_with_sigkill_is_resumed_at_once(project):
     """Its trial, left marked running, is failed and queued again by the next run on this machine (its
     process is gone), not after Optuna's heartbeat grace period; the orphaned worktree goes."""
@@ -290,6 +296,7 @@ def test_a_sweep_killed_with_sigkill_is_resumed_at_once(project):
     assert runs["gone-t000"].info.status == "FAILED" and "died" in runs["gone-t000"].data.tags["error"]
 
 
+@pytest.mark.system
 def test_two_sweep_processes_share_one_study(project, tmp_path):
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     spec_file = spec(project, "shared.yaml", study="shared", trials=4, pruner={"name": "none"}, register=False,
@@ -308,6 +315,7 @@ def test_two_sweep_processes_share_one_study(project, tmp_path):
     assert all(f"shared-t{t.number:03d}" in shown for t in done)
 
 
+@pytest.mark.system
 def test_repeated_seeds_make_one_trial_of_several_experiments(project):
     spec_file = spec(project, "seeds.yaml", study="seeds", trials=1, pruner={"name": "none"}, register=False,
                      seeds={"param": "train.seed", "values": [0, 1]}, space={"train.lr_g": {"choices": [GOOD]}})

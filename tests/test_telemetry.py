@@ -91,6 +91,7 @@ def _at_first_import(command: list[str], cwd: Path, tmp_path: Path) -> dict:
 GANOPS = str(Path(sys.executable).parent / "ganops")
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(("command", "library"), [
     ([GANOPS, "models", "list"], "mlflow"),
     ([GANOPS, "flow", "run"], "prefect"),
@@ -102,17 +103,20 @@ def test_the_cli_turns_telemetry_off_before_the_first_library_import(command, li
     assert first == {"library": library, "environ": TELEMETRY_OFF}
 
 
+@pytest.mark.system
 def test_ganops_serve_turns_telemetry_off_before_the_first_library_import(tmp_path):
     """From the registry: the service imports MLflow to find its model."""
     first = _at_first_import([GANOPS, "serve", "--model", "models:/ganops-generator@champion"], tmp_path, tmp_path)
     assert first == {"library": "mlflow", "environ": TELEMETRY_OFF}
 
 
+@pytest.mark.system
 def test_python_m_ganops_flows_turns_telemetry_off_before_prefect_is_imported(tmp_path):
     first = _at_first_import([sys.executable, "-m", "ganops.flows"], tmp_path, tmp_path)
     assert first == {"library": "prefect", "environ": TELEMETRY_OFF}
 
 
+@pytest.mark.system
 def test_the_prefect_entry_module_turns_telemetry_off_before_prefect_is_imported(tmp_path):
     """`python -m pipelines.gan_pipeline`, and Prefect's own load of the entrypoint file."""
     first = _at_first_import([sys.executable, "-m", "pipelines.gan_pipeline"], REPO, tmp_path)

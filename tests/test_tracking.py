@@ -70,6 +70,7 @@ def client_for(root: Path):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+@pytest.mark.system
 def test_one_run_holds_params_curves_metrics_artifacts_and_lineage(project):
     client = client_for(project)
     run_id = json.loads((project / "reports" / "mlflow_run.json").read_text())["run_id"]
@@ -108,6 +109,7 @@ def test_one_run_holds_params_curves_metrics_artifacts_and_lineage(project):
     assert len(client.search_runs([run.info.experiment_id])) == 1
 
 
+@pytest.mark.system
 def test_register_writes_a_model_card_and_attaches_it_to_the_version(project, tmp_path):
     import yaml
     from PIL import Image
@@ -149,6 +151,7 @@ def test_register_writes_a_model_card_and_attaches_it_to_the_version(project, tm
     assert (tmp_path / "v1" / "memorisation.png").exists() and not (tmp_path / "v2" / "memorisation.png").exists()
 
 
+@pytest.mark.system
 def test_lineage_changes_with_a_param_and_only_with_what_changed(project, tmp_path):
     root = Path(shutil.copytree(project, tmp_path / "p", ignore=shutil.ignore_patterns("checkpoints")))
     client = client_for(root)
@@ -162,6 +165,7 @@ def test_lineage_changes_with_a_param_and_only_with_what_changed(project, tmp_pa
     assert second["lineage.dep.src/ganops/training"] == first["lineage.dep.src/ganops/training"]
 
 
+@pytest.mark.system
 def test_lineage_is_what_training_started_on(project, tmp_path, monkeypatch):
     """A commit made while training runs is not what it trained on: the tags are taken at the start."""
     import ganops.stages.train as train_stage
@@ -183,6 +187,7 @@ def test_lineage_is_what_training_started_on(project, tmp_path, monkeypatch):
     assert head != started_on and tags["git.commit"] == started_on
 
 
+@pytest.mark.system
 def test_first_version_is_champion_and_a_tie_is_not_promoted(project, tmp_path):
     report = json.loads((project / "reports" / "register.json").read_text())
     assert report["version"] == "1" and report["promoted"] is True and report["champion"] == "1"
@@ -217,6 +222,7 @@ def _make_excellent(root: Path) -> None:
     _edit_eval(root, **{metric: 0.001, f"{metric}_std": 0.0})
 
 
+@pytest.mark.system
 def test_promotion_needs_more_than_noise_and_comparable_evaluations(project, tmp_path):
     root = Path(shutil.copytree(project, tmp_path / "p"))
     champion = json.loads((root / "reports" / "eval.json").read_text())
@@ -235,6 +241,7 @@ def test_promotion_needs_more_than_noise_and_comparable_evaluations(project, tmp
     assert strict["promoted"] is False and "required 1000000000.0000 (max of min_improvement 1e+09" in strict["reason"]
 
 
+@pytest.mark.system
 def test_a_version_better_overall_but_worse_beyond_noise_on_one_class_is_not_promoted(project, tmp_path):
     root = Path(shutil.copytree(project, tmp_path / "p"))
     champion = json.loads((root / "reports" / "eval.json").read_text())
@@ -272,6 +279,7 @@ def _without_intervals(root: Path, metric: str, overall: bool = False, per_class
     path.write_text(json.dumps({**kept, **changes}))
 
 
+@pytest.mark.system
 def test_a_per_class_gate_that_cannot_be_computed_never_promotes(project, tmp_path):
     """Clearly better overall, but a per-class interval missing on either side (eval.spread_rounds: 0
     there): not promoted, saying what is missing and how to get it; only turning the gate off promotes,
@@ -302,6 +310,7 @@ def test_a_per_class_gate_that_cannot_be_computed_never_promotes(project, tmp_pa
     assert tags[ours["version"]]["per_class_gate"] == "on" and tags[off["version"]]["per_class_gate"] == "off"
 
 
+@pytest.mark.system
 def test_a_class_scored_on_neither_side_never_promotes(project, tmp_path):
     """A class with too few images to be scored, in the candidate and in the champion (whose tag, from
     before every class was named, leaves it out): the gate cannot see that class, so it refuses."""
@@ -328,6 +337,7 @@ def _primary(root: Path) -> tuple[str, float, float]:
     return metric, report[metric], report[f"{metric}_std"]
 
 
+@pytest.mark.system
 def test_a_missing_std_is_never_taken_as_zero(project, tmp_path):
     root = Path(shutil.copytree(project, tmp_path / "p"))
     metric, fd, std = _primary(root)
@@ -347,6 +357,7 @@ def test_a_missing_std_is_never_taken_as_zero(project, tmp_path):
     assert theirs["promoted"] is False and "champion v1 has no metric_std" in theirs["reason"]
 
 
+@pytest.mark.system
 def test_versions_scored_with_and_without_intervals_are_not_comparable(project, tmp_path):
     root = Path(shutil.copytree(project, tmp_path / "p"))
     metric, fd, std = _primary(root)
@@ -364,6 +375,7 @@ def test_versions_scored_with_and_without_intervals_are_not_comparable(project, 
     assert other["promoted"] is False and "not comparable with champion v1" in other["reason"]
 
 
+@pytest.mark.system
 def test_register_refuses_an_evaluation_of_another_generator(project, tmp_path):
     """`ganops train` and `export` by hand after an evaluation: the model is not the generator eval.json scored."""
     from ganops import GanopsError
@@ -379,6 +391,7 @@ def test_register_refuses_an_evaluation_of_another_generator(project, tmp_path):
     assert len(client_for(root).search_model_versions("name = 'ganops-generator'")) == 1  # nothing registered
 
 
+@pytest.mark.system
 def test_register_refuses_an_evaluation_scored_by_another_classifier(project, tmp_path):
     """The domain classifier retrained after `evaluate` (eval.evaluator.seed: 1): its numbers came from the
     old one, so register refuses, naming both digests, and registers nothing (issue 37, item 2)."""
@@ -394,6 +407,7 @@ def test_register_refuses_an_evaluation_scored_by_another_classifier(project, tm
     assert len(client_for(root).search_model_versions("name = 'ganops-generator'")) == 1  # nothing registered
 
 
+@pytest.mark.system
 def test_register_refuses_non_finite_metrics_and_replaces_a_non_finite_champion(project, tmp_path):
     from ganops import GanopsError
 
@@ -413,6 +427,7 @@ def test_register_refuses_non_finite_metrics_and_replaces_a_non_finite_champion(
     assert decision["promoted"] is True and "is nan, not a finite number" in decision["reason"]
 
 
+@pytest.mark.system
 def test_models_cli_list_promote_rollback(project, tmp_path):
     root = Path(shutil.copytree(project, tmp_path / "p"))
     _make_excellent(root)
@@ -475,6 +490,7 @@ def _good_and_better(roots: list[Path]) -> None:
     _edit_eval(roots[1], **{metric: 0.001, f"{metric}_std": 0.0})
 
 
+@pytest.mark.system
 def test_two_racing_register_processes_decide_one_after_the_other(project, tmp_path):
     """Two real `ganops register` processes on one sqlite store, their decisions forced to meet."""
     store = tmp_path / "shared.db"
@@ -516,6 +532,7 @@ def _champion_and_history(client, name: str) -> tuple[dict, list[str]]:
     return {alias: str(version) for alias, version in model.aliases.items()}, json.loads(model.tags.get(HISTORY_TAG, "[]"))
 
 
+@pytest.mark.system
 def test_a_register_whose_lock_file_was_taken_over_moves_nothing(project, tmp_path, monkeypatch):
     """A local store: while register is paused at its decision, its lock file is removed and another
     process takes the lock on a fresh one; the first must not move the alias."""
@@ -542,6 +559,7 @@ def test_a_register_whose_lock_file_was_taken_over_moves_nothing(project, tmp_pa
     takers[0].__exit__(None, None, None)
 
 
+@pytest.mark.system
 def test_a_register_whose_lease_ran_out_and_was_taken_over_moves_nothing(project, mlflow_server, tmp_path, monkeypatch):
     """A tracking server: register paused past its lease (the taker's clock is the lease later), another
     register takes the lock over; the first must not move the alias, nor release the taker's lock."""
@@ -574,6 +592,7 @@ def test_a_register_whose_lease_ran_out_and_was_taken_over_moves_nothing(project
     assert [m.name for m in client.search_registered_models("name = 'fenced.lock'")] == []
 
 
+@pytest.mark.stage
 def test_the_alias_moves_only_with_enough_of_the_lease_left(tmp_path):
     """The lease's clock driven by hand: held, then paused until less than the fence's margin is left
     (no one else came): the holder refuses to move the alias rather than race a take-over."""
@@ -596,6 +615,7 @@ def test_the_alias_moves_only_with_enough_of_the_lease_left(tmp_path):
             client.get_registered_model("m").tags
 
 
+@pytest.mark.system
 def test_serving_resolves_the_champion_and_follows_it(project, tmp_path, monkeypatch):
     root = Path(shutil.copytree(project, tmp_path / "p"))
     cfg = tiny().mlflow
@@ -640,6 +660,7 @@ def test_serving_resolves_the_champion_and_follows_it(project, tmp_path, monkeyp
         stop(server)
 
 
+@pytest.mark.system
 def test_unreachable_server_fails_fast_and_keeps_outputs(project, tmp_path):
     root = Path(shutil.copytree(project, tmp_path / "p"))
     dead = f"http://127.0.0.1:{free_port()}"
@@ -673,6 +694,7 @@ def mlflow_server(tmp_path_factory):
     stop(server)
 
 
+@pytest.mark.system
 def test_registers_on_two_hosts_decide_one_after_the_other(project, mlflow_server, tmp_path):
     """Two `ganops register` processes against one tracking server, each with its own cache folder (no
     lock file in common, as on two hosts), their decisions forced to meet: the registry's lock orders them."""
@@ -698,6 +720,7 @@ def test_registers_on_two_hosts_decide_one_after_the_other(project, mlflow_serve
     assert [m.name for m in client.search_registered_models("name = 'hosts.lock'")] == []  # released
 
 
+@pytest.mark.system
 def test_against_a_real_tracking_server(mlflow_server, tmp_path):
     # Retries on, as in production: the server drops idle keep-alive connections after 5 s, and a request that
     # races that close is reset once; MLflow's retry is what absorbs it.
@@ -711,6 +734,7 @@ def test_against_a_real_tracking_server(mlflow_server, tmp_path):
     assert generator.sample(2, 0)[0].shape == (2, 1, 8, 8)
 
 
+@pytest.mark.system
 def test_mlflow_models_serve_can_serve_the_champion(project, tmp_path):
     root = Path(shutil.copytree(project, tmp_path / "p"))
     port = free_port()
@@ -799,6 +823,7 @@ class FailingProxy:
         self.server.shutdown()
 
 
+@pytest.mark.system
 def test_a_registry_error_never_promotes(mlflow_server, tmp_path):
     proxy = FailingProxy(mlflow_server)
     try:
@@ -821,6 +846,7 @@ def test_a_registry_error_never_promotes(mlflow_server, tmp_path):
         left_out.tags["promotion_reason"]  # registered, never promoted, and it says why
 
 
+@pytest.mark.system
 def test_a_failed_download_of_a_new_champion_is_retried(mlflow_server, tmp_path, monkeypatch):
     """The alias moves while the artifact store answers 503: the service keeps v1, says it is stale,
     waits out its backoff (a clock the test moves), then loads v2; the failed version is not marked seen."""
@@ -856,6 +882,7 @@ def test_a_failed_download_of_a_new_champion_is_retried(mlflow_server, tmp_path,
         proxy.close()
 
 
+@pytest.mark.system
 def test_a_tampered_registry_download_is_refused(project, tmp_path, monkeypatch):
     from ganops.serving.locate import RegistryLocator
     from ganops.serving.runtime import ModelError
@@ -885,6 +912,7 @@ def test_the_register_lock_of_a_local_store_lies_beside_it_or_in_the_cache(tmp_p
     assert lock_path(f"sqlite:///{tmp_path}/mlflow.db") == tmp_path / "mlflow.db.register.lock"  # beside the store
 
 
+@pytest.mark.system
 def test_connecting_leaves_the_process_environment_as_it_was(project, monkeypatch):
     from ganops.tracking.store import connect
 

@@ -22,7 +22,6 @@ from conftest import merge, tiny, write_params
 from ganops import GanopsError
 from ganops.config import Params
 from ganops.models import GeneratorSpec, build_generator
-from ganops.stages.prepare import prepare
 from ganops.stages.train import train
 from ganops.training.checkpoint import list_checkpoints
 
@@ -38,10 +37,9 @@ def all_checkpoints(root: Path) -> list[tuple[int, Path]]:
 
 
 @pytest.fixture(scope="module")
-def prepared_digits(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("digits")
-    prepare(tiny(), root)
-    return root / "data" / "prepared"
+def prepared_digits(tiny_prepared) -> Path:
+    """The digits prepared with TINY (conftest's shared project, read only: each test copies it)."""
+    return tiny_prepared / "data" / "prepared"
 
 
 def project_with_data(tmp_path: Path, prepared: Path, evaluator: Path | None = None) -> Path:
@@ -56,14 +54,13 @@ def project_with_data(tmp_path: Path, prepared: Path, evaluator: Path | None = N
 
 
 @pytest.fixture(scope="module")
-def evaluator(tmp_path_factory, prepared_digits) -> Path:
-    from ganops.stages.train_evaluator import train_evaluator
-
-    root = project_with_data(tmp_path_factory.mktemp("evaluator"), prepared_digits)
-    train_evaluator(tiny(), root)
-    return root
+def evaluator(tiny_built) -> Path:
+    """A project whose models/ holds the domain classifier trained on the prepared digits with TINY
+    (conftest's shared project)."""
+    return tiny_built
 
 
+@pytest.mark.stage
 def test_outputs_and_reports(tmp_path, prepared_digits):
     root = project_with_data(tmp_path, prepared_digits)
     summary = train(tiny(), root)
@@ -84,6 +81,7 @@ def test_outputs_and_reports(tmp_path, prepared_digits):
     assert [step for step, _ in all_checkpoints(root)] == [20, 10] and len(setup_folders(root)) == 1
 
 
+@pytest.mark.stage
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -119,6 +117,7 @@ def test_each_loss_and_option_trains(tmp_path, prepared_digits, overrides):
         assert sum(m > 0 for m in moved) >= 0.8 * len(names), (network, dict(zip(names, moved)))
 
 
+@pytest.mark.stage
 def test_training_fits_a_tiny_fixed_dataset(tmp_path, prepared_digits):
     """A known-easy case: 200 steps on the 8x8 digits bring the generator's images towards the data
     (per-pixel mean and spread), far from where the same generator starts."""
@@ -146,6 +145,7 @@ def test_training_fits_a_tiny_fixed_dataset(tmp_path, prepared_digits):
 SHIPPED_OPTIMISER = {key: getattr(Params().train, key) for key in ("lr_g", "lr_d", "beta1", "beta2")}
 
 
+@pytest.mark.stage
 def test_the_shipped_optimiser_fits_a_tiny_fixed_dataset(tmp_path, prepared_digits):
     """The optimiser params.yaml ships (not the tiny params' own) trains: 200 steps bring the images
     towards the data, as the test above asks of the tiny params' optimiser."""
@@ -170,6 +170,7 @@ def test_the_shipped_optimiser_fits_a_tiny_fixed_dataset(tmp_path, prepared_digi
     assert distance(trained) < distance(barely) / 3
 
 
+@pytest.mark.stage
 def test_each_network_is_optimised_with_its_own_learning_rate_and_the_shipped_betas(tmp_path, prepared_digits):
     """The optimisers as the checkpoint keeps them: G at lr_g, D at lr_d, both with (beta1, beta2)."""
     from ganops.training.checkpoint import read_checkpoint
@@ -184,6 +185,7 @@ def test_each_network_is_optimised_with_its_own_learning_rate_and_the_shipped_be
     assert SHIPPED_OPTIMISER["lr_g"] != SHIPPED_OPTIMISER["lr_d"]  # else a swap could not show
 
 
+@pytest.mark.stage
 def test_two_cpu_runs_give_identical_weights(tmp_path, prepared_digits):
     a = project_with_data(tmp_path / "a", prepared_digits)
     b = project_with_data(tmp_path / "b", prepared_digits)
@@ -209,6 +211,7 @@ print(seen[0], "|", ganops.CPU_WAIT)
 """
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("competitors", [0, 1])
 @pytest.mark.parametrize("environment", [{}, {"GOMP_SPINCOUNT": "77"}, {"OMP_WAIT_POLICY": "PASSIVE"}])
 def test_libgomps_spin_count_is_chosen_before_torch_loads_from_the_load_unless_the_user_set_one(environment,
@@ -246,6 +249,7 @@ def test_the_spin_count_is_short_only_beside_another_runnable_process_and_never_
         assert "set by the user" in choose_spin_count(environ, lambda: 1) and environ == users
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("other", [{"GOMP_SPINCOUNT": "300000"}])
 def test_the_spin_count_changes_waiting_not_the_weights(tmp_path, prepared_digits, other):
     """`ganops train` with ganops' short spin count and with libgomp's default: the same bytes."""
@@ -269,6 +273,7 @@ def test_runnable_others_reads_proc_stat():
     assert runnable_others("no such line\n") == 0
 
 
+@pytest.mark.stage
 def test_ema_generator_is_the_one_saved(tmp_path, prepared_digits):
     root = project_with_data(tmp_path, prepared_digits)
     train(tiny({"train": {"ema_decay": 0.9}}), root)
@@ -279,6 +284,7 @@ def test_ema_generator_is_the_one_saved(tmp_path, prepared_digits):
     assert not torch.equal(saved[name], state["generator"][name])
 
 
+@pytest.mark.stage
 def test_checkpoints_of_other_params_are_not_resumed(tmp_path, prepared_digits):
     root = project_with_data(tmp_path, prepared_digits)
     train(tiny({"train": {"lr_g": 1e-3}}), root)
@@ -324,6 +330,7 @@ def test_fingerprint_follows_what_is_computed_not_how_the_run_goes():
     assert _fingerprint(g, d, cfg, "none", 1, "fid8_tf_train") != base and _fingerprint(g, d, cfg, "none", 1, None) != base
 
 
+@pytest.mark.stage
 def test_experiments_keep_each_others_checkpoints(tmp_path, prepared_digits):
     """A sweep of two settings in one workspace: neither wipes the other's resumable state."""
     root = project_with_data(tmp_path, prepared_digits)
@@ -341,6 +348,7 @@ def test_experiments_keep_each_others_checkpoints(tmp_path, prepared_digits):
     assert train(tiny({"train": {"steps": 10}}), root)["resumed_from_step"] == 10
 
 
+@pytest.mark.stage
 def test_a_killed_write_leaves_no_lasting_temporary_file(tmp_path, prepared_digits):
     root = project_with_data(tmp_path, prepared_digits)
     train(tiny(), root)
@@ -355,6 +363,7 @@ def test_a_killed_write_leaves_no_lasting_temporary_file(tmp_path, prepared_digi
     assert not partial.exists() and fresh.exists()
 
 
+@pytest.mark.stage
 def test_stale_setups_are_pruned_by_the_retention_rule(tmp_path, prepared_digits):
     root = project_with_data(tmp_path, prepared_digits)
     train(tiny({"train": {"lr_g": 1e-3}}), root)
@@ -368,12 +377,14 @@ def test_stale_setups_are_pruned_by_the_retention_rule(tmp_path, prepared_digits
     assert not stale.exists() and len(setup_folders(root)) == 2
 
 
+@pytest.mark.stage
 def test_batch_larger_than_data_is_a_clear_error(tmp_path, prepared_digits):
     root = project_with_data(tmp_path, prepared_digits)
     with pytest.raises(GanopsError, match="batch_size=4096 is larger than the"):
         train(tiny({"train": {"batch_size": 4096}}), root)
 
 
+@pytest.mark.stage
 def test_missing_prepared_data_is_a_clear_error(tmp_path):
     with pytest.raises(GanopsError, match="run `ganops prepare`"):
         train(tiny(), tmp_path)
@@ -383,6 +394,7 @@ def _weights(root: Path) -> dict[str, torch.Tensor]:
     return load_file(root / "models" / "generator.safetensors")
 
 
+@pytest.mark.system
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, prepared_digits, evaluator):
     """Kill a real training process with SIGKILL after a checkpoint, re-run, compare with a clean run.
     The killed run reads its batches from the shards (train.in_memory_max_mb: 0), the clean run holds
@@ -429,6 +441,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, prepared_digit
         assert report[key] == straight[key], key
 
 
+@pytest.mark.stage
 def test_checkpoints_of_other_code_are_not_resumed(tmp_path, prepared_digits, monkeypatch):
     from ganops.training import loop
 
@@ -467,6 +480,7 @@ def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return result
 
 
+@pytest.mark.system
 def test_ddp_on_two_cpu_processes_keeps_ranks_identical_and_resumes(tmp_path, prepared_digits, evaluator):
     """`ganops train` with train.nproc: 2 relaunches itself under torchrun (gloo); both ranks end with
     the same weights, and a DDP run extended from its checkpoint equals one trained straight through.
@@ -503,6 +517,7 @@ def test_ddp_on_two_cpu_processes_keeps_ranks_identical_and_resumes(tmp_path, pr
     assert extended["chosen_step"] == report["chosen_step"] and extended["generator_sha256"] == report["generator_sha256"]
 
 
+@pytest.mark.system
 def test_batch_must_split_evenly_over_processes(tmp_path, prepared_digits):
     root = project_with_data(tmp_path, prepared_digits)
     write_params(root / "params.yaml", {"train": {"batch_size": 15, "nproc": 2}})
@@ -626,6 +641,7 @@ def _check_on_rank(rank: int, init_file: str, seeds: tuple[int, int], results) -
         dist.destroy_process_group()
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(("seeds", "outcome"), [((0, 0), "agree"), ((0, 1), "error")])
 def test_the_rank_agreement_check_fires_when_ranks_diverge(tmp_path, seeds, outcome):
     """Two real processes in a gloo group: identical weights pass, different ones stop the run on every rank."""

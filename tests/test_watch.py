@@ -9,7 +9,6 @@ import torch
 
 from conftest import tiny
 from ganops import GanopsError
-from ganops.stages.prepare import prepare
 from ganops.training.watch import Watch, choose_snapshot
 
 SAMPLES = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
@@ -154,10 +153,9 @@ class WeightRescore:
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("watch")
-    prepare(tiny(), root)
-    return root
+def prepared(tiny_prepared):
+    """The digits prepared with TINY (conftest's shared project: fit only reads it)."""
+    return tiny_prepared
 
 
 def _fit(prepared, tmp_path, steps: int, score=None, rescore=None, **train):
@@ -172,6 +170,7 @@ def _fit(prepared, tmp_path, steps: int, score=None, rescore=None, **train):
                            "none", images, images.labels, tmp_path / "checkpoints"), Scoring(score, rescore))
 
 
+@pytest.mark.stage
 def test_fit_ships_the_snapshot_the_scores_chose_and_evaluations_do_not_change_training(prepared, tmp_path):
     """Scripted in-training scores put the best at step 10 of 20: the shipped generator is exactly the
     EMA generator of a plain 10-step run (so scoring did not disturb training), and the last step's
@@ -189,6 +188,7 @@ def test_fit_ships_the_snapshot_the_scores_chose_and_evaluations_do_not_change_t
     assert plain20.summary.chosen_step == 20 and plain20.watch_rows == []
 
 
+@pytest.mark.stage
 def test_fit_stops_on_divergence_and_ships_the_best(prepared, tmp_path):
     result = _fit(prepared, tmp_path, 40, StepScorer([30.0, 10.0, 31.0, 9.0]), WeightRescore())
     assert result.summary.steps_done == 15 and result.summary.stopped_early.startswith("step 15: diverged")
@@ -197,6 +197,7 @@ def test_fit_stops_on_divergence_and_ships_the_best(prepared, tmp_path):
     assert again.summary.steps_done == 15 and again.summary.generator_sha256 == result.summary.generator_sha256
 
 
+@pytest.mark.stage
 def test_fit_stops_on_non_finite_losses(prepared, tmp_path, monkeypatch):
     """The step's stats turn NaN from step 12 on (the loop reads them every log_every = 5 steps): the run
     stops at 15 and ships its best snapshot; without a kept snapshot it fails, naming the step."""
