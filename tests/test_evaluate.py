@@ -231,8 +231,9 @@ def test_inception_stage_reports_standard_fid_with_reference_stats(trained_proje
     """The real FID Inception network (installed by ./setup.sh): reference statistics once, FID named by its measurement."""
     need_fid_weights()
     root = copy_project(trained_project, tmp_path / "p")
+    # the real network's passes are what cost here: 40 samples, 10 per point of the truncation curve
     overrides = merge(TRAINED, {"eval": {"backbone": "inception", "reference": "test", "num_samples": 40, "draws": 4,
-                                         "kid_subset_size": 20, "spread_rounds": 4}})
+                                         "kid_subset_size": 20, "spread_rounds": 2, "truncation_samples": 10}})
     params = tiny(overrides)
     record = reference_stats(params, root)
     assert record["backbone"] == "inception" and record["num_reference"] == 179 and record["fid_protocol"] == "tf"

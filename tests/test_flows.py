@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -132,11 +134,14 @@ def prefect_call(method: str, url: str, **kwargs) -> dict:
         time.sleep(1)
 
 
-def test_scheduled_deployment_reads_back_and_runs(tmp_path):
+def test_scheduled_deployment_reads_back_and_runs(built, tmp_path):
     """`ganops flow serve --cron` against a real `prefect server`; a run triggered from the deployment
-    executes the stages."""
-    (tmp_path / "repo").mkdir()
-    root = make_repo(tmp_path / "repo")
+    executes the stages: on a copy of the repository the flow built, with a new train.seed (a param of
+    train and export), so that the stages from train on run again."""
+    root = Path(shutil.copytree(built[0], tmp_path / "repo", symlinks=True))
+    set_param(root, "train", "seed", 1)
+    assert set(json.loads(sh(str(Path(sys.executable).parent / "dvc"), "status", "--json", cwd=root).stdout)) == {
+        "train", "export"}
     home = tmp_path / "prefect_home"
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
@@ -169,6 +174,9 @@ def test_scheduled_deployment_reads_back_and_runs(tmp_path):
             time.sleep(1)
         assert state == "COMPLETED"
         assert (root / "reports" / "register.json").exists() and (root / "dvc.lock").exists()
+        lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+        assert lock["train"]["params"]["params.yaml"]["train"]["seed"] == 1  # the run trained with the new seed
+        assert json.loads((root / "reports" / "register.json").read_text())["version"] == "2"  # and registered it
     finally:
         for process in (serve, server):
             if process is not None:
