@@ -100,6 +100,32 @@ def make_repo(root: Path, overrides: dict | None = None) -> Path:
     return root
 
 
+def repo_from(base: Path, root: Path, overrides: dict | None = None) -> Path:
+    """What ``make_repo(root, overrides)`` makes, from a copy of ``base`` (a ``make_repo`` repository, its
+    DVC cache and the outputs it built): tiny params that track to MLflow with ``overrides``, committed."""
+    shutil.copytree(base, root, symlinks=True, dirs_exist_ok=True)
+    write_params(root / "params.yaml", merge(TRACKED, overrides or {}))
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    sh("git", "commit", "-qm", "params", "--allow-empty", "params.yaml", cwd=root, env=env)
+    return root
+
+
+SHARED_STAGES = ("prepare", "train_evaluator", "reference_stats")  # what a sweep builds once, before its trials
+
+
+@pytest.fixture(scope="session")
+def shared_stages_repo(tmp_path_factory) -> Path:
+    """A ``make_repo`` repository whose stages before train are built (`dvc repro` of SHARED_STAGES, as a
+    sweep builds them first), once per run: the sweeps' repositories are copies (``repo_from``), so each
+    finds them up to date, as long as its params leave theirs (data, eval.evaluator, the reference's) alone.
+    Read-only."""
+    root = make_repo(tmp_path_factory.mktemp("shared_stages"))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "TQDM_DISABLE": "1"}
+    sh(str(Path(sys.executable).parent / "dvc"), "repro", *SHARED_STAGES, cwd=root, env=env)
+    return root
+
+
 def free_port() -> int:
     """A loopback port nobody listens on (for a server the test starts, or a dead one)."""
     with socket.socket() as sock:

@@ -296,7 +296,6 @@ def test_generate_cli_files_and_seeds(exported, tmp_path):
     assert missing.returncode == 2 and "model file not found: nope.onnx" in missing.stderr
 
 
-@pytest.mark.stage
 @pytest.mark.parametrize("arch", ["dcgan", "resnet"])
 @pytest.mark.parametrize("num_classes", [0, 3])
 def test_each_arch_exports_with_parity(tmp_path, arch, num_classes):

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from conftest import free_port, make_repo, output_of, sh, spawn, stop, wait_for_http
+from conftest import free_port, make_repo, output_of, repo_from, sh, spawn, stop, wait_for_http
 
 pytestmark = pytest.mark.system
 
@@ -183,13 +183,14 @@ def test_scheduled_deployment_reads_back_and_runs(built, tmp_path):
                 stop(process)
 
 
-def test_sweep_flow_runs_a_sweep_and_leaves_its_ranking(prefect_api, tmp_path):
+def test_sweep_flow_runs_a_sweep_and_leaves_its_ranking(prefect_api, tmp_path, shared_stages_repo):
     """`ganops flow sweep` is `ganops sweep` as a flow run: the trials run, the ranking is its artifact."""
     from prefect.client.orchestration import get_client
 
     from ganops.flows import gan_sweep
 
-    root = make_repo(tmp_path, {"train": {"steps": 20, "eval_every": 10, "eval_samples": 40}, "eval": {"draws": 4}})
+    root = repo_from(shared_stages_repo, tmp_path, {"train": {"steps": 20, "eval_every": 10, "eval_samples": 40},
+                                                    "eval": {"draws": 4}})
     (root / "one.yaml").write_text("study: one\ntrials: 1\npruner: {name: none}\nspace: {train.lr_g: {choices: [0.01]}}\n")
     result = gan_sweep(spec=str(root / "one.yaml"), repo=str(root), register_best=False)
     assert [(t["trial"], t["state"]) for t in result["trials"]] == [(0, "complete")]

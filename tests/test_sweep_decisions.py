@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 import ganops.sweeps.study as sweep_study
-from conftest import make_repo, run_cli, tiny, write_params
+from conftest import repo_from, run_cli, tiny, write_params
 from ganops.config import RegisterParams
 from ganops.metrics.report import EvaluationReport
 from ganops.sweeps.ranking import rank, trial_row
@@ -368,11 +368,12 @@ def test_a_sweep_with_more_workers_than_cores_is_refused_before_it_builds_anythi
 
 
 @pytest.mark.system
-def test_a_real_sweep_registers_its_second_trial_when_it_is_the_better(tmp_path):
+def test_a_real_sweep_registers_its_second_trial_when_it_is_the_better(tmp_path, shared_stages_repo):
     """`ganops sweep` on a git + DVC repository with an MLflow store: two trials train 10 tiny steps and
     complete (no pruner), the first with a learning rate that barely moves the generator, the second
     with one that does; the second is registered from its DVC experiment."""
-    root = make_repo(tmp_path, {"train": {"steps": 10, "checkpoint_every": 10}, "eval": {"draws": 4, "spread_rounds": 5}})
+    root = repo_from(shared_stages_repo, tmp_path,  # conftest's: its stages before train built
+                     {"train": {"steps": 10, "checkpoint_every": 10}, "eval": {"draws": 4, "spread_rounds": 5}})
     spec_file = sweep_file(root, study="real", space={"train.lr_g": {"choices": [1e-6, 1e-2]}},
                            enqueue=[{"train.lr_g": 1e-6}, {"train.lr_g": 1e-2}])
     result = run_cli("sweep", str(spec_file), cwd=root, timeout=900)

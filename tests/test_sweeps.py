@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import make_repo, run_cli, sh
+from conftest import repo_from, run_cli, sh
 from ganops.config import Params, RegisterParams, load_params
 from ganops.sweeps.ranking import rank, table_markdown
 from ganops.sweeps.spec import SweepError, SweepSpec
@@ -111,8 +111,9 @@ def test_trials_within_noise_share_a_rank_by_the_registry_test():
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    return make_repo(tmp_path_factory.mktemp("sweep"), SWEPT)
+def project(tmp_path_factory, shared_stages_repo) -> Path:
+    """A git + DVC repository with SWEPT, its stages before train built (conftest's, shared)."""
+    return repo_from(shared_stages_repo, tmp_path_factory.mktemp("sweep"), SWEPT)
 
 
 def sweep(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
