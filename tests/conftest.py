@@ -22,6 +22,20 @@ from ganops.telemetry import disable_telemetry  # noqa: E402
 
 disable_telemetry()  # the suite, and every server and CLI it starts, calls no outside host
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto` (pyproject.toml's addopts): the whole suite (`pytest`) and the system tier (`pytest -m
+    system`) run on two worker processes, each taking a file at a time (`--dist loadfile`: a module's
+    fixtures are built once): most of their time goes to processes (`ganops`, `dvc`, servers) that start
+    one after another, each on one core. The unit and stage tiers, a run of named files or tests, and
+    mutmut's runs stay in this process. `-n N` on the command line decides instead (`-n 0`: one process)."""
+    if "MUTANT_UNDER_TEST" in os.environ or config.args_source != pytest.Config.ArgsSource.TESTPATHS:
+        return 0
+    if (config.option.markexpr or "").strip() not in ("", "system"):
+        return 0
+    return min(2, len(os.sched_getaffinity(0)))
+
+
 # Small enough to train in a second or two on 2 cores, big enough to exercise every code path.
 TINY = {
     # shard_size 500: the train split spans 3 shards, so streamed reads cross shard boundaries
