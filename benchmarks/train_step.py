@@ -1,11 +1,11 @@
 """Training throughput: ganops' train() against the official PyTorch DCGAN loop and a tuned eager loop.
 
-Three sides train the same networks -- ganops' default DCGAN (params.yaml's architecture, from
-build_generator / build_discriminator: class-conditional G with conditional batch norm, D with
-spectral norm and a projection head, one logit per image; each batch's classes go to both) -- with
-the same batch size, the same number of
-timed steps, the same seeded initial weights (torch.manual_seed(0), as train.seed 0 in ganops), the
-same minimax loss with the non-saturating G step, and Adam with lr 2e-4, betas (0.5, 0.999), on the
+Three sides train the same networks -- ganops' DCGAN (the architecture of params.yaml's default,
+built by build_generator / build_discriminator at CPU_SETTING's or CUDA_SETTING's sizes, not read
+from params.yaml: class-conditional G with conditional batch norm, D with spectral norm and a
+projection head, one logit per image; each batch's classes go to both) -- with the same batch size,
+the same number of timed steps, the same seeded initial weights (torch.manual_seed(0), as train.seed
+0 in ganops), the same minimax loss with the non-saturating G step, and Adam with lr 2e-4, betas (0.5, 0.999), on the
 same seeded random uint8 images (4,096 of them, shuffled each epoch):
 
 official  The training loop of github.com/pytorch/examples dcgan/main.py as published: fp32 (on CUDA
