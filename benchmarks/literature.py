@@ -120,13 +120,15 @@ def train_and_score(dataset: str, shared: Path, runs: Path, seed: int, overrides
     scores = evaluation.score(generator, [METRICS["fd"]])
     name = scores.primary
     chosen = next((c for c in trained.get("candidates") or [] if c["step"] == trained["chosen_step"]), {})
+    rescored = chosen.get("rescored") is not None  # else the in-training score, on fewer images, chose it
     return {"dataset": dataset, "seed": seed, "metric": name, "fid": scores.metrics[name],
             "low": scores.metrics[f"{name}_ci95_low"], "high": scores.metrics[f"{name}_ci95_high"],
             "chosen_step": trained.get("chosen_step"),
-            "chosen_validation_score": chosen.get("rescored") or chosen.get("in_training"),
-            "validation_metric": trained.get("rescore_metric") or trained.get("watch_metric"),
+            "chosen_validation_score": chosen.get("rescored" if rescored else "in_training"),
+            "validation_metric": trained.get("rescore_metric" if rescored else "watch_metric"),
             "weights": trained["weights_sha256"][:16], "threads": torch.get_num_threads(),
-            "train_s": trained_at - started, "score_s": time.perf_counter() - trained_at}
+            "resumed_from_step": trained.get("resumed_from_step"), "train_s": trained_at - started,
+            "score_s": time.perf_counter() - trained_at}
 
 
 def run_dataset(dataset: str, seeds: list[int], work: Path, overrides: dict[str, object], label: str) -> list[dict]:
@@ -148,7 +150,9 @@ def run_dataset(dataset: str, seeds: list[int], work: Path, overrides: dict[str,
         rows.append(row)
         print(f"seed {seed}: {row['metric']} {row['fid']:.2f} [{row['low']:.2f}, {row['high']:.2f}], chosen step "
               f"{row['chosen_step']} ({row['validation_metric']} {row['chosen_validation_score']}), weights {row['weights']}, "
-              f"{row['threads']} threads, train {row['train_s']:.0f} s, score {row['score_s']:.0f} s", flush=True)
+              f"{row['threads']} threads, train {row['train_s']:.0f} s"
+              + (f" (resumed at step {row['resumed_from_step']})" if row.get("resumed_from_step") else "")
+              + f", score {row['score_s']:.0f} s", flush=True)
     fids = [row["fid"] for row in rows]
     print(f"{dataset}: {rows[0]['metric']} over training seeds {seeds}: median {median(fids):.2f} "
           f"[{min(fids):.2f}-{max(fids):.2f}]; data prepared in {project}")
