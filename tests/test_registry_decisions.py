@@ -151,6 +151,91 @@ def test_the_per_class_noise_is_at_the_bonferroni_z_of_the_class_count():
     assert above is False and "class 'a' is worse beyond noise" in reason and f"{z:.2f} x std" in reason, reason
 
 
+def _gaps(reason: str) -> str:
+    """What a per-class gate that cannot be computed says is missing, between its two fixed phrases."""
+    assert "but the per-class gate cannot be computed: " in reason and ": not promoted; " in reason, reason
+    return reason.split("but the per-class gate cannot be computed: ", 1)[1].split(": not promoted; ", 1)[0]
+
+
+def test_a_per_class_gate_that_cannot_be_computed_refuses_and_names_each_sides_gap():
+    both = {"a": [5.0, 0.0], "b": [7.0, 0.0]}
+    # no per-class metrics on this side; on the champion's, class b never scored: both sides are named
+    refused, reason = _per_class_decision({}, {"a": [5.0, 0.0], "b": [None, None]})
+    assert refused is False
+    assert _gaps(reason) == ("no per-class metrics in this version's evaluation; "
+                             "class 'b' not scored in champion v1's evaluation")
+    # a class absent from this side's tag, one scored without its interval: each alone, on its side
+    refused, reason = _per_class_decision({"a": [5.0, 0.0]}, both)
+    assert refused is False and _gaps(reason) == "class 'b' not scored in this version's evaluation", reason
+    refused, reason = _per_class_decision({"a": [5.0, None], "b": [7.0, 0.0]}, both)  # scored: not "not scored"
+    assert refused is False and _gaps(reason) == "no per-class interval in this version's evaluation for class 'a'"
+    refused, reason = _per_class_decision(both, {"a": [5.0, 0.0], "b": [7.0, None]})
+    assert refused is False and _gaps(reason) == "no per-class interval in champion v1's evaluation for class 'b'"
+    # unscored on both sides (per_class_tag names it on each), and neither side with any per-class metric
+    refused, reason = _per_class_decision({"a": [5.0, 0.0], "b": [None, None]}, {"a": [5.0, 0.0], "b": [None, None]})
+    assert refused is False and _gaps(reason) == ("class 'b' not scored in this version's evaluation; "
+                                                  "class 'b' not scored in champion v1's evaluation"), reason
+    classless = champion(30.0, 0.0)
+    classless.tags["classes"] = "2"  # a conditional champion whose evaluation scored no class
+    refused, reason = _decide(gate(), {**candidate(20.0, 0.0), "classes": 2}, classless)
+    assert refused is False and _gaps(reason) == ("no per-class metrics in this version's evaluation; "
+                                                  "no per-class metrics in champion v1's evaluation"), reason
+
+
+def test_a_per_class_gate_that_cannot_be_computed_says_how_to_get_one():
+    refused, reason = _per_class_decision({"a": [5.0, None]}, {"a": [5.0, 0.0]})
+    assert refused is False
+    after = reason.split(": not promoted; ", 1)[1]
+    assert after.startswith(registry.GET_INTERVALS), after
+    for advice in ("with eval.num_samples large enough that every class gets more than eval.prc_neighborhood + 1 images",
+                   "(the champion's side: promote a version scored so, with `ganops models promote`)",
+                   "register.per_class_gate: false promotes on the overall metric alone, and the version records it"):
+        assert advice in after, advice
+    assert after.endswith("and the version records it"), after
+
+
+def _worst(ours: dict, theirs: dict) -> tuple[str, str]:
+    """The class the per-class gate names as worse beyond noise, and its reason."""
+    refused, reason = _per_class_decision(ours, theirs)
+    assert refused is False and reason.endswith("not promoted (register.per_class_gate)"), reason
+    return reason.split("but class ", 1)[1].split(" is worse", 1)[0], reason
+
+
+def test_the_per_class_gate_names_the_class_worst_beyond_its_noise():
+    z = bonferroni_z(1.96, 2)  # the champion's std alone makes each class's noise (this side's is 0): z x std
+    # a worse by 4 with noise 0.5 (3.5 beyond it), b worse by 3 with noise 2 (1 beyond): a, not the larger loss + noise
+    name, reason = _worst({"a": [14.0, 0.0], "b": [13.0, 0.0]}, {"a": [10.0, 0.5 / z], "b": [10.0, 2.0 / z]})
+    assert name == "'a'", reason
+    assert "its fid10k_tf_test_class 14.0000 vs champion v1 10.0000 (worse by 4.0000 > 0.5000 = 2.24 x std" in reason
+    assert "Bonferroni over 2 classes" in reason
+    # a worse by 2 with noise 1 (1 beyond), b worse by 3 with noise 0.5 (2.5 beyond): b, though a comes first
+    name, reason = _worst({"a": [12.0, 0.0], "b": [13.0, 0.0]}, {"a": [10.0, 1.0 / z], "b": [10.0, 0.5 / z]})
+    assert name == "'b'" and "worse by 3.0000 > 0.5000" in reason, reason
+
+
+def test_of_classes_equally_worse_the_gate_names_the_first():
+    name, reason = _worst({"a": [6.0, 0.0], "b": [8.0, 0.0]}, {"a": [5.0, 0.0], "b": [7.0, 0.0]})
+    assert name == "'a'" and "its fid10k_tf_test_class 6.0000 vs champion v1 5.0000 (worse by 1.0000 > 0.0000" in reason
+
+
+# --- the per-class tag: every class of the data, scored or not ------------------------------------------------
+
+
+def test_the_per_class_tag_names_every_class_with_its_distance_and_std_or_none():
+    classes = ["zero", "one", "two", "three"]
+    measured = EvaluationReport.model_validate({**INCEPTION, "class_names": classes}).measurement
+    scores = {measured.class_name("fd", 0): 4.5, measured.class_name("fd", 0, "std"): 0.25,
+              measured.class_name("fd", 1): 6.0,  # scored, without its interval
+              measured.class_name("fd", 3): 2.0, measured.class_name("fd", 3, "std"): 0.5}  # two: too few images
+    report = EvaluationReport.model_validate({**INCEPTION, "class_names": classes, **scores})
+    tag = registry.per_class_tag(report)
+    assert tag == {"zero": [4.5, 0.25], "one": [6.0, None], "two": [None, None], "three": [2.0, 0.5]}
+    assert list(tag) == classes  # in the data's class order
+    assert registry.per_class_tag(EvaluationReport.model_validate(INCEPTION)) == {}  # unconditional: no classes
+    assert registry.per_class_tag(EvaluationReport.model_validate({**INCEPTION, "class_names": ["a", "b"]})) == {
+        "a": [None, None], "b": [None, None]}  # no class scored: each still named
+
+
 # --- "evaluations are comparable": one case per thing the signature compares -------------------------------
 
 
@@ -211,6 +296,14 @@ def test_evaluations_measured_alike_are_comparable():
     assert signature(INCEPTION, train="e" * 64) == same
     promoted, reason = _decide(gate(), candidate(0.001, 0.0, signature=same), champion(50.0, 0.0, signature=same))
     assert promoted is True, reason
+
+
+def test_the_signature_of_a_fixed_evaluation_is_the_one_earlier_releases_registered():
+    """Every registered version carries its signature as a tag, compared with the next release's: a change
+    to what is hashed (a field's key, the JSON's key order) would make every registered champion
+    incomparable. The values below are this format's; change them only with a migration of the tags."""
+    assert signature(INCEPTION) == "5fbd5c3de89fd13e"
+    assert signature(DOMAIN) == "29cc4aef6432a858"  # the domain evaluator's digest hashed too
 
 
 # --- the registry locks: expiry, take-over and the fence ----------------------------------------------------
