@@ -36,6 +36,23 @@ def pytest_xdist_auto_num_workers(config) -> int:
     return min(2, len(os.sched_getaffinity(0)))
 
 
+# The session fixtures that build a whole tiny project (train, evaluate, export: a minute and more of CPU).
+BUILT_PROJECT_FIXTURES = frozenset({"tiny_built", "tiny_exported"})
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """mutmut's runs (benchmarks/mutation.py) leave out the tests on a built tiny project: each mutant's
+    run is a new pytest session that would build it again, and mutmut's CPU-time limit, set from the
+    tests' own durations, would count that build as the mutant's time-out. The decisions mutmut mutates
+    are tested without it."""
+    if "MUTANT_UNDER_TEST" not in os.environ:
+        return
+    kept = [item for item in items if not BUILT_PROJECT_FIXTURES & set(getattr(item, "fixturenames", ()))]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
+
+
 # Small enough to train in a second or two on 2 cores, big enough to exercise every code path.
 TINY = {
     # shard_size 500: the train split spans 3 shards, so streamed reads cross shard boundaries
