@@ -119,6 +119,82 @@ def test_the_margin_and_the_noise_each_decide_where_they_are_the_larger():
     assert promoted is True, reason
 
 
+def test_the_first_version_is_promoted_with_no_champion_to_beat():
+    assert _decide(gate(), candidate(50.0, None), None) == (True, "first registered version: no champion yet")
+
+
+def test_a_version_not_comparable_says_how_each_side_was_judged():
+    domain = {**candidate(1.0, 0.0, signature="bbbbbbbbbbbbbbbb"), "metric": "fd10k_domain_test"}
+    promoted, reason = _decide(gate(), domain, champion(50.0, 0.0, signature="aaaaaaaaaaaaaaaa", version="7"))
+    assert promoted is False
+    assert reason.startswith("not comparable with champion v7: it was judged by fid10k_tf_test (signature "
+                             "aaaaaaaaaaaaaaaa), this version by fd10k_domain_test (signature bbbbbbbbbbbbbbbb)"), reason
+
+
+@pytest.mark.parametrize("old", ["nan", "inf"])
+def test_a_champion_whose_metric_is_not_a_finite_number_is_replaced(old):
+    broken = champion(30.0, None, version="3")  # registered before non-finite metrics were refused, with no std
+    broken.tags["metric_value"] = old
+    promoted, reason = _decide(gate(), candidate(12.0, None), broken)
+    assert (promoted, reason) == (True, f"champion v3's fid10k_tf_test is {old}, not a finite number: "
+                                        "fid10k_tf_test 12.0000 replaces it")
+
+
+@pytest.mark.parametrize(("ours", "theirs", "missing"), [
+    (None, 1.0, "this version's evaluation has no fid10k_tf_test_std"),
+    (1.0, None, "champion v1 has no metric_std"),
+    (None, None, "this version's evaluation has no fid10k_tf_test_std and champion v1 has no metric_std"),
+], ids=["this-version", "champion", "both"])
+def test_a_missing_std_on_either_side_is_never_taken_as_zero(ours, theirs, missing):
+    # far better (0.001 against 50): with any std at all it would be promoted
+    promoted, reason = _decide(gate(), candidate(0.001, ours), champion(50.0, theirs))
+    assert promoted is False
+    assert reason == (f"fid10k_tf_test 0.0010 vs champion v1 50.0000: the noise cannot be judged, {missing} (a missing "
+                      f"std is never taken as 0): not promoted; {registry.GET_INTERVALS}")
+
+
+def _bare(new: dict, **tags: str | None) -> tuple[dict, SimpleNamespace]:
+    """``new`` and a champion 10 worse (no noise): only the per-class tags (None: absent) decide."""
+    version = champion(30.0, 0.0)
+    for key, value in tags.items():
+        version.tags.pop(key)
+        if value is not None:
+            version.tags[key] = value
+    return {**candidate(20.0, 0.0), **new}, version
+
+
+@pytest.mark.parametrize(("new", "tags"), [
+    ({"per_class": '{"a": [5.0, 0.0]}'}, {}),  # this version's per-class metrics alone
+    ({}, {"per_class": '{"a": [5.0, 0.0]}'}),  # the champion's alone (its classes tag 0)
+    ({"classes": 2}, {}),  # this version conditional, no class scored
+    ({}, {"classes": "2"}),  # the champion conditional, no class scored
+], ids=["our-per-class", "their-per-class", "our-classes", "their-classes"])
+def test_any_one_sign_of_classes_on_either_side_runs_the_per_class_gate(new, tags):
+    refused, reason = _decide(gate(), *_bare(new, **tags))
+    assert refused is False and "but the per-class gate cannot be computed: no per-class metrics in " in reason, reason
+
+
+def test_unconditional_on_both_sides_no_per_class_gate_runs():
+    verdict = "fid10k_tf_test 20.0000 vs champion v1 30.0000: improvement 10.0000 > required 0.0000 (max of "
+    promoted, reason = _decide(gate(), *_bare({}))
+    assert promoted is True and reason.startswith(verdict) and "per-class" not in reason, reason
+    # a champion registered before the per-class and classes tags existed: unconditional too
+    promoted, reason = _decide(gate(), *_bare({}, per_class=None, classes=None))
+    assert promoted is True and reason.startswith(verdict) and "per-class" not in reason, reason
+    # and against a conditional version, its missing per-class tag reads as no per-class metrics
+    refused, reason = _decide(gate(), *_bare({"per_class": '{"a": [5.0, 0.0]}', "classes": 1}, per_class=None, classes=None))
+    assert refused is False and _gaps(reason) == "no per-class metrics in champion v1's evaluation", reason
+
+
+def test_with_the_per_class_gate_off_a_version_better_overall_is_promoted_though_a_class_is_worse():
+    worse = {"a": [9.0, 0.0]}
+    promoted, reason = _decide(gate(per_class_gate=False), candidate(20.0, 0.0, per_class=worse),
+                               champion(30.0, 0.0, per_class={"a": [5.0, 0.0]}))
+    assert promoted is True, reason
+    assert reason.startswith("fid10k_tf_test 20.0000 vs champion v1 30.0000: improvement 10.0000 > required")
+    assert reason.endswith("; per-class gate off (register.per_class_gate: false): promoted on the overall metric alone")
+
+
 # --- the per-class gate -----------------------------------------------------------------------------------
 
 
@@ -131,6 +207,8 @@ def test_a_class_tied_at_zero_noise_passes_and_one_worse_by_an_ulp_refuses():
     theirs = {"a": [5.0, 0.0], "b": [7.0, 0.0]}
     tied, reason = _per_class_decision({"a": [5.0, 0.0], "b": [7.0, 0.0]}, theirs)
     assert tied is True and "per-class gate: no class of 2 worse beyond noise" in reason, reason
+    assert reason.startswith("fid10k_tf_test 20.0000 vs champion v1 30.0000: improvement 10.0000 > required 0.0000 "
+                             "(max of min_improvement 0 and 1.96 x std of the difference); per-class gate: "), reason
     worse, reason = _per_class_decision({"a": [math.nextafter(5.0, 9.0), 0.0], "b": [7.0, 0.0]}, theirs)
     assert worse is False and "class 'a' is worse beyond noise" in reason, reason
     better, reason = _per_class_decision({"a": [1.0, 0.0], "b": [2.0, 0.0]}, theirs)  # better on every class
