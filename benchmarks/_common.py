@@ -13,6 +13,11 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ganops.config import Params
 
 # the instruction sets a CPU's floating-point rate depends on (from /proc/cpuinfo's flags)
 FLAGS_OF_INTEREST = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
@@ -239,6 +244,27 @@ def print_environment(packages: Sequence[str] = (), gpu_peaks: Sequence[str] = (
           + "".join(f"; GPU {value / 1000:.1f} TFLOP/s {dtype}" for dtype, value in gpu_peak.items()),
           flush=True)
     return Machine(cpu_peak, gpu_peak, started)
+
+
+def describe_recipe(params: Params, source: str | Path) -> str:
+    """Two lines naming the params file (or how the params were made) and the knobs that decide what
+    is measured: data, model, the training recipe, the evaluation protocol (issue 40)."""
+    data, model, train, ev = params.data, params.model, params.train, params.eval
+    penalties = ""  # the penalties the step applies: R1 (and R2 for rpgan) when r1_gamma > 0, the GP for wgan-gp
+    if train.r1_gamma > 0:
+        penalties += f", r1_gamma {train.r1_gamma:g}" + (" (R1 and R2)" if train.loss == "rpgan" else "")
+    if train.loss == "wgan-gp":
+        penalties += f", gp_weight {train.gp_weight:g}"
+    return (f"recipe: {source}: data {data.source}" + (f" ({data.path})" if data.path else "")
+            + f" {data.resolution}x{data.resolution}x{data.channels}; model {model.arch}, latent {model.latent_dim}, "
+            f"channels g {model.g_channels} / d {model.d_channels} (max {model.max_channels}), "
+            f"{'conditional' if model.conditional else 'unconditional'}, spectral_norm {model.spectral_norm}\n"
+            f"  train {train.steps} steps x batch {train.batch_size}, loss {train.loss}{penalties}, "
+            f"lr_g {train.lr_g:g} lr_d {train.lr_d:g}, betas ({train.beta1:g}, {train.beta2:g}), d_steps {train.d_steps}, "
+            f"ema_decay {train.ema_decay:g}, augment {train.augment}; eval {ev.num_samples} samples in {ev.draws} draws "
+            f"vs {ev.reference}, backbone {ev.backbone}, fid_protocol {ev.fid_protocol}"
+            + (f", native_size {ev.native_size}" if ev.native_size else "")
+            + f", spread_rounds {ev.spread_rounds}, truncation {ev.truncation} x {ev.truncation_samples}")
 
 
 def round_order(sides: Sequence[str], round_index: int) -> list[str]:

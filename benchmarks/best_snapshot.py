@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from _common import print_environment, round_order, spread
+from _common import describe_recipe, print_environment, round_order, spread
 from ganops.config import Params, load_params
 from ganops.data import load_manifest, open_split
 from ganops.device import resolve_device
@@ -109,7 +109,8 @@ def main() -> None:
     (primary,) = open_backbones(expected, inception, ProjectPaths(shared).reference, (Path("-"), Path("-")), real,
                                 cfg.reference, cfg.batch_size, cfg.reference_max_features, device, primary_only=True)
     measurement = Measurement("inception", cfg.fid_protocol, cfg.num_samples, cfg.reference)
-    print(f"training: {watch.steps} steps x batch {watch.batch_size}, params.yaml's recipe; unstable: "
+    print(describe_recipe(base, args.params) + (f" (train.steps from --steps {args.steps})" if args.steps else ""))
+    print(f"training: {watch.steps} steps x batch {watch.batch_size}, {args.params}'s recipe; unstable: "
           f"{RECIPES['unstable']}; watched every {watch.eval_every} steps on {watch.eval_samples} images, "
           f"keep_best {watch.keep_best}, noise_z {watch.noise_z}, diverge_factor {watch.diverge_factor}; on {device}")
     print(f"full protocol: {measurement.primary} on the evaluate stage's seeds; interval: "

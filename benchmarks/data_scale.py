@@ -52,7 +52,7 @@ import numpy as np
 import psutil
 import yaml
 
-from _common import median, print_environment, round_order, spread
+from _common import describe_recipe, median, print_environment, round_order, spread
 
 RESOLUTION = 64
 CLASSES = 10
@@ -222,6 +222,12 @@ def main() -> None:
         project = args.root / f"project-{size}"
         shutil.rmtree(project, ignore_errors=True)
         write_project(project, folder, args.workers, args.steps, in_memory_max_mb=0.0)
+        if size == args.sizes[0]:
+            from ganops.config import load_params
+
+            print(describe_recipe(load_params(project / "params.yaml"), f"{project / 'params.yaml'}, written by "
+                                  "write_project (every size's the same but data.path; in_memory_max_mb 0, 2048 "
+                                  "when training from memory)"), flush=True)
         # prepare throughput, sides alternating
         seconds: dict[str, list[float]] = {side: [] for side in PREPARE_SIDES}
         for index in range(args.rounds):

@@ -23,7 +23,19 @@ import sys
 import time
 from pathlib import Path
 
-from _common import cpu_times, describe_load, median, print_environment, round_order, spread
+from _common import cpu_times, describe_load, describe_recipe, median, print_environment, round_order, spread
+from ganops.config import load_params
+
+
+def commit_of(src: Path) -> str:
+    """The HEAD commit of the checkout holding ``src``, noting uncommitted changes to its tracked files."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=src, capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD")
+    if not head:
+        return "not a git checkout"
+    return head + (" + uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def run_evaluate(project: Path, src: Path) -> tuple[float, dict]:
@@ -44,6 +56,9 @@ def main() -> None:
     args = parser.parse_args()
     machine = print_environment(["onnxruntime", "torch_fidelity", "prdc"])
     sources = {"before": args.before, "after": args.after}
+    print(f"project: {args.project.resolve()}; " + ", ".join(f"{side}: {src.resolve()} at {commit_of(src)}"
+                                                         for side, src in sources.items()))
+    print(describe_recipe(load_params(args.project / "params.yaml"), (args.project / "params.yaml").resolve()), flush=True)
     seconds: dict[str, list[float]] = {side: [] for side in sources}
     for index in range(args.rounds):
         for side in round_order(list(sources), index):

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import check_equal, median, print_environment, round_order, spread
+from _common import check_equal, describe_recipe, median, print_environment, round_order, spread
 from _generator import benchmark_generator
 from ganops.config import load_params
 from ganops.serving import OnnxGenerator
@@ -55,6 +55,9 @@ def main() -> None:
     machine = print_environment(("onnxruntime",), gpu_peaks=())
     params = load_params("params.yaml")
     generator, origin = benchmark_generator(params)
+    print(describe_recipe(params, Path("params.yaml").resolve()) + ("; of it only the architecture: random weights"
+          if origin.endswith("random weights") else f"; the project's params beside {origin}: `dvc status train` says "
+          "whether they trained it"), flush=True)
     spec = generator.spec
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "generator.onnx"

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from _common import median, print_environment
+from _common import describe_recipe, median, print_environment
 from ganops.config import validate_params
 from ganops.data import load_manifest, open_split
 from ganops.device import resolve_device
@@ -136,7 +136,10 @@ def run_dataset(dataset: str, seeds: list[int], work: Path, overrides: dict[str,
     settings = json.dumps(recipe(dataset, overrides, 0, "validation"), sort_keys=True)
     version = {"code": code_version(), "params_sha256": hashlib.sha256(settings.encode()).hexdigest()}
     print(f"\n{dataset}{' (' + label + ')' if label else ''}: recipes/{dataset}.yaml"
-          + (f" with {overrides}" if overrides else "") + f"; code {version['code']}", flush=True)
+          + (f" with {overrides}" if overrides else "") + f"; code {version['code']}, params_sha256 "
+          f"{version['params_sha256'][:16]}", flush=True)
+    print(describe_recipe(validate_params(recipe(dataset, overrides, 0, "validation")), f"recipes/{dataset}.yaml"
+                          + (f" with {overrides}" if overrides else "")) + " (trained vs validation, scored vs test)")
     project = shared_inputs(dataset, shared)
     rows = []
     for seed in seeds:

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import yaml
 
-from _common import median, print_environment, spread
+from _common import describe_recipe, median, print_environment, spread
+from ganops.config import validate_params
 
 
 def stages_of(repo: Path) -> list[str]:
@@ -71,6 +72,9 @@ def main() -> None:
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
                            capture_output=True, text=True).stdout.strip()
     print(f"repository: {repo} at {head}" + (" (uncommitted changes are NOT measured: the clone is HEAD)" if dirty else ""))
+    committed = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=repo, capture_output=True, text=True, check=True)
+    print(describe_recipe(validate_params(yaml.safe_load(committed.stdout), "HEAD:params.yaml"),
+                          f"{repo / 'params.yaml'} as committed at {head}"), flush=True)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     env.pop("MLFLOW_TRACKING_URI", None)  # the default: an sqlite store inside the clone
     stages = stages_of(repo)

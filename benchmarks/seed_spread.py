@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import median, print_environment
+from _common import describe_recipe, median, print_environment
 from ganops.config import load_params
 from ganops.paths import ProjectPaths
 from ganops.stages.evaluate import evaluate
@@ -47,8 +47,8 @@ def main() -> None:
         parser.error(f"--project {args.project} lacks {', '.join(missing)}: run `dvc repro` there first")
     machine = print_environment(())
     base = load_params(args.project / "params.yaml")
-    print(f"params: {args.project / 'params.yaml'} (train.steps {base.train.steps}, eval.num_samples "
-          f"{base.eval.num_samples}, eval.seed {base.eval.seed}); training seeds {args.seeds}", flush=True)
+    print(describe_recipe(base, args.project / "params.yaml"))
+    print(f"eval.seed {base.eval.seed} (every seed's); training seeds {args.seeds}", flush=True)
     rows = []
     work = Path(tempfile.mkdtemp(prefix="ganops-seed-spread-"))
     try:

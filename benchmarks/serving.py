@@ -193,7 +193,7 @@ def main() -> int:
     import mlflow.onnx
     import onnx
 
-    from _common import median, print_environment, round_order, spread
+    from _common import describe_recipe, median, print_environment, round_order, spread
     from _generator import benchmark_generator
     from ganops.config import ServeParams, load_params
     from ganops.serving import OnnxGenerator
@@ -202,6 +202,9 @@ def main() -> int:
     machine = print_environment(("onnxruntime", "mlflow", "fastapi", "uvicorn", "httpx"))
     params = load_params("params.yaml")
     generator, origin = benchmark_generator(params)
+    print(describe_recipe(params, Path("params.yaml").resolve()) + ("; of it only the architecture: random weights"
+          if origin.endswith("random weights") else f"; the project's params beside {origin}: `dvc status train` says "
+          "whether they trained it"), flush=True)
     serve_defaults = ServeParams()
     n, total = args.images, args.clients * args.requests_per_client
     folder = Path(tempfile.mkdtemp(prefix="ganops-serving-bench-"))

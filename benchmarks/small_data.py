@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import print_environment, round_order, spread
+from _common import describe_recipe, print_environment, round_order, spread
 from ganops.config import load_params
 from ganops.data import load_split
 from ganops.data.prepare import write_prepared
@@ -71,6 +71,8 @@ def main() -> None:
     device = resolve_device(args.device, "--device")
     train_cfg = params.train.model_copy(update={"device": device.type, **({"steps": args.steps} if args.steps else {})})
     eval_cfg = params.eval
+    print(describe_recipe(params.model_copy(update={"train": train_cfg}), args.params)
+          + f"; train.augment per side: {', '.join(args.sides)}")
     weights = Path(eval_cfg.inception_weights) if eval_cfg.inception_weights else default_weights_path()
     if not weights.exists():
         sys.exit(f"the FID Inception weights are not installed ({weights}); run ./setup.sh first")

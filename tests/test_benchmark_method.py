@@ -47,6 +47,22 @@ def test_outputs_that_differ_fail():
         _common.check_equal("features", math.nan, 1e-4)
 
 
+def test_the_recipe_line_names_the_params_file_and_the_knobs_that_decide():
+    """Issue 40: a script that reads params says which recipe it measured -- the file, and the knobs."""
+    from ganops.config import validate_params
+
+    params = validate_params({"train": {"loss": "hinge", "lr_d": 4e-4, "beta2": 0.9, "ema_decay": 0.0},
+                              "eval": {"num_samples": 1000}})
+    line = _common.describe_recipe(params, Path("recipes/other.yaml"))
+    assert "recipes/other.yaml" in line and len(line.splitlines()) <= 2
+    for knob in ("loss hinge", "lr_g 0.0015", "lr_d 0.0004", "betas (0, 0.9)", "ema_decay 0", "1000 samples",
+                 "mnist5k", "32x32x1", "dcgan", "conditional", "backbone auto", "fid_protocol tf"):
+        assert knob in line, (knob, line)
+    assert "r1_gamma" not in line and "gp_weight" not in line  # neither applies to this loss
+    rpgan = validate_params({"train": {"loss": "rpgan", "r1_gamma": 0.05}})
+    assert "r1_gamma 0.05 (R1 and R2)" in _common.describe_recipe(rpgan, "params.yaml")
+
+
 def test_the_machine_card_names_cpu_flags_and_load(capsys):
     machine = _common.print_environment()
     machine.finish()
