@@ -15,12 +15,13 @@ import torch
 from conftest import tiny
 from ganops.config import EvalParams
 from ganops.io import write_json_atomic
-from ganops.metrics.draws import EVALUATE, RESCORE, WATCH, generated_draws, sample_labels
+from ganops.metrics.draws import EVALUATE, RESCORE, WATCH, generated_draws, half_of_draws, sample_labels
 from ganops.metrics.evaluation import Evaluation, score_draws
-from ganops.metrics.frechet import feature_statistics
+from ganops.metrics.frechet import FrechetReference, feature_statistics
 from ganops.metrics.reference import ReferencedBackbone, ReferenceFeatures, ReferenceRecord
 from ganops.metrics.report import EvaluationReport
 from ganops.metrics.scores import METRICS, evaluation_report, per_class
+from ganops.noise import Z95
 from ganops.metrics.snapshot import SNAPSHOT_METRICS, SnapshotScorer, snapshot_scorers
 from ganops.pixels import to_uint8
 from test_quality_metrics import MEASURED, PixelBackbone, reference_of
@@ -256,3 +257,81 @@ def test_the_per_class_std_takes_the_spread_of_each_side(varying):
         value, std = metrics[f"fid600_tf_train_class{index}"], metrics[f"fid600_tf_train_class{index}_std"]
         assert std > 0.01 * value > 0, (varying, index, value, std)
         assert metrics[f"fid600_tf_train_class{index}_ci95_high"] > value > metrics[f"fid600_tf_train_class{index}_ci95_low"]
+
+
+def labelled_features(counts: dict[int, int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``counts[c]`` 4-d features of each class c, around the class's own centre, shuffled."""
+    labels = rng.permutation(np.repeat(list(counts), list(counts.values())))
+    return labels[:, None] * 2.0 + rng.normal(size=(len(labels), 4)), labels
+
+
+def test_a_class_exactly_at_prc_neighborhood_plus_two_on_each_side_is_scored_one_fewer_left_out():
+    """k = 3: a class needs 5 images on each side. Class 0 has exactly 5 on both sides (scored); class 1
+    one reference image short, class 2 one generated image short (left out, and ifd with them); class 3,
+    after the left-out ones, is still scored."""
+    rng = np.random.default_rng(21)
+    real, real_labels = labelled_features({0: 5, 1: 4, 2: 30, 3: 30}, rng)
+    fake, fake_labels = labelled_features({0: 5, 1: 30, 2: 4, 3: 30}, rng)
+    cfg = EvalParams(num_samples=69, draws=2, spread_rounds=0, prc_neighborhood=3)
+    draws, draw_labels = list(np.array_split(fake, 2)), list(np.array_split(fake_labels, 2))
+    metrics = per_class(reference_of(real, real_labels), draws, draw_labels, cfg, MEASURED)
+    scored = {name for name in metrics if name.startswith("fid600_tf_train_class") and name.count("_") == 3}
+    assert scored == {"fid600_tf_train_class0", "fid600_tf_train_class3"}
+    assert "ifid600_tf_train" not in metrics and "fid600_tf_train_class0_std" not in metrics  # no spread asked
+    assert {"precision600_tf_train_class0", "recall600_tf_train_class3"} <= set(metrics)
+
+
+def test_one_draw_gives_each_class_its_distance_without_a_spread():
+    """The half-samples are halves of the draws: one draw has none, so no std, however many rounds."""
+    rng = np.random.default_rng(22)
+    real, real_labels = labelled_features({0: 20, 1: 20}, rng)
+    fake, fake_labels = labelled_features({0: 20, 1: 20}, rng)
+    metrics = per_class(reference_of(real, real_labels), [fake], [fake_labels],
+                        EvalParams(num_samples=40, draws=2, spread_rounds=4), MEASURED)
+    assert {"fid600_tf_train_class0", "fid600_tf_train_class1", "ifid600_tf_train"} <= set(metrics)
+    assert not any(name.endswith(("_std", "_ci95_low", "_ci95_high")) for name in metrics)
+
+
+def per_class_std_by_hand(real: np.ndarray, real_labels: np.ndarray, draws: list[np.ndarray],
+                          draw_labels: list[np.ndarray], cfg: EvalParams) -> dict[int, float | None]:
+    """Each class's half-sample std as per_class's docstring and SPREAD_METHOD say, on its own stream
+    (seeds [eval.seed, 4]), class after class: eval.spread_rounds halves of the class's images in the
+    draws (whole draws; a half of fewer than 2 images skipped), then eval.spread_rounds halves of the
+    class's reference images without replacement, each against the other side whole; the two sides'
+    variances added."""
+    rng = np.random.default_rng([cfg.seed, 4])
+    stds: dict[int, float | None] = {}
+    for index in np.unique(real_labels):
+        ref, own = real[real_labels == index], [draw[labels == index] for draw, labels in zip(draws, draw_labels)]
+        halves = [half_of_draws(own, rng) for _ in range(cfg.spread_rounds)]
+        by_generated = [FrechetReference.of_features(ref).distance(half) for half in halves if len(half) >= 2]
+        subsets = [rng.choice(len(ref), size=len(ref) // 2, replace=False) for _ in range(cfg.spread_rounds)]
+        assert all(len(set(subset)) == len(ref) // 2 for subset in subsets)  # halves, without replacement
+        by_reference = [FrechetReference.of_features(np.concatenate(own)).distance(ref[subset]) for subset in subsets]
+        spread = (np.var(by_generated, ddof=1) if len(by_generated) >= 2 else np.nan) + np.var(by_reference, ddof=1)
+        stds[int(index)] = None if np.isnan(spread) else float(np.sqrt(spread))
+    return stds
+
+
+def test_the_smallest_spread_two_draws_and_halves_of_two_images_is_the_half_sampling_by_hand():
+    """Two draws (the fewest with halves), class 0 with exactly 2 images in each (every half of it 2
+    images, the fewest a distance takes): every class still gets a std, the same as by hand on
+    per_class's own seeded stream, and its interval is value -+ Z95 x std."""
+    rng = np.random.default_rng(23)
+    real, real_labels = labelled_features({0: 9, 1: 14, 2: 14}, rng)
+    draws, draw_labels = [], []
+    for _ in range(2):
+        fake, fake_labels = labelled_features({0: 2, 1: 10, 2: 10}, rng)
+        draws.append(fake)
+        draw_labels.append(fake_labels)
+    cfg = EvalParams(num_samples=44, draws=2, spread_rounds=6, prc_neighborhood=2, seed=3)
+    metrics = per_class(reference_of(real, real_labels), draws, draw_labels, cfg, MEASURED)
+    by_hand = per_class_std_by_hand(real, real_labels, draws, draw_labels, cfg)
+    for index in range(CLASSES):
+        name = f"fid600_tf_train_class{index}"
+        value, std = metrics[name], metrics[f"{name}_std"]
+        assert std == pytest.approx(by_hand[index], rel=1e-6, abs=1e-6), index
+        assert std > 0.01 * value > 0, index
+        assert metrics[f"{name}_ci95_low"] == pytest.approx(value - Z95 * std, abs=3e-6), index
+        assert metrics[f"{name}_ci95_high"] == pytest.approx(value + Z95 * std, abs=3e-6), index
+    assert per_class(reference_of(real, real_labels), draws, draw_labels, cfg, MEASURED) == metrics  # seeded

@@ -98,6 +98,13 @@ def test_the_bonferroni_z_of_one_test_is_z_and_rises_with_tests():
     assert bonferroni_z(0.0, 10) == 0.0
 
 
+def test_the_bonferroni_z_is_zero_at_and_below_zero_and_a_real_test_just_above():
+    assert bonferroni_z(0.0, 3) == 0.0 and bonferroni_z(-1.0, 3) == 0.0
+    assert bonferroni_z(1.0, 1) == pytest.approx(1.0, rel=1e-12)  # a z of 1 or below is still a test
+    assert bonferroni_z(0.5, 2) == pytest.approx(NormalDist().inv_cdf(1 - (1 - NormalDist().cdf(0.5)) / 2), rel=1e-12)
+    assert 0.0 < bonferroni_z(1e-6, 1) == pytest.approx(1e-6, rel=1e-6)
+
+
 # --- the t interval of a mean over seeds ----------------------------------------------------------------
 
 
