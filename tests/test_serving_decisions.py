@@ -439,3 +439,191 @@ def test_serve_hands_its_reload_settings_to_the_backoff(model_file, monkeypatch)
     (app,) = apps
     source = app.state.routes.source
     assert (source.retry_base_s, source.retry_max_s) == (3.0, 12.0)
+
+
+# --- the reload: its defaults, what it serves, what it reports and logs ---------------------------------
+
+
+class UnreadableLocator(FileLocator):
+    """The file locator, but its stamp can be made to fail (a registry that doesn't answer)."""
+
+    unreadable = False
+
+    def stamp(self):
+        if self.unreadable:
+            raise OSError("the registry did not answer")
+        return super().stamp()
+
+
+class RegistryEntryLocator(CountingLocator):
+    """A locator that, like the registry's, names the version it fetched and describes its entry."""
+
+    details = {"name": "tiny", "version": "7", "aliases": ["champion"]}
+
+    def fetch(self):
+        path, _ = super().fetch()
+        return path, "7"
+
+
+def failure_logs(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "ganops.serving.app" and r.levelname == "ERROR"]
+
+
+def test_model_source_defaults_to_a_2_s_first_wait_doubling_up_to_60_s(model_file, tmp_path):
+    """Built without retry settings: 2 s after the first failure, doubling, 60 s at most (as serve's defaults)."""
+    served = tmp_path / "generator.onnx"
+    shutil.copy(model_file, served)
+    now = [0.0]
+    source = ModelSource(FileLocator(served), None, clock=lambda: now[0])
+    served.write_bytes(b"a broken upload")
+    waits = []
+    for _ in range(7):
+        assert source.refresh() is False
+        waits.append(source.retry_at - now[0])
+        now[0] = source.retry_at
+    assert waits == [2, 4, 8, 16, 32, 60, 60]
+
+
+def test_a_model_missing_from_the_start_reports_no_failure_and_no_retry(tmp_path):
+    """Nothing at the path when the source is built: not a failed load (none was tried), so the status says
+    the file is missing with zero failures and no retry pending."""
+    missing = tmp_path / "generator.onnx"
+    source = ModelSource(FileLocator(missing), None, clock=lambda: 0.0)
+    assert source.served is None and source.failures == 0
+    assert source.status() == {"stale": False, "error": f"model file not found: {missing}", "failures": 0,
+                               "retry_in_s": None}
+
+
+def test_a_model_file_is_served_under_the_first_12_hex_digits_of_its_sha256_and_not_reloaded_unchanged(
+        model_file, tmp_path, caplog):
+    """A plain file: its version is its content's sha256, 12 hex digits; the model is loaded with the thread
+    count given, logged once as served, and a refresh with nothing changed neither loads nor logs it again."""
+    import hashlib
+
+    from ganops.ort_session import usable_cores
+
+    served = tmp_path / "generator.onnx"
+    shutil.copy(model_file, served)
+    threads = usable_cores() + 1  # not what onnxruntime would get without it
+    locator = CountingLocator(served)
+    with caplog.at_level("INFO", logger="ganops.serving.app"):
+        source = ModelSource(locator, threads)
+        assert source.refresh() is False and locator.fetches == 1
+    version = hashlib.sha256(model_file.read_bytes()).hexdigest()[:12]
+    assert source.served.version == version and source.served.registry is None
+    assert source.generator.session.get_session_options().intra_op_num_threads == threads
+    (logged,) = [r.getMessage() for r in caplog.records if r.name == "ganops.serving.app"]
+    assert logged.startswith(f"serving {served} (version {version}, providers [")
+    assert "CPUExecutionProvider" in logged
+
+
+def test_a_registry_model_is_served_under_the_registry_version_with_its_entry(model_file):
+    """A locator that names the version (the registry's): that version, not the file's hash, and its entry."""
+    source = ModelSource(RegistryEntryLocator(model_file), None)
+    assert source.served.version == "7"
+    assert source.served.registry == {"name": "tiny", "version": "7", "aliases": ["champion"]}
+
+
+def test_a_model_file_gone_and_back_unchanged_is_stale_while_gone_and_current_again_after(model_file, tmp_path):
+    """The served file moved away: the model serves on, stale, the error naming the path; moved back (the same
+    inode, size and time: the same model), it is current again without a reload."""
+    served = tmp_path / "generator.onnx"
+    aside = tmp_path / "aside.onnx"
+    shutil.copy(model_file, served)
+    locator = CountingLocator(served)
+    source = ModelSource(locator, None, clock=lambda: 0.0)
+    served.rename(aside)
+    assert source.refresh() is False
+    assert source.stale and source.generator is not None
+    assert source.status() == {"stale": True, "error": f"model file not found: {served}", "failures": 0,
+                               "retry_in_s": None}
+    aside.rename(served)
+    assert source.refresh() is False and locator.fetches == 1
+    assert source.status() == {"stale": False, "error": None, "failures": 0, "retry_in_s": None}
+
+
+def test_retry_in_s_is_the_wait_left_to_a_tenth_never_below_zero(model_file, tmp_path):
+    """The status's retry_in_s on an injected clock: what is left of the wait rounded to 0.1 s, 0.0 in its last
+    twentieth of a second and once it is over (not negative), None with no retry pending."""
+    served = tmp_path / "generator.onnx"
+    shutil.copy(model_file, served)
+    now = [0.0]
+    source = ModelSource(FileLocator(served), None, retry_base_s=2.0, clock=lambda: now[0])
+    assert source.status()["retry_in_s"] is None
+    served.write_bytes(b"a broken upload")
+    assert source.refresh() is False and source.retry_at == 2.0
+    for at, left in [(0.63, 1.4), (1.27, 0.7), (1.97, 0.0), (2.5, 0.0)]:
+        now[0] = at
+        retry_in = source.status()["retry_in_s"]
+        assert retry_in == left and isinstance(retry_in, float), (at, retry_in)
+
+
+def test_a_failed_load_names_the_error_and_is_logged_at_failures_1_2_4_8(model_file, tmp_path, caplog):
+    """Each failed load of a new file keeps the served model; last_error names the loader's error, and the
+    failure is logged at the 1st, 2nd, 4th and 8th failure (not every one): the model kept, the error,
+    the failure's number and when the next try is."""
+    served = tmp_path / "generator.onnx"
+    shutil.copy(model_file, served)
+    now = [0.0]
+    source = ModelSource(FileLocator(served), None, retry_base_s=2.0, retry_max_s=60.0, clock=lambda: now[0])
+    version = source.served.version
+    served.write_bytes(b"a broken upload")
+    with caplog.at_level("ERROR", logger="ganops.serving.app"):
+        for _ in range(9):
+            assert source.refresh() is False
+            now[0] = source.retry_at
+    assert source.last_error.startswith(f"ModelError: {served}: not a loadable ONNX model")
+    logged = failure_logs(caplog)
+    assert [int(m.split("; failure ")[1].split(",")[0]) for m in logged] == [1, 2, 4, 8], logged
+    assert logged[0] == f"keeping the current model (version {version}): {source.last_error}; failure 1, next try in 2.0 s"
+    assert logged[3].endswith("; failure 8, next try in 60.0 s")
+
+
+def test_a_failed_first_load_is_logged_as_keeping_no_model(tmp_path, caplog):
+    """A broken file from the start: nothing to keep, the log says so."""
+    served = tmp_path / "generator.onnx"
+    served.write_bytes(b"a broken upload")
+    with caplog.at_level("ERROR", logger="ganops.serving.app"):
+        source = ModelSource(FileLocator(served), None, clock=lambda: 0.0)
+    assert source.served is None and source.failures == 1
+    (logged,) = failure_logs(caplog)
+    assert logged.startswith("keeping the current model (no model): ModelError: ")
+    assert logged.endswith("; failure 1, next try in 2.0 s")
+
+
+def test_a_locator_that_cannot_be_read_is_retried_at_every_check_without_backoff(model_file, caplog):
+    """The locator itself fails (a registry that doesn't answer): refresh returns False without raising, the
+    served model goes on, stale, the error names the locator and the cause; no wait is set (the next check
+    asks again) and the log says so. Readable again, unchanged: current, the error gone."""
+    locator = UnreadableLocator(model_file)
+    source = ModelSource(locator, None, clock=lambda: 0.0)
+    locator.unreadable = True
+    with caplog.at_level("ERROR", logger="ganops.serving.app"):
+        assert source.refresh() is False
+        assert source.refresh() is False
+    error = f"cannot read {model_file}: OSError: the registry did not answer"
+    assert source.status() == {"stale": True, "error": error, "failures": 2, "retry_in_s": None}
+    assert source.generator is not None
+    assert failure_logs(caplog) == [
+        f"keeping the current model (version {source.served.version}): {error}; failure {n}, trying again at the next check"
+        for n in (1, 2)]
+    locator.unreadable = False
+    assert source.refresh() is False
+    assert not source.stale and source.status()["error"] is None and source.status()["retry_in_s"] is None
+
+
+# --- the limiter's counts -------------------------------------------------------------------------------
+
+
+def test_a_fresh_service_reports_its_bounds_and_no_load(model_file):
+    """Before any request: nothing running, waiting, ever run or refused; the bounds as set."""
+    app, _, _ = service(model_file, max_concurrent=2, max_queue=3)
+
+    async def scenario() -> None:
+        async with client(app) as http:
+            load = (await http.get("/v1/model")).json()["load"]
+        assert load == {"running": 0, "waiting": 0, "peak_running": 0, "rejected": 0, "max_concurrent": 2,
+                        "max_queue": 3}
+
+    asyncio.run(scenario())
+
