@@ -335,3 +335,4 @@ def test_the_smallest_spread_two_draws_and_halves_of_two_images_is_the_half_samp
         assert metrics[f"{name}_ci95_low"] == pytest.approx(value - Z95 * std, abs=3e-6), index
         assert metrics[f"{name}_ci95_high"] == pytest.approx(value + Z95 * std, abs=3e-6), index
     assert per_class(reference_of(real, real_labels), draws, draw_labels, cfg, MEASURED) == metrics  # seeded
+    assert "ifid600_tf_train" in metrics and all(number == round(number, 6) for number in metrics.values())  # 6 decimals
