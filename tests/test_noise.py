@@ -31,7 +31,7 @@ def test_the_half_sample_std_adds_the_groups_variances_by_hand():
 def test_fewer_than_two_values_in_any_group_give_no_std():
     assert half_sample_std([5.0]) is None and half_sample_std([]) is None
     assert half_sample_std([1.0, 2.0], [3.0]) is None and half_sample_std([3.0], [1.0, 2.0]) is None
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^half_sample_std needs at least one group of half-sample values$"):
         half_sample_std()
 
 
@@ -71,6 +71,12 @@ def test_the_threshold_is_z_stds_of_the_difference_strictly():
     assert beyond_noise(20.0, 3.0, 30.0 + 1e-9, 4.0, 2.0)  # the other side: beyond
     assert beyond_noise(20.0, 4.0, 30.0 + 1e-9, 3.0, 2.0) and not beyond_noise(20.0, 4.0, 30.0, 3.0, 2.0)
     assert not beyond_noise(20.0, 0.0, 30.0 - 1e-9, 5.0, 2.0)  # one std alone counts in full
+
+
+def test_without_a_margin_the_threshold_is_the_noise_alone_however_small():
+    assert noise_threshold(0.0, 0.0, 1.96) == 0.0
+    assert noise_threshold(0.3, 0.4, 1.0) == pytest.approx(0.5, rel=1e-15)  # below 1: no margin of 1 either
+    assert beyond_noise(10.0, 0.3, 10.6, 0.4, 1.0)
 
 
 def test_the_margin_takes_over_when_it_is_above_the_noise():
