@@ -18,9 +18,10 @@ from ganops.io import write_json_atomic
 from ganops.metrics.draws import EVALUATE, RESCORE, WATCH, generated_draws, half_of_draws, sample_labels
 from ganops.metrics.evaluation import Evaluation, score_draws
 from ganops.metrics.frechet import FrechetReference, feature_statistics
+from ganops.metrics.neighbours import NeighbourSummary
 from ganops.metrics.reference import ReferencedBackbone, ReferenceFeatures, ReferenceRecord
 from ganops.metrics.report import EvaluationReport
-from ganops.metrics.scores import METRICS, evaluation_report, per_class
+from ganops.metrics.scores import METRICS, evaluation_report, memorisation, per_class
 from ganops.noise import Z95
 from ganops.metrics.snapshot import SNAPSHOT_METRICS, SnapshotScorer, snapshot_scorers
 from ganops.pixels import to_uint8
@@ -228,6 +229,28 @@ def test_eval_json_suspects_memorisation_only_above_the_max_share(copies, max_sh
     assert report.metric("memorised120_tf_train_share") == round(copies / 120, 6)  # eval.json rounds
     assert report.memorisation_suspected is suspected
     assert report.summary()["memorisation_suspected"] is suspected
+
+
+def test_memorisation_counts_only_distances_below_the_quantile_and_shows_the_first_of_equals():
+    """memorisation on given neighbour distances: the threshold is the training images' own
+    nearest-neighbour distances' eval.memorisation_quantile quantile; an image exactly at it is not
+    suspiciously close; the 8 closest pairs (by default) in a stable order (14 copies tied at one
+    distance: the first eight by index); the four numbers named by the measurement, at six decimals."""
+    own = np.array([0.5678912, 0.1234567, 0.4567891, 0.2345678, 0.3456789])  # its 0.25 quantile: 0.2345678
+    distance = 0.9123457 + 0.0000013 * np.arange(40)
+    distance[::3] = 0.05  # 14 copies, tied
+    distance[1] = 0.2345678  # exactly at the threshold
+    summary = NeighbourSummary(own, own, distance, 100 + np.arange(40)[::-1], 0.0, 0.0)
+    cfg = EvalParams(memorisation_quantile=0.25, memorisation_max_share=0.5)
+    metrics, nearest = memorisation(summary, cfg, MEASURED)
+    assert metrics == {"memorised600_tf_train_share": 0.35,  # 14 of 40: not the one at the threshold
+                       "memorised600_tf_train_threshold": 0.234568,
+                       "nn_distance600_tf_train_median": 0.912357,  # (0.9123561 + 0.9123587) / 2, at 6 decimals
+                       "nn_distance600_tf_train_training_median": 0.345679}
+    assert list(nearest.generated) == [0, 3, 6, 9, 12, 15, 18, 21]
+    assert list(nearest.training) == [139, 136, 133, 130, 127, 124, 121, 118] and list(nearest.distances) == [0.05] * 8
+    assert (nearest.threshold, nearest.share) == (0.2345678, 0.35)
+    assert len(memorisation(summary, cfg, MEASURED, shown=3)[1].generated) == 3
 
 
 # --- the per-class spread's two sides ---------------------------------------------------------------------
