@@ -99,7 +99,8 @@ class Runs:
         monkeypatch.setattr(sweep_runs, "open_trial_run", lambda cfg, root, study, parent, name, *a: f"run-{name}")
         monkeypatch.setattr(sweep_runs, "end_trial_run", lambda *a, **k: None)
         monkeypatch.setattr(sweep_runs, "end_parent_run", lambda cfg, root, run_id, files, metrics, tags, finished:
-                            self.parent_end.append({"metrics": metrics, "tags": tags, "finished": finished}))
+                            self.parent_end.append({"cfg": cfg, "root": root, "run_id": run_id, "files": files,
+                                                    "metrics": metrics, "tags": tags, "finished": finished}))
 
 
 def sweep_file(root: Path, **fields) -> Path:
@@ -159,7 +160,7 @@ def completed(number_value_std: list[tuple[int, float, float]]) -> optuna.Study:
             params={"train.lr_g": lr}, distributions={"train.lr_g": choices}, value=value,
             user_attrs={"metric": METRIC, "std": std, "ci95": [value - 2 * std, value + 2 * std], "seeds": [],
                         "interval": "the evaluation's own", "experiments": [f"reg-t{number:03d}"],
-                        "best_experiment": f"reg-t{number:03d}", "worker": "here:1"}))
+                        "best_experiment": f"reg-t{number:03d}", "worker": "here:1", "steps_trained": 100}))
     return study
 
 
@@ -192,6 +193,192 @@ def test_nothing_is_registered_while_a_trial_of_the_study_still_runs(stubbed):
     study.tell(2, 25.0)  # it completes (not the best): now the sweep registers the best
     result = finish(spec, "sqlite://", params, root, study, "parent", ProjectLock(root), None, said.append)
     assert tools.dvc == [[DVC, "exp", "apply", "reg-t001"], [DVC, "repro"]] and result["registered"]["trial"] == 1
+
+
+def unfinished(study: optuna.Study, state: str, steps_trained: int | None, **attrs) -> None:
+    """A trial of the study that did not complete (pruned at step 50, failed, waiting)."""
+    states = {"pruned": optuna.trial.TrialState.PRUNED, "failed": optuna.trial.TrialState.FAIL,
+              "waiting": optuna.trial.TrialState.WAITING}
+    study.add_trial(optuna.trial.create_trial(
+        state=states[state], intermediate_values={50: 40.0} if state == "pruned" else {},
+        user_attrs={"steps_trained": steps_trained, "experiments": []} | attrs))
+
+
+def test_finishing_a_sweep_writes_its_whole_report_registers_its_best_and_ends_the_parent_run(stubbed):
+    root, tools, runs, _ = stubbed
+    spec, params = SweepSpec.load(sweep_file(root)), sweep_study.load_params(root / "params.yaml")
+    study = completed([(0, 30.0, 1.0), (1, 20.0, 1.0)])
+    unfinished(study, "pruned", 50, pruned_at_step=50)
+    unfinished(study, "failed", None)  # a trial that failed before training counts no step
+    said = []
+    result = finish(spec, "sqlite://", params, root, study, "parent", ProjectLock(root), None, said.append)
+    rows = rank([trial_row(t) for t in study.get_trials()], params.register)
+    registered = {"trial": 1, "experiment": "reg-t001", "version": "1", "promoted": True,
+                  "reason": "first registered version: no champion yet"}
+    noise = "register.noise_z 1.96 x std of the difference, and more than register.min_improvement 0"
+    assert result == {
+        "study": "reg", "storage": "sqlite://", "metric": METRIC, "direction": "minimize", "trials_budget": 2,
+        "trials_counted": 4, "noise_test": noise, "mlflow_parent_run_id": "parent", "steps_trained": 250,
+        "states": {"complete": 2, "pruned": 1, "failed": 1, "running": 0, "waiting": 0},
+        "trials": rows, "still_running": [], "registered": registered}
+    assert [r["trial"] for r in result["trials"]] == [1, 0, 2, 3]
+    assert json.loads((root / "reports" / "sweep.json").read_text()) == result
+    table = (root / "reports" / "sweep.md").read_text()
+    assert said == [table, "registering trial 1 (reg-t001): dvc exp apply, then dvc repro (export, register)",
+                    "registered ganops-generator v1: champion (first registered version: no champion yet)"]
+    assert "| rank | trial | state | fd200_domain_train (std) |" in table and "(register.noise_z 1.96 x std" in table
+    assert tools.dvc == [[DVC, "exp", "apply", "reg-t001"], [DVC, "repro"]]
+    assert study.user_attrs[REGISTERED_ATTR] == registered
+    assert runs.parent_end == [{
+        "cfg": params.mlflow, "root": root, "run_id": "parent",
+        "files": [root / "reports" / "sweep.json", root / "reports" / "sweep.md"],
+        "metrics": {"best_value": 20.0, "trials_counted": 4, "steps_trained": 250},
+        "tags": {"ganops.sweep.best_trial": 1, "ganops.sweep.registered": json.dumps(registered)}, "finished": True}]
+
+
+def test_a_sweep_with_no_completed_trial_or_one_still_queued_registers_nothing(stubbed):
+    root, tools, runs, _ = stubbed
+    spec = SweepSpec.load(sweep_file(root, metric="fd200_domain_test"))
+    params = sweep_study.load_params(root / "params.yaml")
+    study = optuna.create_study(direction="minimize")
+    unfinished(study, "pruned", 50, pruned_at_step=50)
+    said = []
+    result = finish(spec, "sqlite://", params, root, study, "parent", ProjectLock(root), None, said.append)
+    assert result["metric"] == "fd200_domain_test" and result["registered"] is None and said == [said[0]]
+    assert runs.parent_end[0]["metrics"] == {} and runs.parent_end[0]["finished"] is True
+    assert runs.parent_end[0]["tags"] == {"ganops.sweep.best_trial": "none", "ganops.sweep.registered": "null"}
+    # a completed trial, and one queued (waiting) in the study: the last process to finish registers
+    queued = completed([(0, 30.0, 1.0)])
+    unfinished(queued, "waiting", None)
+    said = []
+    result = finish(spec, "sqlite://", params, root, queued, None, ProjectLock(root), None, said.append)
+    assert result["still_running"] == [1] and result["registered"] is None and tools.dvc == []
+    assert said[1:] == ["trials [1] are still running or queued (other processes of this study): the last to "
+                        "finish ranks and registers"]
+    assert len(runs.parent_end) == 1  # no parent run: nothing more ended
+
+
+def test_the_register_argument_overrides_the_sweep_file_and_mlflow_off_registers_nothing(stubbed):
+    root, tools, runs, _ = stubbed
+    params = sweep_study.load_params(root / "params.yaml")
+    kept = SweepSpec.load(sweep_file(root, register=False))
+    said = []
+    assert finish(kept, "sqlite://", params, root, completed([(0, 30.0, 1.0)]), None, ProjectLock(root), None,
+                  said.append)["registered"] is None and tools.dvc == []
+    result = finish(kept, "sqlite://", params, root, completed([(0, 30.0, 1.0)]), None, ProjectLock(root), True,
+                    said.append)
+    assert result["registered"]["trial"] == 0 and tools.dvc == [[DVC, "exp", "apply", "reg-t000"], [DVC, "repro"]]
+    on = SweepSpec.load(sweep_file(root))
+    assert finish(on, "sqlite://", params, root, completed([(0, 30.0, 1.0)]), None, ProjectLock(root), False,
+                  said.append)["registered"] is None and len(tools.dvc) == 2
+    off = params.model_copy(update={"mlflow": params.mlflow.model_copy(update={"enabled": False})})
+    said = []
+    assert finish(on, "sqlite://", off, root, completed([(0, 30.0, 1.0)]), None, ProjectLock(root), None,
+                  said.append)["registered"] is None and len(tools.dvc) == 2
+    assert said[1:] == ["not registering the best trial: mlflow.enabled is false"]
+
+
+class ApplyFails(Tools):
+    """`dvc exp apply` exits 1 (as when it can't check out the outputs of export and register); the
+    workspace then holds the experiment's params.yaml and dvc.lock (``holds``) or not; the register
+    stage keeps the champion (``promoted`` False)."""
+
+    def __init__(self, root: Path, stderr: str, stdout: str = "", holds: bool = False, promoted: bool = True) -> None:
+        super().__init__(root)
+        self.stderr, self.stdout, self.holds, self.promoted = stderr, stdout, holds, promoted
+
+    def __call__(self, args, cwd, env=None, timeout=None) -> subprocess.CompletedProcess:
+        args = list(args)
+        if args[:3] == [DVC, "exp", "apply"]:
+            self.calls.append(args)
+            return subprocess.CompletedProcess(args, 1, self.stdout, self.stderr)
+        if args[:2] == ["git", "rev-parse"]:
+            return subprocess.CompletedProcess(args, 0, "abcdef0\n", "")
+        if args[:2] == ["git", "show"]:
+            self.calls.append(args)
+            name = args[2].rpartition(":")[2]
+            saved = (self.root / name).read_text() if self.holds else ""
+            return subprocess.CompletedProcess(args, 0 if self.holds else 128, saved, "")
+        done = super().__call__(args, cwd, env, timeout)
+        if args == [DVC, "repro"] and not self.promoted:
+            report = self.root / "reports" / "register.json"
+            report.write_text(json.dumps(json.loads(report.read_text()) | {
+                "promoted": False, "champion": "0", "reason": "not better than the champion beyond noise"}))
+        return done
+
+
+def test_a_best_trial_whose_experiment_cannot_be_applied_here_is_not_registered(stubbed, monkeypatch):
+    root, _, _, _ = stubbed
+    spec, params = SweepSpec.load(sweep_file(root)), sweep_study.load_params(root / "params.yaml")
+    stderr = "x" * 50 + "E" * 400
+    tools = ApplyFails(root, stderr)
+    monkeypatch.setattr(sweep_study, "run_tool", tools)
+    with pytest.raises(SweepError) as raised:
+        finish(spec, "sqlite://", params, root, completed([(0, 30.0, 1.0), (1, 20.0, 1.0)]), None, ProjectLock(root),
+               None, [].append)
+    message = str(raised.value)
+    assert message.startswith("the best trial's experiment reg-t001 can't be applied here (it ran on here:1): " + "E" * 400
+                              + ". Fetch it (`dvc exp pull <remote> reg-t001`)")  # the last 400 characters
+    assert tools.dvc == [[DVC, "exp", "apply", "reg-t001"]]  # no repro
+    assert tools.calls[1] == ["git", "show", "refs/exps/ab/cdef0/reg-t001:params.yaml"]
+    only_stdout = ApplyFails(root, "", stdout="  no such experiment  ")
+    monkeypatch.setattr(sweep_study, "run_tool", only_stdout)
+    with pytest.raises(SweepError, match=r"\(it ran on here:1\): no such experiment\. Fetch it"):
+        finish(spec, "sqlite://", params, root, completed([(0, 30.0, 1.0)]), None, ProjectLock(root), None, [].append)
+
+
+def test_a_failed_apply_that_left_the_experiment_in_the_workspace_registers_it_even_unpromoted(stubbed, monkeypatch):
+    root, _, _, _ = stubbed
+    spec, params = SweepSpec.load(sweep_file(root)), sweep_study.load_params(root / "params.yaml")
+    (root / "dvc.lock").write_text("schema: '2.0'\n")
+    tools = ApplyFails(root, "ERROR: failed to checkout export outputs", holds=True, promoted=False)
+    monkeypatch.setattr(sweep_study, "run_tool", tools)
+    said = []
+    result = finish(spec, "sqlite://", params, root, completed([(0, 30.0, 1.0)]), None, ProjectLock(root), None,
+                    said.append)
+    assert tools.dvc == [[DVC, "exp", "apply", "reg-t000"], [DVC, "repro"]]
+    assert result["registered"] == {"trial": 0, "experiment": "reg-t000", "version": "1", "promoted": False,
+                                    "reason": "not better than the champion beyond noise"}
+    assert said[-1] == "registered ganops-generator v1: not promoted (not better than the champion beyond noise)"
+
+
+# --- the ranking within noise -------------------------------------------------------------------------
+
+
+def row(trial: int, state: str = "complete", value: float | None = None, std: float | None = None, **more) -> dict:
+    """A row of the sweep's table as ``trial_row`` makes it (only what ``rank`` reads)."""
+    return {"trial": trial, "state": state, "params": {}, "experiments": []} | (
+        {"value": value, "std": std} if state == "complete" else {}) | more
+
+
+def ranked(rows: list[dict], noise_z: float = 2.0, min_improvement: float = 0.0) -> list[tuple]:
+    out = rank(rows, RegisterParams(noise_z=noise_z, min_improvement=min_improvement))
+    return [(r["trial"], r.get("rank"), r.get("tied_with")) for r in out]
+
+
+def test_a_trial_ranks_below_only_those_beyond_noise_of_it_exactly_at_the_bar_is_a_tie():
+    # noise_z 2 x hypot(3, 4) = 10: 20 (std 3) and 30 (std 4) tie; 30.5 is beyond; equal values: the lower trial first
+    assert ranked([row(0, value=30.0, std=4.0), row(1, value=20.0, std=3.0)]) == [(1, 1, [0]), (0, 1, [1])]
+    assert ranked([row(0, value=30.5, std=4.0), row(1, value=20.0, std=3.0)]) == [(1, 1, []), (0, 2, [])]
+    assert ranked([row(3, value=20.0, std=0.0), row(2, value=20.0, std=0.0)]) == [(2, 1, [3]), (3, 1, [2])]
+    # 0 and 1 tie, both beat 2 (10 apart, std 1): rank 3 is one plus the two that beat it
+    three = [row(2, value=40.0, std=1.0), row(0, value=30.0, std=1.0), row(1, value=31.0, std=1.0)]
+    assert ranked(three, noise_z=2.0) == [(0, 1, [1]), (1, 1, [0]), (2, 3, [])]
+
+
+def test_a_trial_without_a_std_ties_with_every_trial_and_min_improvement_is_a_margin():
+    no_std = [row(0, value=10.0, std=None), row(1, value=50.0, std=0.0), row(2, value=90.0, std=0.0)]
+    assert ranked(no_std) == [(0, 1, [1]), (1, 1, [0]), (2, 2, [])]  # 1 beats 2 (std 0); 0 beats nobody
+    margin = [row(0, value=10.0, std=0.0), row(1, value=10.5, std=0.0), row(2, value=10.6, std=0.0)]
+    assert ranked(margin, min_improvement=0.5) == [(0, 1, [1]), (1, 1, [0]), (2, 2, [])]  # 0.5 is not more than 0.5
+
+
+def test_unfinished_trials_follow_the_ranked_ones_the_latest_pruned_first():
+    rows = [row(0, "waiting"), row(1, "running"), row(2, "failed"), row(3, "pruned", pruned_at_step=None),
+            row(4, "pruned", pruned_at_step=1), row(5, "pruned", pruned_at_step=30), row(6, value=5.0, std=1.0),
+            row(7, "pruned", pruned_at_step=30)]
+    assert [r["trial"] for r in rank(rows, RegisterParams())] == [6, 5, 7, 4, 3, 2, 1, 0]
+    assert "rank" not in rank(rows, RegisterParams())[1]
 
 
 # --- a trial over seeds --------------------------------------------------------------------------------
@@ -318,8 +505,9 @@ CORES = (0, 1, 4, 5, 7)  # the cores this process may run on: five, not numbered
 
 @pytest.fixture
 def five_cores(monkeypatch):
-    """This process may use 5 of the machine's 64 cores (a container's or taskset's affinity)."""
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(CORES), raising=False)
+    """This process (pid 0: the caller) may use 5 of the machine's 64 cores (a container's or taskset's
+    affinity); any other process, all 64."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(CORES) if pid == 0 else set(range(64)), raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
 
 
