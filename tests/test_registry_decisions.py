@@ -18,7 +18,9 @@ create, so those tests carry the ``stage`` marker.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import re
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -394,6 +396,7 @@ class LockRegistry:
 
     def __init__(self) -> None:
         self.models: dict[str, dict[str, str]] = {}
+        self.descriptions: dict[str, str | None] = {}
 
     def create_registered_model(self, name: str, tags: dict | None = None, description: str | None = None) -> None:
         from mlflow.exceptions import MlflowException
@@ -401,7 +404,7 @@ class LockRegistry:
 
         if name in self.models:
             raise MlflowException(f"Registered Model (name={name}) already exists.", error_code=RESOURCE_ALREADY_EXISTS)
-        self.models[name] = dict(tags or {})
+        self.models[name], self.descriptions[name] = dict(tags or {}), description
 
     def get_registered_model(self, name: str) -> SimpleNamespace:
         from mlflow.exceptions import MlflowException
@@ -416,11 +419,35 @@ class LockRegistry:
         del self.models[name]
 
 
+class FailingLockRegistry(LockRegistry):
+    """A LockRegistry whose server fails every call with ``error`` once ``failing`` is set (a timeout, a 5xx,
+    a permission the server refuses)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error, self.failing = error, False
+
+    def create_registered_model(self, *args, **kwargs) -> None:
+        if self.failing:
+            raise self.error
+        super().create_registered_model(*args, **kwargs)
+
+    def get_registered_model(self, name: str) -> SimpleNamespace:
+        if self.failing:
+            raise self.error
+        return super().get_registered_model(name)
+
+    def delete_registered_model(self, name: str) -> None:
+        if self.failing:
+            raise self.error
+        super().delete_registered_model(name)
+
+
 def _holder(client: LockRegistry, lock_name: str) -> str | None:
     return client.models[lock_name].get("holder") if lock_name in client.models else None
 
 
-def test_a_registry_lock_at_its_expiry_is_live_and_just_after_it_is_taken_over():
+def test_a_registry_lock_at_its_expiry_is_live_and_just_after_it_is_taken_over(caplog):
     client = LockRegistry()
     first = RegistryLock(client, "expiry", hold_s=600, clock=lambda: 1000.0).__enter__()  # expires at 1600
     at_expiry = RegistryLock(client, "expiry", timeout_s=0.2, clock=lambda: 1600.0)
@@ -428,10 +455,15 @@ def test_a_registry_lock_at_its_expiry_is_live_and_just_after_it_is_taken_over()
         at_expiry.__enter__()
     assert _holder(client, "expiry.lock") == first.token
     first.check_held()  # still the first holder's, with its whole lease left
-    after = RegistryLock(client, "expiry", timeout_s=5, clock=lambda: math.nextafter(1600.0, math.inf)).__enter__()
+    with caplog.at_level(logging.WARNING, logger=registry.log.name):
+        after = RegistryLock(client, "expiry", timeout_s=5, clock=lambda: math.nextafter(1600.0, math.inf)).__enter__()
     assert _holder(client, "expiry.lock") == after.token
-    with pytest.raises(LockLost, match="was taken over by .*: nothing moved"):
-        first.check_held()  # the fence: the first holder's lease ran out and another took the lock
+    assert [record.getMessage() for record in caplog.records] == [
+        f"the registry lock expiry.lock of {first.token} expired: taking it over"]
+    # the fence: the first holder's lease ran out and another took the lock, named in the refusal
+    with pytest.raises(LockLost, match=f"was taken over by {re.escape(after.token)} while this process "
+                                       rf"\({re.escape(first.token)}\) held it .*: nothing moved"):
+        first.check_held()
     first.__exit__(None, None, None)  # leaves the taker's lock alone
     after.check_held()
     after.__exit__(None, None, None)
@@ -445,7 +477,8 @@ def test_the_fence_wants_a_quarter_of_a_short_lease_left():
         now[0] = 1075.0
         lock.check_held()
         now[0] = math.nextafter(1075.0, math.inf)
-        with pytest.raises(LockLost, match="too little to move the alias"):
+        with pytest.raises(LockLost, match=r"has 25 s left of 100 s: too little to move the alias before another "
+                                           r"process may take it over; nothing moved \(run it again\)$"):
             lock.check_held()
 
 
@@ -484,7 +517,84 @@ def test_the_file_fence_checks_the_lock_file_and_the_token_each_alone(tmp_path):
         with pytest.raises(LockLost, match="was replaced"):
             lock.check_held()
         lock.holder.unlink()
-        with pytest.raises(LockLost, match="is gone"):
+        with pytest.raises(LockLost, match=r"is gone \(.*\): another process may hold the registry now; nothing moved"):
+            lock.check_held()
+
+
+def test_the_server_lock_is_a_model_described_as_the_lock_it_is():
+    client = LockRegistry()
+    with RegistryLock(client, "described", hold_s=600, clock=lambda: 1000.0) as lock:
+        assert client.models["described.lock"] == {"holder": lock.token, "expires": "1600.0"}
+        # what a user browsing the registry reads of the model that is not a generator
+        assert client.descriptions["described.lock"] == (
+            "ganops: held while a register process decides the champion; deleted after")
+    assert "described.lock" not in client.models
+
+
+def test_a_server_lock_the_server_refuses_to_create_stops_with_its_error():
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
+
+    text = "denied: " + "x" * 300 + "TAIL"
+    client = FailingLockRegistry(MlflowException(text, error_code=PERMISSION_DENIED))
+    client.failing = True
+    with pytest.raises(TrackingError) as refused:
+        RegistryLock(client, "refused", timeout_s=5).__enter__()
+    assert str(refused.value) == f"could not take the registry lock refused.lock: {text[:300]}"  # the first 300
+
+
+def _waits(monkeypatch) -> list[float]:
+    """The lock's waits, on a monotonic clock that moves only by them: their list."""
+    now, waits = [0.0], []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    monkeypatch.setattr(registry.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(registry.time, "sleep", sleep)
+    return waits
+
+
+def test_waiting_for_a_taken_server_lock_backs_off_doubling_up_to_two_seconds(monkeypatch):
+    client = LockRegistry()
+    RegistryLock(client, "busy").__enter__()  # another process holds it, its lease far from over
+    waits = _waits(monkeypatch)
+    with pytest.raises(TrackingError, match="the registry lock busy.lock stayed taken for 8 s"):
+        RegistryLock(client, "busy", timeout_s=8.0).__enter__()
+    assert waits == [0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0, 2.0]  # tried at 0, 0.05, ..., 7.15 and 9.15 s
+
+
+def test_a_taken_server_lock_is_tried_once_more_at_its_deadline(monkeypatch):
+    client = LockRegistry()
+    RegistryLock(client, "deadline").__enter__()
+    waits = _waits(monkeypatch)
+    with pytest.raises(TrackingError, match="stayed taken"):
+        RegistryLock(client, "deadline", timeout_s=0.05 + 0.1).__enter__()  # the second wait ends on the deadline
+    assert waits == [0.05, 0.1, 0.2]  # tried at 0, 0.05, exactly at the deadline, and given up only after it
+
+
+def test_a_holder_that_cannot_read_its_server_lock_is_fenced_and_leaves_it_to_expire(caplog):
+    error = ConnectionError("the registry timed out: " + "x" * 300 + "TAIL")
+    client = FailingLockRegistry(error)
+    lock = RegistryLock(client, "unreadable").__enter__()
+    client.failing = True
+    with pytest.raises(LockLost) as lost:
+        lock.check_held()
+    assert str(lost.value) == ("could not confirm that this process still holds the registry lock unreadable.lock "
+                               f"(ConnectionError: {str(error)[:300]}): nothing moved (run it again)")
+    with caplog.at_level(logging.WARNING, logger=registry.log.name):
+        lock.__exit__(None, None, None)  # no error of its own: the lease runs out by itself
+    assert [record.getMessage() for record in caplog.records] == [
+        f"could not release the registry lock unreadable.lock (it expires by itself): {error}"]
+    assert _holder(client, "unreadable.lock") == lock.token
+
+
+def test_a_server_lock_without_its_expiry_has_no_lease_left_to_move_the_alias():
+    client = LockRegistry()
+    with RegistryLock(client, "no-expiry") as lock:
+        del client.models["no-expiry.lock"]["expires"]  # still this holder's, but when the lease ends is unknown
+        with pytest.raises(LockLost, match="the lease on the registry lock no-expiry.lock has 0 s left of 600 s"):
             lock.check_held()
 
 
@@ -547,7 +657,9 @@ def test_rollback_moves_back_one_champion_at_a_time_down_to_the_first(store, reg
     assert rollback(mlflow_cfg, cfg, tmp_path) == {"champion": "1", "rolled_back_from": "2"}  # exactly two: one back
     assert state(store.client, "steps") == ("1", ["1"])
     tags = {version: store.client.get_model_version("steps", version).tags for version in ("1", "2", "3")}
-    assert "replaced by v2" in tags["3"]["rolled_back"] and "replaced by v1" in tags["2"]["rolled_back"]
+    when = r"on \d{4}-\d\d-\d\d \d\d:\d\d:\d\d"  # the local time of the rollback, to the second
+    assert re.fullmatch(f"replaced by v2 {when}", tags["3"]["rolled_back"]), tags["3"]["rolled_back"]
+    assert re.fullmatch(f"replaced by v1 {when}", tags["2"]["rolled_back"]), tags["2"]["rolled_back"]
     assert tags["2"]["restored_by_rollback_from"] == "3" and tags["1"]["restored_by_rollback_from"] == "2"
     with pytest.raises(GanopsError, match="has no earlier champion to roll back to"):
         rollback(mlflow_cfg, cfg, tmp_path)
@@ -564,14 +676,23 @@ def test_rollback_after_a_promotion_whose_alias_move_failed_goes_by_the_alias(st
 
 
 @pytest.mark.stage
-@pytest.mark.parametrize(("history", "alias"), [(["1", "2"], "1"), (["1"], "1"), ([], "1")],
-                         ids=["champion-to-be-after-the-first", "one-champion", "alias-without-history"])
+@pytest.mark.parametrize(("history", "alias"), [(["1", "2"], "1"), (["1"], "1"), ([], "1"), (["1"], None)],
+                         ids=["champion-to-be-after-the-first", "one-champion", "alias-without-history", "history-without-alias"])
 def test_rollback_with_one_real_champion_refuses_and_moves_nothing(store, registry_at, tmp_path, history, alias):
-    name = f"one-{len(history)}"
+    name = f"one-{len(history)}-{alias}"
     mlflow_cfg, cfg = registry_at(name, 2, history, alias)
-    with pytest.raises(GanopsError, match="has no earlier champion to roll back to"):
+    with pytest.raises(GanopsError, match=re.escape(f"{name} has no earlier champion to roll back to (history: ['1'])")):
         rollback(mlflow_cfg, cfg, tmp_path)
     assert state(store.client, name) == (alias, history)
+
+
+@pytest.mark.stage
+def test_rollback_of_a_model_never_promoted_refuses_with_an_empty_history(store, registry_at, tmp_path):
+    mlflow_cfg, cfg = registry_at("never-promoted", 1, [], None)
+    store.client.delete_registered_model_tag("never-promoted", HISTORY_TAG)  # no history tag at all, no alias
+    with pytest.raises(GanopsError, match=re.escape("never-promoted has no earlier champion to roll back to (history: empty)")):
+        rollback(mlflow_cfg, cfg, tmp_path)
+    assert state(store.client, "never-promoted") == (None, [])
 
 
 @pytest.mark.stage
@@ -624,10 +745,75 @@ def test_rollback_to_a_deleted_version_refuses_and_moves_nothing(store, registry
     mlflow_cfg, cfg = registry_at("deleted-previous", 2, ["1", "2"], "2")
     store.client.delete_model_version("deleted-previous", "1")
     try:
-        with pytest.raises(GanopsError, match="v1, the champion before v2, was deleted from the registry: nothing moved"):
+        with pytest.raises(GanopsError, match=re.escape("deleted-previous v1, the champion before v2, was deleted from the "
+                                                        "registry: nothing moved; make another version champion with "
+                                                        "`ganops models promote <version>`")):
             rollback(mlflow_cfg, cfg, tmp_path)
     finally:
         assert state(store.client, "deleted-previous") == ("2", ["1", "2"])
+
+
+class FailsToRead:
+    """A registry client that cannot read one version (a timeout, a 5xx): ``error`` each time it is asked."""
+
+    def __init__(self, client, version: str, error: Exception) -> None:
+        self._client, self.version, self.error = client, version, error
+
+    def __getattr__(self, name: str):
+        return getattr(self._client, name)
+
+    def get_model_version(self, name: str, version: str):
+        if str(version) == self.version:
+            raise self.error
+        return self._client.get_model_version(name, version)
+
+
+@pytest.mark.stage
+def test_a_rollback_that_cannot_tell_whether_the_previous_version_exists_moves_nothing(store, registry_at, tmp_path,
+                                                                                       monkeypatch):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+
+    mlflow_cfg, cfg = registry_at("unreadable-previous", 2, ["1", "2"], "2")
+    text = "the registry is overloaded: " + "x" * 300 + "TAIL"
+    connect = registry.connect
+    unavailable = MlflowException(text, error_code=TEMPORARILY_UNAVAILABLE)
+    monkeypatch.setattr(registry, "connect", lambda *args: FailsToRead(connect(*args), "1", unavailable))
+    with pytest.raises(TrackingError) as failed:  # not "deleted": it may well be there
+        rollback(mlflow_cfg, cfg, tmp_path)
+    assert str(failed.value) == f"could not read v1 of unreadable-previous from the registry: {text[:300]}"
+    assert state(store.client, "unreadable-previous") == ("2", ["1", "2"])
+
+
+@pytest.mark.stage
+def test_a_version_that_is_not_a_version_number_is_not_in_the_registry(store, registry_at, tmp_path):
+    mlflow_cfg, cfg = registry_at("not-a-number", 1, ["1"], "1")
+    with pytest.raises(GanopsError, match="not-a-number has no version abc"):
+        promote(mlflow_cfg, cfg, "abc", tmp_path)
+    assert state(store.client, "not-a-number") == ("1", ["1"])
+
+
+@pytest.mark.stage
+def test_rollback_on_the_projects_own_store_finds_it_in_the_project_folder(store, registry_at):
+    _, cfg = registry_at("own-store", 2, ["1", "2"], "2")
+    own = MlflowParams(tracking_uri=None, max_retries=0)  # the default: mlflow.db in the project folder
+    assert rollback(own, cfg, store.folder) == {"champion": "1", "rolled_back_from": "2"}
+    assert state(store.client, "own-store") == ("1", ["1"])
+
+
+@pytest.mark.stage
+def test_rollback_on_a_tracking_server_takes_the_servers_lock_over_a_crashed_holders(store, registry_at, tmp_path,
+                                                                                     monkeypatch):
+    """Against a tracking server (an http URI) the lock is the registered model ``<name>.lock``: one left by a
+    crashed holder, its lease over, is taken over, and deleted once the rollback is done. The server here is
+    the module's sqlite store, which makes that model's creation atomic as a server's database does."""
+    _, cfg = registry_at("on-a-server", 2, ["1", "2"], "2")
+    store.client.create_registered_model("on-a-server.lock", tags={"holder": "crashed-host:1:dead", "expires": "0"})
+    monkeypatch.setattr(registry, "connect", lambda *args: store.client)
+    server = MlflowParams(tracking_uri="http://127.0.0.1:9", max_retries=0)  # no server there: connect is the store's
+    assert rollback(server, cfg, tmp_path) == {"champion": "1", "rolled_back_from": "2"}
+    assert state(store.client, "on-a-server") == ("1", ["1"])
+    assert not store.client.search_registered_models(filter_string="name LIKE '%.lock'")  # taken over, then released
 
 
 @pytest.mark.stage
