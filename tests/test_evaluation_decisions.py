@@ -15,13 +15,13 @@ import torch
 from conftest import tiny
 from ganops.config import EvalParams
 from ganops.io import write_json_atomic
-from ganops.metrics.draws import EVALUATE, RESCORE, WATCH, generated_draws, half_of_draws, sample_labels
+from ganops.metrics.draws import EVALUATE, RESCORE, TRUNCATE, WATCH, generated_draws, half_of_draws, sample_labels
 from ganops.metrics.evaluation import Evaluation, score_draws
 from ganops.metrics.frechet import FrechetReference, feature_statistics
 from ganops.metrics.neighbours import NeighbourSummary
 from ganops.metrics.reference import ReferencedBackbone, ReferenceFeatures, ReferenceRecord
 from ganops.metrics.report import EvaluationReport
-from ganops.metrics.scores import METRICS, evaluation_report, memorisation, per_class
+from ganops.metrics.scores import METRICS, evaluation_report, memorisation, per_class, precision_recall_of
 from ganops.noise import Z95
 from ganops.metrics.snapshot import SNAPSHOT_METRICS, SnapshotScorer, snapshot_scorers
 from ganops.pixels import to_uint8
@@ -202,6 +202,37 @@ def test_the_truncation_curve_truncates_the_same_latents_at_every_psi():
         features = backbone(to_uint8(generator(z, y))).numpy()
         assert scores.metrics[f"fid40_tf_train_{label}"] == round(reference.frechet.distance(features), 6)
     assert scores.record["truncation"] == [0.5, 1.0] and scores.record["truncation_samples"] == 40
+
+
+def test_the_truncation_curve_names_each_point_and_draws_truncates_labels_from_their_own_seeds():
+    """Each psi's distance, precision and recall (torch-fidelity's, at eval.prc_neighborhood), at six
+    decimals, named by the measurement (the backbone's native size included); the labels drawn with the
+    reference's frequencies on TRUNCATE's seeds; and an unconditional generator gets no labels."""
+    cfg = EvalParams(num_samples=60, draws=2, spread_rounds=0, batch_size=100, truncation=[0.5],
+                     truncation_samples=30, prc_neighborhood=5)
+    evaluation = fake_evaluation(cfg)
+    backbone, reference = evaluation.backbones[0]
+    backbone.native_size = 4  # named as cropped to 4 x 4 (the features are the same)
+    generator = LatentRecorder()
+    metrics = evaluation.score(generator, [METRICS["truncation"]]).metrics
+    assert torch.equal(generator.calls[2][1], sample_labels(evaluation.reference_labels, 30, CLASSES, cfg.seed, TRUNCATE))
+    expected = {}
+    for label, (z, y) in zip(("psinone", "psi0.5"), generator.calls[2:]):
+        features = backbone(to_uint8(generator(z, y))).numpy()
+        precision, recall = precision_recall_of(features, reference.features, 5)
+        expected.update({f"fid30_tf_train_4x4_{label}": round(reference.frechet.distance(features), 6),
+                         f"precision30_tf_train_4x4_{label}": round(precision, 6),
+                         f"recall30_tf_train_4x4_{label}": round(recall, 6)})
+    assert {name: metrics[name] for name in metrics if name.startswith(("fid30", "precision30", "recall30"))} == expected
+    assert all(number == round(number, 6) for number in expected.values())
+    assert expected["recall30_tf_train_4x4_psinone"] != round(expected["recall30_tf_train_4x4_psinone"], 5)  # 296/300
+
+    rng = np.random.default_rng(12)
+    images = to_uint8(torch.tanh(torch.from_numpy(rng.standard_normal((300, 16)).astype(np.float32))).view(300, 1, 4, 4))
+    unconditional = fake_evaluation(cfg, images)
+    generator = LatentRecorder()
+    points = unconditional.score(generator, [METRICS["truncation"]]).metrics
+    assert all(y is None for _, y in generator.calls) and "fid30_tf_train_psi0.5" in points
 
 
 # --- the memorisation decision ----------------------------------------------------------------------------
