@@ -73,10 +73,11 @@ class Tools:
     repro` writes reports/register.json as the register stage would."""
 
     def __init__(self, root: Path) -> None:
-        self.root, self.calls = root, []
+        self.root, self.calls, self.cwds = root, [], []
 
     def __call__(self, args, cwd, env=None, timeout=None) -> subprocess.CompletedProcess:
         self.calls.append(list(args))
+        self.cwds.append(cwd)
         if list(args) == [DVC, "repro"]:
             (self.root / "reports").mkdir(exist_ok=True)
             (self.root / "reports" / "register.json").write_text(json.dumps({
@@ -228,6 +229,7 @@ def test_finishing_a_sweep_writes_its_whole_report_registers_its_best_and_ends_t
                     "registered ganops-generator v1: champion (first registered version: no champion yet)"]
     assert "| rank | trial | state | fd200_domain_train (std) |" in table and "(register.noise_z 1.96 x std" in table
     assert tools.dvc == [[DVC, "exp", "apply", "reg-t001"], [DVC, "repro"]]
+    assert [cwd for call, cwd in zip(tools.calls, tools.cwds) if call[0] == DVC] == [root, root]  # in the workspace
     assert study.user_attrs[REGISTERED_ATTR] == registered
     assert runs.parent_end == [{
         "cfg": params.mlflow, "root": root, "run_id": "parent",
@@ -250,9 +252,11 @@ def test_a_sweep_with_no_completed_trial_or_one_still_queued_registers_nothing(s
     # a completed trial, and one queued (waiting) in the study: the last process to finish registers
     queued = completed([(0, 30.0, 1.0)])
     unfinished(queued, "waiting", None)
+    earlier = {"trial": 0, "experiment": "reg-t000", "version": "1", "promoted": True, "reason": "first"}
+    queued.set_user_attr(REGISTERED_ATTR, earlier)  # an earlier run of the sweep registered trial 0
     said = []
     result = finish(spec, "sqlite://", params, root, queued, None, ProjectLock(root), None, said.append)
-    assert result["still_running"] == [1] and result["registered"] is None and tools.dvc == []
+    assert result["still_running"] == [1] and result["registered"] == earlier and tools.dvc == []
     assert said[1:] == ["trials [1] are still running or queued (other processes of this study): the last to "
                         "finish ranks and registers"]
     assert len(runs.parent_end) == 1  # no parent run: nothing more ended
@@ -340,6 +344,22 @@ def test_a_failed_apply_that_left_the_experiment_in_the_workspace_registers_it_e
     assert result["registered"] == {"trial": 0, "experiment": "reg-t000", "version": "1", "promoted": False,
                                     "reason": "not better than the champion beyond noise"}
     assert said[-1] == "registered ganops-generator v1: not promoted (not better than the champion beyond noise)"
+
+
+
+def test_a_failed_dvc_repro_of_the_best_trial_is_reported_with_its_experiment(stubbed, monkeypatch):
+    root, _, _, _ = stubbed
+    spec, params = SweepSpec.load(sweep_file(root)), sweep_study.load_params(root / "params.yaml")
+    calls = []
+
+    def tools(args, cwd, env=None, timeout=None) -> subprocess.CompletedProcess:
+        calls.append((list(args), cwd))
+        return subprocess.CompletedProcess(args, 1 if list(args) == [DVC, "repro"] else 0, "", "register: boom")
+
+    monkeypatch.setattr(sweep_study, "run_tool", tools)
+    with pytest.raises(SweepError, match=r"^dvc repro of reg-t000 failed: register: boom$"):
+        finish(spec, "sqlite://", params, root, completed([(0, 30.0, 1.0)]), None, ProjectLock(root), None, [].append)
+    assert calls == [([DVC, "exp", "apply", "reg-t000"], root), ([DVC, "repro"], root)]
 
 
 # --- the ranking within noise -------------------------------------------------------------------------
