@@ -387,7 +387,7 @@ def finish(spec: SweepSpec, url: str, params: Params, root: Path, study, parent:
     echo(table)
     should_register = spec.register_best if register is None else register
     if should_register and complete and not left:
-        result["registered"] = _register_best(spec, params, root, study, lock, complete[0], echo)
+        result["registered"] = _register_best(params, root, study, lock, complete[0], echo)
     elif left:
         echo(f"trials {left} are still running or queued (other processes of this study): the last to finish ranks "
              "and registers")
@@ -404,7 +404,7 @@ def finish(spec: SweepSpec, url: str, params: Params, root: Path, study, parent:
     return result
 
 
-def _register_best(spec: SweepSpec, params: Params, root: Path, study, lock: ProjectLock, best: dict,
+def _register_best(params: Params, root: Path, study, lock: ProjectLock, best: dict,
                    echo: Callable[[str], None]) -> dict | None:
     """`dvc exp apply` the best trial's experiment in the workspace and `dvc repro` it (export and
     register run on it): once per study, whichever process gets here first."""
