@@ -17,11 +17,11 @@ from ganops.config import EvalParams
 from ganops.io import write_json_atomic
 from ganops.metrics.draws import EVALUATE, RESCORE, TRUNCATE, WATCH, generated_draws, half_of_draws, sample_labels
 from ganops.metrics.evaluation import Evaluation, score_draws
-from ganops.metrics.frechet import FrechetReference, feature_statistics
+from ganops.metrics.frechet import FrechetReference, feature_statistics, frechet_distance_of_features
 from ganops.metrics.neighbours import NeighbourSummary
 from ganops.metrics.reference import ReferencedBackbone, ReferenceFeatures, ReferenceRecord
 from ganops.metrics.report import EvaluationReport
-from ganops.metrics.scores import METRICS, evaluation_report, memorisation, per_class, precision_recall_of
+from ganops.metrics.scores import METRICS, evaluation_report, fd, memorisation, per_class, precision_recall_of
 from ganops.noise import Z95
 from ganops.metrics.snapshot import SNAPSHOT_METRICS, SnapshotScorer, snapshot_scorers
 from ganops.pixels import to_uint8
@@ -390,3 +390,21 @@ def test_the_smallest_spread_two_draws_and_halves_of_two_images_is_the_half_samp
         assert metrics[f"{name}_ci95_high"] == pytest.approx(value + Z95 * std, abs=3e-6), index
     assert per_class(reference_of(real, real_labels), draws, draw_labels, cfg, MEASURED) == metrics  # seeded
     assert "ifid600_tf_train" in metrics and all(number == round(number, 6) for number in metrics.values())  # 6 decimals
+
+
+# --- the overall distance's spread and floor --------------------------------------------------------------
+def test_fd_at_two_draws_has_its_interval_and_floor_and_without_halves_none():
+    """Two draws (the fewest with halves): a std, the interval value -+ Z95 x std, and the floor, the
+    distance between the reference's two halves in eval.seed's permutation; one draw, or no rounds: no std."""
+    rng = np.random.default_rng(31)
+    real, fake = rng.normal(size=(60, 4)), rng.normal(size=(40, 4)) + 0.3
+    cfg = EvalParams(num_samples=40, draws=2, spread_rounds=4)
+    out = fd(reference_of(real), [fake[:20], fake[20:]], cfg)
+    value, std = out[("fd", "")], out[("fd", "std")]
+    assert std > 0 and out[("fd", "ci95_low")] == pytest.approx(value - Z95 * std, rel=1e-12)
+    assert out[("fd", "ci95_high")] == pytest.approx(value + Z95 * std, rel=1e-12)
+    order = np.random.default_rng(cfg.seed).permutation(60)
+    assert out[("floor", "")] == pytest.approx(frechet_distance_of_features(real[order[:30]], real[order[30:]]), rel=1e-9)
+    for draws, rounds in (([fake], 4), ([fake[:20], fake[20:]], 0)):
+        alone = fd(reference_of(real), draws, EvalParams(num_samples=40, draws=2, spread_rounds=rounds))
+        assert set(alone) == {("fd", ""), ("floor", "")}
