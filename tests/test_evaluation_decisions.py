@@ -22,8 +22,8 @@ from ganops.metrics.neighbours import NeighbourSummary
 from ganops.metrics.reference import ReferencedBackbone, ReferenceFeatures, ReferenceRecord
 from ganops.metrics.report import EvaluationReport
 from ganops.metrics.scores import METRICS, evaluation_report, fd, memorisation, per_class, precision_recall_of
-from ganops.noise import Z95
 from ganops.metrics.snapshot import SNAPSHOT_METRICS, SnapshotScorer, snapshot_scorers
+from ganops.noise import Z95
 from ganops.pixels import to_uint8
 from test_quality_metrics import MEASURED, PixelBackbone, reference_of
 from test_watch import StepScorer
