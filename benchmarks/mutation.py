@@ -54,6 +54,24 @@ DECISIONS = (
 
 # Survivors that no test can kill because they change nothing observable: mutant name -> why.
 EQUIVALENT: dict[str, str] = {
+    "ganops.tracking.registry.xǁFileRegistryLockǁ__init____mutmut_10":
+        "the inode placeholder before __enter__ (-1 -> +1) never matters: until __enter__ writes the token, "
+        "check_held raises the same LockLost",
+    "ganops.tracking.registry.xǁFileRegistryLockǁ__init____mutmut_11":
+        "the inode placeholder before __enter__ (-1 -> -2) never matters: until __enter__ the token check "
+        "alone raises the same LockLost",
+    "ganops.tracking.registry.xǁRegistryLockǁ_take_over_if_expired__mutmut_5":
+        "no 'expires' tag: float(None) raises inside the try that swallows it, so the lock is not taken over,"
+        " as with inf",
+    "ganops.tracking.registry.xǁRegistryLockǁ_take_over_if_expired__mutmut_7":
+        "no 'expires' tag: .get with no default gives None, float(None) raises and is swallowed: not taken "
+        "over, as with inf",
+    "ganops.tracking.registry.xǁRegistryLockǁ_take_over_if_expired__mutmut_10":
+        "no 'expires' tag: float('XXinfXX') raises ValueError and is swallowed: not taken over, as with inf",
+    "ganops.tracking.registry.xǁRegistryLockǁ_take_over_if_expired__mutmut_11":
+        "float('INF') == float('inf'): the same default",
+    "ganops.tracking.registry.xǁRegistryLockǁcheck_held__mutmut_27":
+        "float('-INF') == float('-inf'): the same default",
     "ganops.metrics.scores.x_per_class__mutmut_33":
         "spread_rounds >= 0: at 0 rounds both half-sample lists are empty, half_sample_std gives None and no "
         "std is written, as when skipped",
