@@ -10,12 +10,12 @@ import torch
 from conftest import tiny
 from ganops import GanopsError
 from ganops.training.watch import Watch, choose_snapshot
+from scripted_snapshots import ScriptedRescore, load_tagged, tagged_weights
 
 SAMPLES = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
 
 
-def weights(tag: float) -> dict[str, torch.Tensor]:
-    return {"w": torch.full((2,), tag)}
+weights = tagged_weights
 
 
 def watch(**overrides) -> Watch:
@@ -60,36 +60,11 @@ def test_divergence_and_non_finite_scores_stop_the_run():
         assert [row["step"] for row in stopped.rows()] == [10]  # the non-finite score is not kept
 
 
-class ScriptedRescore:
-    name = "fid2k_tf_train"
-
-    def __init__(self, by_tag: dict[float, tuple[float, float]]) -> None:
-        self.by_tag, self.calls = by_tag, []
-
-    def __call__(self, generator) -> tuple[float, float]:
-        tag = float(generator.w[0])
-        self.calls.append(tag)
-        return self.by_tag[tag]
-
-
-class Holder(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("w", torch.zeros(2))
-
-
-def load_into(holder: Holder):
-    def load(state: dict[str, torch.Tensor]) -> Holder:
-        holder.load_state_dict(state)
-        return holder
-    return load
-
-
 def test_the_last_ships_unless_a_kept_snapshot_beat_it_in_training_beyond_noise():
     w = watch(keep_best=2)
     feed(w, [(10, 50.0, 1.0), (20, 30.0, 1.0), (30, 31.0, 1.0)])
     rescore = ScriptedRescore({})
-    choice = choose_snapshot(w, 30, weights(30), rescore, load_into(Holder()))
+    choice = choose_snapshot(w, 30, weights(30), rescore, load_tagged)
     assert (choice.step, rescore.calls) == (30, []) and "no kept snapshot beat it" in choice.reason
     assert [c["step"] for c in choice.candidates] == [30]
 
@@ -98,13 +73,13 @@ def test_fresh_seeds_decide_and_ties_go_to_the_later_step():
     w = watch(keep_best=2)
     feed(w, [(10, 20.0, 1.0), (20, 21.0, 1.0), (30, 40.0, 1.0)])  # 10 and 20 beat the last (40)
     rescore = ScriptedRescore({10.0: (25.0, 1.0), 20.0: (22.0, 1.0), 30.0: (41.0, 1.0)})
-    choice = choose_snapshot(w, 30, weights(30), rescore, load_into(Holder()))
+    choice = choose_snapshot(w, 30, weights(30), rescore, load_tagged)
     assert choice.step == 20 and sorted(rescore.calls) == [10.0, 20.0, 30.0]
     assert torch.equal(choice.weights["w"], weights(20)["w"])
     assert [(c["step"], c["rescored"]) for c in choice.candidates] == [(10, 25.0), (20, 22.0), (30, 41.0)]
     assert choice.reason == "step 20: the lowest fid2k_tf_train on fresh seeds"
     tie = ScriptedRescore({10.0: (21.0, 1.0), 20.0: (22.0, 1.0), 30.0: (41.0, 1.0)})  # 10 lowest, 20 within noise
-    choice = choose_snapshot(w, 30, weights(30), tie, load_into(Holder()))
+    choice = choose_snapshot(w, 30, weights(30), tie, load_tagged)
     assert choice.step == 20 and "within noise of the lowest" in choice.reason
 
 
@@ -112,14 +87,14 @@ def test_a_non_finite_last_snapshot_is_never_shipped():
     w = watch(keep_best=1)
     feed(w, [(10, 20.0, 1.0), (20, 19.5, 1.0)])
     nan_last = {"w": torch.tensor([math.nan, 0.0])}
-    choice = choose_snapshot(w, 25, nan_last, ScriptedRescore({}), load_into(Holder()))
+    choice = choose_snapshot(w, 25, nan_last, ScriptedRescore({}), load_tagged)
     assert choice.step == 20 and "only finite snapshot" in choice.reason
     with pytest.raises(GanopsError, match="no earlier snapshot was kept"):
-        choose_snapshot(None, 25, nan_last, None, load_into(Holder()))
+        choose_snapshot(None, 25, nan_last, None, load_tagged)
     with pytest.raises(GanopsError, match="non-finite fid2k_tf_train"):
         w2 = watch(keep_best=1)
         feed(w2, [(10, 20.0, 1.0), (20, 40.0, 1.0)])
-        choose_snapshot(w2, 20, weights(20), ScriptedRescore({10.0: (math.nan, 1.0), 20.0: (1.0, 1.0)}), load_into(Holder()))
+        choose_snapshot(w2, 20, weights(20), ScriptedRescore({10.0: (math.nan, 1.0), 20.0: (1.0, 1.0)}), load_tagged)
 
 
 # --- fit with a scripted scorer --------------------------------------------------------------------------

@@ -12,13 +12,13 @@ import torch
 
 from ganops import GanopsError
 from ganops.training.watch import Choice, Watch, choose_snapshot, cpu_weights, finite_weights
+from scripted_snapshots import ScriptedRescore, load_tagged, tagged_weights
 
 SAMPLES = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
 METRIC, RESCORED = "fid8_tf_train", "fid2k_tf_train"
 
 
-def weights(tag: float) -> dict[str, torch.Tensor]:
-    return {"w": torch.full((2,), float(tag)), "n": torch.tensor([1], dtype=torch.int64)}
+weights = tagged_weights
 
 
 def watch(**overrides) -> Watch:
@@ -139,47 +139,22 @@ def test_cpu_weights_of_a_gpu_module_are_on_the_cpu():
 # --- choose_snapshot -----------------------------------------------------------------------------------
 
 
-class Rescore:
-    name = RESCORED
-
-    def __init__(self, by_tag: dict[float, tuple[float, float]]) -> None:
-        self.by_tag, self.calls = by_tag, []
-
-    def __call__(self, generator) -> tuple[float, float]:
-        tag = float(generator.w[0])
-        self.calls.append(tag)
-        return self.by_tag[tag]
-
-
-class Holder(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("w", torch.zeros(2))
-        self.register_buffer("n", torch.zeros(1, dtype=torch.int64))
-
-
-def load(state: dict[str, torch.Tensor]) -> Holder:
-    holder = Holder()
-    holder.load_state_dict(state)
-    return holder
-
-
 def test_without_a_kept_snapshot_the_last_ships_as_it_is():
     last = weights(40)
     for w in (None, watch()):  # no watch, or one that has evaluated nothing yet
-        choice = choose_snapshot(w, 40, last, None, load)
+        choice = choose_snapshot(w, 40, last, None, load_tagged)
         assert choice == Choice(40, last, "the last step (no in-training evaluation kept a snapshot)", [])
         assert choice.weights is last
     with pytest.raises(GanopsError, match=r"^training went non-finite by step 40 and no earlier snapshot was kept "
                                           r"\(set train.eval_every to keep the best ones\); nothing to ship$"):
-        choose_snapshot(None, 40, {"w": torch.tensor([math.nan])}, None, load)
+        choose_snapshot(None, 40, {"w": torch.tensor([math.nan])}, None, load_tagged)
 
 
 def test_the_last_within_noise_of_every_kept_one_ships_without_re_scoring():
     w = watch(keep_best=2)
     feed(w, [(10, 40.0, 1.0), (20, 30.0, 1.0), (30, 32.0, 1.0)])  # 30 vs 32: within 2 x hypot(1, 1)
     last = weights(30)
-    choice = choose_snapshot(w, 30, last, Rescore({}), load)
+    choice = choose_snapshot(w, 30, last, ScriptedRescore({}), load_tagged)
     assert (choice.step, choice.reason) == (30, "the last step: no kept snapshot beat it in training beyond noise")
     assert choice.weights is last
     assert choice.candidates == [{"step": 30, "in_training": 32.0, "in_training_std": 1.0}]
@@ -188,9 +163,9 @@ def test_the_last_within_noise_of_every_kept_one_ships_without_re_scoring():
 def test_a_last_step_never_evaluated_is_re_scored_against_every_kept_one(caplog):
     w = watch(keep_best=1)
     feed(w, [(10, 30.0, 1.0)])
-    rescore = Rescore({10.0: (25.0, 0.5), 15.0: (24.0, 0.25)})
+    rescore = ScriptedRescore({10.0: (25.0, 0.5), 15.0: (24.0, 0.25)})
     with caplog.at_level(logging.INFO, logger="ganops.training.watch"):
-        choice = choose_snapshot(w, 15, weights(15), rescore, load)
+        choice = choose_snapshot(w, 15, weights(15), rescore, load_tagged)
     assert choice.step == 15 and rescore.calls == [10.0, 15.0]
     assert choice.candidates == [
         {"step": 10, "in_training": 30.0, "in_training_std": 1.0, "rescored": 25.0, "rescored_std": 0.5},
@@ -204,41 +179,41 @@ def test_a_non_finite_last_leaves_the_only_finite_kept_snapshot_or_nothing():
     w = watch(keep_best=1)
     feed(w, [(10, 20.0, 1.0), (20, 25.0, 1.0)])
     nan_last = {"w": torch.tensor([math.nan, 0.0]), "n": torch.tensor([1])}
-    choice = choose_snapshot(w, 20, nan_last, None, load)
+    choice = choose_snapshot(w, 20, nan_last, None, load_tagged)
     assert (choice.step, choice.reason) == (10, "step 10: the only finite snapshot kept")
     assert choice.weights is w.kept[10] and choice.candidates == [{"step": 10, "in_training": 20.0, "in_training_std": 1.0}]
     only_last = watch(keep_best=1)
     feed(only_last, [(10, 20.0, 1.0)])
     with pytest.raises(GanopsError, match=r"^training went non-finite by step 10 and no finite snapshot was kept; "
                                           r"nothing to ship$"):
-        choose_snapshot(only_last, 10, nan_last, None, load)
+        choose_snapshot(only_last, 10, nan_last, None, load_tagged)
 
 
 def test_choosing_between_snapshots_needs_a_re_scorer_and_finite_re_scores():
     w = watch(keep_best=1)
     feed(w, [(10, 20.0, 1.0), (20, 40.0, 1.0)])
     with pytest.raises(GanopsError, match=r"^choosing between snapshots needs a re-scorer$"):
-        choose_snapshot(w, 20, weights(20), None, load)
+        choose_snapshot(w, 20, weights(20), None, load_tagged)
     for value, std in ((math.nan, 1.0), (1.0, math.inf)):
         with pytest.raises(GanopsError, match=r"^re-scoring the snapshot of step 20 gave a non-finite fid2k_tf_train$"):
-            choose_snapshot(w, 20, weights(20), Rescore({10.0: (5.0, 1.0), 20.0: (value, std)}), load)
+            choose_snapshot(w, 20, weights(20), ScriptedRescore({10.0: (5.0, 1.0), 20.0: (value, std)}), load_tagged)
 
 
 def test_the_lowest_re_score_ships_and_a_later_one_exactly_at_the_bar_takes_its_place():
     w = watch(keep_best=2)
     feed(w, [(10, 20.0, 1.0), (20, 21.0, 1.0), (30, 40.0, 1.0)])  # 10 and 20 beat the last (40) in training
     # noise_z 2 x hypot(3, 4) = 10: step 20 at 30 (std 4) is exactly at the bar from step 10's 20 (std 3)
-    at_bar = Rescore({10.0: (20.0, 3.0), 20.0: (30.0, 4.0), 30.0: (45.0, 4.0)})
-    choice = choose_snapshot(w, 30, weights(30), at_bar, load)
+    at_bar = ScriptedRescore({10.0: (20.0, 3.0), 20.0: (30.0, 4.0), 30.0: (45.0, 4.0)})
+    choice = choose_snapshot(w, 30, weights(30), at_bar, load_tagged)
     assert choice.step == 20 and torch.equal(choice.weights["w"], weights(20)["w"])
     assert choice.reason == "step 20: within noise of the lowest fid2k_tf_train on fresh seeds (step 10), and later"
-    beyond = Rescore({10.0: (20.0, 3.0), 20.0: (30.5, 4.0), 30.0: (45.0, 4.0)})
-    choice = choose_snapshot(w, 30, weights(30), beyond, load)
+    beyond = ScriptedRescore({10.0: (20.0, 3.0), 20.0: (30.5, 4.0), 30.0: (45.0, 4.0)})
+    choice = choose_snapshot(w, 30, weights(30), beyond, load_tagged)
     assert choice.step == 10 and choice.weights is w.kept[10]
     assert choice.reason == "step 10: the lowest fid2k_tf_train on fresh seeds"
     assert [(c["step"], c["rescored"], c["rescored_std"]) for c in choice.candidates] == [
         (10, 20.0, 3.0), (20, 30.5, 4.0), (30, 45.0, 4.0)]
     # the lowest in the middle: the later step within noise of it ships, the earlier one does not
-    middle = Rescore({10.0: (30.0, 1.0), 20.0: (20.0, 1.0), 30.0: (21.0, 1.0)})
-    choice = choose_snapshot(w, 30, weights(30), middle, load)
+    middle = ScriptedRescore({10.0: (30.0, 1.0), 20.0: (20.0, 1.0), 30.0: (21.0, 1.0)})
+    choice = choose_snapshot(w, 30, weights(30), middle, load_tagged)
     assert choice.step == 30 and "(step 20), and later" in choice.reason
