@@ -15,7 +15,7 @@ from ganops.training.watch import Choice, Watch, choose_snapshot, cpu_weights, f
 from scripted_snapshots import ScriptedRescore, load_tagged, tagged_weights
 
 SAMPLES = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
-METRIC, RESCORED = "fid8_tf_train", "fid2k_tf_train"
+METRIC = "fid8_tf_train"
 
 
 weights = tagged_weights
