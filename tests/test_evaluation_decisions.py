@@ -21,7 +21,7 @@ from ganops.metrics.frechet import FrechetReference, feature_statistics, frechet
 from ganops.metrics.neighbours import NeighbourSummary
 from ganops.metrics.reference import ReferencedBackbone, ReferenceFeatures, ReferenceRecord
 from ganops.metrics.report import EvaluationReport
-from ganops.metrics.scores import METRICS, evaluation_report, fd, memorisation, per_class, precision_recall_of
+from ganops.metrics.scores import METRICS, evaluation_report, fd, memorisation, per_class, precision_recall_of, truncation_curve
 from ganops.metrics.snapshot import SNAPSHOT_METRICS, SnapshotScorer, snapshot_scorers
 from ganops.noise import Z95
 from ganops.pixels import to_uint8
@@ -202,6 +202,38 @@ def test_the_truncation_curve_truncates_the_same_latents_at_every_psi():
         features = backbone(to_uint8(generator(z, y))).numpy()
         assert scores.metrics[f"fid40_tf_train_{label}"] == round(reference.frechet.distance(features), 6)
     assert scores.record["truncation"] == [0.5, 1.0] and scores.record["truncation_samples"] == 40
+
+
+class Probed(Exception):
+    """Raised by DeviceProbe once it has seen where its first latents are."""
+
+
+class DeviceProbe(torch.nn.Module):
+    """A generator whose weights are on another device than the CPU ("meta": no data, so on any machine):
+    it records the device of the latents and labels it is called with, then stops the scoring."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spec = SimpleNamespace(latent_dim=16, num_classes=CLASSES)
+        self.scale = torch.nn.Parameter(torch.ones((), device="meta"))
+        self.devices: list[tuple[str, str]] = []
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        self.devices.append((z.device.type, y.device.type))
+        raise Probed
+
+
+def test_the_truncation_curve_draws_its_latents_on_the_generator_s_device():
+    """On a GPU the generator's weights are on CUDA: the curve's latents and labels must go there too
+    (drawn on the CPU for the same z everywhere, then moved), not stay where they were drawn."""
+    cfg = EvalParams(num_samples=60, draws=2, spread_rounds=0, batch_size=100, truncation=[0.5], truncation_samples=40)
+    evaluation = fake_evaluation(cfg)
+    backbone, reference = evaluation.backbones[0]
+    probe = DeviceProbe()
+    with pytest.raises(Probed):
+        truncation_curve(probe, evaluation.reference_labels, CLASSES, SimpleNamespace(cfg=cfg, backbone=backbone,
+                                                                                      reference=reference))
+    assert probe.devices == [("meta", "meta")]
 
 
 def test_the_truncation_curve_names_each_point_and_draws_truncates_labels_from_their_own_seeds():
