@@ -107,6 +107,9 @@ EQUIVALENT: dict[str, str] = {
         "get_trials(deepcopy=None): None is falsy, the same as False; the trials are only read",
     "ganops.sweeps.study.x_finish__mutmut_6":
         "get_trials(deepcopy=True): finish only reads the trials, so copies give the same rows",
+    "ganops.sweeps.study.x_plan_slots__mutmut_17":
+        "gpus = None instead of 0 on a CPU-trained sweep: it is only read as a truth value (gpus and ..., "
+        "not gpus, i if gpus else None), where None and 0 are both false",
     "ganops.training.watch.x_choose_snapshot__mutmut_22":
         "last_eval computed even when the last weights are non-finite: it is only read after `not last_ok "
         "or`, which is then already true",

@@ -540,7 +540,8 @@ def test_workers_up_to_the_usable_cores_split_them_and_one_more_is_refused(five_
     assert [s.cpus for s in two] == [(0, 1), (4, 5)] and {s.env()["OMP_NUM_THREADS"] for s in two} == {"2"}
     (one,) = plan_slots(1, params)
     assert one.cpus == CORES and one.env()["OMP_NUM_THREADS"] == "5" and one.gpu is None
-    with pytest.raises(SweepError, match="--workers 6 on 5 CPU cores would oversubscribe them: at most 5"):
+    with pytest.raises(SweepError, match=r"^--workers 6 on 5 CPU cores would oversubscribe them: at most 5 "
+                                         r"\(each trial gets its own cores\)$"):
         plan_slots(6, params)
 
 
@@ -550,6 +551,37 @@ def test_without_an_affinity_the_machine_s_cores_count(monkeypatch):
     assert [s.cpus for s in plan_slots(3, tiny())] == [(0,), (1,), (2,)]
     with pytest.raises(SweepError, match="--workers 4 on 3 CPU cores"):
         plan_slots(4, tiny())
+
+
+def test_without_a_core_count_one_core_is_assumed(monkeypatch):
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # os.cpu_count's answer when it cannot tell
+    assert [s.cpus for s in plan_slots(1, tiny())] == [(0,)]
+    with pytest.raises(SweepError, match="--workers 2 on 1 CPU cores"):
+        plan_slots(2, tiny())
+
+
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_gpus_are_handed_out_only_where_training_runs_on_them(five_cores, monkeypatch, device):
+    """train.device cpu on a GPU machine, or auto where CUDA is not available (a driver missing) though
+    devices are listed: no GPU slots, and the cores limit the workers."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: device == "cpu")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    slots = plan_slots(5, tiny({"train": {"device": device}}))
+    assert [(s.cpus, s.gpu) for s in slots] == [((c,), None) for c in CORES]
+    assert all("CUDA_VISIBLE_DEVICES" not in s.env() for s in slots)
+
+
+def test_more_gpus_than_cores_share_the_cores(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    slots = plan_slots(2, tiny({"train": {"device": "cuda"}}))
+    assert [(s.cpus, s.gpu) for s in slots] == [((3,), 0), ((3,), 1)]  # the second worker's share is empty: all
 
 
 def test_on_a_gpu_machine_each_worker_gets_one_gpu_and_its_share_of_the_cores(five_cores, monkeypatch):
