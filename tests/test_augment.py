@@ -219,15 +219,16 @@ def _artefacts(x: torch.Tensor) -> dict[str, float]:
 
 @pytest.mark.stage
 def test_generated_images_do_not_inherit_translation_or_cutout(tmp_path, digits16, monkeypatch):
-    """256 images, 3000 steps with DiffAugment's translation and cutout on every image D sees: the
+    """256 images, 2000 steps with DiffAugment's translation and cutout on every image D sees: the
     samples have the real images' borders, no gray squares, the same centre of ink. The control --
     the same run with the augmentations applied to the real images only -- shows the detector works:
-    its generator learns to draw the gray borders and squares."""
+    its generator learns to draw the gray borders and squares (at 2000 steps: in 62 % of its images, and
+    60 % gray border, against the sound run's 0.2 % and 6 %)."""
     import ganops.training.step as step_module
 
     real, _ = load_split(digits16, "train")
     expected = _artefacts(torch.from_numpy(real).float() / 127.5 - 1)
-    recipe = {"augment": "diffaugment", "steps": 3000, "batch_size": 16, "lr_g": 1e-3, "lr_d": 1e-3,
+    recipe = {"augment": "diffaugment", "steps": 2000, "batch_size": 16, "lr_g": 1e-3, "lr_d": 1e-3,
               "checkpoint_every": 10000, "log_every": 500}
 
     def samples(result) -> dict[str, float]:
