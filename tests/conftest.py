@@ -23,22 +23,20 @@ from ganops.telemetry import disable_telemetry  # noqa: E402
 disable_telemetry()  # the suite, and every server and CLI it starts, calls no outside host
 
 
-def share_the_cores_between_workers(environ=os.environ) -> int | None:
+def share_the_cores_between_workers() -> None:
     """Under pytest-xdist, each worker trains in its own process on its share of the cores (two workers
-    on two cores: one torch thread each); returns that share (None: not a worker of several). Two
-    workers of two threads each on two cores spin half their time away at OpenMP's barriers:
-    tests/test_augment.py with tests/test_training.py took 145 s on two workers, 87 s at one thread each.
-    Processes the tests start choose their own threads, as a user's would."""
-    workers = int(environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
-    if workers < 2:
-        return None
-    import torch
+    on two cores: one torch thread each). Two workers of two threads each on two cores spin half their
+    time away at OpenMP's barriers: tests/test_augment.py with tests/test_training.py took 145 s on two
+    workers, 87 s at one thread each. Processes the tests start choose their own threads, as a user's would."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        import torch
 
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
-    return torch.get_num_threads()
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
 
 
 share_the_cores_between_workers()
+
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_xdist_auto_num_workers(config) -> int:

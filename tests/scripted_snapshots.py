@@ -1,8 +1,14 @@
-"""Snapshots a test can tell apart, and a re-scorer that scores them from a table (tests of ``choose_snapshot``)."""
+"""A Watch fed scripted scores, snapshots a test can tell apart, and a re-scorer that scores them from a
+table (the tests of ``Watch`` and ``choose_snapshot``)."""
 
 from __future__ import annotations
 
 import torch
+
+from ganops.training.watch import Watch
+
+SAMPLES = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
+METRIC = "fid8_tf_train"
 
 
 def tagged_weights(tag: float) -> dict[str, torch.Tensor]:
@@ -35,3 +41,32 @@ class ScriptedRescore:
         tag = float(generator.w[0])
         self.calls.append(tag)
         return self.by_tag[tag]
+
+
+def watch(**overrides) -> Watch:
+    settings = {"metric": METRIC, "keep_best": 1, "patience": 0, "diverge_factor": 3.0, "noise_z": 2.0}
+    return Watch(**{**settings, **overrides})
+
+
+class Weights:
+    """The weights callable the loop hands ``observe``: counts its calls (weights are copied only when kept)."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def __call__(self, step: int):
+        def make() -> dict[str, torch.Tensor]:
+            self.calls.append(step)
+            return tagged_weights(step)
+        return make
+
+
+def feed(w: Watch, scores: list[tuple[int, float, float]], made: Weights | None = None) -> str:
+    """``observe`` each (step, value, std) in turn, until one stops the run; returns its reason ("" if none)."""
+    made = made or Weights()
+    reason = ""
+    for step, value, std in scores:
+        reason = w.observe(step, value, std, made(step), SAMPLES)
+        if reason:
+            break
+    return reason

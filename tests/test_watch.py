@@ -9,27 +9,10 @@ import torch
 
 from conftest import tiny
 from ganops import GanopsError
-from ganops.training.watch import Watch, choose_snapshot
-from scripted_snapshots import ScriptedRescore, load_tagged, tagged_weights
-
-SAMPLES = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
-
+from ganops.training.watch import choose_snapshot
+from scripted_snapshots import ScriptedRescore, feed, load_tagged, tagged_weights, watch
 
 weights = tagged_weights
-
-
-def watch(**overrides) -> Watch:
-    settings = {"metric": "fid8_tf_train", "keep_best": 1, "patience": 0, "diverge_factor": 3.0, "noise_z": 2.0}
-    return Watch(**{**settings, **overrides})
-
-
-def feed(w: Watch, scores: list[tuple[int, float, float]]) -> str:
-    reason = ""
-    for step, value, std in scores:
-        reason = w.observe(step, value, std, lambda step=step: weights(step), SAMPLES)
-        if reason:
-            break
-    return reason
 
 
 def test_the_watch_keeps_the_lowest_scores_weights():

@@ -11,42 +11,10 @@ import pytest
 import torch
 
 from ganops import GanopsError
-from ganops.training.watch import Choice, Watch, choose_snapshot, cpu_weights, finite_weights
-from scripted_snapshots import ScriptedRescore, load_tagged, tagged_weights
-
-SAMPLES = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
-METRIC = "fid8_tf_train"
-
+from ganops.training.watch import Choice, choose_snapshot, cpu_weights, finite_weights
+from scripted_snapshots import METRIC, SAMPLES, ScriptedRescore, Weights, feed, load_tagged, tagged_weights, watch
 
 weights = tagged_weights
-
-
-def watch(**overrides) -> Watch:
-    settings = {"metric": METRIC, "keep_best": 1, "patience": 0, "diverge_factor": 3.0, "noise_z": 2.0}
-    return Watch(**{**settings, **overrides})
-
-
-class Weights:
-    """The weights callable the loop hands ``observe``: counts its calls (weights are copied only when kept)."""
-
-    def __init__(self) -> None:
-        self.calls: list[int] = []
-
-    def __call__(self, step: int):
-        def make() -> dict[str, torch.Tensor]:
-            self.calls.append(step)
-            return weights(step)
-        return make
-
-
-def feed(w: Watch, scores: list[tuple[int, float, float]], made: Weights | None = None) -> str:
-    made = made or Weights()
-    reason = ""
-    for step, value, std in scores:
-        reason = w.observe(step, value, std, made(step), SAMPLES)
-        if reason:
-            break
-    return reason
 
 
 # --- observe: what is kept, the best, and the stopping rules ----------------------------------------------
@@ -130,11 +98,11 @@ def test_finite_weights_ignore_integer_buffers_and_cpu_weights_are_copies():
     assert set(copied) == {"weight", "bias"}
 
 
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: on the CPU the copy stays where it is")
 def test_cpu_weights_of_a_gpu_module_are_on_the_cpu():
     copied = cpu_weights(torch.nn.Linear(2, 1).to("cuda"))
     assert {t.device.type for t in copied.values()} == {"cpu"}
+
 
 # --- choose_snapshot -----------------------------------------------------------------------------------
 
