@@ -20,6 +20,7 @@ import json
 import os
 import queue
 import subprocess
+import threading
 from pathlib import Path
 
 import optuna
@@ -36,7 +37,7 @@ from ganops.sweeps.study import REGISTERED_ATTR, Objective, finish, open_study, 
 from ganops.sweeps.workspace import Outcome, ProjectLock, Slot
 from ganops.tools import tool
 from ganops.tracking import sweep_runs
-from ganops.trial import TRIAL_ENV, PrunerSpec, TrialContext, TrialReporter
+from ganops.trial import TRIAL_ENV, PrunerSpec, TrialContext, TrialReporter, open_storage
 
 # a study with a heartbeat (as the sweep opens it) warns when trials are asked for outside study.optimize
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
@@ -516,6 +517,34 @@ def test_the_default_pruner_keeps_the_best_quarter_of_the_trials_at_a_rung(defau
     # the eighth, second of 8 (the pruned one counts: it reached the rung): 8 // 4 = 2 go on
     assert reporter()(10, 25.2, 1.0) == ""
     assert [t.state.name for t in study.trials] == ["COMPLETE"] + ["RUNNING"] * 8
+
+
+# --- a queued trial runs once ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("storages", ["one shared, as the threads of --workers", "one each, as joining processes"])
+def test_each_queued_trial_is_taken_by_exactly_one_worker(tmp_path, storages):
+    """Workers that ask at the same moment never take the same queued trial (a resumed sweep's
+    interrupted trial, the sweep file's `enqueue` points): on SQLite, Optuna's check-then-set of a
+    waiting trial is atomic only because ganops' storage begins each transaction with the write lock."""
+    url = f"sqlite:///{tmp_path / 'sweeps.db'}"
+    study = optuna.create_study(study_name="q", storage=open_storage(url))
+    for x in range(8):
+        study.enqueue_trial({"x": float(x)})
+    shared = open_storage(url) if storages.startswith("one shared") else None
+    start, taken = threading.Barrier(4), []
+
+    def worker() -> None:
+        mine = optuna.load_study(study_name="q", storage=shared or open_storage(url))
+        start.wait()
+        taken.extend(mine.ask().number for _ in range(2))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(taken) == list(range(8))  # each queued trial once, and no new trial while some waited
 
 
 # --- workers and cores -----------------------------------------------------------------------------------

@@ -68,12 +68,35 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
     try:
         with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna since 2.8; it is what fails dead trials
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_interval,
-                                              grace_period=grace_period, heartbeat_stale_trial_callback=stale_callback)
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_interval,
+                                                 grace_period=grace_period, heartbeat_stale_trial_callback=stale_callback)
     except Exception as error:  # a bad URL, a server down, a missing driver (psycopg for PostgreSQL)
         hint = " (for PostgreSQL: pip install 'ganops[postgres]')" if isinstance(error, ImportError) else ""
         raise GanopsError(f"the sweep storage {redacted(url)} can't be opened: "
                           f"{type(error).__name__}: {str(error)[:300]}{hint}") from None
+    if url.startswith("sqlite"):
+        _write_locked_transactions(storage.engine)
+    return storage
+
+
+def _write_locked_transactions(engine) -> None:
+    """Every transaction on the SQLite file takes its write lock when it begins (BEGIN IMMEDIATE).
+
+    Python's sqlite3 begins a transaction only at the first write, so Optuna's check-then-set of a
+    queued trial (read WAITING, write RUNNING) is not atomic there: two workers both read WAITING and
+    both run the trial (optuna/optuna#4002). PostgreSQL locks the row (SELECT ... FOR UPDATE) instead.
+    This is SQLAlchemy's documented recipe for SQLite transactions (the pysqlite dialect's notes)."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_transactions(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # sqlite3 then leaves BEGIN to the "begin" event below
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the events (Optuna's schema check) are not reused
 
 
 def requeue(max_retry: int | None = None):
