@@ -51,13 +51,28 @@ def test_repro_builds_every_output(dvc_project):
                  "models/generator.json", "reports/train.json", "reports/train_log.csv", "reports/train_watch.csv",
                  "reports/samples.png",
                  "models/evaluator.safetensors", "models/evaluator.json", "reports/evaluator.json",
-                 "data/reference/reference.json", "reports/eval.json", "reports/eval_samples.png", "models/generator.onnx",
-                 "reports/export.json", "reports/register.json", "reports/mlflow_run.json"):
+                 "data/reference/reference.json", "reports/eval.json", "reports/eval_record.json",
+                 "reports/eval_per_class.json", "reports/eval_truncation.json", "reports/eval_samples.png",
+                 "models/generator.onnx", "reports/export.json", "reports/register.json", "reports/mlflow_run.json"):
         assert (root / path).is_file(), path
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"prepare", "train_evaluator", "reference_stats", "train", "evaluate", "export",
                                           "register"}
     assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["steps"] == 20
+
+
+def test_metrics_show_the_headline_numbers_and_plots_draw_the_per_class_and_truncation_rows(dvc_project):
+    shown = json.loads(sh("dvc", "metrics", "show", "--json", cwd=dvc_project).stdout)
+    (workspace,) = shown.values()  # the workspace: {"data": {file: {"data": {...}}}}
+    evaluation = workspace["data"]["reports/eval.json"]["data"]
+    words = {key: value for key, value in evaluation.items() if isinstance(value, str)}
+    assert words and all(len(value) <= 24 for value in words.values()), words  # no prose, no digests
+    assert not [key for key in evaluation if "_class" in key or "_psi" in key]
+    assert evaluation["primary_metric"] in evaluation
+    plots = sh("dvc", "plots", "show", "--json", cwd=dvc_project).stdout
+    drawn = json.loads(plots)["data"]  # {file: [its rendered plots]}
+    for name in ("reports/eval_per_class.json", "reports/eval_truncation.json"):
+        assert name in drawn and drawn[name][0]["content"]["data"]["values"], name
 
 
 def test_status_is_clean_and_second_repro_skips(dvc_project):

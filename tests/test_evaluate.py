@@ -22,6 +22,7 @@ from ganops.metrics.evaluation import score_draws
 from ganops.metrics.frechet import feature_statistics, frechet_distance_of_features
 from ganops.metrics.inception import default_weights_path
 from ganops.metrics.reference import ReferencedBackbone, ReferenceFeatures
+from ganops.metrics.report import EvaluationReport
 from ganops.metrics.scores import METRICS
 from ganops.paths import ProjectPaths
 from ganops.stages.evaluate import evaluate
@@ -136,8 +137,12 @@ def test_domain_classifier_report(trained_project):
 def test_evaluate_writes_measurement_named_metrics(trained_project, tmp_path):
     root = copy_project(trained_project, tmp_path / "p")
     report = evaluate(tiny(TRAINED), root)
-    assert report == json.loads((root / "reports" / "eval.json").read_text())
+    assert report == EvaluationReport.load(root / "reports" / "eval.json").model_dump(exclude_unset=True)
     assert report["backbone"] == "domain" and report["primary_metric"] == "fd200_domain_train"
+    per_class = json.loads((root / "reports" / "eval_per_class.json").read_text())  # a row per class, plotted
+    assert [row["class"] for row in per_class] == report["class_names"]
+    assert all(not isinstance(value, str) for key, value in json.loads((root / "reports" / "eval.json").read_text()).items()
+               if key not in ("backbone", "reference", "fid_protocol", "primary_metric"))
     for name in ("fd200_domain_train", "fd200_domain_train_ci95_low", "fd200_domain_train_ci95_high",
                  "fd200_domain_train_std", "fd_real_halves_domain_train", "kid200_domain_train_mean",
                  "kid200_domain_train_std", "precision200_domain_train", "recall200_domain_train",

@@ -6,6 +6,7 @@ spread."""
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,7 +15,6 @@ import torch
 
 from conftest import tiny
 from ganops.config import EvalParams
-from ganops.io import write_json_atomic
 from ganops.metrics.draws import EVALUATE, RESCORE, TRUNCATE, WATCH, generated_draws, half_of_draws, sample_labels
 from ganops.metrics.evaluation import Evaluation, score_draws
 from ganops.metrics.frechet import FrechetReference, feature_statistics, frechet_distance_of_features
@@ -267,6 +267,63 @@ def test_the_truncation_curve_names_each_point_and_draws_truncates_labels_from_t
     assert all(y is None for _, y in generator.calls) and "fid30_tf_train_psi0.5" in points
 
 
+# --- eval.json and its siblings: the metrics DVC shows, the record, the rows it plots ----------------------
+def conditional_report() -> dict:
+    """A conditional evaluation as evaluate writes it: three classes (the second too rare for its own FID
+    but with its class consistency), a truncation curve at psi 0.5 and 1, and the methods' prose."""
+    record = {"backbone": "inception", "num_samples": 2000, "draws": 10, "reference": "train", "num_reference": 4500,
+              "generator_sha256": "a" * 64, "fid_protocol": "tf", "weights_digest": "b" * 64, "evaluator_sha256": "c" * 64,
+              "primary_metric": "fid2k_tf_train", "interval_method": "half-sampling, 10 rounds",
+              "fd_inf_method": "a line fitted over 5 counts", "class_names": ["zero", "one", "two"],
+              "truncation": [0.5, 1.0], "truncation_samples": 100, "truncation_method": "the same latents",
+              "memorisation_suspected": False, "evaluator_test_accuracy_domain": 0.98}
+    measured = EvaluationReport.model_validate(record).measurement
+    metrics = {"fid2k_tf_train": 14.6, "fid2k_tf_train_std": 0.4, "kid2k_tf_train_mean": 0.01,
+               "precision2k_tf_train": 0.7, "fid_real_halves_tf_train": 5.3, "class_consistency2k_domain_train": 0.97}
+    for index in (0, 2):
+        metrics |= {measured.class_name("fd", index): 20.0 + index, measured.class_name("fd", index, "std"): 1.0,
+                    measured.class_name("fd", index, "ci95_low"): 18.0, measured.class_name("fd", index, "ci95_high"): 22.0,
+                    measured.class_name("precision", index): 0.6, measured.class_name("recall", index): 0.5}
+    for index in range(3):
+        metrics[f"class_consistency2k_domain_train_class{index}"] = 0.9 + index / 100
+    for label in ("psinone", "psi0.5", "psi1"):
+        metrics |= {f"fid100_tf_train_{label}": 40.0, f"precision100_tf_train_{label}": 0.8,
+                    f"recall100_tf_train_{label}": 0.3}
+    return record | metrics
+
+
+def test_eval_json_holds_the_headline_numbers_its_siblings_the_prose_and_the_rows_and_it_reads_back_whole(tmp_path):
+    flat = conditional_report()
+    written = EvaluationReport.model_validate(flat).write(tmp_path / "eval.json")
+    assert [p.name for p in written] == ["eval.json", "eval_record.json", "eval_per_class.json", "eval_truncation.json"]
+    shown = json.loads((tmp_path / "eval.json").read_text())  # what `dvc metrics show` prints
+    assert {k: v for k, v in shown.items() if isinstance(v, str)} == {
+        "backbone": "inception", "reference": "train", "fid_protocol": "tf", "primary_metric": "fid2k_tf_train"}
+    assert not [k for k in shown if "_class" in k or "_psi" in k]
+    assert shown["fid2k_tf_train"] == 14.6 and shown["class_consistency2k_domain_train"] == 0.97
+    assert shown["memorisation_suspected"] is False and shown["evaluator_test_accuracy_domain"] == 0.98
+    record = json.loads((tmp_path / "eval_record.json").read_text())
+    assert set(record) == {"generator_sha256", "weights_digest", "evaluator_sha256", "interval_method", "fd_inf_method",
+                           "class_names", "truncation", "truncation_samples", "truncation_method"}
+    per_class = json.loads((tmp_path / "eval_per_class.json").read_text())
+    assert [(r["class"], r["metric"], r.get("value"), r["class_consistency"]) for r in per_class] == [
+        ("zero", "fid2k_tf_train_class0", 20.0, 0.9), ("one", "fid2k_tf_train_class1", None, 0.91),
+        ("two", "fid2k_tf_train_class2", 22.0, 0.92)]
+    truncation = json.loads((tmp_path / "eval_truncation.json").read_text())
+    assert [(r["psi"], r["metric"]) for r in truncation] == [
+        ("none", "fid100_tf_train_psinone"), ("0.5", "fid100_tf_train_psi0.5"), ("1", "fid100_tf_train_psi1")]
+    back = EvaluationReport.load(tmp_path / "eval.json")
+    assert back.model_dump(exclude_unset=True) == flat  # every number, every word, nothing added
+    assert back.per_class() == EvaluationReport.model_validate(flat).per_class()
+    assert [p["psi"] for p in back.truncation_curve()] == [None, 0.5, 1.0]
+
+
+def test_an_eval_json_without_siblings_is_the_whole_record(tmp_path):
+    flat = conditional_report()
+    (tmp_path / "eval.json").write_text(json.dumps(flat))  # as ganops wrote it before the split
+    assert EvaluationReport.load(tmp_path / "eval.json").model_dump(exclude_unset=True) == flat
+
+
 # --- the memorisation decision ----------------------------------------------------------------------------
 @pytest.mark.parametrize(("copies", "max_share", "suspected"), [
     (12, 0.1, False),                       # 12 of 120 = 0.1: at the threshold is not above it
@@ -287,7 +344,7 @@ def test_eval_json_suspects_memorisation_only_above_the_max_share(copies, max_sh
     generated[positions] = training[rng.choice(200, copies, replace=False)]
     scores = score_draws(list(generated.split(30)), None, evaluation.backbones, cfg,
                          [METRICS["fd"], METRICS["memorisation"]], evaluation=evaluation)
-    write_json_atomic(tmp_path / "eval.json", evaluation_report(evaluation, scores, "0" * 64))
+    EvaluationReport.model_validate(evaluation_report(evaluation, scores, "0" * 64)).write(tmp_path / "eval.json")
     report = EvaluationReport.load(tmp_path / "eval.json")
     assert report.metric("memorised120_tf_train_share") == round(copies / 120, 6)  # eval.json rounds
     assert report.memorisation_suspected is suspected

@@ -11,8 +11,8 @@ are recorded (the latter writes reports/register.json as the register stage woul
 runs are recorded. Everything that decides is ganops' own code: ``run_sweep``, ``Objective``,
 ``finish``, ``rank``, ``seed_mean``, ``make_pruner``, ``TrialReporter`` and ``plan_slots``.
 
-The last test (system tier) makes the registering decision once on a real repository: `ganops sweep`
-with DVC, MLflow and two trials that train (about 1.5 min on 2 cores)."""
+tests/test_sweeps.py makes the registering decision on a real repository: `ganops sweep` with DVC,
+MLflow and three trials that train, the second the best."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 import ganops.sweeps.study as sweep_study
-from conftest import repo_from, run_cli, tiny, write_params
+from conftest import tiny, write_params
 from ganops.config import RegisterParams
 from ganops.metrics.report import EvaluationReport
 from ganops.sweeps.ranking import rank, trial_row
@@ -631,27 +631,3 @@ def test_a_sweep_with_more_workers_than_cores_is_refused_before_it_builds_anythi
     with pytest.raises(SweepError, match="--workers 6 on 5 CPU cores"):
         run_sweep(sweep_file(root), root, workers=6)
     assert built == [] and tools.dvc == [] and not (root / "sweeps.db").exists()
-
-
-# --- the same decision on a real repository (system tier) ----------------------------------------------
-
-
-@pytest.mark.system
-def test_a_real_sweep_registers_its_second_trial_when_it_is_the_better(tmp_path, shared_stages_repo):
-    """`ganops sweep` on a git + DVC repository with an MLflow store: two trials train 10 tiny steps and
-    complete (no pruner), the first with a learning rate that barely moves the generator, the second
-    with one that does; the second is registered from its DVC experiment."""
-    root = repo_from(shared_stages_repo, tmp_path,  # conftest's: its stages before train built
-                     {"train": {"steps": 10, "checkpoint_every": 10}, "eval": {"draws": 4, "spread_rounds": 5}})
-    spec_file = sweep_file(root, study="real", space={"train.lr_g": {"choices": [1e-6, 1e-2]}},
-                           enqueue=[{"train.lr_g": 1e-6}, {"train.lr_g": 1e-2}])
-    result = run_cli("sweep", str(spec_file), cwd=root, timeout=900)
-    first, second = optuna.load_study(study_name="real", storage=f"sqlite:///{root / 'sweeps.db'}").get_trials()
-    assert (first.state.name, second.state.name) == ("COMPLETE", "COMPLETE"), result.stdout + result.stderr
-    assert second.value < first.value, "the premise: 10 steps at lr_g 1e-2 score better than at 1e-6"
-    table = json.loads((root / "reports" / "sweep.json").read_text())
-    assert [r["trial"] for r in table["trials"]] == [1, 0] and table["registered"]["trial"] == 1
-    assert table["registered"]["experiment"] == "real-t001"
-    register = json.loads((root / "reports" / "register.json").read_text())
-    assert register["run_id"] == second.user_attrs["mlflow_run_id"] and register["metric_value"] == pytest.approx(second.value)
-    assert yaml.safe_load((root / "params.yaml").read_text())["train"]["lr_g"] == 1e-2  # the workspace holds it

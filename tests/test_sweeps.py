@@ -25,6 +25,7 @@ from ganops.sweeps.workspace import _error_of, write_overrides
 DVC = str(Path(sys.executable).parent / "dvc")
 GANOPS = str(Path(sys.executable).parent / "ganops")
 GOOD, BAD = 1e-2, 1e-6  # train.lr_g: after 10 tiny steps, FD 59.6 and 63.3 (the bad one barely moves)
+HOPELESS = 1e-7  # moves the generator even less: worse at step 10 than the median of GOOD and BAD
 # 40 tiny steps, scored every 10 on 40 images against the domain classifier's reference
 SWEPT = {"train": {"steps": 40, "eval_every": 10, "eval_samples": 40, "checkpoint_every": 20},
          "eval": {"draws": 4, "spread_rounds": 5}}
@@ -33,7 +34,7 @@ SWEPT = {"train": {"steps": 40, "eval_every": 10, "eval_samples": 40, "checkpoin
 def spec(root: Path, name: str, **fields) -> Path:
     body = {"study": "lr", "trials": 2, "workers": 1, "sampler": {"name": "tpe", "seed": 0},
             "pruner": {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
-            "space": {"train.lr_g": {"choices": [GOOD, BAD, 3e-3, 3e-4]}}} | fields
+            "space": {"train.lr_g": {"choices": [GOOD, BAD, 3e-3, 3e-4, HOPELESS]}}} | fields
     path = root / name
     path.write_text(yaml.safe_dump(body, sort_keys=False))
     return path
@@ -149,39 +150,46 @@ def mlflow_runs(root: Path) -> list:
 
 
 @pytest.mark.system
-def test_a_sweep_prunes_the_hopeless_trial_records_each_and_registers_the_best(project):
-    # sequential here, so that the pruning is certain: the good trial completes before the bad one reports
-    result = sweep(project, str(spec(project, "lr.yaml", enqueue=[{"train.lr_g": GOOD}, {"train.lr_g": BAD}])))
-    good, bad = study_trials(project, "lr")
-    assert good.state.name == "COMPLETE" and bad.state.name == "PRUNED", result.stdout + result.stderr
-    assert bad.user_attrs["pruned_at_step"] == 10 and "median pruner" in bad.user_attrs["pruned_because"]
-    assert bad.user_attrs["steps_trained"] == 10 and good.user_attrs["steps_trained"] == 40
+def test_a_sweep_prunes_the_hopeless_trial_records_each_and_registers_the_second_when_it_is_the_better(project):
+    # sequential here, so that the pruning is certain: two trials complete before the hopeless one reports;
+    # the first barely moves the generator, the second does: the second is the best, and registered
+    points = [{"train.lr_g": BAD}, {"train.lr_g": GOOD}, {"train.lr_g": HOPELESS}]
+    result = sweep(project, str(spec(project, "lr.yaml", trials=3, enqueue=points)))
+    first, good, hopeless = study_trials(project, "lr")
+    states = [t.state.name for t in (first, good, hopeless)]
+    assert states == ["COMPLETE", "COMPLETE", "PRUNED"], result.stdout + result.stderr
+    assert good.value < first.value, "the premise: 40 steps at lr_g 1e-2 score better than at 1e-6"
+    assert hopeless.user_attrs["pruned_at_step"] == 10 and "median pruner" in hopeless.user_attrs["pruned_because"]
+    assert hopeless.user_attrs["steps_trained"] == 10 and good.user_attrs["steps_trained"] == 40
     # every trial a DVC experiment: its params, and the numbers it made (no evaluation for the pruned one)
     shown = experiments(project)
-    assert shown["lr-t000"]["params"]["train"]["lr_g"] == GOOD and shown["lr-t001"]["params"]["train"]["lr_g"] == BAD
-    assert shown["lr-t000"]["metrics"]["reports/eval.json"]["fd200_domain_train"] == pytest.approx(good.value)
-    assert not shown["lr-t001"]["metrics"].get("reports/eval.json")  # listed by DVC, empty
-    assert shown["lr-t001"]["metrics"]["reports/train.json"]["sweep_trial"]["pruned"]["step"] == 10
+    assert [shown[f"lr-t00{n}"]["params"]["train"]["lr_g"] for n in range(3)] == [BAD, GOOD, HOPELESS]
+    assert shown["lr-t001"]["metrics"]["reports/eval.json"]["fd200_domain_train"] == pytest.approx(good.value)
+    assert not shown["lr-t002"]["metrics"].get("reports/eval.json")  # listed by DVC, empty
+    assert shown["lr-t002"]["metrics"]["reports/train.json"]["sweep_trial"]["pruned"]["step"] == 10
     # the MLflow parent run and one child run per trial, each with its state
     runs = mlflow_runs(project)
     (parent,) = [r for r in runs if r.data.tags.get("ganops.sweep") == "lr" and "mlflow.parentRunId" not in r.data.tags]
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    assert set(children) == {"lr-t000", "lr-t001"}
-    assert children["lr-t000"].data.tags["ganops.sweep.state"] == "complete"
-    assert children["lr-t000"].data.metrics["eval/fd200_domain_train"] == pytest.approx(good.value)
-    assert children["lr-t000"].data.params["train.lr_g"] == str(GOOD)
-    assert children["lr-t001"].info.status == "KILLED" and children["lr-t001"].data.tags["ganops.sweep.state"] == "pruned"
-    assert children["lr-t001"].data.metrics["train/fd40_domain_train"] > good.intermediate_values[10]
+    assert set(children) == {"lr-t000", "lr-t001", "lr-t002"}
+    assert children["lr-t001"].data.tags["ganops.sweep.state"] == "complete"
+    assert children["lr-t001"].data.metrics["eval/fd200_domain_train"] == pytest.approx(good.value)
+    assert children["lr-t001"].data.params["train.lr_g"] == str(GOOD)
+    assert children["lr-t002"].info.status == "KILLED" and children["lr-t002"].data.tags["ganops.sweep.state"] == "pruned"
+    assert children["lr-t002"].data.metrics["train/fd40_domain_train"] > good.intermediate_values[10]
     # the ranked table, and the best trial registered from its experiment: the champion (the first version)
     table = json.loads((project / "reports" / "sweep.json").read_text())
-    assert [(r["trial"], r["state"], r.get("rank")) for r in table["trials"]] == [(0, "complete", 1), (1, "pruned", None)]
+    assert [(r["trial"], r["state"]) for r in table["trials"]] == [(1, "complete"), (0, "complete"), (2, "pruned")]
+    assert table["trials"][0]["rank"] == 1 and table["trials"][2].get("rank") is None
     register = json.loads((project / "reports" / "register.json").read_text())
-    assert register["version"] == "1" and register["promoted"] and register["run_id"] == children["lr-t000"].info.run_id
-    assert table["registered"]["trial"] == 0 and "| 1 | 0 | complete |" in result.stdout
+    assert register["version"] == "1" and register["promoted"] and register["run_id"] == children["lr-t001"].info.run_id
+    assert register["metric_value"] == pytest.approx(good.value)
+    assert table["registered"]["trial"] == 1 and table["registered"]["experiment"] == "lr-t001"
+    assert "| 1 | 1 | complete |" in result.stdout
     assert yaml.safe_load((project / "params.yaml").read_text())["train"]["lr_g"] == GOOD  # the workspace holds it
     assert "up to date" in sh(DVC, "status", cwd=project).stdout  # `dvc repro` reproduced it: nothing left to run
     # and training it again outside the sweep gives the trial's generator (CPU training is deterministic)
-    trained = shown["lr-t000"]["metrics"]["reports/train.json"]["generator_sha256"]
+    trained = shown["lr-t001"]["metrics"]["reports/train.json"]["generator_sha256"]
     sh(DVC, "repro", "--force", "--single-item", "train", cwd=project,
        env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
     assert json.loads((project / "reports" / "train.json").read_text())["generator_sha256"] == trained
@@ -190,20 +198,20 @@ def test_a_sweep_prunes_the_hopeless_trial_records_each_and_registers_the_best(p
 @pytest.mark.system
 def test_resuming_runs_only_the_new_budget_two_trials_at_a_time(project):
     before = {name: e["rev"] for name, e in experiments(project).items()}
-    spec4 = spec(project, "lr4.yaml", trials=4, enqueue=[{"train.lr_g": 3e-3}, {"train.lr_g": 3e-4}])
-    result = sweep(project, str(spec4), "--workers", "2", "--no-register")
-    assert "2 of 4 trials done, 0 running elsewhere; running 2 more, 2 at a time" in result.stdout
+    spec5 = spec(project, "lr5.yaml", trials=5, enqueue=[{"train.lr_g": 3e-3}, {"train.lr_g": 3e-4}])
+    result = sweep(project, str(spec5), "--workers", "2", "--no-register")
+    assert "3 of 5 trials done, 0 running elsewhere; running 2 more, 2 at a time" in result.stdout
     trials = study_trials(project, "lr")
-    assert len(trials) == 4 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    assert len(trials) == 5 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
     after = experiments(project)
     assert {name: after[name]["rev"] for name in before} == before  # finished trials were not run again
-    runs = {r.info.run_name: r for r in mlflow_runs(project) if r.info.run_name in ("lr-t002", "lr-t003")}
+    runs = {r.info.run_name: r for r in mlflow_runs(project) if r.info.run_name in ("lr-t003", "lr-t004")}
     first, second = sorted(runs.values(), key=lambda r: r.info.start_time)
     assert second.info.start_time < first.info.end_time, "the two new trials did not run at once"
     # the same command again: nothing left to run, nothing re-run
-    again = sweep(project, str(spec4), "--no-register")
-    assert "4 of 4 trials done, 0 running elsewhere; running 0 more" in again.stdout
-    assert len(study_trials(project, "lr")) == 4
+    again = sweep(project, str(spec5), "--no-register")
+    assert "5 of 5 trials done, 0 running elsewhere; running 0 more" in again.stdout
+    assert len(study_trials(project, "lr")) == 5
 
 
 @pytest.mark.system

@@ -16,6 +16,7 @@ import pytest
 import conftest
 from conftest import TINY, free_port, merge, run_cli, spawn, stop, wait_for_http, write_params
 from ganops.io import file_sha256
+from ganops.metrics.report import EvaluationReport
 from ganops.noise import bonferroni_z
 from ganops.serving import OnnxGenerator
 from ganops.serving.locate import open_generator
@@ -118,7 +119,7 @@ def test_register_writes_a_model_card_and_attaches_it_to_the_version(project, tm
     card = (folder / "MODEL_CARD.md").read_text()
     _, front, body = card.split("---\n", 2)
     meta = yaml.safe_load(front)
-    report = json.loads((project / "reports" / "eval.json").read_text())
+    report = _read_eval(project)
     assert meta["model_name"] == "ganops-generator" and meta["version"] == "1" and meta["datasets"] == ["digits"]
     (primary, *_others) = meta["model-index"][0]["results"][0]["metrics"]
     assert primary["name"] == report["primary_metric"] and primary["value"] == report[report["primary_metric"]]
@@ -212,20 +213,29 @@ def _new_pipeline_run(root: Path) -> None:
     (root / "reports" / "mlflow_run.json").write_text(json.dumps({"enabled": True, "run_id": run_id}))
 
 
+def _read_eval(root: Path) -> dict:
+    """The whole evaluation, eval.json and its siblings, as one flat record (as register reads it)."""
+    return EvaluationReport.load(root / "reports" / "eval.json").model_dump(exclude_unset=True)
+
+
+def _write_eval(root: Path, record: dict) -> None:
+    """The evaluation written back as evaluate writes it: eval.json and its siblings."""
+    EvaluationReport.model_validate(record).write(root / "reports" / "eval.json")
+
+
 def _edit_eval(root: Path, **changes) -> None:
-    path = root / "reports" / "eval.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    _write_eval(root, {**_read_eval(root), **changes})
 
 
 def _make_excellent(root: Path) -> None:
-    metric = json.loads((root / "reports" / "eval.json").read_text())["primary_metric"]
+    metric = _read_eval(root)["primary_metric"]
     _edit_eval(root, **{metric: 0.001, f"{metric}_std": 0.0})
 
 
 @pytest.mark.system
 def test_promotion_needs_more_than_noise_and_comparable_evaluations(project, tmp_path):
     root = Path(shutil.copytree(project, tmp_path / "p"))
-    champion = json.loads((root / "reports" / "eval.json").read_text())
+    champion = _read_eval(root)
     metric = champion["primary_metric"]
     fd, std = champion[metric], champion[f"{metric}_std"]
     _edit_eval(root, **{metric: fd - 0.5 * std})  # better, but inside the noise
@@ -244,7 +254,7 @@ def test_promotion_needs_more_than_noise_and_comparable_evaluations(project, tmp
 @pytest.mark.system
 def test_a_version_better_overall_but_worse_beyond_noise_on_one_class_is_not_promoted(project, tmp_path):
     root = Path(shutil.copytree(project, tmp_path / "p"))
-    champion = json.loads((root / "reports" / "eval.json").read_text())
+    champion = _read_eval(root)
     metric, names = champion["primary_metric"], champion["class_names"]
     fd, std = champion[metric], champion[f"{metric}_std"]
     per_class = {index: (champion[f"{metric}_class{index}"], champion[f"{metric}_class{index}_std"])
@@ -272,11 +282,10 @@ INTERVAL_SUFFIXES = ("_std", "_ci95_low", "_ci95_high")
 
 def _without_intervals(root: Path, metric: str, overall: bool = False, per_class: bool = False, **changes) -> None:
     """eval.json as an evaluation without half-samples leaves it: no std, no interval (per class, overall)."""
-    path = root / "reports" / "eval.json"
-    report = json.loads(path.read_text())
+    report = _read_eval(root)
     kept = {name: value for name, value in report.items() if not name.endswith(INTERVAL_SUFFIXES) or not (
         (per_class and name.startswith(f"{metric}_class")) or (overall and name in {metric + s for s in INTERVAL_SUFFIXES}))}
-    path.write_text(json.dumps({**kept, **changes}))
+    _write_eval(root, {**kept, **changes})
 
 
 @pytest.mark.system
@@ -285,7 +294,7 @@ def test_a_per_class_gate_that_cannot_be_computed_never_promotes(project, tmp_pa
     there): not promoted, saying what is missing and how to get it; only turning the gate off promotes,
     and the version records it."""
     root = Path(shutil.copytree(project, tmp_path / "p"))
-    original = (root / "reports" / "eval.json").read_text()
+    original = _read_eval(root)
     metric, fd, std = _primary(root)
     _new_pipeline_run(root)
     _without_intervals(root, metric, per_class=True, **{metric: fd - 10 * std - 1})  # this version's side
@@ -297,7 +306,7 @@ def test_a_per_class_gate_that_cannot_be_computed_never_promotes(project, tmp_pa
     per_class = json.loads(client.get_model_version("ganops-generator", "1").tags["per_class"])
     client.set_model_version_tag("ganops-generator", "1", "per_class",  # the champion's side, one class
                                  json.dumps({**per_class, next(iter(per_class)): [per_class[next(iter(per_class))][0], None]}))
-    (root / "reports" / "eval.json").write_text(original)
+    _write_eval(root, original)
     _new_pipeline_run(root)
     _edit_eval(root, **{metric: fd - 10 * std - 1})
     theirs = register(tiny(), root)
@@ -316,14 +325,14 @@ def test_a_class_scored_on_neither_side_never_promotes(project, tmp_path):
     before every class was named, leaves it out): the gate cannot see that class, so it refuses."""
     root = Path(shutil.copytree(project, tmp_path / "p"))
     metric, fd, std = _primary(root)
-    report = json.loads((root / "reports" / "eval.json").read_text())
+    report = _read_eval(root)
     rare = report["class_names"][2]
     client = client_for(root)
     per_class = json.loads(client.get_model_version("ganops-generator", "1").tags["per_class"])
     client.set_model_version_tag("ganops-generator", "1", "per_class",
                                  json.dumps({name: row for name, row in per_class.items() if name != rare}))
     kept = {name: value for name, value in report.items() if not name.startswith(f"{metric}_class2")}
-    (root / "reports" / "eval.json").write_text(json.dumps({**kept, metric: fd - 10 * std - 1}))
+    _write_eval(root, {**kept, metric: fd - 10 * std - 1})
     _new_pipeline_run(root)
     refused = register(tiny(), root)
     assert refused["promoted"] is False and refused["champion"] == "1", refused["reason"]
@@ -332,7 +341,7 @@ def test_a_class_scored_on_neither_side_never_promotes(project, tmp_path):
 
 
 def _primary(root: Path) -> tuple[str, float, float]:
-    report = json.loads((root / "reports" / "eval.json").read_text())
+    report = _read_eval(root)
     metric = report["primary_metric"]
     return metric, report[metric], report[f"{metric}_std"]
 
@@ -341,7 +350,7 @@ def _primary(root: Path) -> tuple[str, float, float]:
 def test_a_missing_std_is_never_taken_as_zero(project, tmp_path):
     root = Path(shutil.copytree(project, tmp_path / "p"))
     metric, fd, std = _primary(root)
-    original = (root / "reports" / "eval.json").read_text()
+    original = _read_eval(root)
     _without_intervals(root, metric, overall=True, **{metric: fd - 10 * std - 1})  # better by 10 of the champion's stds
     for gate in (True, False):
         _new_pipeline_run(root)
@@ -350,7 +359,7 @@ def test_a_missing_std_is_never_taken_as_zero(project, tmp_path):
         assert f"this version's evaluation has no {metric}_std" in missing["reason"]
         assert "never taken as 0" in missing["reason"] and "eval.spread_rounds" in missing["reason"]
     client_for(root).delete_model_version_tag("ganops-generator", "1", "metric_std")  # the champion's std missing
-    (root / "reports" / "eval.json").write_text(original)
+    _write_eval(root, original)
     _edit_eval(root, **{metric: fd - 10 * std - 1})
     _new_pipeline_run(root)
     theirs = register(tiny(), root)
@@ -361,14 +370,14 @@ def test_a_missing_std_is_never_taken_as_zero(project, tmp_path):
 def test_versions_scored_with_and_without_intervals_are_not_comparable(project, tmp_path):
     root = Path(shutil.copytree(project, tmp_path / "p"))
     metric, fd, std = _primary(root)
-    original = (root / "reports" / "eval.json").read_text()
+    original = _read_eval(root)
     _without_intervals(root, metric, overall=True, per_class=True,  # as eval.spread_rounds: 0 writes it
                        interval_method="none (eval.spread_rounds: 0)", **{metric: fd - 10 * std - 1})
     _new_pipeline_run(root)
     without = register(tiny({"register": {"per_class_gate": False}}), root)
     assert without["promoted"] is False and "not comparable with champion v1" in without["reason"]
-    draws = json.loads(original)["draws"]
-    (root / "reports" / "eval.json").write_text(original)
+    draws = original["draws"]
+    _write_eval(root, original)
     _edit_eval(root, **{metric: fd - 10 * std - 1, "draws": draws * 2})  # the half-samples' draws differ
     _new_pipeline_run(root)
     other = register(tiny(), root)
@@ -381,7 +390,7 @@ def test_register_refuses_an_evaluation_of_another_generator(project, tmp_path):
     from ganops import GanopsError
 
     root = Path(shutil.copytree(project, tmp_path / "p"))
-    scored = json.loads((root / "reports" / "eval.json").read_text())["generator_sha256"]
+    scored = _read_eval(root)["generator_sha256"]
     train(tiny({"train": {"seed": 7}}), root)
     export(tiny(), root)
     retrained = file_sha256(root / "models" / "generator.safetensors")
@@ -398,7 +407,7 @@ def test_register_refuses_an_evaluation_scored_by_another_classifier(project, tm
     from ganops import GanopsError
 
     root = Path(shutil.copytree(project, tmp_path / "p"))
-    scored = json.loads((root / "reports" / "eval.json").read_text())["evaluator_sha256"]
+    scored = _read_eval(root)["evaluator_sha256"]
     train_evaluator(tiny({"eval": {"evaluator": {"seed": 1}}}), root)
     now = file_sha256(root / "models" / "evaluator.safetensors")
     assert now != scored
@@ -485,7 +494,7 @@ def _assert_one_after_the_other(decisions: list[dict], champion_before: str) -> 
 
 
 def _good_and_better(roots: list[Path]) -> None:
-    metric = json.loads((roots[0] / "reports" / "eval.json").read_text())["primary_metric"]
+    metric = _read_eval(roots[0])["primary_metric"]
     _edit_eval(roots[0], **{metric: 0.5, f"{metric}_std": 0.0})
     _edit_eval(roots[1], **{metric: 0.001, f"{metric}_std": 0.0})
 
@@ -628,7 +637,7 @@ def test_serving_resolves_the_champion_and_follows_it(project, tmp_path, monkeyp
         assert (generator.sample(4, 1)[0] == direct.sample(4, 1)[0]).all()
     finally:
         os.chdir(cwd)
-    evaluated = json.loads((root / "reports" / "eval.json").read_text())
+    evaluated = _read_eval(root)
     metric = evaluated["primary_metric"]
     shipped = json.loads(direct.metadata["ganops.metrics"])  # export ran after evaluate: the file carries it
     assert shipped["primary_metric"] == metric and shipped["value"] == evaluated[metric]

@@ -12,6 +12,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+# the evaluation beside eval.json: how it was measured (prose, digests: not DVC metrics), and the per-class
+# and truncation numbers (DVC plots)
+EVAL_SIBLINGS = {"record": "eval_record.json", "per_class": "eval_per_class.json", "truncation": "eval_truncation.json"}
+
 # The code that decides what training computes, inside the ganops package: the train stage's deps
 # in dvc.yaml include it, and a checkpoint written by other code is not resumed.
 TRAINING_CODE = ("models", "training", "pixels.py")
@@ -108,7 +112,20 @@ class ProjectPaths:
     # --- evaluate ----------------------------------------------------------------------------------
     @property
     def eval_report(self) -> Path:
+        """The headline metrics and what they measured (DVC metrics); its siblings, EVAL_SIBLINGS, the rest."""
         return self.reports / "eval.json"
+
+    @property
+    def eval_record(self) -> Path:
+        return self.eval_report.with_name(EVAL_SIBLINGS["record"])
+
+    @property
+    def eval_per_class(self) -> Path:
+        return self.eval_report.with_name(EVAL_SIBLINGS["per_class"])
+
+    @property
+    def eval_truncation(self) -> Path:
+        return self.eval_report.with_name(EVAL_SIBLINGS["truncation"])
 
     @property
     def eval_samples(self) -> Path:

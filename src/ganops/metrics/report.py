@@ -1,13 +1,26 @@
-"""reports/eval.json read back: the record that export, register, the registry and the Prefect summary
-read an evaluation through."""
+"""reports/eval.json and its siblings, written and read back: the record that export, register, the
+registry, the sweep and the Prefect summary read an evaluation through.
+
+On disk an evaluation is four files, so that `dvc metrics show` is a table a person reads:
+eval.json (DVC metrics: what was measured and the headline numbers), eval_record.json (how: the
+methods' prose, the digests, the classes and truncation settings), eval_per_class.json and
+eval_truncation.json (DVC plots: a row per class, a row per truncation psi). In memory it is one
+flat record, every metric named by its measurement (``fid2k_tf_train_class3``, ``fid100_tf_train_psi0.7``)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from ganops.io import write_json_atomic
 from ganops.metrics.names import Measurement, truncation_label
+from ganops.paths import EVAL_SIBLINGS
+
+# eval.json's fields besides its numbers: what was measured, in a few words each
+MEASURED = ("backbone", "num_samples", "draws", "reference", "num_reference", "fid_protocol", "native_size",
+            "primary_metric")
 
 
 class EvaluationReport(BaseModel):
@@ -37,7 +50,45 @@ class EvaluationReport(BaseModel):
 
     @classmethod
     def load(cls, path: Path) -> EvaluationReport:
-        return cls.model_validate_json(Path(path).read_text())
+        """eval.json at ``path`` with its siblings (an eval.json without them holds the whole record)."""
+        path = Path(path)
+        siblings = {key: path.with_name(name) for key, name in EVAL_SIBLINGS.items()}
+        fields = json.loads(path.read_text())
+        if siblings["record"].exists():
+            fields |= json.loads(siblings["record"].read_text())
+        partial = cls.model_validate(fields)  # the measurement and the class names: what the rows are named by
+        for key, names in (("per_class", partial._class_names), ("truncation", partial._truncation_names)):
+            if siblings[key].exists():
+                for row in json.loads(siblings[key].read_text()):
+                    fields |= {names(row)[column]: value for column, value in row.items() if column in names(row)}
+        return cls.model_validate(fields)
+
+    def write(self, path: Path) -> list[Path]:
+        """Write the evaluation as eval.json at ``path`` and its siblings; returns the four paths."""
+        path, flat = Path(path), self.model_dump(exclude_unset=True)  # the fields as given, a None included
+        rows = {"per_class": [], "truncation": []}
+        split: set[str] = set()
+        for index, name in enumerate(self.class_names or []):
+            names = self._class_names({"class": name, "index": index})
+            row = {column: flat[flat_name] for column, flat_name in names.items() if flat_name in flat}
+            if row:
+                rows["per_class"].append({"class": name, "index": index, "metric": names["value"], **row})
+                split |= set(names.values())
+        for point in self._curve_points():
+            names = self._truncation_names({"psi": point})
+            rows["truncation"].append({"psi": point, "metric": names["value"],
+                                       **{column: flat.get(flat_name) for column, flat_name in names.items()}})
+            split |= set(names.values())
+        metrics = {key: value for key, value in flat.items() if key not in split and
+                   (key in MEASURED or key not in type(self).model_fields and not isinstance(value, str))}
+        metrics |= {key: flat[key] for key in ("memorisation_suspected", "evaluator_test_accuracy_domain") if key in flat}
+        record = {key: value for key, value in flat.items() if key not in split and key not in metrics}
+        files = {path: metrics, path.with_name(EVAL_SIBLINGS["record"]): record,
+                 path.with_name(EVAL_SIBLINGS["per_class"]): rows["per_class"],
+                 path.with_name(EVAL_SIBLINGS["truncation"]): rows["truncation"]}
+        for file, content in files.items():
+            write_json_atomic(file, content)
+        return list(files)
 
     def metric(self, name: str) -> float | None:
         """A metric by its name, as eval.json holds it (None when absent)."""
@@ -70,34 +121,49 @@ class EvaluationReport(BaseModel):
     def per_class(self) -> dict[str, dict]:
         """Each class's metrics by class name: its FID (``value``), ``std``, ``ci95``, precision, recall
         and class consistency, as far as they were measured; {} for an unconditional generator."""
-        measurement, out = self.measurement, {}
-        domain = Measurement("domain", "domain", self.num_samples, self.reference)
+        out = {}
         for index, name in enumerate(self.class_names or []):
-            value = self.metric(measurement.class_name("fd", index))
-            if value is None:
+            row = {column: self.metric(flat) for column, flat in self._class_names({"index": index}).items()}
+            if row["value"] is None:
                 continue
-            out[name] = {"index": index, "value": value, "std": self.metric(measurement.class_name("fd", index, "std")),
-                         "ci95": [self.metric(measurement.class_name("fd", index, "ci95_low")),
-                                  self.metric(measurement.class_name("fd", index, "ci95_high"))],
-                         "precision": self.metric(measurement.class_name("precision", index)),
-                         "recall": self.metric(measurement.class_name("recall", index)),
-                         "class_consistency": self.metric(domain.class_name("class_consistency", index))}
+            out[name] = {"index": index, "value": row["value"], "std": row["std"], "ci95": [row["ci95_low"], row["ci95_high"]],
+                         "precision": row["precision"], "recall": row["recall"],
+                         "class_consistency": row["class_consistency"]}
         return out
 
     def truncation_curve(self) -> list[dict]:
         """The truncation curve's points, no truncation first: psi (None: none), the FID's name and value,
         precision and recall; [] when it was not measured."""
+        points = []
+        for psi, point in zip([None, *(self.truncation or [])], self._curve_points()):
+            names = self._truncation_names({"psi": point})
+            points.append({"psi": psi, "metric": names["value"], "value": self.metric(names["value"]),
+                           "precision": self.metric(names["precision"]), "recall": self.metric(names["recall"])})
+        return points
+
+    def _class_names(self, row: dict) -> dict[str, str]:
+        """The flat names of a per-class row's columns (eval_per_class.json), for the class ``row["index"]``."""
+        index, measurement = row["index"], self.measurement
+        domain = Measurement("domain", "domain", self.num_samples, self.reference)
+        return {"value": measurement.class_name("fd", index), "std": measurement.class_name("fd", index, "std"),
+                "ci95_low": measurement.class_name("fd", index, "ci95_low"),
+                "ci95_high": measurement.class_name("fd", index, "ci95_high"),
+                "precision": measurement.class_name("precision", index),
+                "recall": measurement.class_name("recall", index),
+                "class_consistency": domain.class_name("class_consistency", index)}
+
+    def _curve_points(self) -> list[str]:
+        """The truncation curve's points as eval_truncation.json names them: none, then each psi."""
         if self.truncation_samples is None:
             return []
+        return [truncation_label(psi).removeprefix("psi") for psi in [None, *(self.truncation or [])]]
+
+    def _truncation_names(self, row: dict) -> dict[str, str]:
+        """The flat names of a truncation row's columns (eval_truncation.json), for its ``row["psi"]``."""
         measurement = self._measured(self.truncation_samples)
-        points = []
-        for psi in [None, *(self.truncation or [])]:
-            label = truncation_label(psi)
-            name = measurement.name("fd", label)
-            points.append({"psi": psi, "metric": name, "value": self.metric(name),
-                           "precision": self.metric(measurement.name("precision", label)),
-                           "recall": self.metric(measurement.name("recall", label))})
-        return points
+        label = truncation_label(None if row["psi"] == "none" else float(row["psi"]))
+        return {"value": measurement.name("fd", label), "precision": measurement.name("precision", label),
+                "recall": measurement.name("recall", label)}
 
     def summary(self) -> dict:
         """What a shipped model carries about its evaluation (ONNX metadata, registry tag, GET /v1/model):

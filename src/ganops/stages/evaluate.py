@@ -1,5 +1,6 @@
 """Stage evaluate: the trained generator vs the reference split -> reports/eval.json (metrics named
-by their measurement, the primary one the standard FID) and its pictures. What is scored how is the
+by their measurement, the primary one the standard FID), its siblings (how it was measured, per class,
+per truncation psi: ganops.metrics.report) and its pictures. What is scored how is the
 evaluation's (ganops.metrics.evaluation, with every metric of ganops.metrics.scores.METRICS)."""
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from pathlib import Path
 from ganops.config import Params
 from ganops.data import load_manifest, open_split
 from ganops.device import resolve_device
-from ganops.io import file_sha256, write_bytes_atomic, write_json_atomic
+from ganops.io import file_sha256, write_bytes_atomic
 from ganops.metrics.evaluation import ReferenceFiles, open_evaluation
+from ganops.metrics.report import EvaluationReport
 from ganops.metrics.scores import METRICS, check_sizes, evaluation_report, memorisation_picture, samples_picture
 from ganops.models import load_generator
 from ganops.paths import ProjectPaths
@@ -22,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(params: Params, root: Path = Path(".")) -> dict:
-    """Write reports/eval.json, reports/eval_samples.png and reports/eval_memorisation.png."""
+    """Write reports/eval.json and its siblings, reports/eval_samples.png and reports/eval_memorisation.png."""
     cfg, paths = params.eval, ProjectPaths(root)
     device = resolve_device(cfg.device, "eval.device")
     generator = load_generator(paths.generator_weights, paths.generator_spec, device)
@@ -34,9 +36,9 @@ def evaluate(params: Params, root: Path = Path(".")) -> dict:
     report = evaluation_report(evaluation, scores, file_sha256(paths.generator_weights), _evaluator_accuracy(paths))
     write_bytes_atomic(paths.eval_samples, samples_picture(evaluation, scores))
     write_bytes_atomic(paths.eval_memorisation, memorisation_picture(evaluation, scores))
-    write_json_atomic(paths.eval_report, report)
+    written = EvaluationReport.model_validate(report).write(paths.eval_report)
     log_to_pipeline_run(params.mlflow, root, paths.mlflow_run, "eval", report,
-                        [paths.eval_samples, paths.eval_memorisation, paths.eval_report])
+                        [paths.eval_samples, paths.eval_memorisation, *written])
     log.info("evaluation: %s = %s (95%% interval %s .. %s)", scores.primary, report[scores.primary],
              report.get(f"{scores.primary}_ci95_low"), report.get(f"{scores.primary}_ci95_high"))
     return report

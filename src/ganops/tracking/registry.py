@@ -186,11 +186,11 @@ MAX_TAG_CHARS = 8000  # MLflow's longest tag value
 
 def evaluation_tag(report: EvaluationReport) -> str:
     """The version's ``evaluation`` tag: the report's summary as JSON; with so many classes that it
-    would not fit a tag, the per-class rows are left to the version's eval.json."""
+    would not fit a tag, the per-class rows are left to the version's eval_per_class.json."""
     summary = report.summary()
     text = json.dumps(summary)
     if len(text) > MAX_TAG_CHARS:
-        summary["per_class"] = f"{len(summary['per_class'])} classes: see the version's eval.json artifact"
+        summary["per_class"] = f"{len(summary['per_class'])} classes: see the version's eval_per_class.json artifact"
         text = json.dumps(summary)
     return text
 
