@@ -102,12 +102,15 @@ def main() -> None:
                     result = measure(side, args.steps)
                 rates[load, side].append(result["images_per_s"])
                 threads.add(result["threads"])
-                spin_counts[side] = result.get("gomp_spincount")
+                spin_counts.setdefault((load, side), set()).add(result.get("gomp_spincount") or "unset")
                 cells.append(f"load {load} {side} {result['images_per_s']:.0f}")
         print(f"round {index + 1}: " + ", ".join(cells) + " images/s", flush=True)
 
     print(f"\ntorch intra-op threads in each side's process: {', '.join(map(str, sorted(threads)))}")
-    print("GOMP_SPINCOUNT in each side's process: " + ", ".join(f"{side} {spin_counts[side] or 'unset'}" for side in sides))
+    # ganops chooses its spin count at start, from the load then: so per load, over the rounds
+    print("GOMP_SPINCOUNT in each side's process, by load: " + "; ".join(
+        f"load {load}: " + ", ".join(f"{side} {'/'.join(sorted(spin_counts[load, side]))}" for side in sides)
+        for load in args.loads))
     print(f"{'load':>4} {'side':32s} {'images/s median [min-max]':28s} {'share of idle':22s}")
     shares: dict[tuple[int, str], list[float]] = {}
     for load in args.loads:

@@ -35,21 +35,20 @@ gets it through ``mlflow.onnx.save_model`` (stock onnx flavor, no signature, no 
 How it is measured
 ------------------
 All servers run as subprocesses on loopback, started once and left running (idle while another is
-measured). The load comes from a separate process (this script with ``--client``): N client
-threads (default 32), one keep-alive httpx connection each, bodies pre-encoded to bytes and read
-from a file; each thread first sends one untimed warm-up request, then all start together and post
-their share of the bodies one after the other (default 25 each, so 800 requests, 6,400 images per
-side-run; a full run takes about 2 minutes on 2 cores). Responses are counted (non-200 or a
-transport error is an error), not decoded. The client shares the 2 cores with the servers, the
-same for every side (it costs the faster server more). Every round runs every side,
-in alternating order (round 1 in the listed order, round 2 reversed, ...; default 3 rounds).
-Reported per side: requests/s and images/s as median [min-max] over the rounds, the median of the
-rounds' p50 and p99 latencies (per request, under load), total errors; the like-for-like ratio
-(ganops requests/s / faster MLflow's, same round) per round and its median, last, as
-``throughput_vs_mlflow_serve=<median ratio>``. Exit status 1 if any side had an error.
+measured). The load comes from hey (Debian's package; Go, a few per cent of a core at these rates,
+where a Python client took a core of the two and fell behind the servers): N concurrent keep-alive
+connections (default 16, within ganops' limiter: serve.max_concurrent 2 running + serve.max_queue 16
+waiting; more would be answered 503 with Retry-After, as the README says), each posting the same
+pre-encoded body (the first of the checked ones) one request after another; an untimed run of one
+request per connection first, then N x requests-per-client timed requests (default 16 x 50 = 800,
+6,400 images per side-run). A response other than 200, or a transport error, is an error. Every round
+runs every side, in rotating order (default 3 rounds). Reported per side: requests/s and images/s as
+median [min-max] over the rounds, the median of the rounds' p50 and p99 latencies (hey's, per request
+under load), total errors; the like-for-like ratio (ganops requests/s / faster MLflow's, same round)
+per round and its median, last, as ``throughput_vs_mlflow_serve=<median ratio>``. Exit status 1 if
+any side had an error.
 
-    python benchmarks/serving.py [--rounds 3] [--clients 32] [--requests-per-client 25] [--images 8]
-    python benchmarks/serving.py --client URL BODIES_FILE CLIENTS   (the load generator; prints JSON)
+    python benchmarks/serving.py [--rounds 3] [--clients 16] [--requests-per-client 50] [--images 8]
 """
 
 from __future__ import annotations
@@ -62,7 +61,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -75,51 +73,48 @@ SEEDED = "ganops seed->uint8"
 TOLERANCE = 1e-6
 
 
-# ---------------------------------------------------------------- the load generator (--client)
+# ---------------------------------------------------------------- the load generator (hey)
 
-def run_client(url: str, bodies_file: str, clients: int) -> dict:
-    """``clients`` threads post the file's bodies (one JSON body a line): client c sends lines c,
-    c + clients, ...; one untimed warm-up request each first, then all start at once."""
-    bodies = [line for line in Path(bodies_file).read_bytes().split(b"\n") if line]
-    shares = [bodies[c::clients] for c in range(clients)]
-    latencies: list[float] = []
-    statuses: dict[str, int] = {}
-    lock = threading.Lock()
-    ready = threading.Barrier(clients + 1)
-    headers = {"content-type": "application/json"}
+HEY = "hey"  # Debian's package hey (apt-get install hey): Go, far less CPU per request than a Python client
 
-    def client(own: list[bytes]) -> None:
-        with httpx.Client(timeout=120, headers=headers) as http:
-            try:
-                http.post(url, content=own[0])  # warm-up: connection, server threads, caches
-            except httpx.HTTPError:
-                pass
-            ready.wait()
-            for body in own:
-                start = time.perf_counter()
-                try:
-                    status = str(http.post(url, content=body).status_code)
-                except httpx.HTTPError as error:
-                    status = type(error).__name__
-                elapsed = time.perf_counter() - start
-                with lock:
-                    latencies.append(elapsed)
-                    statuses[status] = statuses.get(status, 0) + 1
 
-    threads = [threading.Thread(target=client, args=(own,)) for own in shares if own]
-    for thread in threads:
-        thread.start()
-    for _ in range(clients - len(threads)):  # clients with no body (fewer bodies than clients)
-        threading.Thread(target=ready.wait).start()
-    ready.wait()
-    started = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - started
-    ms = np.asarray(latencies) * 1000
-    return {"requests": len(latencies), "errors": len(latencies) - statuses.get("200", 0), "statuses": statuses,
-            "wall_s": wall, "rps": len(latencies) / wall,
-            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+def parse_hey(summary: str) -> dict:
+    """hey's text summary -> requests, errors, requests/s, p50 and p99 (ms), status codes."""
+    import re
+
+    def number(pattern: str) -> float:
+        found = re.search(pattern, summary)
+        if not found:
+            raise RuntimeError(f"hey's summary has no {pattern!r}:\n{summary[-2000:]}")
+        return float(found.group(1))
+
+    statuses = {code: int(count) for code, count in re.findall(r"\[(\d{3})\]\s+(\d+) responses", summary)}
+    errors = sum(int(count) for count in re.findall(r"^\s+\[(\d+)\]\s+\S", summary.split("Error distribution:")[-1],
+                                                   re.M)) if "Error distribution:" in summary else 0
+    requests = sum(statuses.values()) + errors
+    return {"requests": requests, "errors": requests - statuses.get("200", 0), "statuses": statuses,
+            "rps": number(r"Requests/sec:\s+([\d.]+)"), "p50_ms": number(r"50%+ in ([\d.]+) secs") * 1000,
+            "p99_ms": number(r"99%+ in ([\d.]+) secs") * 1000, "max_ms": number(r"Slowest:\s+([\d.]+) secs") * 1000}
+
+
+def hey_version() -> str:
+    """hey prints no version; Debian's package says which."""
+    done = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "hey"], capture_output=True, text=True)
+    return f"Debian hey {done.stdout.strip()}" if done.returncode == 0 else "hey, version unknown"
+
+
+def hey(url: str, body_file: Path, clients: int, requests: int = 0, seconds: float = 0.0, rate: float = 0.0) -> dict:
+    """POSTs of the body in ``body_file`` from ``clients`` concurrent keep-alive connections: ``requests``
+    of them, or as many as ``seconds`` allow; ``rate``: at most that many a second in all (hey's -q,
+    per connection: each waits for its tick, then for its answer)."""
+    command = [HEY, "-c", str(clients), "-m", "POST", "-T", "application/json", "-D", str(body_file), "-t", "120"]
+    command += ["-z", f"{seconds:g}s"] if seconds else ["-n", str(requests)]
+    command += ["-q", f"{rate / clients:.4f}"] if rate else []
+    command.append(url)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"hey failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return parse_hey(done.stdout)
 
 
 # ---------------------------------------------------------------- servers
@@ -164,29 +159,22 @@ def like_for_like_bodies(z: np.ndarray, labels: list[int] | None) -> tuple[str, 
     return f'{{{feeds},"format":"floats"}}', f'{{"inputs":{{{feeds}}}}}'
 
 
-def measure(url: str, bodies_file: Path, clients: int) -> dict:
-    result = subprocess.run([sys.executable, __file__, "--client", url, str(bodies_file), str(clients)],
-                            capture_output=True, text=True, timeout=900)
-    if result.returncode != 0:
-        raise RuntimeError(f"client failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def measure(url: str, body_file: Path, clients: int, requests: int) -> dict:
+    """One untimed request per connection first (connections, server threads, caches), then the timed run."""
+    hey(url, body_file, clients, clients)
+    return hey(url, body_file, clients, requests)
 
 
 # ---------------------------------------------------------------- the benchmark
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--client", nargs=3, metavar=("URL", "BODIES_FILE", "CLIENTS"),
-                        help="run as the load generator and print its result as JSON")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--requests-per-client", type=int, default=25)
+    parser.add_argument("--clients", type=int, default=16,
+                        help="concurrent connections (default 16: within ganops' serve.max_concurrent 2 + max_queue 16)")
+    parser.add_argument("--requests-per-client", type=int, default=50)
     parser.add_argument("--images", type=int, default=8, help="images per request")
     args = parser.parse_args()
-    if args.client:
-        url, bodies_file, clients = args.client
-        print(json.dumps(run_client(url, bodies_file, int(clients))))
-        return 0
     if args.rounds < 1 or args.clients < 1 or args.requests_per_client < 1 or args.images < 1:
         parser.error("--rounds, --clients, --requests-per-client and --images must be at least 1")
 
@@ -206,7 +194,10 @@ def main() -> int:
           if origin.endswith("random weights") else f"; the project's params beside {origin}: `dvc status train` says "
           "whether they trained it"), flush=True)
     serve_defaults = ServeParams()
+    if not shutil.which(HEY):
+        parser.error("needs hey, the load generator (Debian: apt-get install hey)")
     n, total = args.images, args.clients * args.requests_per_client
+    check = 8  # bodies whose answers are compared between the sides before timing
     folder = Path(tempfile.mkdtemp(prefix="ganops-serving-bench-"))
     processes: list[subprocess.Popen] = []
     try:
@@ -221,18 +212,20 @@ def main() -> int:
         # the request bodies, encoded once: the same z and labels for ganops and MLflow
         rng = np.random.default_rng(0)
         like_ganops, like_mlflow, inputs = [], [], []
-        for _ in range(total):
+        for _ in range(check):
             z = rng.standard_normal((n, spec.latent_dim), dtype=np.float32)
             labels = (np.arange(n) % spec.num_classes).tolist() if spec.conditional else None
             inputs.append((z, labels))
             ganops_body, mlflow_body = like_for_like_bodies(z, labels)
             like_ganops.append(ganops_body)
             like_mlflow.append(mlflow_body)
-        seeded = [json.dumps({"n": n, "seed": i, "format": "array"}) for i in range(total)]
-        files = {}
+        seeded = [json.dumps({"n": n, "seed": i, "format": "array"}) for i in range(check)]
+        files, timed = {}, {}  # the checked bodies, one a line; the first of them, which every timed request sends
         for name, bodies in (("ganops_like", like_ganops), ("mlflow_like", like_mlflow), ("ganops_seeded", seeded)):
             files[name] = folder / f"{name}.jsonl"
             files[name].write_text("\n".join(bodies) + "\n")
+            timed[files[name]] = folder / f"{name}.json"
+            timed[files[name]].write_text(bodies[0])
 
         bin_dir = Path(sys.executable).parent
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
@@ -261,12 +254,11 @@ def main() -> int:
               f"(serve.intra_op_threads={serve_defaults.intra_op_threads}), inter-op 1, sequential")
         print(f"mlflow models serve: --env-manager local, --workers {' and '.join(map(str, MLFLOW_WORKERS))}; "
               "onnxruntime SessionOptions defaults (intra-op 0: onnxruntime's choice)")
-        print(f"load: separate client process, {args.clients} threads x {args.requests_per_client} requests x "
-              f"{n} images = {total} requests per side-run (+{args.clients} warm-up); {args.rounds} round(s), "
+        print(f"load: hey ({hey_version()}), {args.clients} connections, {total} requests of {n} images per "
+              f"side-run, each the same body (+{args.clients} untimed first); {args.rounds} round(s), "
               "alternating order; all on this machine (loopback)")
 
         # before timing: the same bodies to every side; the outputs must agree, and their sizes
-        check = min(8, total)
         sizes: dict[str, list[int]] = {side: [] for side in order}
         worst = 0.0
         for index in range(check):
@@ -298,7 +290,7 @@ def main() -> int:
             parts = []
             for side in round_order(order, r):
                 url, bodies_file = sides[side]
-                result = measure(url, bodies_file, args.clients)
+                result = measure(url, timed[bodies_file], args.clients, total)
                 results[side].append(result)
                 parts.append(f"{side} {result['rps']:.1f} req/s p50 {result['p50_ms']:.0f} ms p99 "
                              f"{result['p99_ms']:.0f} ms errors {result['errors']}")

@@ -1,25 +1,29 @@
-"""Serving latency as operators measure it: open-loop arrivals, cold start and the reload blip,
+"""Serving latency as operators measure it: paced arrivals, cold start and the reload blip,
 `ganops serve` beside `mlflow models serve` tuned as its docs allow, the same ONNX generator.
 
-benchmarks/serving.py compares throughput closed-loop (clients send as fast as answers come back).
+benchmarks/serving.py compares throughput closed-loop (connections send as fast as answers come back).
 Operators see something else: requests arrive at a rate nobody controls, and a slow answer does not
 slow the arrivals. So here, for each side, in each round:
 
 * cold start: from launching the server process to the first 200 of a generate request (polled
   every 20 ms with the real body); the server's Python start-up, imports and model load are inside.
-* unloaded: one request at a time for ``--seconds``: the latency of a lone request.
-* peak: closed loop with ``--concurrency`` clients for ``--seconds``: the requests/s this round's
-  open-loop rates are fractions of.
-* open loop at 25, 50 and 75 % of that peak, ``--seconds`` each: Poisson arrivals (seeded exponential
-  gaps), each request sent at its scheduled time whatever happened to the earlier ones; latency runs
-  from the scheduled time to the end of the response, so a client that fell behind counts against the
-  server (no coordinated omission). p50, p99, max, achieved rate, errors.
+* unloaded: one connection, one request at a time for ``--seconds``: the latency of a lone request.
+* peak: closed loop, ``--concurrency`` connections for ``--seconds``: the requests/s this round's
+  paced rates are fractions of.
+* paced at 25, 50 and 75 % of that peak, ``--seconds`` each: hey's rate limit (-q) over 16
+  connections, each sending when its tick comes and its previous answer is in. While answers come
+  faster than a connection's ticks (16 / rate: about 0.1 s at 170 req/s), the arrivals do not wait
+  for the server, as an open loop's would not; a stall longer than that delays later requests
+  instead of queueing them (coordinated omission), so the rate hey reached is printed beside the
+  rate asked. p50, p99, max, errors.
 * reload (ganops only: ``mlflow models serve`` cannot swap a model in place, its "reload" is a
-  restart, i.e. the cold start): open loop at 50 % of peak for ``--seconds``; half-way the served
-  file is replaced (``os.replace`` of a new ONNX file with other weights, as ``dvc repro`` or a
-  deploy would); ganops notices within serve.reload_interval_s. Reported: when responses first carry
-  the new ``X-Model-Version``, p99 of the requests scheduled in the 5 s after the swap against the 5 s
-  before it, the worst latency, errors (a swap must drop nothing).
+  restart, i.e. the cold start): Poisson arrivals at ``--reload-rate`` (20 req/s) for ``--seconds``
+  from a Python asyncio client (this script with ``--client``), which keeps up at that rate and reads
+  each response's ``X-Model-Version``; half-way the served file is replaced (``os.replace`` of a new
+  ONNX file with other weights, as ``dvc repro`` or a deploy would); ganops notices within
+  serve.reload_interval_s. Reported: when responses first carry the new ``X-Model-Version``, p99 of
+  the requests scheduled in the 5 s after the swap against the 5 s before it, the worst latency,
+  errors (a swap must drop nothing).
 
 Sides, each serving the same body (8 images a request by default: z float32 and labels as JSON
 numbers, float32 output as JSON arrays; benchmarks/serving.py checks their outputs agree):
@@ -30,12 +34,12 @@ numbers, float32 output as JSON arrays; benchmarks/serving.py checks their outpu
   ``onnx_session_options={"intra_op_num_threads": 1, "inter_op_num_threads": 1}``: one onnxruntime
   thread per worker, two workers on two cores, as MLflow's onnx flavor docs allow tuning it.
 
-The load generator is a separate process (this script with ``--client``: asyncio + httpx) on the
-same cores as the server, the same for both sides. Sides alternate between rounds (a Latin square of
-two); figures are median [min-max] over the rounds.
+The load generator is hey (Debian's package; Go: a few per cent of a core at these rates, where a
+Python client took a core of the two and fell behind the server), on the same cores as the server,
+the same for both sides; the cores it and the server used are printed for every point. Sides
+alternate between rounds (a Latin square of two); figures are median [min-max] over the rounds.
 
-    python benchmarks/serving_latency.py [--rounds 3] [--seconds 30] [--images 8] [--concurrency 8]
-    python benchmarks/serving_latency.py --client MODE URL BODIES_FILE SECONDS RATE   (prints JSON)
+    python benchmarks/serving_latency.py [--rounds 3] [--seconds 30] [--images 8] [--concurrency 8] [--reload-rate 20]
 
 Last line: ``ganops_p99_ms_at_half_peak=<median over rounds>``.
 """
@@ -52,14 +56,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import httpx
 import numpy as np
 
 FRACTIONS = (0.25, 0.5, 0.75)
-RELOAD_FRACTION = 0.5
+PACED_CONNECTIONS = 16  # hey's workers at a paced rate: within ganops' limiter (2 running + 16 waiting)
 WINDOW_S = 5.0  # the reload's before/after windows
 VERSION_HEADER = "x-model-version"
 
@@ -76,54 +79,34 @@ async def _send(http: httpx.AsyncClient, url: str, body: bytes, scheduled: float
     records.append((scheduled - origin, time.perf_counter() - scheduled, status, version, lag))
 
 
-async def _client(mode: str, url: str, bodies: list[bytes], seconds: float, rate: float) -> tuple[list, float]:
-    """``mode``: sequential (one at a time), closed (``rate`` clients back to back) or open (Poisson
-    arrivals at ``rate`` per second). Records (scheduled s from start, latency s, status or error type,
-    version, how late its task started, s), and the start as wall-clock time (time.time(),
-    for events in another process)."""
+async def _client(url: str, bodies: list[bytes], seconds: float, rate: float) -> tuple[list, float]:
+    """Poisson arrivals at ``rate`` per second, each request sent at its scheduled time whatever happened
+    to the earlier ones. Records (scheduled s from start, latency s, status or error type, version, how
+    late its task started, s), and the start as wall-clock time (time.time(), for the swap, timed in
+    another process)."""
     records: list = []
     limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
     async with httpx.AsyncClient(timeout=120, limits=limits, headers={"content-type": "application/json"}) as http:
         await http.post(url, content=bodies[0])  # warm-up: the connection, the server's first-request paths
         origin, origin_wall = time.perf_counter(), time.time()
-        print("started", flush=True)  # for a caller that times an event into the run (reload_in_flight)
+        print("started", flush=True)  # for the caller that times the swap into the run (reload_in_flight)
         end = origin + seconds
-        if mode in ("sequential", "closed"):
-            async def loop(offset: int) -> None:
-                index = offset
-                while (now := time.perf_counter()) < end:
-                    await _send(http, url, bodies[index % len(bodies)], now, origin, records)
-                    index += 1
-            await asyncio.gather(*(loop(c) for c in range(1 if mode == "sequential" else int(rate))))
-        elif mode == "open":
-            rng = np.random.default_rng(0)
-            tasks, scheduled, index = [], origin, 0
-            while (scheduled := scheduled + rng.exponential(1.0 / rate)) < end:
-                delay = scheduled - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(_send(http, url, bodies[index % len(bodies)], scheduled, origin,
-                                                       records)))
-                index += 1
-            await asyncio.gather(*tasks)
-        else:
-            raise SystemExit(f"unknown client mode {mode!r}")
+        rng = np.random.default_rng(0)
+        tasks, scheduled, index = [], origin, 0
+        while (scheduled := scheduled + rng.exponential(1.0 / rate)) < end:
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(_send(http, url, bodies[index % len(bodies)], scheduled, origin, records)))
+            index += 1
+        await asyncio.gather(*tasks)
     return records, origin_wall
 
 
-def run_client(mode: str, url: str, bodies_file: str, seconds: float, rate: float) -> dict:
+def run_client(url: str, bodies_file: str, seconds: float, rate: float) -> dict:
     bodies = [line for line in Path(bodies_file).read_bytes().split(b"\n") if line]
-    records, origin_wall = asyncio.run(_client(mode, url, bodies, seconds, rate))
+    records, origin_wall = asyncio.run(_client(url, bodies, seconds, rate))
     return {"records": records, "origin_wall": origin_wall}
-
-
-def summary(records: list, seconds: float) -> dict:
-    ms = np.asarray([r[1] for r in records]) * 1000
-    lag_ms = np.asarray([r[4] for r in records]) * 1000
-    kinds = Counter(r[2] for r in records if r[2] != "200")  # HTTP status or httpx error type
-    return {"requests": len(records), "errors": sum(kinds.values()), "error_kinds": dict(kinds),
-            "rps": len(records) / seconds, "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-            "max_ms": float(ms.max()), "client_lag_p99_ms": float(np.percentile(lag_ms, 99))}
 
 
 # ---------------------------------------------------------------- the benchmark
@@ -143,20 +126,26 @@ def _cpu_seconds(pid: int) -> float | None:
 
 
 def load(mode: str, url: str, bodies_file: Path, seconds: float, rate: float = 0.0, server_pid: int | None = None) -> dict:
-    """One run of the load generator: its summary, with the cores the generator and the server used
-    (on shared cores, a point where both together use them all was bound by the machine, not
-    necessarily by the server)."""
+    """One run of hey posting the body in ``bodies_file``: ``sequential`` (one connection), ``closed``
+    (``rate`` connections back to back) or ``paced`` (``rate`` requests a second over PACED_CONNECTIONS);
+    its summary, with the cores hey and the server used (on shared cores, a point where both together
+    use them all was bound by the machine, not necessarily by the server)."""
     before, server_before, started = resource.getrusage(resource.RUSAGE_CHILDREN), None, time.perf_counter()
     if server_pid is not None:
         server_before = _cpu_seconds(server_pid)
-    done = subprocess.run([sys.executable, __file__, "--client", mode, url, str(bodies_file), str(seconds), str(rate)],
-                          capture_output=True, text=True, timeout=seconds * 4 + 300)
+    from serving import hey
+
+    if mode == "sequential":
+        out = hey(url, bodies_file, 1, seconds=seconds)
+    elif mode == "closed":
+        out = hey(url, bodies_file, int(rate), seconds=seconds)
+    elif mode == "paced":
+        out = hey(url, bodies_file, PACED_CONNECTIONS, seconds=seconds, rate=rate)
+    else:
+        raise ValueError(f"unknown load mode {mode!r}")
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     server_after = _cpu_seconds(server_pid) if server_pid is not None else None
-    if done.returncode != 0:
-        raise RuntimeError(f"client failed:\n{done.stderr[-3000:]}")
-    out = summary(json.loads(done.stdout.strip().splitlines()[-1])["records"], seconds)
     out["client_cores"] = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / wall
     if server_before is not None and server_after is not None:
         out["server_cores"] = (server_after - server_before) / wall
@@ -206,16 +195,18 @@ def reload_blip(records: list, swap_at: float) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--client", nargs=5, metavar=("MODE", "URL", "BODIES_FILE", "SECONDS", "RATE"),
-                        help="run as the load generator and print its records as JSON")
+    parser.add_argument("--client", nargs=4, metavar=("URL", "BODIES_FILE", "SECONDS", "RATE"),
+                        help="run as the reload run's open-loop client and print its records as JSON")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=30.0, help="length of every measured run")
     parser.add_argument("--images", type=int, default=8, help="images per request")
-    parser.add_argument("--concurrency", type=int, default=8, help="closed-loop clients of the peak run")
+    parser.add_argument("--concurrency", type=int, default=8, help="closed-loop connections of the peak run")
+    parser.add_argument("--reload-rate", type=float, default=20.0,
+                        help="requests/s of the reload run (a Python open-loop client, which keeps up at this rate)")
     args = parser.parse_args()
     if args.client:
-        mode, url, bodies_file, seconds, rate = args.client
-        print(json.dumps(run_client(mode, url, bodies_file, float(seconds), float(rate))))
+        url, bodies_file, seconds, rate = args.client
+        print(json.dumps(run_client(url, bodies_file, float(seconds), float(rate))))
         return 0
     # the reload run swaps half-way and needs a full window on each side, with a second's slack for the swap
     if args.rounds < 1 or args.seconds < 2 * WINDOW_S + 2 or args.images < 1 or args.concurrency < 1:
@@ -230,7 +221,7 @@ def main() -> int:
     from ganops.config import ServeParams, load_params
     from ganops.models import build_generator
     from ganops.serving.export import write_onnx
-    from serving import free_port, like_for_like_bodies
+    from serving import free_port, hey_version, like_for_like_bodies
 
     machine = print_environment(("onnxruntime", "mlflow", "fastapi", "uvicorn", "httpx"))
     params = load_params("params.yaml")
@@ -263,6 +254,9 @@ def main() -> int:
         files = {"ganops": folder / "ganops.jsonl", "mlflow": folder / "mlflow.jsonl"}
         files["ganops"].write_text("\n".join(ganops_bodies) + "\n")
         files["mlflow"].write_text("\n".join(mlflow_bodies) + "\n")
+        one = {side: folder / f"{side}.json" for side in files}  # what hey sends: the first body, every time
+        for side in files:
+            one[side].write_text(ganops_bodies[0] if side == "ganops" else mlflow_bodies[0])
 
         bin_dir = Path(sys.executable).parent
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
@@ -281,8 +275,9 @@ def main() -> int:
         print(f"ganops serve: serve.* defaults (intra-op {defaults.intra_op_threads or os.cpu_count()}, max_concurrent "
               f"{defaults.max_concurrent}, max_queue {defaults.max_queue}, reload_interval_s {defaults.reload_interval_s})")
         print(f"mlflow models serve: --workers 2 --env-manager local, onnx_session_options {threads}")
-        print(f"each run {args.seconds:g} s; peak: closed loop, {args.concurrency} clients; open loop: Poisson arrivals "
-              f"at {', '.join(f'{f:.0%}' for f in FRACTIONS)} of the round's peak; {args.rounds} round(s)")
+        print(f"each run {args.seconds:g} s; load: {hey_version()}; peak: closed loop, {args.concurrency} connections; "
+              f"paced (hey -q) over {PACED_CONNECTIONS} connections at {', '.join(f'{f:.0%}' for f in FRACTIONS)} of "
+              f"the round's peak; reload: Python open-loop client at {args.reload_rate:g} req/s; {args.rounds} round(s)")
 
         sides = ("ganops", "mlflow")
         results: dict[str, list[dict]] = {side: [] for side in sides}
@@ -296,15 +291,15 @@ def main() -> int:
                 process, started_s = cold_start(argv, folder / f"{side}.log", url, body, env, folder)
                 try:
                     row = {"cold_start_s": started_s}
-                    row["unloaded"] = load("sequential", url, files[side], args.seconds, server_pid=process.pid)
-                    row["peak"] = load("closed", url, files[side], args.seconds, args.concurrency, server_pid=process.pid)
+                    row["unloaded"] = load("sequential", url, one[side], args.seconds, server_pid=process.pid)
+                    row["peak"] = load("closed", url, one[side], args.seconds, args.concurrency, server_pid=process.pid)
                     for fraction in FRACTIONS:
                         rate = fraction * row["peak"]["rps"]
-                        row[fraction] = load("open", url, files[side], args.seconds, rate, server_pid=process.pid)
+                        row[fraction] = load("paced", url, one[side], args.seconds, rate, server_pid=process.pid)
                         row[fraction]["rate"] = rate
                     if side == "ganops":
-                        blip = reload_in_flight(url, files[side], args.seconds, RELOAD_FRACTION * row["peak"]["rps"],
-                                                replacement, model_path, folder)
+                        blip = reload_in_flight(url, files[side], args.seconds, args.reload_rate, replacement,
+                                                model_path, folder)
                         row["reload"] = blip
                 finally:
                     stop(process)
@@ -312,7 +307,7 @@ def main() -> int:
                 print(f"round {index + 1} {side}: cold start {row['cold_start_s']:.1f} s; unloaded p50 "
                       f"{row['unloaded']['p50_ms']:.1f} ms; peak {row['peak']['rps']:.1f} req/s; "
                       + "; ".join(f"{f:.0%} p50 {row[f]['p50_ms']:.0f} p99 {row[f]['p99_ms']:.0f} ms err "
-                                  f"{row[f]['errors']} {row[f]['error_kinds'] or ''} cores "
+                                  f"{row[f]['errors']} {row[f]['statuses']} cores "
                                   f"{row[f].get('server_cores', float('nan')):.2f}+{row[f]['client_cores']:.2f}"
                                   for f in FRACTIONS)
                       + (f"; reload p99 {blip['p99_before_ms']:.0f} -> {blip['p99_after_ms']:.0f} ms, "
@@ -335,7 +330,8 @@ def main() -> int:
              (f"peak, req/s ({args.concurrency} clients)", lambda r: r["peak"]["rps"], 1),
              ("peak: cores server + client", lambda r: cores(r["peak"]), 2)]
     for fraction in FRACTIONS:
-        lines += [(f"{fraction:.0%} of peak: rate, req/s", lambda r, f=fraction: r[f]["rate"], 1),
+        lines += [(f"{fraction:.0%} of peak: rate asked, req/s", lambda r, f=fraction: r[f]["rate"], 1),
+                  (f"{fraction:.0%} of peak: rate got, req/s", lambda r, f=fraction: r[f]["rps"], 1),
                   (f"{fraction:.0%} of peak: p50, ms", lambda r, f=fraction: r[f]["p50_ms"], 1),
                   (f"{fraction:.0%} of peak: p99, ms", lambda r, f=fraction: r[f]["p99_ms"], 1),
                   (f"{fraction:.0%} of peak: errors", lambda r, f=fraction: r[f]["errors"], 0),
@@ -345,7 +341,7 @@ def main() -> int:
         print(f"{label:34s} {cell('ganops', get, digits):>26s} {cell('mlflow', get, digits):>26s}")
     reloads = [row["reload"] for row in results["ganops"]]
     swapped_after = [r["new_version_after_s"] for r in reloads if r["new_version_after_s"] is not None]
-    print(f"reload at {RELOAD_FRACTION:.0%} of peak (ganops; mlflow: restart = cold start): new version served after "
+    print(f"reload at {args.reload_rate:g} req/s (ganops; mlflow: restart = cold start): new version served after "
           f"{spread(swapped_after, 1) if swapped_after else 'never'} s; p99 "
           f"{WINDOW_S:g} s before {spread([r['p99_before_ms'] for r in reloads], 0)} ms, after "
           f"{spread([r['p99_after_ms'] for r in reloads], 0)} ms; worst {spread([r['max_ms'] for r in reloads], 0)} ms; "
@@ -367,8 +363,8 @@ def main() -> int:
 def reload_in_flight(url: str, bodies_file: Path, seconds: float, rate: float, replacement: Path, served: Path,
                      folder: Path) -> dict:
     """Open-loop load at ``rate`` while, half-way, ``served`` is replaced by a copy of ``replacement``."""
-    client = subprocess.Popen([sys.executable, __file__, "--client", "open", url, str(bodies_file), str(seconds),
-                               str(rate)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = subprocess.Popen([sys.executable, __file__, "--client", url, str(bodies_file), str(seconds), str(rate)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # half-way through the run, timed from the client's start line (after its warm-up request); the
     # swap's moment is converted to the client's clock by wall-clock time afterwards
     if client.stdout.readline().strip() != "started":
