@@ -161,7 +161,10 @@ def like_for_like_bodies(z: np.ndarray, labels: list[int] | None) -> tuple[str, 
 
 def measure(url: str, body_file: Path, clients: int, requests: int) -> dict:
     """One untimed request per connection first (connections, server threads, caches), then the timed run."""
-    hey(url, body_file, clients, clients)
+    warm_up = subprocess.run([HEY, "-n", str(clients), "-c", str(clients), "-m", "POST", "-T", "application/json",
+                              "-D", str(body_file), url], capture_output=True, text=True, timeout=300)
+    if warm_up.returncode != 0 or f"[200]\t{clients} responses" not in warm_up.stdout:
+        raise RuntimeError(f"the warm-up requests failed:\n{(warm_up.stdout + warm_up.stderr)[-3000:]}")
     return hey(url, body_file, clients, requests)
 
 

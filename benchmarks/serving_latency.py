@@ -11,11 +11,13 @@ slow the arrivals. So here, for each side, in each round:
 * peak: closed loop, ``--concurrency`` connections for ``--seconds``: the requests/s this round's
   paced rates are fractions of.
 * paced at 25, 50 and 75 % of that peak, ``--seconds`` each: hey's rate limit (-q) over 16
-  connections, each sending when its tick comes and its previous answer is in. While answers come
-  faster than a connection's ticks (16 / rate: about 0.1 s at 170 req/s), the arrivals do not wait
-  for the server, as an open loop's would not; a stall longer than that delays later requests
-  instead of queueing them (coordinated omission), so the rate hey reached is printed beside the
-  rate asked. p50, p99, max, errors.
+  connections, each sending when its tick comes and its previous answer is in. hey starts the 16
+  tickers together, so the requests arrive in bursts of 16 every 16 / rate seconds, not spread out:
+  each burst waits for the server's 2 generation slots, so these latencies are what bursts of 16 see
+  (above what the same rate, evenly or randomly spread, would see). While answers come faster than
+  a connection's ticks, the arrivals do not wait for the server, as an open loop's would not; a
+  stall longer than that delays later requests instead of queueing them (coordinated omission), so
+  the rate hey reached is printed beside the rate asked. p50, p99, max, errors.
 * reload (ganops only: ``mlflow models serve`` cannot swap a model in place, its "reload" is a
   restart, i.e. the cold start): Poisson arrivals at ``--reload-rate`` (20 req/s) for ``--seconds``
   from a Python asyncio client (this script with ``--client``), which keeps up at that rate and reads
