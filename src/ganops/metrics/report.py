@@ -57,10 +57,12 @@ class EvaluationReport(BaseModel):
         if siblings["record"].exists():
             fields |= json.loads(siblings["record"].read_text())
         partial = cls.model_validate(fields)  # the measurement and the class names: what the rows are named by
-        for key, names in (("per_class", partial._class_names), ("truncation", partial._truncation_names)):
+        for key, names_of in (("per_class", lambda row: partial._class_names(row["index"])),
+                              ("truncation", lambda row: partial._truncation_names(row["psi"]))):
             if siblings[key].exists():
                 for row in json.loads(siblings[key].read_text()):
-                    fields |= {names(row)[column]: value for column, value in row.items() if column in names(row)}
+                    names = names_of(row)
+                    fields |= {names[column]: value for column, value in row.items() if column in names}
         return cls.model_validate(fields)
 
     def write(self, path: Path) -> list[Path]:
@@ -69,13 +71,13 @@ class EvaluationReport(BaseModel):
         rows = {"per_class": [], "truncation": []}
         split: set[str] = set()
         for index, name in enumerate(self.class_names or []):
-            names = self._class_names({"class": name, "index": index})
+            names = self._class_names(index)
             row = {column: flat[flat_name] for column, flat_name in names.items() if flat_name in flat}
             if row:
                 rows["per_class"].append({"class": name, "index": index, "metric": names["value"], **row})
                 split |= set(names.values())
-        for point in self._curve_points():
-            names = self._truncation_names({"psi": point})
+        for _, point in self._curve_points():
+            names = self._truncation_names(point)
             rows["truncation"].append({"psi": point, "metric": names["value"],
                                        **{column: flat.get(flat_name) for column, flat_name in names.items()}})
             split |= set(names.values())
@@ -123,7 +125,7 @@ class EvaluationReport(BaseModel):
         and class consistency, as far as they were measured; {} for an unconditional generator."""
         out = {}
         for index, name in enumerate(self.class_names or []):
-            row = {column: self.metric(flat) for column, flat in self._class_names({"index": index}).items()}
+            row = {column: self.metric(flat) for column, flat in self._class_names(index).items()}
             if row["value"] is None:
                 continue
             out[name] = {"index": index, "value": row["value"], "std": row["std"], "ci95": [row["ci95_low"], row["ci95_high"]],
@@ -135,15 +137,15 @@ class EvaluationReport(BaseModel):
         """The truncation curve's points, no truncation first: psi (None: none), the FID's name and value,
         precision and recall; [] when it was not measured."""
         points = []
-        for psi, point in zip([None, *(self.truncation or [])], self._curve_points()):
-            names = self._truncation_names({"psi": point})
+        for psi, point in self._curve_points():
+            names = self._truncation_names(point)
             points.append({"psi": psi, "metric": names["value"], "value": self.metric(names["value"]),
                            "precision": self.metric(names["precision"]), "recall": self.metric(names["recall"])})
         return points
 
-    def _class_names(self, row: dict) -> dict[str, str]:
-        """The flat names of a per-class row's columns (eval_per_class.json), for the class ``row["index"]``."""
-        index, measurement = row["index"], self.measurement
+    def _class_names(self, index: int) -> dict[str, str]:
+        """The flat names of the columns of class ``index``'s row in eval_per_class.json."""
+        measurement = self.measurement
         domain = Measurement("domain", "domain", self.num_samples, self.reference)
         return {"value": measurement.class_name("fd", index), "std": measurement.class_name("fd", index, "std"),
                 "ci95_low": measurement.class_name("fd", index, "ci95_low"),
@@ -152,16 +154,17 @@ class EvaluationReport(BaseModel):
                 "recall": measurement.class_name("recall", index),
                 "class_consistency": domain.class_name("class_consistency", index)}
 
-    def _curve_points(self) -> list[str]:
-        """The truncation curve's points as eval_truncation.json names them: none, then each psi."""
+    def _curve_points(self) -> list[tuple[float | None, str]]:
+        """The truncation curve's psi values, None (no truncation) first, each with the name
+        eval_truncation.json gives it ("none", "0.7"); [] when the curve was not measured."""
         if self.truncation_samples is None:
             return []
-        return [truncation_label(psi).removeprefix("psi") for psi in [None, *(self.truncation or [])]]
+        return [(psi, truncation_label(psi).removeprefix("psi")) for psi in [None, *(self.truncation or [])]]
 
-    def _truncation_names(self, row: dict) -> dict[str, str]:
-        """The flat names of a truncation row's columns (eval_truncation.json), for its ``row["psi"]``."""
+    def _truncation_names(self, point: str) -> dict[str, str]:
+        """The flat names of the columns of the truncation row ``point`` ("none", "0.7") in eval_truncation.json."""
         measurement = self._measured(self.truncation_samples)
-        label = truncation_label(None if row["psi"] == "none" else float(row["psi"]))
+        label = truncation_label(None if point == "none" else float(point))
         return {"value": measurement.name("fd", label), "precision": measurement.name("precision", label),
                 "recall": measurement.name("recall", label)}
 
