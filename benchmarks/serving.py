@@ -103,10 +103,10 @@ def hey_version() -> str:
     return f"Debian hey {done.stdout.strip()}" if done.returncode == 0 else "hey, version unknown"
 
 
-def hey(url: str, body_file: Path, clients: int, requests: int = 0, seconds: float = 0.0, rate: float = 0.0) -> dict:
+def run_hey(url: str, body_file: Path, clients: int, requests: int = 0, seconds: float = 0.0, rate: float = 0.0) -> str:
     """POSTs of the body in ``body_file`` from ``clients`` concurrent keep-alive connections: ``requests``
     of them, or as many as ``seconds`` allow; ``rate``: at most that many a second in all (hey's -q,
-    per connection: each waits for its tick, then for its answer)."""
+    per connection: each waits for its tick, then for its answer). Returns hey's text summary."""
     command = [HEY, "-c", str(clients), "-m", "POST", "-T", "application/json", "-D", str(body_file), "-t", "120"]
     command += ["-z", f"{seconds:g}s"] if seconds else ["-n", str(requests)]
     command += ["-q", f"{rate / clients:.4f}"] if rate else []
@@ -114,7 +114,12 @@ def hey(url: str, body_file: Path, clients: int, requests: int = 0, seconds: flo
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise RuntimeError(f"hey failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return parse_hey(done.stdout)
+    return done.stdout
+
+
+def hey(url: str, body_file: Path, clients: int, requests: int = 0, seconds: float = 0.0, rate: float = 0.0) -> dict:
+    """``run_hey``'s run, its summary parsed (parse_hey)."""
+    return parse_hey(run_hey(url, body_file, clients, requests, seconds, rate))
 
 
 # ---------------------------------------------------------------- servers
@@ -161,10 +166,9 @@ def like_for_like_bodies(z: np.ndarray, labels: list[int] | None) -> tuple[str, 
 
 def measure(url: str, body_file: Path, clients: int, requests: int) -> dict:
     """One untimed request per connection first (connections, server threads, caches), then the timed run."""
-    warm_up = subprocess.run([HEY, "-n", str(clients), "-c", str(clients), "-m", "POST", "-T", "application/json",
-                              "-D", str(body_file), url], capture_output=True, text=True, timeout=300)
-    if warm_up.returncode != 0 or f"[200]\t{clients} responses" not in warm_up.stdout:
-        raise RuntimeError(f"the warm-up requests failed:\n{(warm_up.stdout + warm_up.stderr)[-3000:]}")
+    warm_up = run_hey(url, body_file, clients, clients)  # too few answers for hey to print a 99th percentile
+    if f"[200]\t{clients} responses" not in warm_up:
+        raise RuntimeError(f"the warm-up requests failed:\n{warm_up[-3000:]}")
     return hey(url, body_file, clients, requests)
 
 
